@@ -1,0 +1,55 @@
+# Runwire developer commands. Every target bootstraps what it needs from the
+# repository alone: a virtual environment from the hash-locked requirements,
+# and buf from the npm lock file.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+BENCH_ARGS ?=
+
+.PHONY: run test lint protos protos-check contracts bench clean help
+
+help:
+	@echo "make run      start the whole system on localhost (embedded defaults)"
+	@echo "make test     lint, contract checks and the full test suite"
+	@echo "make lint     ruff, mypy and buf lint"
+	@echo "make protos   regenerate the Python code of protos/"
+	@echo "make bench    run the benchmark suite (BENCH_ARGS=... to pass options)"
+
+$(STAMP): requirements/dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(BUF)
+
+run: $(STAMP)
+	$(BIN)/runwire up $(RUN_ARGS)
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+contracts: $(BUF)
+	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking --against ../contracts/released.binpb
+
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BUF) lint
+
+test: lint contracts
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""runwire_cli."""

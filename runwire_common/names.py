@@ -1,0 +1,66 @@
+"""Run state and event type names, shared by every service and the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from runwire.common.v1 import run_pb2
+
+AGENT_STARTED = "agent_started"
+AGENT_THINKING = "agent_thinking"
+TOOL_EXECUTING = "tool_executing"
+TOOL_COMPLETED = "tool_completed"
+PARTIAL_RESULT = "partial_result"
+AGENT_COMPLETED = "agent_completed"
+AGENT_ERROR = "agent_error"
+AGENT_CANCELLED = "agent_cancelled"
+AGENT_DEATH = "agent_death"
+
+EVENT_TYPES = frozenset(
+    {
+        AGENT_STARTED,
+        AGENT_THINKING,
+        TOOL_EXECUTING,
+        TOOL_COMPLETED,
+        PARTIAL_RESULT,
+        AGENT_COMPLETED,
+        AGENT_ERROR,
+        AGENT_CANCELLED,
+        AGENT_DEATH,
+    }
+)
+TERMINAL_EVENT_TYPES = frozenset({AGENT_COMPLETED, AGENT_ERROR, AGENT_CANCELLED, AGENT_DEATH})
+
+RunState = run_pb2.RunState
+LIVE_STATES = frozenset(
+    {
+        run_pb2.RUN_STATE_PENDING,
+        run_pb2.RUN_STATE_STARTING,
+        run_pb2.RUN_STATE_RUNNING,
+        run_pb2.RUN_STATE_COMPLETING,
+    }
+)
+TERMINAL_STATES = frozenset(
+    {
+        run_pb2.RUN_STATE_COMPLETED,
+        run_pb2.RUN_STATE_FAILED,
+        run_pb2.RUN_STATE_TIMEOUT,
+        run_pb2.RUN_STATE_CANCELLED,
+        run_pb2.RUN_STATE_DEAD,
+    }
+)
+
+STATE_NAMES: Mapping[int, str] = MappingProxyType(
+    {
+        value: name.removeprefix("RUN_STATE_").lower()
+        for name, value in run_pb2.RunState.items()
+        if value != run_pb2.RUN_STATE_UNSPECIFIED
+    }
+)
+STATES_BY_NAME: Mapping[str, int] = MappingProxyType({name: value for value, name in STATE_NAMES.items()})
+
+
+def state_name(state: int) -> str:
+    """``RUN_STATE_RUNNING`` → ``"running"``."""
+    return STATE_NAMES.get(int(state), "unspecified")

@@ -1,0 +1,141 @@
+"""The ``grpc.aio`` server lifecycle shared by every service.
+
+``GrpcServer`` builds the server with keepalive and ``max_connection_age`` (so
+long streams rebalance across replicas), the standard health service and,
+optionally, reflection. ``run_until_terminated`` serves until SIGTERM/SIGINT,
+then drains: health turns ``NOT_SERVING``, the ``draining`` event is set so
+servicers can refuse new work, the service's own drain hook runs, and the
+server stops accepting and waits for in-flight calls within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runwire_common.settings import ServerSettings
+
+log = logging.getLogger("runwire.server")
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service to host: its full name and how to add it to a server."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """A started-on-demand ``grpc.aio`` server with health and graceful drain."""
+
+    def __init__(self, settings: ServerSettings, bindings: Sequence[ServiceBinding]) -> None:
+        self._settings = settings
+        self._bindings = tuple(bindings)
+        self.draining = asyncio.Event()
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        ms = 1000
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * ms)),
+                ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * ms)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5 * ms),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * ms)),
+                ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * ms)),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self._settings.host}:{self.port}"
+
+    async def start(self) -> int:
+        """Bind, start, report SERVING; return the bound port."""
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        for binding in self._bindings:
+            binding.register(self._server)
+        if self._settings.reflection:
+            names = [b.name for b in self._bindings]
+            names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, self._server)
+        self.port = self._server.add_insecure_port(f"{self._settings.host}:{self._settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {self._settings.host}:{self._settings.port}")
+        await self._server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", serving)
+        for binding in self._bindings:
+            await self.health.set(binding.name, serving)
+        if self._settings.ready_file:
+            _write_atomically(
+                Path(self._settings.ready_file), json.dumps({"port": self.port, "pid": os.getpid()})
+            )
+        log.info("serving", extra={"address": self.address, "services": [b.name for b in self._bindings]})
+        return self.port
+
+    async def drain(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Refuse new work, let in-flight calls finish within the grace period, stop."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        log.info("draining", extra={"grace_period_s": self._settings.grace_period_s})
+        await self.health.enter_graceful_shutdown()
+        grace = self._settings.grace_period_s
+        if on_drain is not None:
+            try:
+                await asyncio.wait_for(on_drain(), timeout=grace)
+            except TimeoutError:
+                log.warning("drain hook did not finish within the grace period")
+        await self._server.stop(grace)
+        log.info("stopped")
+
+    async def stop_now(self) -> None:
+        self.draining.set()
+        await self._server.stop(None)
+
+
+async def wait_for_termination() -> None:
+    """Return once SIGTERM or SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_until_terminated(
+    server: GrpcServer,
+    *,
+    on_drain: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Start ``server``, serve until a termination signal, then drain it."""
+    await server.start()
+    await wait_for_termination()
+    await server.drain(on_drain)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
