@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 BENCH_ARGS ?=
 
-.PHONY: run test lint protos protos-check contracts bench clean help
+.PHONY: run test lint protos contracts release-contracts bench clean help
 
 help:
 	@echo "make run      start the whole system on localhost (embedded defaults)"
@@ -53,3 +53,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+
+release-contracts: $(BUF)
+	cd protos && ../$(BUF) build -o ../contracts/released.binpb

@@ -14,7 +14,7 @@ from typing import Any
 
 from runwire.common.v1 import context_pb2
 
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_STANDARD_ATTRS = frozenset((*vars(logging.makeLogRecord({})), "message", "asctime"))
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,3 @@
+from runwire_cli.main import main
+
+main()

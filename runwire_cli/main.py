@@ -1,0 +1,233 @@
+"""The ``runwire`` command line.
+
+``up`` starts the whole system on this machine (what ``make run`` calls);
+``token`` mints a development JWT; ``chat`` and ``runs`` are a tiny client of
+the WebSocket gateway; ``context mint`` gives operators and internal services
+an attested ``UserContext`` for calling the gRPC APIs directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from runwire.common.v1 import context_pb2
+from runwire_cli import devsecrets
+from runwire_cli.client import chat, list_runs
+from runwire_cli.cluster import Cluster, ClusterConfig, LaunchError
+from runwire_cli.tokens import mint_token
+from runwire_common.attestation import ContextAttestor
+from runwire_common.errors import InvalidArgument
+from runwire_common.ids import new_id
+
+CLUSTER_FILE = "cluster.json"
+DEFAULT_URL = "ws://127.0.0.1:8080/ws"
+
+
+def _gateway_url(folder: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    state = folder / CLUSTER_FILE
+    if state.exists():
+        urls: list[str] = json.loads(state.read_text()).get("gateway_urls", [])
+        if urls:
+            return urls[0]
+    return DEFAULT_URL
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    folder = devsecrets.data_dir(args.data_dir)
+    secrets_ = devsecrets.load_or_create(folder, rotate_attestation=True)
+    config = ClusterConfig(
+        data_dir=folder,
+        attestation_keys=secrets_.attestation_keys,
+        jwt_secret=secrets_.jwt_secret,
+        replicas=args.replicas,
+        gateway_port=args.gateway_port,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        grace_period_s=args.grace_period,
+    )
+    cluster = Cluster(config)
+    print(f"starting Runwire ({args.replicas} replica(s) of each service; logs in {folder / 'logs'}) …")
+    try:
+        cluster.start()
+    except LaunchError as exc:
+        print(f"runwire up failed: {exc}", file=sys.stderr)
+        return 1
+    urls = cluster.gateway_urls()
+    (folder / CLUSTER_FILE).write_text(json.dumps({"gateway_urls": urls}))
+    for proc in cluster.all():
+        print(f"  {proc.name:<12} pid {proc.pid:<7} {proc.address}")
+    token = mint_token(secrets_.jwt_secret, "alice", ttl_s=24 * 3600)
+    print("\nRunwire is ready. WebSocket endpoint(s):")
+    for url in urls:
+        print(url)
+    print(f"\nDevelopment token for user 'alice' (24 h):\n{token}\n")
+    print('Try:  .venv/bin/runwire chat --user alice "what is 12 * (3 + 4)?"')
+    print("      .venv/bin/runwire token --user bob     # a token for another user")
+    print("Press Ctrl-C to stop.\n", flush=True)
+
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    reported: set[str] = set()
+    while not stop["requested"]:
+        for proc in cluster.all():
+            if not proc.alive() and proc.name not in reported:
+                reported.add(proc.name)
+                print(f"warning: {proc.name} exited unexpectedly; see {proc.log_path}", file=sys.stderr)
+        time.sleep(0.3)
+    print("stopping (draining every service) …", flush=True)
+    codes = cluster.stop()
+    failed = {name: code for name, code in codes.items() if code not in (0, None) or code is None}
+    (folder / CLUSTER_FILE).unlink(missing_ok=True)
+    print("stopped." if not failed else f"stopped; unclean exits: {failed}")
+    return 0 if not failed else 1
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    found = devsecrets.require(devsecrets.data_dir(args.data_dir))
+    try:
+        token = mint_token(
+            found.jwt_secret, args.user, ttl_s=args.ttl, tenant_id=args.tenant, roles=args.role
+        )
+    except ValueError as exc:
+        print(f"runwire token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _client_token(args: argparse.Namespace) -> tuple[str, str]:
+    folder = devsecrets.data_dir(args.data_dir)
+    token = args.token or mint_token(devsecrets.require(folder).jwt_secret, args.user, ttl_s=600)
+    return _gateway_url(folder, args.url), token
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    url, token = _client_token(args)
+    try:
+        final = asyncio.run(chat(url, token, args.message, agent=args.agent, thread_id=args.thread))
+    except (OSError, RuntimeError) as exc:
+        print(f"runwire chat: {exc}", file=sys.stderr)
+        return 1
+    if final["type"] == "agent_completed":
+        print(f"\n{final['payload'].get('final_response', '')}")
+        return 0
+    return 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    url, token = _client_token(args)
+    try:
+        runs = asyncio.run(list_runs(url, token, limit=args.limit))
+    except (OSError, RuntimeError) as exc:
+        print(f"runwire runs: {exc}", file=sys.stderr)
+        return 1
+    if not runs:
+        print(f"no runs for {args.user}")
+    for run in runs:
+        print(
+            f"{run['created_at']}  {run['run_id']}  {run['agent']:<10} {run['state']:<10} {run['thread_id']}"
+        )
+    return 0
+
+
+def cmd_context_mint(args: argparse.Namespace) -> int:
+    spec = args.keys or os.environ.get("RUNWIRE_ATTESTATION_KEYS")
+    if not spec:
+        spec = devsecrets.require(devsecrets.data_dir(args.data_dir)).attestation_keys
+    try:
+        attestor = ContextAttestor.from_spec(spec)
+        ctx = context_pb2.UserContext(
+            user_id=args.user,
+            tenant_id=args.tenant or "",
+            thread_id=args.thread_id or "",
+            run_id=args.run_id or "",
+            request_id=new_id("req"),
+            roles=args.role,
+        )
+        minted = attestor.mint(ctx, ttl_s=args.ttl)
+    except InvalidArgument as exc:
+        print(f"runwire context mint: {exc.message}", file=sys.stderr)
+        return 2
+    if args.format == "base64":
+        print(base64.b64encode(minted.SerializeToString()).decode())
+    else:
+        print(json_format.MessageToJson(minted, preserving_proto_field_name=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runwire", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data-dir", help="local data folder (default .runwire or $RUNWIRE_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start every service on this machine")
+    up.add_argument("--gateway-port", type=int, default=8080, help="first gateway WebSocket port (0 = free)")
+    up.add_argument("--replicas", type=int, default=1, help="processes per service")
+    up.add_argument("--database-url", help="registry database (default: SQLite in the data folder)")
+    up.add_argument("--redis-url", help="use the Redis bridge backend at this URL")
+    up.add_argument("--grace-period", type=float, default=10.0, help="drain time per service on stop")
+    up.set_defaults(func=cmd_up)
+
+    token = commands.add_parser("token", help="print a development JWT")
+    token.add_argument("--user", required=True)
+    token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires")
+    token.add_argument("--tenant")
+    token.add_argument("--role", action="append", default=[], help="repeat for several")
+    token.set_defaults(func=cmd_token)
+
+    for name, helptext in (("chat", "start an assistant run and follow it"), ("runs", "list a user's runs")):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("--user", required=True)
+        sub.add_argument("--url", help="gateway WebSocket URL (default: the running `runwire up`)")
+        sub.add_argument("--token", help="use this JWT instead of minting a development one")
+        if name == "chat":
+            sub.add_argument("message")
+            sub.add_argument("--agent", default="assistant")
+            sub.add_argument("--thread", help="continue this thread")
+            sub.set_defaults(func=cmd_chat)
+        else:
+            sub.add_argument("--limit", type=int, default=20)
+            sub.set_defaults(func=cmd_runs)
+
+    context = commands.add_parser("context", help="UserContext tools for operators")
+    context_commands = context.add_subparsers(dest="context_command", required=True)
+    mint = context_commands.add_parser("mint", help="print an attested UserContext")
+    mint.add_argument("--user", required=True)
+    mint.add_argument("--tenant")
+    mint.add_argument("--role", action="append", default=[])
+    mint.add_argument("--thread-id")
+    mint.add_argument("--run-id")
+    mint.add_argument("--ttl", type=float, default=3600)
+    mint.add_argument(
+        "--keys", help="attestation key set (default $RUNWIRE_ATTESTATION_KEYS, then the data folder)"
+    )
+    mint.add_argument("--format", choices=("json", "base64"), default="json")
+    mint.set_defaults(func=cmd_context_mint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

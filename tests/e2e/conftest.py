@@ -1,0 +1,60 @@
+"""The whole system as separate processes, shared by the end-to-end tests.
+
+One cluster per test session (starting four Python processes takes a few
+seconds); tests isolate themselves by using fresh user ids.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runwire_cli.cluster import Cluster, ClusterConfig
+from runwire_cli.tokens import mint_token
+from runwire_common.ids import new_id
+
+
+class System:
+    def __init__(self, cluster: Cluster, jwt_secret: str) -> None:
+        self.cluster = cluster
+        self.jwt_secret = jwt_secret
+
+    @property
+    def url(self) -> str:
+        return self.cluster.gateway_urls()[0]
+
+    def token(self, user: str, **kwargs: object) -> str:
+        return mint_token(self.jwt_secret, user, **kwargs)  # type: ignore[arg-type]
+
+    def address(self, kind: str) -> str:
+        return self.cluster.processes[kind][0].address
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory, attestation_key_spec: str) -> Iterator[System]:
+    data_dir: Path = tmp_path_factory.mktemp("runwire-e2e")
+    jwt_secret = secrets.token_urlsafe(32)
+    cluster = Cluster(
+        ClusterConfig(
+            data_dir=data_dir,
+            attestation_keys=attestation_key_spec,
+            jwt_secret=jwt_secret,
+            gateway_port=0,
+            grace_period_s=5,
+            service_env={"gateway": {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000"}},
+        )
+    )
+    cluster.start()
+    try:
+        yield System(cluster, jwt_secret)
+    finally:
+        codes = cluster.stop()
+        assert all(code == 0 for code in codes.values()), f"unclean shutdown: {codes}"
+
+
+@pytest.fixture
+def user() -> Callable[[], str]:
+    return lambda: new_id("user")
