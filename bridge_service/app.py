@@ -1,0 +1,54 @@
+"""Composition root of the bridge: settings → bus → servicer → gRPC server."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from bridge_service.bus import EventBus
+from bridge_service.memory_bus import MemoryEventBus
+from bridge_service.servicer import SERVICE_NAME, BridgeServicer
+from bridge_service.settings import BridgeSettings
+from bridge_service.validation import PublishLimits
+from runwire.bridge.v1 import bridge_pb2_grpc
+from runwire_common.server import GrpcServer, ServiceBinding
+
+
+def open_bus(settings: BridgeSettings) -> EventBus:
+    """The configured backend (only ``memory`` so far)."""
+    return MemoryEventBus(log_capacity=settings.log_capacity, subscriber_queue=settings.subscriber_queue)
+
+
+@asynccontextmanager
+async def running_service(
+    settings: BridgeSettings,
+    *,
+    bus: EventBus | None = None,
+) -> AsyncIterator[GrpcServer]:
+    """Serve the bridge until the block exits, then drain and close.
+
+    ``bus`` overrides the configured backend (tests pass one to inspect it);
+    the caller then still owns it, but it is drained and closed here too.
+    On exit the server drains: health turns NOT_SERVING, every live
+    ``Subscribe`` ends with ``UNAVAILABLE`` and its resume cursor (so the
+    drain does not wait the whole grace period for streams that never end),
+    in-flight ``Publish`` calls finish, then the bus is closed.
+    """
+    async with AsyncExitStack() as stack:
+        event_bus = bus if bus is not None else open_bus(settings)
+        stack.push_async_callback(event_bus.close)
+        servicer = BridgeServicer(
+            event_bus,
+            attestor=settings.attestor(),
+            limits=PublishLimits(
+                max_events=settings.max_events_per_publish, max_payload_bytes=settings.max_payload_bytes
+            ),
+        )
+        binding = ServiceBinding(
+            SERVICE_NAME, functools.partial(bridge_pb2_grpc.add_BridgeServiceServicer_to_server, servicer)
+        )
+        server = GrpcServer(settings, [binding])
+        await server.start()
+        stack.push_async_callback(server.drain, event_bus.drain)
+        yield server

@@ -1,0 +1,85 @@
+"""Checks on published events, before anything is stored.
+
+A batch is all-or-nothing: the first bad event rejects the whole call with
+``INVALID_ARGUMENT`` naming it (``events[3].type …``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bridge_service.bus import RunEvent
+from runwire.common.v1 import context_pb2
+from runwire_common.context import id_problem
+from runwire_common.errors import InvalidArgument
+from runwire_common.names import EVENT_TYPES
+from runwire_common.timeutil import to_timestamp, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class PublishLimits:
+    max_events: int
+    max_payload_bytes: int
+
+
+def prepare_events(
+    events: Sequence[RunEvent],
+    ctx: context_pb2.UserContext,
+    *,
+    limits: PublishLimits,
+) -> list[RunEvent]:
+    """Validate ``events`` published by ``ctx``; return copies ready for the bus.
+
+    The copies have ``event_id`` cleared (the bridge assigns it) and a
+    ``timestamp`` filled in when the source left it unset.
+    """
+    if not events:
+        raise InvalidArgument("events must not be empty")
+    if len(events) > limits.max_events:
+        raise InvalidArgument(f"at most {limits.max_events} events per Publish call, got {len(events)}")
+    now = to_timestamp(utcnow())
+    prepared: list[RunEvent] = []
+    for index, event in enumerate(events):
+        _check_event(event, ctx, field=f"events[{index}]", max_payload_bytes=limits.max_payload_bytes)
+        copy = RunEvent()
+        copy.CopyFrom(event)
+        copy.event_id = ""
+        if not copy.HasField("timestamp") and now is not None:
+            copy.timestamp.CopyFrom(now)
+        prepared.append(copy)
+    return prepared
+
+
+def _check_event(
+    event: RunEvent,
+    ctx: context_pb2.UserContext,
+    *,
+    field: str,
+    max_payload_bytes: int,
+) -> None:
+    if event.user_id != ctx.user_id:
+        raise InvalidArgument(f"{field}.user_id must be the caller's user_context.user_id")
+    if event.type not in EVENT_TYPES:
+        raise InvalidArgument(f"{field}.type {event.type[:64]!r} is not an event type")
+    problem = id_problem(event.run_id) if event.run_id else "is required"
+    if problem is not None:
+        raise InvalidArgument(f"{field}.run_id {problem}")
+    if ctx.run_id and event.run_id != ctx.run_id:
+        raise InvalidArgument(f"{field}.run_id must match user_context.run_id")
+    if event.seq < 1:
+        raise InvalidArgument(f"{field}.seq must be at least 1")
+    _check_payload(event.payload_json, field=f"{field}.payload_json", max_bytes=max_payload_bytes)
+
+
+def _check_payload(payload_json: str, *, field: str, max_bytes: int) -> None:
+    size = len(payload_json.encode())
+    if size > max_bytes:
+        raise InvalidArgument(f"{field} is {size} bytes; at most {max_bytes} are allowed")
+    try:
+        payload = json.loads(payload_json)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise InvalidArgument(f"{field} is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise InvalidArgument(f"{field} must be a JSON object")

@@ -1,0 +1,183 @@
+"""The in-memory bus on its own: ids, ordering, trimming, hand-off, overflow, drain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import pytest
+
+from bridge_service.bus import BusDraining, BusItem, Gap, ReplayComplete, RunEvent, SubscriberOverflow
+from bridge_service.memory_bus import MemoryEventBus
+from runwire_common.errors import InvalidArgument
+
+ALICE = "user_alice_0123456789abcdef"
+BOB = "user_bob_0123456789abcdefgh"
+
+
+class SteppingClock:
+    """Returns the given readings in turn, then repeats the last one."""
+
+    def __init__(self, *readings: int) -> None:
+        self._readings = list(readings)
+
+    def __call__(self) -> int:
+        return self._readings.pop(0) if len(self._readings) > 1 else self._readings[0]
+
+
+def ev(user_id: str = ALICE, seq: int = 1, run_id: str = "run_0123456789abcdefghij") -> RunEvent:
+    return RunEvent(user_id=user_id, run_id=run_id, seq=seq, type="agent_thinking", payload_json="{}")
+
+
+async def take(subscription: AsyncGenerator[BusItem, None], count: int) -> list[BusItem]:
+    return [await anext(subscription) for _ in range(count)]
+
+
+async def test_ids_stay_strictly_increasing_when_the_clock_is_frozen() -> None:
+    bus = MemoryEventBus(clock=SteppingClock(1_000))
+    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 5)])
+    assert ids == ["1000-1", "1000-2", "1000-3", "1000-4"]
+
+
+async def test_ids_never_go_back_when_the_clock_does() -> None:
+    bus = MemoryEventBus(clock=SteppingClock(2_000, 2_005, 1_990, 1_990, 2_010))
+    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 5)])
+    assert ids == ["2005-0", "2005-1", "2005-2", "2010-0"]
+
+
+async def test_each_user_has_an_independent_id_sequence() -> None:
+    bus = MemoryEventBus(clock=SteppingClock(500))
+    assert await bus.publish(ALICE, [ev(ALICE)]) == ["500-1"]
+    assert await bus.publish(BOB, [ev(BOB)]) == ["500-1"]
+    assert await bus.publish(ALICE, [ev(ALICE)]) == ["500-2"]
+
+
+async def test_publish_does_not_modify_the_callers_events() -> None:
+    bus = MemoryEventBus()
+    original = ev()
+    [event_id] = await bus.publish(ALICE, [original])
+    assert original.event_id == ""
+    subscription = bus.subscribe(ALICE, after="1-0")
+    gap, stored, _ = await take(subscription, 3)
+    assert isinstance(gap, Gap)
+    assert isinstance(stored, RunEvent)
+    assert stored.event_id == event_id
+    await subscription.aclose()
+
+
+async def test_cursors_compare_numerically_not_as_text() -> None:
+    bus = MemoryEventBus(clock=SteppingClock(8, 9, 10))
+    ids = await bus.publish(ALICE, [ev(seq=1), ev(seq=2)])
+    assert ids == ["9-0", "10-0"]  # "10-0" < "9-0" as text
+    subscription = bus.subscribe(ALICE, after="9-0")
+    replayed, complete = await take(subscription, 2)
+    assert isinstance(replayed, RunEvent)
+    assert replayed.event_id == "10-0"
+    assert complete == ReplayComplete(replayed=1)
+    await subscription.aclose()
+
+
+async def test_log_keeps_only_the_newest_events_up_to_its_capacity() -> None:
+    bus = MemoryEventBus(log_capacity=3)
+    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 6)])
+    assert bus.retained(ALICE) == ids[2:]
+
+
+async def test_trimmed_cursor_gets_a_gap_naming_the_oldest_retained_event() -> None:
+    bus = MemoryEventBus(log_capacity=3)
+    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 6)])
+    subscription = bus.subscribe(ALICE, after=ids[0])
+    items = await take(subscription, 5)
+    assert items[0] == Gap(requested_after=ids[0], oldest_event_id=ids[2])
+    assert [item.event_id for item in items[1:4] if isinstance(item, RunEvent)] == ids[2:]
+    assert items[4] == ReplayComplete(replayed=3)
+    await subscription.aclose()
+
+
+async def test_foreign_event_in_a_batch_stores_nothing() -> None:
+    bus = MemoryEventBus()
+    with pytest.raises(InvalidArgument):
+        await bus.publish(ALICE, [ev(ALICE), ev(BOB)])
+    assert bus.retained(ALICE) == []
+    assert bus.retained(BOB) == []
+
+
+async def test_events_published_during_the_replay_arrive_once_after_it() -> None:
+    bus = MemoryEventBus()
+    first = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 4)])
+    subscription = bus.subscribe(ALICE, after=first[0])
+    # The subscription is registered and its snapshot taken at the first item.
+    replayed_first = await anext(subscription)
+    during = await bus.publish(ALICE, [ev(seq=4), ev(seq=5)])
+    rest = await take(subscription, 4)
+    events = [replayed_first, *rest]
+    assert [item.event_id for item in events if isinstance(item, RunEvent)] == first[1:] + during
+    assert ReplayComplete(replayed=2) in events
+    await subscription.aclose()
+
+
+async def test_subscribers_receive_only_their_own_users_events() -> None:
+    bus = MemoryEventBus()
+    alice_sub, bob_sub = bus.subscribe(ALICE), bus.subscribe(BOB)
+    assert await anext(alice_sub) == ReplayComplete(replayed=0)
+    assert await anext(bob_sub) == ReplayComplete(replayed=0)
+    [bob_id] = await bus.publish(BOB, [ev(BOB)])
+    [alice_id] = await bus.publish(ALICE, [ev(ALICE)])
+    got_alice, got_bob = await anext(alice_sub), await anext(bob_sub)
+    assert isinstance(got_alice, RunEvent)
+    assert isinstance(got_bob, RunEvent)
+    assert (got_alice.user_id, got_alice.event_id) == (ALICE, alice_id)
+    assert (got_bob.user_id, got_bob.event_id) == (BOB, bob_id)
+    await alice_sub.aclose()
+    await bob_sub.aclose()
+
+
+async def test_overflow_ends_only_the_full_subscriber_with_its_last_delivered_cursor() -> None:
+    bus = MemoryEventBus(subscriber_queue=2)
+    [before] = await bus.publish(ALICE, [ev()])
+    slow, fast = bus.subscribe(ALICE), bus.subscribe(ALICE)
+    assert await anext(slow) == ReplayComplete(replayed=0)
+    assert await anext(fast) == ReplayComplete(replayed=0)
+    ids: list[str] = []
+    for seq in range(2, 5):
+        ids += await bus.publish(ALICE, [ev(seq=seq)])
+        item = await anext(fast)
+        assert isinstance(item, RunEvent)
+        assert item.event_id == ids[-1]
+    assert bus.subscriber_count(ALICE) == 1
+    with pytest.raises(SubscriberOverflow) as caught:
+        await anext(slow)
+    assert caught.value.cursor == before
+    assert caught.value.message == f"subscriber fell behind; resume after {before}"
+    await fast.aclose()
+
+
+async def test_closing_a_subscription_unregisters_it_and_frees_an_idle_user() -> None:
+    bus = MemoryEventBus()
+    subscription = bus.subscribe(ALICE)
+    await anext(subscription)
+    assert bus.subscriber_count(ALICE) == 1
+    await subscription.aclose()
+    assert bus.subscriber_count(ALICE) == 0
+    assert bus._users == {}  # a user who never published keeps no state
+
+
+async def test_drain_ends_live_subscriptions_and_refuses_new_ones() -> None:
+    bus = MemoryEventBus()
+    [event_id] = await bus.publish(ALICE, [ev()])
+    live = bus.subscribe(ALICE, after=event_id)
+    assert await anext(live) == ReplayComplete(replayed=0)
+    await bus.drain()
+    with pytest.raises(BusDraining) as caught:
+        await anext(live)
+    assert caught.value.cursor == event_id
+    with pytest.raises(BusDraining) as refused:
+        await anext(bus.subscribe(ALICE, after="1-0"))
+    assert refused.value.cursor == "1-0"  # nothing delivered: resume where it asked to
+    assert bus.subscriber_count(ALICE) == 0
+    assert len(await bus.publish(ALICE, [ev(seq=2)])) == 1  # in-flight runs can still record
+
+
+@pytest.mark.parametrize(("capacity", "queue"), [(0, 1), (1, 0)])
+def test_bus_refuses_zero_capacities(capacity: int, queue: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        MemoryEventBus(log_capacity=capacity, subscriber_queue=queue)
