@@ -1,0 +1,91 @@
+"""The composition root of the execution service.
+
+``running_service(settings)`` opens the long-lived resources in order (one
+channel per peer), builds the agent catalog, the run supervisor and the
+servicer, starts the gRPC server and yields it. On exit it drains: new runs
+are refused, live runs get the grace period to finish, the rest are cancelled
+(each still ends with its terminal event), then the channels close.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import grpc
+
+from execution_service.catalog import AgentCatalog
+from execution_service.peers import BRIDGE_SERVICE, REGISTRY_SERVICE, GrpcBridge, GrpcRegistry
+from execution_service.servicer import ExecutionServicer
+from execution_service.settings import ExecutionSettings
+from execution_service.supervisor import RunSupervisor
+from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
+from runwire_common.channels import open_channel
+from runwire_common.server import GrpcServer, ServiceBinding
+
+EXECUTION_SERVICE = execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name
+# Left for the final, hard-cancel phase of a drain, out of the grace period.
+DRAIN_RESERVE_S = 1.0
+
+log = logging.getLogger("runwire.execution")
+
+
+@asynccontextmanager
+async def running_service(
+    settings: ExecutionSettings,
+    *,
+    catalog: AgentCatalog | None = None,
+) -> AsyncIterator[GrpcServer]:
+    """Run the execution service until the context exits; yields the started server.
+
+    ``catalog`` replaces the discovered one (built-ins plus entry points).
+    """
+    attestor = settings.attestor()
+    agents = catalog if catalog is not None else AgentCatalog.discover()
+    async with AsyncExitStack() as stack:
+        registry_channel = open_channel(settings.registry_target, service_names=(REGISTRY_SERVICE,))
+        stack.push_async_callback(registry_channel.close)
+        bridge_channel = open_channel(settings.bridge_target, service_names=(BRIDGE_SERVICE,))
+        stack.push_async_callback(bridge_channel.close)
+        registry = GrpcRegistry(
+            registry_channel,
+            attestor=attestor,
+            call_timeout_s=settings.call_timeout_s,
+            context_ttl_s=settings.context_ttl_s,
+        )
+        bridge = GrpcBridge(
+            bridge_channel,
+            attestor=attestor,
+            call_timeout_s=settings.call_timeout_s,
+            context_ttl_s=settings.context_ttl_s,
+        )
+        supervisor = RunSupervisor(log=log)
+        stack.push_async_callback(supervisor.abort)
+        servicer = ExecutionServicer(
+            settings=settings,
+            attestor=attestor,
+            catalog=agents,
+            supervisor=supervisor,
+            registry=registry,
+            bridge=bridge,
+            log=log,
+        )
+
+        def register(server: grpc.aio.Server) -> None:
+            execution_pb2_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
+
+        server = GrpcServer(settings, [ServiceBinding(EXECUTION_SERVICE, register)])
+        await server.start()
+
+        async def drain_runs() -> None:
+            grace = settings.grace_period_s
+            await supervisor.drain(
+                finish_within_s=max(0.0, grace - settings.cancel_grace_s - 2 * DRAIN_RESERVE_S),
+                cancel_grace_s=min(settings.cancel_grace_s, max(0.0, grace - DRAIN_RESERVE_S)),
+            )
+
+        try:
+            yield server
+        finally:
+            await server.drain(drain_runs)

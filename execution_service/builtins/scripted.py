@@ -1,0 +1,114 @@
+"""The ``scripted`` agent: follows the script in its input.
+
+For demos, client development and load tests. Input::
+
+    {"steps": [{"think": "..."}, {"tool": "calculator", "args": {"expression": "1+1"}},
+               {"partial": "..."}, {"sleep_ms": 500}, {"fail": "message"}],
+     "result": "final text"}
+
+A failed tool call is reported by its ``tool_completed`` event and the script
+goes on; ``fail`` ends the run with ``agent_error`` (``agent_failed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from execution_service.builtins.basic_tools import BUILTIN_TOOLS
+from execution_service.sdk import Agent, AgentFailure, AgentResult, RunContext, ToolError
+
+MAX_STEPS = 1000
+MAX_SLEEP_MS = 600_000
+
+INPUT_SCHEMA: Mapping[str, Any] = MappingProxyType(
+    {
+        "type": "object",
+        "properties": {
+            "steps": {
+                "type": "array",
+                "maxItems": MAX_STEPS,
+                "items": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "properties": {
+                                "think": {"type": "string"},
+                                "step": {"type": "string"},
+                                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                            },
+                            "required": ["think"],
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "properties": {"tool": {"type": "string"}, "args": {"type": "object"}},
+                            "required": ["tool"],
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "properties": {"partial": {"type": "string"}},
+                            "required": ["partial"],
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "properties": {
+                                "sleep_ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}
+                            },
+                            "required": ["sleep_ms"],
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "properties": {"fail": {"type": "string"}, "code": {"type": "string"}},
+                            "required": ["fail"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+            },
+            "result": {"type": "string"},
+        },
+        "required": ["steps"],
+        "additionalProperties": False,
+    }
+)
+
+
+class ScriptedAgent(Agent):
+    name = "scripted"
+    description = "Follows the script in its input: think, tool, partial, sleep_ms and fail steps."
+    input_schema = INPUT_SCHEMA
+    tools: ClassVar[tuple[str, ...]] = tuple(t.name for t in BUILTIN_TOOLS)
+
+    async def run(self, ctx: RunContext) -> AgentResult:
+        steps: list[Mapping[str, Any]] = list(ctx.input.get("steps", ()))
+        tool_calls = 0
+        tool_errors = 0
+        for number, step in enumerate(steps, start=1):
+            ctx.raise_if_cancelled()
+            if "think" in step:
+                await ctx.emitter.thinking(
+                    step["think"], step=step.get("step"), progress=step.get("progress")
+                )
+            elif "tool" in step:
+                tool_calls += 1
+                try:
+                    await ctx.tools.call(step["tool"], step.get("args", {}))
+                except ToolError:
+                    tool_errors += 1  # already reported by its tool_completed event
+            elif "partial" in step:
+                await ctx.emitter.partial(step["partial"])
+            elif "sleep_ms" in step:
+                await ctx.sleep(step["sleep_ms"] / 1000)
+            elif "fail" in step:
+                raise AgentFailure(step["fail"], code=step.get("code", "agent_failed"))
+            else:  # pragma: no cover - excluded by the input schema
+                raise AgentFailure(f"step {number} is not a known step")
+        return AgentResult(
+            final_response=str(ctx.input.get("result", "")),
+            result={"steps": len(steps), "tool_calls": tool_calls, "tool_errors": tool_errors},
+        )

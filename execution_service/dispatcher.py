@@ -1,0 +1,153 @@
+"""The tool dispatcher of one run (implements ``sdk.ToolCaller``).
+
+Every call emits ``tool_executing`` and then exactly one ``tool_completed``
+with the same ``call_id``, whatever happens: unknown or forbidden tool, invalid
+arguments, handler error, timeout, cancellation. Parameters, results and error
+messages are redacted in the events; the agent gets the real result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from execution_service.catalog import ToolSpec
+from execution_service.emitter import RunEmitter
+from execution_service.redaction import redact, redact_text
+from execution_service.schemas import schema_problem
+from execution_service.sdk import Cancellation, RunCancelled
+from execution_service.tools import ToolCall, ToolError, ToolTimeout
+from runwire.common.v1 import context_pb2
+from runwire_common import names
+from runwire_common.ids import new_id
+
+CANCELLED_MESSAGE = "cancelled"
+
+
+async def _invoke(spec: ToolSpec, arguments: dict[str, Any], call: ToolCall) -> Any:
+    return await spec.tool.handler(arguments, call)
+
+
+class ToolDispatcher:
+    """Calls the tools an agent may use, for one run and one user."""
+
+    def __init__(
+        self,
+        *,
+        user: context_pb2.UserContext,
+        run_id: str,
+        thread_id: str,
+        tools: Mapping[str, ToolSpec],
+        emitter: RunEmitter,
+        cancellation: Cancellation,
+        default_timeout_s: float,
+        log: logging.LoggerAdapter,  # type: ignore[type-arg]
+    ) -> None:
+        self._user = user
+        self._roles = frozenset(user.roles)
+        self._run_id = run_id
+        self._thread_id = thread_id
+        self._tools = tools
+        self._emitter = emitter
+        self._cancellation = cancellation
+        self._default_timeout_s = default_timeout_s
+        self._log = log
+
+    async def call(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        """Run tool ``name`` with ``args``; its result, or :class:`ToolError`.
+
+        Raises :class:`RunCancelled` when the run is cancelled before or during the call.
+        """
+        if self._cancellation.requested:
+            raise RunCancelled(self._cancellation.reason)
+        arguments: dict[str, Any] = dict(args or {})
+        call_id = new_id("call")
+        await self._emitter.emit_reserved(
+            names.TOOL_EXECUTING,
+            {"tool_name": name, "parameters": redact(arguments), "call_id": call_id},
+        )
+        started = time.monotonic()
+        try:
+            result = await self._run(name, arguments, call_id)
+        except ToolError as exc:
+            await self._completed(name, call_id, started, status=exc.status, error=exc.message)
+            raise
+        except RunCancelled:
+            await self._completed(name, call_id, started, status="error", error=CANCELLED_MESSAGE)
+            raise
+        except asyncio.CancelledError:
+            # Hard cancel (timeout or shutdown): still pair the event, then propagate.
+            await asyncio.shield(
+                self._completed(name, call_id, started, status="error", error=CANCELLED_MESSAGE)
+            )
+            raise
+        await self._completed(name, call_id, started, status="success", result=result)
+        return result
+
+    async def _run(self, name: str, arguments: dict[str, Any], call_id: str) -> Any:
+        spec = self._tools.get(name)
+        if spec is None:
+            raise ToolError(f"tool {name!r} is not available to this agent")
+        missing = sorted(spec.tool.required_roles - self._roles)
+        if missing:
+            raise ToolError(f"permission denied: tool {name!r} requires the role(s) {', '.join(missing)}")
+        problem = schema_problem(spec.validator, arguments)
+        if problem is not None:
+            raise ToolError(f"invalid arguments for {name!r}: {problem}")
+        call = ToolCall(
+            user=self._user, run_id=self._run_id, thread_id=self._thread_id, call_id=call_id, tool_name=name
+        )
+        timeout_s = spec.tool.timeout_s or self._default_timeout_s
+        handler: asyncio.Task[Any] = asyncio.create_task(
+            _invoke(spec, arguments, call), name=f"tool:{name}:{call_id}"
+        )
+        stop = asyncio.create_task(self._cancellation.wait())
+        try:
+            done, _ = await asyncio.wait(
+                (handler, stop), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            await asyncio.wait((stop,))
+            if not handler.done():
+                handler.cancel()
+                await asyncio.wait((handler,), timeout=1.0)
+        if handler not in done:
+            if stop in done:
+                raise RunCancelled(self._cancellation.reason)
+            raise ToolTimeout(f"tool {name!r} did not finish within {timeout_s:g} s")
+        exc = handler.exception()
+        if exc is None:
+            result = handler.result()
+            try:
+                json.dumps(result, allow_nan=False)
+            except (TypeError, ValueError):
+                self._log.error("tool returned a non-JSON result", extra={"tool": name})
+                raise ToolError(f"tool {name!r} returned an invalid result") from None
+            return result
+        if isinstance(exc, ToolError):
+            raise ToolError(exc.message)
+        self._log.error("tool failed", extra={"tool": name, "call_id": call_id}, exc_info=exc)
+        raise ToolError(f"tool {name!r} failed unexpectedly")
+
+    async def _completed(
+        self,
+        name: str,
+        call_id: str,
+        started: float,
+        *,
+        status: str,
+        result: Any = None,
+        error: str | None = None,
+    ) -> None:
+        payload: dict[str, Any] = {"tool_name": name, "call_id": call_id, "status": status}
+        if error is None:
+            payload["result"] = redact(result)
+        else:
+            payload["error"] = redact_text(error)
+        payload["duration_ms"] = int((time.monotonic() - started) * 1000)
+        await self._emitter.emit_reserved(names.TOOL_COMPLETED, payload)

@@ -1,0 +1,192 @@
+"""The agent SDK: how to write an agent (and its tools) for Runwire.
+
+An agent is a subclass of :class:`Agent` with a unique ``name``, a
+``description``, a JSON Schema for its input, the names of the tools it may
+call and, optionally, its own execution timeout. Runwire makes one instance
+per run and awaits :meth:`Agent.run` with a request-scoped :class:`RunContext`;
+the agent returns an :class:`AgentResult`. Nothing else is shared with it: no
+globals, no service objects.
+
+Agents and tools from other packages are discovered through entry points::
+
+    # pyproject.toml of your package
+    [project.entry-points."runwire.agents"]
+    weather = "my_pkg.agents:WeatherAgent"        # an Agent subclass
+
+    [project.entry-points."runwire.tools"]
+    weather = "my_pkg.tools:weather"              # a Tool value
+
+Example::
+
+    class WeatherAgent(Agent):
+        name = "weather"
+        description = "Tells the weather"
+        input_schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+        tools = ("weather",)
+
+        async def run(self, ctx: RunContext) -> AgentResult:
+            await ctx.emitter.thinking("looking up the forecast", progress=0.5)
+            try:
+                report = await ctx.tools.call("weather", {"city": ctx.input.get("city", "Paris")})
+            except ToolError as exc:
+                return AgentResult(final_response=f"No forecast: {exc.message}")
+            await ctx.emitter.partial(f"It is {report['forecast']}.")
+            return AgentResult(final_response=f"It is {report['forecast']}.", result=report)
+
+Ending a run: return an :class:`AgentResult` (``agent_completed``), raise
+:class:`AgentFailure` (``agent_error`` with your code and user-safe message),
+or let :class:`RunCancelled` propagate when the run is cancelled. Any other
+exception ends the run with ``agent_error`` / ``internal_error`` and is logged,
+never shown to the user.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol
+
+from execution_service.tools import Tool, ToolCall, ToolError, ToolTimeout, tool
+from runwire.common.v1 import context_pb2
+
+__all__ = (
+    "Agent",
+    "AgentFailure",
+    "AgentResult",
+    "Cancellation",
+    "EventEmitter",
+    "RunCancelled",
+    "RunContext",
+    "Tool",
+    "ToolCall",
+    "ToolCaller",
+    "ToolError",
+    "ToolTimeout",
+    "tool",
+)
+
+ANY_OBJECT_SCHEMA: Mapping[str, Any] = MappingProxyType({"type": "object"})
+
+
+class RunCancelled(Exception):
+    """The run was cancelled; raised by :class:`RunContext` helpers and tool calls.
+
+    Agents should let it propagate (clean up in ``finally`` if needed).
+    """
+
+
+class AgentFailure(Exception):
+    """End the run with ``agent_error``; ``message`` is shown to the user."""
+
+    def __init__(self, message: str, *, code: str = "agent_failed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """What a finished agent answers: the text shown to the user and a JSON result."""
+
+    final_response: str
+    result: Any = None
+
+
+class Cancellation:
+    """The cancellation signal of one run. Agents read it; the engine sets it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._reason = ""
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def request(self, reason: str) -> bool:
+        """Set the signal; ``False`` when it was set already (the first reason wins)."""
+        if self._event.is_set():
+            return False
+        self._reason = reason
+        self._event.set()
+        return True
+
+
+class EventEmitter(Protocol):
+    """Publishes events of one run, in order. Lifecycle and tool events are Runwire's."""
+
+    async def thinking(
+        self, reasoning: str, *, step: str | None = None, progress: float | None = None
+    ) -> None:
+        """An ``agent_thinking`` event; ``progress`` is between 0 and 1."""
+
+    async def partial(self, content: str) -> None:
+        """A ``partial_result`` event carrying a text delta; the index counts up from 0."""
+
+    async def emit(self, event_type: str, payload: Mapping[str, Any]) -> None:
+        """Any non-reserved event type with a JSON-object payload."""
+
+
+class ToolCaller(Protocol):
+    """Calls tools on behalf of one run (see ``execution_service.dispatcher``)."""
+
+    async def call(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        """Run tool ``name``; return its result or raise :class:`ToolError`."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything an agent gets for one run, and nothing more.
+
+    ``deadline`` is in the event loop's clock (``asyncio.get_running_loop().time()``).
+    """
+
+    user: context_pb2.UserContext
+    run_id: str
+    thread_id: str
+    input: Mapping[str, Any]
+    emitter: EventEmitter
+    tools: ToolCaller
+    cancellation: Cancellation
+    deadline: float
+
+    def time_left(self) -> float:
+        """Seconds until the run's execution timeout (never negative)."""
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancellation.requested:
+            raise RunCancelled(self.cancellation.reason)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, waking up early (with :class:`RunCancelled`) if the run is cancelled."""
+        self.raise_if_cancelled()
+        try:
+            await asyncio.wait_for(self.cancellation.wait(), timeout=max(0.0, seconds))
+        except TimeoutError:
+            return
+        raise RunCancelled(self.cancellation.reason)
+
+
+class Agent(abc.ABC):
+    """Base class of every agent. One instance serves exactly one run."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    input_schema: ClassVar[Mapping[str, Any]] = ANY_OBJECT_SCHEMA
+    tools: ClassVar[tuple[str, ...]] = ()
+    timeout_s: ClassVar[float | None] = None
+
+    @abc.abstractmethod
+    async def run(self, ctx: RunContext) -> AgentResult:
+        """Do the work of one run and return its result."""

@@ -1,0 +1,42 @@
+"""Typed settings of the execution service (``RUNWIRE_EXECUTION_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from runwire_common.ids import new_id
+from runwire_common.settings import ServerSettings
+
+
+def _new_executor_id() -> str:
+    return new_id("exec")
+
+
+class ExecutionSettings(ServerSettings):
+    """Settings of one execution replica.
+
+    ``registry_target`` and ``bridge_target`` are required (``host:port`` or
+    ``dns:///name:port``). ``executor_id`` identifies this replica in the run
+    records; it is generated per process unless configured.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RUNWIRE_EXECUTION_", populate_by_name=True, extra="ignore")
+
+    registry_target: str = Field(min_length=1, description="address of the registry service")
+    bridge_target: str = Field(min_length=1, description="address of the bridge service")
+    executor_id: str = Field(default_factory=_new_executor_id, min_length=1)
+    default_timeout_s: float = Field(default=300.0, gt=0, description="execution timeout of a run")
+    tool_timeout_s: float = Field(default=10.0, gt=0, description="timeout of one tool call")
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, description="heartbeat of each live run")
+    cancel_grace_s: float = Field(
+        default=5.0, gt=0, description="time an agent gets to stop before it is cancelled hard"
+    )
+    context_ttl_s: float = Field(
+        default=120.0, gt=0, description="lifetime of the contexts re-minted for outbound calls"
+    )
+    event_queue_size: int = Field(default=1000, gt=0, description="events pending per run")
+    publish_batch_size: int = Field(default=100, gt=0, description="events per Publish call at most")
+    max_payload_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="payload size the bridge accepts; larger ones are shortened"
+    )

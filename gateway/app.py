@@ -1,0 +1,59 @@
+"""The gateway's composition root.
+
+settings → channels (execution, registry, bridge; opened once) → backends →
+WebSocket server. On exit the server drains first (connections close with
+1012 so clients reconnect elsewhere), then the channels close, in reverse
+order of opening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import grpc
+
+from gateway.calls import BRIDGE_SERVICE, EXECUTION_SERVICE, REGISTRY_SERVICE, Backends
+from gateway.server import GatewayServer
+from gateway.settings import GatewaySettings
+from runwire_common.channels import open_channel
+
+
+@asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayServer]:
+    """Run a gateway until the block exits; the yielded server exposes ``.port``."""
+    attestor = settings.attestor()
+    async with AsyncExitStack() as stack:
+        channels: list[grpc.aio.Channel] = []
+        for target, service in (
+            (settings.execution_target, EXECUTION_SERVICE),
+            (settings.registry_target, REGISTRY_SERVICE),
+            (settings.bridge_target, BRIDGE_SERVICE),
+        ):
+            channel = open_channel(target, service_names=(service,))
+            stack.push_async_callback(channel.close)
+            channels.append(channel)
+        execution, registry, bridge = channels
+        backends = Backends(
+            execution=execution,
+            registry=registry,
+            bridge=bridge,
+            call_timeout_s=settings.call_timeout_s,
+        )
+        server = GatewayServer(settings, backends=backends, attestor=attestor)
+        await server.start()
+        stack.push_async_callback(server.drain)
+        if settings.ready_file:
+            write_ready_file(Path(settings.ready_file), port=server.port)
+        yield server
+
+
+def write_ready_file(path: Path, *, port: int) -> None:
+    """Write ``{"port": N, "pid": P}`` atomically, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+    tmp.replace(path)

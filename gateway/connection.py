@@ -1,0 +1,253 @@
+"""One WebSocket connection: its event pump, its rate limit, its commands.
+
+A :class:`Session` is built per accepted connection and dropped when it
+closes. Client frames are validated synchronously (a bad frame gets an
+``error`` reply and never closes the connection); frames that need a gRPC call
+run as bounded concurrent tasks, so a slow ``run.start`` never delays a
+``ping``. All writes go through one lock so frames are never interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway import frames
+from gateway.auth import Identity
+from gateway.calls import Backends, ContextMinter, error_for_status
+from gateway.limits import SlidingWindowLimiter
+from gateway.protocol import (
+    RATE_LIMITED,
+    RESOURCE_EXHAUSTED,
+    CancelRun,
+    ClientId,
+    Command,
+    FrameError,
+    GetRun,
+    Heartbeat,
+    ListRuns,
+    Ping,
+    Resume,
+    StartRun,
+    parse_frame,
+)
+from gateway.pump import CLOSE_POLICY_VIOLATION, EventPump, GatewayStats, PumpPolicy, PumpStopped
+from gateway.settings import GatewaySettings
+from runwire_common.attestation import ContextAttestor
+from runwire_common.ids import new_id
+from runwire_common.logs import bind
+
+log = logging.getLogger("runwire.gateway.connection")
+
+CANCEL_REASON = "cancelled by the user"
+
+
+class Session:
+    """The per-connection state and behaviour of the gateway."""
+
+    def __init__(
+        self,
+        websocket: ServerConnection,
+        identity: Identity,
+        *,
+        settings: GatewaySettings,
+        backends: Backends,
+        attestor: ContextAttestor,
+        stats: GatewayStats,
+        after: str = "",
+    ) -> None:
+        self._ws = websocket
+        self.identity = identity
+        self._settings = settings
+        self._backends = backends
+        self._stats = stats
+        self._after = after
+        self.connection_id = new_id("conn")
+        self._minter = ContextMinter(
+            attestor, identity, connection_id=self.connection_id, ttl_s=settings.context_ttl_s
+        )
+        self._log = bind(log, user_id=identity.user_id, connection_id=self.connection_id)
+        self._limiter = SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
+        self._send_lock = asyncio.Lock()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        """Run the connection until it closes."""
+        expiry = asyncio.create_task(self._close_at_expiry())
+        try:
+            await self.send(frames.connected_frame(self.connection_id, self.identity.user_id))
+            self._start_pump(self._after, resume_id=None, announce=bool(self._after))
+            async for message in self._ws:
+                await self._on_message(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            tasks = [expiry, *self._calls]
+            if self._pump_task is not None:
+                tasks.append(self._pump_task)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._closing is not None:
+                await asyncio.gather(self._closing, return_exceptions=True)
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock:
+            await self._ws.send(text)
+
+    # -- client frames -------------------------------------------------------
+
+    async def _on_message(self, message: str | bytes) -> None:
+        allowed = self._limiter.allow()
+        try:
+            command = parse_frame(
+                message,
+                max_frame_bytes=self._settings.max_frame_bytes,
+                default_agent=self._settings.default_agent,
+            )
+        except FrameError as exc:
+            if not allowed:
+                await self._reply_error(exc.client_id, RATE_LIMITED, self._rate_message())
+            else:
+                await self._reply_error(exc.client_id, exc.code, exc.message)
+            return
+        if not allowed:
+            await self._reply_error(command.id, RATE_LIMITED, self._rate_message())
+            return
+        await self._dispatch(command)
+
+    def _rate_message(self) -> str:
+        return (
+            f"more than {self._settings.rate_limit_messages} messages in "
+            f"{self._settings.rate_limit_window_s:g} s; frame not processed"
+        )
+
+    async def _dispatch(self, command: Command) -> None:
+        if isinstance(command, Ping):
+            await self.send(frames.pong_frame(command.id))
+        elif isinstance(command, Heartbeat):
+            await self.send(frames.heartbeat_ack_frame(command.id))
+        elif isinstance(command, Resume):
+            await self._resume(command)
+        elif len(self._calls) >= self._settings.max_in_flight:
+            await self._reply_error(
+                command.id,
+                RESOURCE_EXHAUSTED,
+                f"more than {self._settings.max_in_flight} requests in flight on this connection",
+            )
+        else:
+            task = asyncio.create_task(self._call(command))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _call(self, command: StartRun | CancelRun | GetRun | ListRuns) -> None:
+        try:
+            await self._run_command(command)
+        except grpc.aio.AioRpcError as exc:
+            code, message = error_for_status(exc.code(), exc.details())
+            if code == "internal":
+                self._log.error(
+                    "call failed", extra={"grpc_code": exc.code().name, "frame": type(command).__name__}
+                )
+            await self._reply_error(command.id, code, message)
+        except ConnectionClosed:
+            pass
+        except Exception:  # noqa: BLE001 - a bug must not kill the connection or leak details
+            self._log.exception("command failed", extra={"frame": type(command).__name__})
+            await self._reply_error(command.id, "internal", "internal error")
+
+    async def _run_command(self, command: StartRun | CancelRun | GetRun | ListRuns) -> None:
+        if isinstance(command, StartRun):
+            thread_id = command.thread_id or new_id("thread")
+            run = await self._backends.start_run(
+                self._minter.mint(thread_id=thread_id),
+                agent=command.agent,
+                input_json=json.dumps(dict(command.input), ensure_ascii=False),
+                multitask_strategy=command.multitask_strategy,
+            )
+            await self.send(frames.run_reply("run.accepted", command.id, run))
+        elif isinstance(command, CancelRun):
+            run = await self._backends.cancel_run(
+                self._minter.mint(run_id=command.run_id), reason=CANCEL_REASON
+            )
+            await self.send(frames.run_reply("run.cancelling", command.id, run))
+        elif isinstance(command, GetRun):
+            run = await self._backends.get_run(self._minter.mint(run_id=command.run_id))
+            await self.send(frames.run_reply("run", command.id, run))
+        else:
+            page = await self._backends.list_runs(
+                self._minter.mint(thread_id=command.thread_id or ""),
+                thread_id=command.thread_id or "",
+                state=command.state or 0,
+                page_size=command.limit or 0,
+                page_token=command.page_token or "",
+            )
+            await self.send(frames.runs_reply(command.id, page.runs, page.next_page_token))
+
+    async def _reply_error(self, client_id: ClientId | None, code: str, message: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.send(frames.error_frame(client_id, code, message))
+
+    # -- events --------------------------------------------------------------
+
+    async def _resume(self, command: Resume) -> None:
+        await self._stop_pump()
+        self._start_pump(command.after, resume_id=command.id, announce=True)
+
+    def _start_pump(self, after: str, *, resume_id: ClientId | None, announce: bool) -> None:
+        pump = EventPump(
+            user_id=self.identity.user_id,
+            backends=self._backends,
+            minter=self._minter,
+            send=self.send,
+            stats=self._stats,
+            policy=PumpPolicy(
+                attempts=self._settings.resubscribe_attempts,
+                backoff_s=self._settings.resubscribe_backoff_s,
+                max_backoff_s=self._settings.resubscribe_max_backoff_s,
+            ),
+            log=self._log,
+            after=after,
+            resume_id=resume_id,
+            announce_replay=announce,
+        )
+        self._pump_task = asyncio.create_task(self._pump(pump.run))
+
+    async def _stop_pump(self) -> None:
+        task, self._pump_task = self._pump_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _pump(self, run: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await run()
+        except PumpStopped as exc:
+            self._log.warning("closing: event stream stopped", extra={"reason": exc.reason})
+            code = "unauthenticated" if exc.code == CLOSE_POLICY_VIOLATION else "unavailable"
+            await self._reply_error(None, code, exc.reason)
+            self._close_soon(exc.code, exc.reason)
+        except ConnectionClosed:
+            pass
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def _close_at_expiry(self) -> None:
+        await asyncio.sleep(max(0.0, self.identity.expires_at - time.time()))
+        self._log.info("closing: token expired")
+        self._close_soon(CLOSE_POLICY_VIOLATION, "token expired")
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        # Closing waits for the receive loop, which cancels the caller; run it apart.
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._ws.close(code, reason))

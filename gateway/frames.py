@@ -1,0 +1,144 @@
+"""Server frames: JSON rendering of runs, events and replies.
+
+An event's ``payload_json`` was encoded once at the source; it is spliced into
+the frame as-is, never parsed and re-encoded here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gateway.protocol import ClientId
+from runwire.bridge.v1 import bridge_pb2
+from runwire.common.v1 import event_pb2, run_pb2
+from runwire_common.names import state_name
+from runwire_common.timeutil import rfc3339, timestamp_rfc3339, utcnow
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def server_time() -> str:
+    return rfc3339(utcnow())
+
+
+def _time_or_none(message: run_pb2.Run, field: str) -> str | None:
+    if not message.HasField(field):  # type: ignore[arg-type]
+        return None
+    value: Timestamp = getattr(message, field)
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    return timestamp_rfc3339(value)
+
+
+def _json_or(text: str, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def run_json(run: run_pb2.Run) -> dict[str, Any]:
+    """The run object of replies (``run.accepted``, ``run``, ``runs`` …)."""
+    error = None
+    if run.HasField("error") and (run.error.code or run.error.message):
+        error = {"code": run.error.code, "message": run.error.message}
+    return {
+        "run_id": run.run_id,
+        "thread_id": run.thread_id,
+        "agent": run.agent,
+        "state": state_name(run.state),
+        "created_at": _time_or_none(run, "created_at"),
+        "updated_at": _time_or_none(run, "updated_at"),
+        "started_at": _time_or_none(run, "started_at"),
+        "finished_at": _time_or_none(run, "finished_at"),
+        "error": error,
+        "result": _json_or(run.result_json, None),
+        "input": _json_or(run.input_json, {}),
+        "cancel_requested": run.cancel_requested,
+    }
+
+
+def _payload_text(payload_json: str) -> str:
+    # Spliced verbatim; only guard against something that is clearly not an object,
+    # so one bad event can never produce an unparsable frame.
+    text = payload_json.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        return "{}"
+    return text
+
+
+def event_frame(event: event_pb2.RunEvent) -> str:
+    """The WebSocket frame of one event: the envelope plus the spliced payload."""
+    envelope = dumps(
+        {
+            "type": event.type,
+            "event_id": event.event_id,
+            "seq": event.seq,
+            "run_id": event.run_id,
+            "thread_id": event.thread_id,
+            "user_id": event.user_id,
+            "agent": event.agent,
+            "timestamp": timestamp_rfc3339(event.timestamp),
+        }
+    )
+    return f'{envelope[:-1]},"payload":{_payload_text(event.payload_json)}}}'
+
+
+def gap_frame(gap: bridge_pb2.Gap, client_id: ClientId | None) -> str:
+    frame: dict[str, Any] = {
+        "type": "gap",
+        "requested_after": gap.requested_after,
+        "oldest_event_id": gap.oldest_event_id or None,
+    }
+    if client_id is not None:
+        frame["id"] = client_id
+    return dumps(frame)
+
+
+def resumed_frame(client_id: ClientId | None, replayed: int) -> str:
+    return dumps({"type": "resumed", "id": client_id, "replayed": replayed})
+
+
+def error_frame(client_id: ClientId | None, code: str, message: str) -> str:
+    return dumps({"type": "error", "id": client_id, "code": code, "message": message})
+
+
+def connected_frame(connection_id: str, user_id: str) -> str:
+    return dumps(
+        {
+            "type": "connected",
+            "connection_id": connection_id,
+            "user_id": user_id,
+            "server_time": server_time(),
+        }
+    )
+
+
+def pong_frame(client_id: ClientId | None) -> str:
+    return dumps({"type": "pong", "id": client_id, "server_time": server_time()})
+
+
+def heartbeat_ack_frame(client_id: ClientId | None) -> str:
+    return dumps({"type": "heartbeat_ack", "id": client_id, "server_time": server_time()})
+
+
+def run_reply(kind: str, client_id: ClientId | None, run: run_pb2.Run) -> str:
+    return dumps({"type": kind, "id": client_id, "run": run_json(run)})
+
+
+def runs_reply(client_id: ClientId, runs: list[run_pb2.Run], next_page_token: str) -> str:
+    return dumps(
+        {
+            "type": "runs",
+            "id": client_id,
+            "runs": [run_json(run) for run in runs],
+            "next_page_token": next_page_token or None,
+        }
+    )

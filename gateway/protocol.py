@@ -1,0 +1,294 @@
+"""Client frames: parsing and validation into typed commands.
+
+Pure functions, no I/O. :func:`parse_frame` turns one WebSocket message into a
+command dataclass or raises :class:`FrameError` carrying the error code of the
+protocol (``invalid_message`` / ``unknown_type`` / ``invalid_argument``) and the
+client's correlation id when it could be read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from runwire.common.v1 import run_pb2
+from runwire_common.context import id_problem
+from runwire_common.names import STATES_BY_NAME
+
+ClientId = str | int | float
+
+MAX_LIST_LIMIT = 200
+MAX_CLIENT_ID_CHARS = 128
+MAX_TOKEN_CHARS = 1024
+MAX_AGENT_CHARS = 128
+
+MULTITASK_STRATEGIES: Mapping[str, int] = MappingProxyType(
+    {
+        "reject": run_pb2.MULTITASK_STRATEGY_REJECT,
+        "enqueue": run_pb2.MULTITASK_STRATEGY_ENQUEUE,
+        "interrupt": run_pb2.MULTITASK_STRATEGY_INTERRUPT,
+    }
+)
+
+# Error codes of the protocol (§6).
+INVALID_MESSAGE = "invalid_message"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_ARGUMENT = "invalid_argument"
+RATE_LIMITED = "rate_limited"
+RESOURCE_EXHAUSTED = "resource_exhausted"
+UNAVAILABLE = "unavailable"
+INTERNAL = "internal"
+
+
+class FrameError(Exception):
+    """A client frame that cannot be served; becomes an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, client_id: ClientId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.client_id = client_id
+
+
+@dataclass(frozen=True)
+class StartRun:
+    id: ClientId | None
+    agent: str
+    input: Mapping[str, Any]
+    thread_id: str | None
+    multitask_strategy: int
+    # The reply type; compat aliases answer like ``run.start``.
+    alias: str = "run.start"
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    id: ClientId
+    run_id: str
+
+
+@dataclass(frozen=True)
+class GetRun:
+    id: ClientId
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ListRuns:
+    id: ClientId
+    thread_id: str | None
+    state: int | None
+    limit: int | None
+    page_token: str | None
+
+
+@dataclass(frozen=True)
+class Resume:
+    id: ClientId
+    after: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: ClientId | None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    id: ClientId | None
+
+
+Command = StartRun | CancelRun | GetRun | ListRuns | Resume | Ping | Heartbeat
+
+KNOWN_TYPES = frozenset(
+    {"run.start", "run.cancel", "run.get", "runs.list", "resume", "ping", "start_agent", "user_message"}
+    | {"chat", "heartbeat"}
+)
+
+
+def parse_frame(message: str | bytes, *, max_frame_bytes: int, default_agent: str) -> Command:
+    """Validate one client message and return its command."""
+    if isinstance(message, bytes):
+        raise FrameError(INVALID_MESSAGE, "binary frames are not supported; send JSON text frames")
+    if len(message) > max_frame_bytes or len(message.encode("utf-8", "surrogatepass")) > max_frame_bytes:
+        raise FrameError(INVALID_MESSAGE, f"frame larger than the {max_frame_bytes}-byte limit")
+    try:
+        frame = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise FrameError(INVALID_MESSAGE, "frame is not valid JSON") from exc
+    if not isinstance(frame, dict):
+        raise FrameError(INVALID_MESSAGE, "frame must be a JSON object")
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise FrameError(INVALID_MESSAGE, "frame needs a string 'type'")
+    if kind not in KNOWN_TYPES:
+        raise FrameError(UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}", _lenient_id(frame))
+    client_id = _client_id(frame)
+    try:
+        return _build(kind, frame, client_id, default_agent)
+    except FrameError as exc:
+        exc.client_id = client_id
+        raise
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python's parser would accept them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default_agent: str) -> Command:
+    if kind == "ping":
+        return Ping(client_id)
+    if kind == "heartbeat":
+        return Heartbeat(client_id)
+    if kind in ("start_agent", "user_message", "chat"):
+        return _compat_start(kind, frame, client_id, default_agent)
+    cid = _required_id(client_id)
+    if kind == "run.start":
+        return StartRun(
+            id=cid,
+            agent=_agent(frame.get("agent")),
+            input=_object(frame, "input"),
+            thread_id=_optional_id(frame, "thread_id"),
+            multitask_strategy=_strategy(frame.get("multitask_strategy")),
+        )
+    if kind == "run.cancel":
+        return CancelRun(cid, _required_id_field(frame, "run_id"))
+    if kind == "run.get":
+        return GetRun(cid, _required_id_field(frame, "run_id"))
+    if kind == "runs.list":
+        return ListRuns(
+            id=cid,
+            thread_id=_optional_id(frame, "thread_id"),
+            state=_state(frame.get("state")),
+            limit=_limit(frame.get("limit")),
+            page_token=_optional_str(frame, "page_token", MAX_TOKEN_CHARS),
+        )
+    if kind == "resume":
+        after = frame.get("after")
+        if not isinstance(after, str) or cursor_problem(after):
+            raise FrameError(INVALID_ARGUMENT, "'after' must be a non-empty event_id string")
+        return Resume(cid, after)
+    raise AssertionError(kind)  # pragma: no cover - KNOWN_TYPES is exhaustive
+
+
+def _compat_start(kind: str, frame: dict[str, Any], client_id: ClientId | None, agent: str) -> StartRun:
+    if kind == "start_agent":
+        payload = frame.get("payload")
+        if not isinstance(payload, dict):
+            raise FrameError(INVALID_ARGUMENT, "'payload' must be an object")
+        text = payload.get("user_request")
+        thread_id = _optional_id(payload, "thread_id")
+        field = "payload.user_request"
+    else:
+        text = frame.get("content", frame.get("text"))
+        thread_id = _optional_id(frame, "thread_id")
+        field = "'content' (or 'text')"
+    if not isinstance(text, str) or not text.strip():
+        raise FrameError(INVALID_ARGUMENT, f"{field} must be a non-empty string")
+    return StartRun(
+        id=client_id,
+        agent=agent,
+        input={"message": text},
+        thread_id=thread_id,
+        multitask_strategy=run_pb2.MULTITASK_STRATEGY_REJECT,
+        alias=kind,
+    )
+
+
+def _client_id(frame: dict[str, Any]) -> ClientId | None:
+    if "id" not in frame or frame["id"] is None:
+        return None
+    value = frame["id"]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise FrameError(INVALID_ARGUMENT, "'id' must be a string or a number")
+    if isinstance(value, str) and len(value) > MAX_CLIENT_ID_CHARS:
+        raise FrameError(INVALID_ARGUMENT, f"'id' must be at most {MAX_CLIENT_ID_CHARS} characters")
+    return value
+
+
+def _lenient_id(frame: dict[str, Any]) -> ClientId | None:
+    try:
+        return _client_id(frame)
+    except FrameError:
+        return None
+
+
+def _required_id(client_id: ClientId | None) -> ClientId:
+    if client_id is None:
+        raise FrameError(INVALID_ARGUMENT, "'id' is required")
+    return client_id
+
+
+def _agent(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_AGENT_CHARS:
+        raise FrameError(INVALID_ARGUMENT, "'agent' must be a non-empty string")
+    return value
+
+
+def _object(frame: dict[str, Any], name: str) -> dict[str, Any]:
+    value = frame.get(name)
+    if not isinstance(value, dict):
+        raise FrameError(INVALID_ARGUMENT, f"'{name}' must be an object")
+    return value
+
+
+def _required_id_field(frame: dict[str, Any], name: str) -> str:
+    value = frame.get(name)
+    if not isinstance(value, str):
+        raise FrameError(INVALID_ARGUMENT, f"'{name}' must be a string")
+    problem = id_problem(value)
+    if problem is not None:
+        raise FrameError(INVALID_ARGUMENT, f"'{name}' {problem}")
+    return value
+
+
+def _optional_id(frame: dict[str, Any], name: str) -> str | None:
+    if frame.get(name) is None:
+        return None
+    return _required_id_field(frame, name)
+
+
+def _optional_str(frame: dict[str, Any], name: str, max_chars: int) -> str | None:
+    value = frame.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise FrameError(INVALID_ARGUMENT, f"'{name}' must be a string of at most {max_chars} characters")
+    return value
+
+
+def _strategy(value: Any) -> int:
+    if value is None:
+        return run_pb2.MULTITASK_STRATEGY_REJECT
+    if not isinstance(value, str) or value not in MULTITASK_STRATEGIES:
+        raise FrameError(INVALID_ARGUMENT, "'multitask_strategy' must be one of reject, enqueue, interrupt")
+    return MULTITASK_STRATEGIES[value]
+
+
+def _state(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in STATES_BY_NAME:
+        raise FrameError(INVALID_ARGUMENT, f"'state' must be one of {', '.join(sorted(STATES_BY_NAME))}")
+    return STATES_BY_NAME[value]
+
+
+def _limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIST_LIMIT:
+        raise FrameError(INVALID_ARGUMENT, f"'limit' must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return value
+
+
+def cursor_problem(value: str) -> bool:
+    return (
+        not value.strip()
+        or value != value.strip()
+        or len(value) > MAX_TOKEN_CHARS
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+    )

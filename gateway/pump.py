@@ -1,0 +1,162 @@
+"""The event pump: one ``BridgeService.Subscribe`` stream → one WebSocket.
+
+The pump writes each event of the stream to the socket after the owner check,
+remembers the last event it wrote, and resubscribes from there when the bridge
+ends the stream because the subscriber fell behind (``RESOURCE_EXHAUSTED``) or
+the bridge is draining or restarting (``UNAVAILABLE``) — so the client loses
+nothing and sees nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from gateway import frames
+from gateway.calls import Backends, ContextMinter
+from gateway.protocol import UNAVAILABLE, ClientId
+from runwire.bridge.v1 import bridge_pb2
+from runwire.common.v1 import event_pb2
+
+# Close codes (RFC 6455 §7.4.1).
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+
+RESUBSCRIBE_CODES = frozenset(
+    {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+# After this many consecutive failed attempts the client is told the stream is interrupted.
+WARN_AFTER_FAILURES = 3
+
+Send = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class GatewayStats:
+    """Counters of one gateway; exposed for tests and metrics."""
+
+    events_blocked_owner_mismatch: int = 0
+    events_sent: int = 0
+    resubscribes: int = 0
+    connections_opened: int = 0
+    handshakes_refused: dict[int, int] = field(default_factory=dict)
+
+
+class PumpStopped(Exception):
+    """The stream cannot be kept up; the connection must close with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PumpPolicy:
+    attempts: int
+    backoff_s: float
+    max_backoff_s: float
+
+
+class EventPump:
+    """Streams the owner's events of one connection; one instance per subscription."""
+
+    def __init__(
+        self,
+        *,
+        user_id: str,
+        backends: Backends,
+        minter: ContextMinter,
+        send: Send,
+        stats: GatewayStats,
+        policy: PumpPolicy,
+        log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        after: str = "",
+        resume_id: ClientId | None = None,
+        announce_replay: bool = False,
+    ) -> None:
+        self._user_id = user_id
+        self._backends = backends
+        self._minter = minter
+        self._send = send
+        self._stats = stats
+        self._policy = policy
+        self._log = log
+        self.cursor = after
+        self._resume_id = resume_id
+        # Whether a ``resumed`` frame is owed once the replay completes.
+        self._announce = announce_replay or resume_id is not None
+        self.replayed = 0
+
+    async def run(self) -> None:
+        """Pump until cancelled; raise :class:`PumpStopped` when the bridge is gone for good."""
+        failures = 0
+        while True:
+            call = self._backends.subscribe(self._minter.mint(), after=self.cursor)
+            code: grpc.StatusCode | None = None
+            try:
+                async for item in call:
+                    failures = 0
+                    await self.handle(item)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            finally:
+                call.cancel()
+            if code is not None and code not in RESUBSCRIBE_CODES:
+                raise self._fatal(code)
+            failures += 1
+            self._stats.resubscribes += 1
+            if failures > self._policy.attempts:
+                raise PumpStopped(CLOSE_INTERNAL_ERROR, "event stream unavailable")
+            if failures == WARN_AFTER_FAILURES:
+                await self._send(
+                    frames.error_frame(None, UNAVAILABLE, "event stream interrupted; reconnecting")
+                )
+            self._log.info(
+                "resubscribing", extra={"after": self.cursor, "cause": code.name if code else "ended"}
+            )
+            # A subscriber that fell behind retries at once; a bridge that is away gets backoff.
+            delay = min(self._policy.backoff_s * 2 ** (failures - 1), self._policy.max_backoff_s)
+            await asyncio.sleep(0 if failures == 1 and code != grpc.StatusCode.UNAVAILABLE else delay)
+
+    def _fatal(self, code: grpc.StatusCode) -> PumpStopped:
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return PumpStopped(CLOSE_POLICY_VIOLATION, "identity no longer accepted")
+        self._log.error("event stream failed", extra={"grpc_code": code.name})
+        return PumpStopped(CLOSE_INTERNAL_ERROR, "event stream failed")
+
+    async def handle(self, item: bridge_pb2.SubscribeResponse) -> None:
+        """Write one stream item to the socket (events pass the owner check first)."""
+        kind = item.WhichOneof("item")
+        if kind == "event":
+            await self._write_event(item.event)
+        elif kind == "gap":
+            await self._send(frames.gap_frame(item.gap, self._resume_id))
+        elif kind == "replay_complete" and self._announce:
+            self._announce = False
+            await self._send(frames.resumed_frame(self._resume_id, self.replayed))
+            self._resume_id = None
+
+    async def _write_event(self, event: event_pb2.RunEvent) -> None:
+        if not owner_matches(event, self._user_id):
+            self._stats.events_blocked_owner_mismatch += 1
+            self._log.warning(
+                "dropped an event of another user",
+                extra={"event_id": event.event_id, "run_id": event.run_id},
+            )
+            return
+        await self._send(frames.event_frame(event))
+        self.cursor = event.event_id
+        self._stats.events_sent += 1
+        if self._announce:
+            self.replayed += 1
+
+
+def owner_matches(event: event_pb2.RunEvent, user_id: str) -> bool:
+    """The isolation invariant: an event is written only to its owner's connections."""
+    return bool(user_id) and event.user_id == user_id

@@ -1,0 +1,210 @@
+"""The gateway's WebSocket server: handshake, edge limits, health, drain.
+
+Everything the server tracks — open sessions, per-user connection counts,
+counters — is state of one :class:`GatewayServer` instance, never of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import logging
+import time
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from gateway.auth import SUBPROTOCOL, AuthError, Identity, TokenVerifier, extract_token, offered_subprotocols
+from gateway.calls import Backends
+from gateway.connection import Session
+from gateway.limits import ConnectionSlots
+from gateway.protocol import cursor_problem
+from gateway.pump import CLOSE_SERVICE_RESTART, GatewayStats
+from gateway.settings import GatewaySettings
+from runwire_common.attestation import ContextAttestor
+
+log = logging.getLogger("runwire.gateway.server")
+
+WS_PATH = "/ws"
+HEALTH_PATH = "/healthz"
+
+
+class GatewayConnection(ServerConnection):
+    """A server connection that carries the identity proven at the handshake."""
+
+    identity: Identity | None = None
+    after: str = ""
+
+
+class GatewayServer:
+    """One WebSocket listener and the sessions it serves."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        backends: Backends,
+        attestor: ContextAttestor,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self._settings = settings
+        self._backends = backends
+        self._attestor = attestor
+        self._verifier = verifier or TokenVerifier(settings)
+        self._slots = ConnectionSlots(settings.max_connections_per_user)
+        self._sessions: set[Session] = set()
+        self._server: Server | None = None
+        self.stats = GatewayStats()
+        self.draining = False
+        self.port = 0
+
+    @property
+    def events_blocked_owner_mismatch(self) -> int:
+        return self.stats.events_blocked_owner_mismatch
+
+    @property
+    def sessions(self) -> frozenset[Session]:
+        return frozenset(self._sessions)
+
+    def connections_of(self, user_id: str) -> int:
+        return self._slots.count(user_id)
+
+    async def start(self) -> int:
+        """Listen; return the bound port."""
+        settings = self._settings
+        self._server = await serve(
+            self._handle,
+            settings.ws_host,
+            settings.ws_port,
+            process_request=self._process_request,
+            select_subprotocol=select_subprotocol,
+            compression="deflate" if settings.compression else None,
+            ping_interval=settings.ping_interval_s,
+            ping_timeout=settings.ping_timeout_s,
+            max_size=settings.hard_max_frame_bytes,
+            create_connection=GatewayConnection,
+            server_header=None,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("listening", extra={"host": settings.ws_host, "port": self.port})
+        return self.port
+
+    def begin_drain(self) -> None:
+        """Stop admitting: ``/healthz`` answers 503 and new handshakes are refused with 503."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining", extra={"connections": len(self._sessions)})
+
+    async def drain(self) -> None:
+        """Refuse new handshakes (503), close every connection with 1012, stop listening."""
+        self.begin_drain()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        closing = [
+            asyncio.create_task(conn.close(CLOSE_SERVICE_RESTART, "service restart"))
+            for conn in server.connections
+        ]
+        if closing:
+            await asyncio.wait(closing, timeout=self._settings.grace_period_s)
+        server.close(close_connections=True, code=CLOSE_SERVICE_RESTART, reason="service restart")
+        try:
+            await asyncio.wait_for(server.wait_closed(), timeout=self._settings.grace_period_s)
+        except TimeoutError:
+            log.warning("connections did not close within the grace period")
+        log.info("stopped")
+
+    # -- handshake -----------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == HEALTH_PATH:
+            return self._health(connection)
+        if url.path != WS_PATH:
+            return self._refuse(connection, http.HTTPStatus.NOT_FOUND, "not found")
+        if self.draining:
+            return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "gateway is draining")
+        token = extract_token(
+            request.headers.get("Authorization"),
+            offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol")),
+        )
+        after = _query_value(url.query, "after")
+        if after and cursor_problem(after):
+            return self._refuse(connection, http.HTTPStatus.BAD_REQUEST, "'after' is not a valid event_id")
+        try:
+            identity = self._verifier.verify(token)
+        except AuthError as exc:
+            response = self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, exc.reason)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="runwire"'
+            return response
+        if not self._slots.acquire(identity.user_id):
+            return self._refuse(
+                connection,
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many connections for this user (limit {self._slots.limit})",
+            )
+        # Released when the TCP connection goes, however the handshake or session ends.
+        connection.connection_lost_waiter.add_done_callback(lambda _: self._slots.release(identity.user_id))
+        assert isinstance(connection, GatewayConnection)
+        connection.identity = identity
+        connection.after = after
+        return None
+
+    def _health(self, connection: ServerConnection) -> Response:
+        status = http.HTTPStatus.SERVICE_UNAVAILABLE if self.draining else http.HTTPStatus.OK
+        body = {"status": "draining" if self.draining else "ok"}
+        response = connection.respond(status, json.dumps(body))
+        del response.headers["Content-Type"]  # Headers is a multi-dict: replace, not add
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, reason: str) -> Response:
+        self.stats.handshakes_refused[status.value] = self.stats.handshakes_refused.get(status.value, 0) + 1
+        if status != http.HTTPStatus.NOT_FOUND:
+            log.info("handshake refused", extra={"status": status.value, "reason": reason})
+        return connection.respond(status, reason + "\n")
+
+    # -- sessions ------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, GatewayConnection)
+        identity = connection.identity
+        if identity is None:  # pragma: no cover - process_request always sets it
+            await connection.close(1011, "no identity")
+            return
+        if identity.expires_at <= time.time():
+            await connection.close(1008, "token expired")
+            return
+        session = Session(
+            connection,
+            identity,
+            settings=self._settings,
+            backends=self._backends,
+            attestor=self._attestor,
+            stats=self.stats,
+            after=connection.after,
+        )
+        self._sessions.add(session)
+        self.stats.connections_opened += 1
+        try:
+            await session.serve()
+        finally:
+            self._sessions.discard(session)
+
+
+def select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Select ``runwire.v1`` when offered; never echo a ``bearer.`` entry."""
+    del connection
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in subprotocols else None
+
+
+def _query_value(query: str, name: str) -> str:
+    values = parse_qs(query, keep_blank_values=False).get(name)
+    return values[0] if values else ""

@@ -1,0 +1,117 @@
+"""Typed settings of the gateway process (environment prefix ``RUNWIRE_GATEWAY_``).
+
+The gateway is a WebSocket server and a gRPC *client*, so it does not reuse the
+gRPC server knobs of :class:`runwire_common.settings.ServerSettings`. Bad
+configuration (no verification key, ``none`` in the algorithm list, a short
+HMAC secret) fails at start-up, never on the first handshake.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runwire_common.attestation import ContextAttestor
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
+MIN_HMAC_SECRET_BYTES = 32
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of one gateway process."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNWIRE_GATEWAY_", populate_by_name=True, extra="ignore")
+
+    attestation_keys: SecretStr = Field(
+        validation_alias="RUNWIRE_ATTESTATION_KEYS",
+        description="KEY_ID:BASE64 pairs, comma-separated; the first signs",
+    )
+    execution_target: str = Field(min_length=1, description="host:port of the execution service")
+    registry_target: str = Field(min_length=1, description="host:port of the registry service")
+    bridge_target: str = Field(min_length=1, description="host:port of the bridge service")
+
+    ws_host: str = "127.0.0.1"
+    ws_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    ready_file: str = Field(default="", description="write {'port': N, 'pid': P} here once listening")
+    log_level: str = "INFO"
+
+    jwt_secret: SecretStr | None = Field(default=None, description="HMAC secret for HS* tokens")
+    jwt_public_key: str | None = Field(default=None, description="PEM public key for RS*/PS*/ES* tokens")
+    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_s: float = Field(default=0.0, ge=0, le=300)
+
+    context_ttl_s: float = Field(default=300.0, gt=0, description="lifetime of a minted UserContext")
+    max_connections_per_user: int = Field(default=5, gt=0)
+    max_frame_bytes: int = Field(default=65536, gt=0)
+    hard_frame_factor: int = Field(
+        default=16, ge=2, description="frames above max_frame_bytes * this close the connection (1009)"
+    )
+    rate_limit_messages: int = Field(default=30, gt=0)
+    rate_limit_window_s: float = Field(default=10.0, gt=0)
+    max_in_flight: int = Field(default=8, gt=0, description="concurrent gRPC calls per connection")
+    ping_interval_s: float = Field(default=25.0, gt=0)
+    ping_timeout_s: float = Field(default=20.0, gt=0)
+    compression: bool = False
+    call_timeout_s: float = Field(default=5.0, gt=0, description="deadline of outbound unary calls")
+    grace_period_s: float = Field(default=10.0, gt=0, description="drain time on SIGTERM")
+    resubscribe_attempts: int = Field(default=8, gt=0, description="consecutive failed Subscribe retries")
+    resubscribe_backoff_s: float = Field(default=0.1, gt=0)
+    resubscribe_max_backoff_s: float = Field(default=2.0, gt=0)
+    default_agent: str = Field(default="assistant", min_length=1)
+
+    @field_validator("attestation_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr) -> SecretStr:
+        ContextAttestor.from_spec(value.get_secret_value())
+        return value
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one JWT algorithm is required")
+        for alg in value:
+            if alg.lower() == "none":
+                raise ValueError("the 'none' JWT algorithm is never accepted")
+            if alg not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS:
+                raise ValueError(f"unsupported JWT algorithm {alg!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_for_algorithms(self) -> GatewaySettings:
+        uses_hmac = any(alg in HMAC_ALGORITHMS for alg in self.jwt_algorithms)
+        uses_public = any(alg in PUBLIC_KEY_ALGORITHMS for alg in self.jwt_algorithms)
+        if uses_hmac:
+            if self.jwt_secret is None:
+                raise ValueError("jwt_secret is required for HS* algorithms")
+            if len(self.jwt_secret.get_secret_value().encode()) < self.min_hmac_secret_bytes():
+                raise ValueError(f"jwt_secret must be at least {self.min_hmac_secret_bytes()} bytes")
+        if uses_public and not self.jwt_public_key:
+            raise ValueError("jwt_public_key is required for public-key algorithms")
+        return self
+
+    def min_hmac_secret_bytes(self) -> int:
+        sizes = [int(alg[2:]) // 8 for alg in self.jwt_algorithms if alg in HMAC_ALGORITHMS]
+        return max([MIN_HMAC_SECRET_BYTES, *sizes])
+
+    @property
+    def hard_max_frame_bytes(self) -> int:
+        return self.max_frame_bytes * self.hard_frame_factor
+
+    def attestor(self) -> ContextAttestor:
+        return ContextAttestor.from_spec(self.attestation_keys.get_secret_value())

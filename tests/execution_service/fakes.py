@@ -1,0 +1,190 @@
+"""In-memory stand-ins for the registry and the bridge (unit tests, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from execution_service.catalog import AgentCatalog
+from execution_service.engine import EngineConfig, RunEngine
+from runwire.common.v1 import context_pb2, event_pb2, run_pb2
+from runwire_common import names
+from runwire_common.errors import FailedPrecondition, NotFound
+from runwire_common.ids import new_id
+from runwire_common.logs import bind
+
+ALLOWED: dict[int, set[int] | frozenset[int]] = {
+    run_pb2.RUN_STATE_STARTING: {run_pb2.RUN_STATE_PENDING},
+    run_pb2.RUN_STATE_RUNNING: {run_pb2.RUN_STATE_STARTING},
+    run_pb2.RUN_STATE_COMPLETING: {run_pb2.RUN_STATE_RUNNING},
+    run_pb2.RUN_STATE_COMPLETED: {run_pb2.RUN_STATE_COMPLETING},
+}
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.runs: dict[str, run_pb2.Run] = {}
+        self.heartbeats: list[str] = []
+        self.transitions: list[tuple[str, str]] = []
+
+    async def create_run(
+        self,
+        ctx: context_pb2.UserContext,
+        *,
+        agent: str,
+        input_json: str,
+        multitask_strategy: int,
+        executor_id: str,
+        timeout_seconds: int,
+    ) -> run_pb2.Run:
+        run = run_pb2.Run(
+            run_id=new_id("run"),
+            user_id=ctx.user_id,
+            thread_id=ctx.thread_id,
+            agent=agent,
+            state=run_pb2.RUN_STATE_PENDING,
+            input_json=input_json,
+            executor_id=executor_id,
+            timeout_seconds=timeout_seconds,
+            version=1,
+        )
+        self.runs[run.run_id] = run
+        return run
+
+    def _get(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
+        run = self.runs.get(ctx.run_id)
+        if run is None or run.user_id != ctx.user_id:
+            raise NotFound(f"run {ctx.run_id!r} not found")
+        return run
+
+    async def transition(
+        self,
+        ctx: context_pb2.UserContext,
+        to_state: int,
+        *,
+        error: run_pb2.RunError | None = None,
+        result_json: str = "",
+    ) -> run_pb2.Run:
+        await asyncio.sleep(0)
+        run = self._get(ctx)
+        allowed: set[int] | frozenset[int] = ALLOWED.get(to_state, frozenset(names.LIVE_STATES))
+        if run.state not in allowed:
+            raise FailedPrecondition(
+                f"cannot move from {names.state_name(run.state)} to {names.state_name(to_state)}"
+            )
+        run.state = to_state  # type: ignore[assignment]
+        run.version += 1
+        if error is not None:
+            run.error.CopyFrom(error)
+        if result_json:
+            run.result_json = result_json
+        self.transitions.append((ctx.run_id, names.state_name(to_state)))
+        out = run_pb2.Run()
+        out.CopyFrom(run)
+        return out
+
+    async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run:
+        self.heartbeats.append(ctx.run_id)
+        return self._copy(self._get(ctx))
+
+    async def get_run(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
+        return self._copy(self._get(ctx))
+
+    @staticmethod
+    def _copy(run: run_pb2.Run) -> run_pb2.Run:
+        out = run_pb2.Run()
+        out.CopyFrom(run)
+        return out
+
+
+class FakeBridge:
+    def __init__(self) -> None:
+        self.events: list[event_pb2.RunEvent] = []
+        self.calls = 0
+
+    async def publish(
+        self, ctx: context_pb2.UserContext, events: Sequence[event_pb2.RunEvent]
+    ) -> Sequence[str]:
+        await asyncio.sleep(0)
+        self.calls += 1
+        for event in events:
+            assert event.user_id == ctx.user_id
+            assert event.run_id == ctx.run_id
+        self.events.extend(events)
+        return [str(len(self.events) - len(events) + i) for i in range(len(events))]
+
+    def of(self, run_id: str) -> list[event_pb2.RunEvent]:
+        return [e for e in self.events if e.run_id == run_id]
+
+    def types(self, run_id: str) -> list[str]:
+        return [e.type for e in self.of(run_id)]
+
+    def payloads(self, run_id: str, event_type: str | None = None) -> list[dict[str, Any]]:
+        return [
+            json.loads(e.payload_json) for e in self.of(run_id) if event_type is None or e.type == event_type
+        ]
+
+
+class Harness:
+    """Builds engines wired to the fakes, as the servicer would."""
+
+    def __init__(
+        self,
+        *,
+        catalog: AgentCatalog | None = None,
+        config: EngineConfig | None = None,
+        user: str = "user_alice_0123456789",
+        roles: Sequence[str] = (),
+    ) -> None:
+        self.catalog = catalog or AgentCatalog.discover(entry_points=False)
+        self.config = config or EngineConfig(
+            executor_id="exec_unit_tests_000000",
+            heartbeat_interval_s=0.05,
+            cancel_grace_s=0.5,
+            tool_timeout_s=1.0,
+        )
+        self.registry = FakeRegistry()
+        self.bridge = FakeBridge()
+        self.user = user
+        self.roles = tuple(roles)
+
+    async def engine(
+        self, agent: str, agent_input: dict[str, Any], *, timeout_s: float = 30.0, user: str | None = None
+    ) -> RunEngine:
+        spec = self.catalog.agent(agent)
+        spec.check_input(agent_input)
+        ctx = context_pb2.UserContext(
+            user_id=user or self.user, thread_id=new_id("thread"), request_id=new_id("req"), roles=self.roles
+        )
+        run = await self.registry.create_run(
+            ctx,
+            agent=spec.name,
+            input_json=json.dumps(agent_input),
+            multitask_strategy=0,
+            executor_id=self.config.executor_id,
+            timeout_seconds=int(timeout_s),
+        )
+        ctx.run_id = run.run_id
+        return RunEngine(
+            spec=spec,
+            run=run,
+            user=ctx,
+            agent_input=agent_input,
+            timeout_s=timeout_s,
+            tools=self.catalog.tools_of(spec),
+            registry=self.registry,
+            bridge=self.bridge,
+            config=self.config,
+            log=bind(logging.getLogger("test.execution"), ctx),
+        )
+
+    async def run(self, agent: str, agent_input: dict[str, Any], **options: Any) -> str:
+        engine = await self.engine(agent, agent_input, **options)
+        await engine.execute()
+        return engine.run_id
+
+    def state(self, run_id: str) -> str:
+        return names.state_name(self.registry.runs[run_id].state)
