@@ -63,7 +63,15 @@ ALLOWED_CALLS = frozenset(
     }
 )
 # Class attributes that frameworks require to be literal mappings.
-ALLOWED_CLASS_ATTRIBUTES = frozenset({"model_config", "__table_args__", "__mapper_args__", "__slots__"})
+ALLOWED_CLASS_ATTRIBUTES = frozenset(
+    {
+        "model_config",
+        "__table_args__",
+        "__mapper_args__",
+        "__slots__",
+        "impl",
+    }  # impl: SQLAlchemy TypeDecorator
+)
 SINGLETON_MARKERS = ("_instance", "get_instance", "_singleton")
 MEMOISERS = frozenset({"lru_cache", "cache", "functools.lru_cache", "functools.cache", "cached_property"})
 

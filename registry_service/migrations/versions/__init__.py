@@ -1,0 +1,1 @@
+"""Revision scripts, loaded by Alembic by path."""

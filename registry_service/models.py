@@ -1,0 +1,117 @@
+"""The registry's tables, as SQLAlchemy 2 typed models.
+
+``runs`` holds one row per run; ``run_owners`` holds one row per user that
+ever created a run and exists only to be locked: ``CreateRun`` locks the
+caller's row before it counts live runs, which serialises admissions of one
+user across every replica (see :mod:`registry_service.admission`).
+
+Timestamps are stored in UTC. SQLite has no time-zone type, so
+:class:`UTCDateTime` normalises on the way in and re-attaches UTC on the way
+out; both databases then hand back aware datetimes that compare and sort
+alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from registry_service.states import ALL_STATES, MULTITASK_STRATEGIES
+
+ID_LENGTH = 256
+AGENT_LENGTH = 128
+STATE_LENGTH = 16
+ERROR_CODE_LENGTH = 64
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A time-zone aware ``DateTime`` that always comes back in UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in_list(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class RunRecord(Base):
+    """One agent execution; see ``runwire.common.v1.Run`` for the meaning of each field."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    tenant_id: Mapped[str] = mapped_column(String(ID_LENGTH), default="")
+    thread_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    agent: Mapped[str] = mapped_column(String(AGENT_LENGTH))
+    state: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))
+    error_message: Mapped[str | None] = mapped_column(Text())
+    result_json: Mapped[str | None] = mapped_column(Text())
+    input_json: Mapped[str] = mapped_column(Text())
+    version: Mapped[int] = mapped_column(BigInteger(), default=1)
+    executor_id: Mapped[str] = mapped_column(String(ID_LENGTH), default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean(), default=False)
+    multitask_strategy: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    timeout_seconds: Mapped[int] = mapped_column(Integer(), default=0)
+
+    __table_args__ = (
+        CheckConstraint(_in_list("state", ALL_STATES), name="state"),
+        CheckConstraint(_in_list("multitask_strategy", MULTITASK_STRATEGIES), name="multitask_strategy"),
+        # Admission counts a user's live runs; listing pages through them newest first.
+        Index("ix_runs_user_id_state", "user_id", "state"),
+        Index("ix_runs_user_id_created_at_run_id", "user_id", "created_at", "run_id"),
+        Index("ix_runs_user_id_thread_id_state", "user_id", "thread_id", "state"),
+    )
+
+
+class RunOwner(Base):
+    """A lock row per user: ``SELECT … FOR UPDATE`` on it serialises that user's admissions."""
+
+    __tablename__ = "run_owners"
+
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,110 @@
+"""The gRPC adapter of ``runwire.registry.v1.RegistryService``.
+
+Each method validates the caller's ``UserContext``, validates the message,
+opens one session for the call and hands over to the domain modules; the
+``@unary`` decorator maps domain errors to status codes. Run-scoped calls act
+on ``user_context.run_id`` and always within ``user_context.user_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from registry_service import validation
+from registry_service.admission import create_run
+from registry_service.convert import run_message
+from registry_service.database import Database
+from registry_service.paging import decode_page_token, encode_page_token, page_size
+from registry_service.runs import get_run, heartbeat, list_runs, transition_run
+from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
+from runwire_common.attestation import ContextAttestor
+from runwire_common.context import validate_context
+from runwire_common.logs import bind
+from runwire_common.servicer import unary
+from runwire_common.timeutil import utcnow
+
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+log = logging.getLogger("runwire.registry")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(
+        self,
+        database: Database,
+        *,
+        attestor: ContextAttestor,
+        max_live_runs_per_user: int,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._database = database
+        self._attestor = attestor
+        self._max_live_runs = max_live_runs_per_user
+        self._clock = clock
+
+    @unary
+    async def CreateRun(
+        self, request: registry_pb2.CreateRunRequest, context: Context
+    ) -> registry_pb2.CreateRunResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
+        new = validation.new_run(request, ctx)
+        async with self._database.writing() as session:
+            record = await create_run(session, new, max_live_runs=self._max_live_runs, now=self._clock())
+        bind(log, ctx, run_id=record.run_id).info("run created", extra={"agent": record.agent})
+        return registry_pb2.CreateRunResponse(run=run_message(record))
+
+    @unary
+    async def TransitionRun(
+        self, request: registry_pb2.TransitionRunRequest, context: Context
+    ) -> registry_pb2.TransitionRunResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        change = validation.transition(request)
+        async with self._database.writing() as session:
+            record = await transition_run(
+                session, change, user_id=ctx.user_id, run_id=ctx.run_id, now=self._clock()
+            )
+        bind(log, ctx).info("run transitioned", extra={"state": record.state, "version": record.version})
+        return registry_pb2.TransitionRunResponse(run=run_message(record))
+
+    @unary
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: Context
+    ) -> registry_pb2.HeartbeatResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        executor_id = validation.executor_id(request.executor_id)
+        async with self._database.writing() as session:
+            record = await heartbeat(
+                session, user_id=ctx.user_id, run_id=ctx.run_id, executor_id=executor_id, now=self._clock()
+            )
+        return registry_pb2.HeartbeatResponse(run=run_message(record))
+
+    @unary
+    async def GetRun(
+        self, request: registry_pb2.GetRunRequest, context: Context
+    ) -> registry_pb2.GetRunResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        async with self._database.reading() as session:
+            record = await get_run(session, user_id=ctx.user_id, run_id=ctx.run_id)
+        return registry_pb2.GetRunResponse(run=run_message(record))
+
+    @unary
+    async def ListRuns(
+        self, request: registry_pb2.ListRunsRequest, context: Context
+    ) -> registry_pb2.ListRunsResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor)
+        thread_id, state = validation.list_filters(request)
+        limit = page_size(request.page_size)
+        after = decode_page_token(request.page_token)
+        async with self._database.reading() as session:
+            page = await list_runs(
+                session, user_id=ctx.user_id, limit=limit, thread_id=thread_id, state=state, after=after
+            )
+        token = encode_page_token(page.next_cursor) if page.next_cursor is not None else ""
+        return registry_pb2.ListRunsResponse(runs=[run_message(r) for r in page.runs], next_page_token=token)

@@ -1,0 +1,75 @@
+"""Settings of the registry process (``RUNWIRE_REGISTRY_*``).
+
+The database URL is also read from the unprefixed ``RUNWIRE_DATABASE_URL`` so
+one Secret can serve the service and its migration Job. Plain driver names
+(``postgresql://``, ``sqlite://``) are upgraded to their asyncio drivers, and
+anything else fails at start-up rather than on the first call.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from runwire_common.settings import ServerSettings
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.runwire/registry.db"
+DATABASE_URL_ALIASES = ("RUNWIRE_REGISTRY_DATABASE_URL", "RUNWIRE_DATABASE_URL", "database_url")
+ASYNC_DRIVERS = (
+    ("postgresql", "asyncpg"),
+    ("sqlite", "aiosqlite"),
+)
+
+
+def normalize_database_url(value: str) -> str:
+    """Return ``value`` with an asyncio driver, or raise ``ValueError``."""
+    try:
+        url: URL = make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {exc}") from exc
+    backend = "postgresql" if url.get_backend_name() in ("postgres", "postgresql") else url.get_backend_name()
+    drivers = dict(ASYNC_DRIVERS)
+    if backend not in drivers:
+        raise ValueError(f"unsupported database {backend!r}; use PostgreSQL or SQLite")
+    driver = drivers[backend]
+    if url.drivername not in (backend, f"{backend}+{driver}", "postgres"):
+        raise ValueError(f"use the asyncio driver {backend}+{driver}, not {url.drivername}")
+    if backend == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ValueError("SQLite needs a file; an in-memory database is not shared between connections")
+    return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the database, for ``python -m registry_service.migrate`` (no attestation keys needed)."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNWIRE_REGISTRY_", populate_by_name=True, extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL, validation_alias=AliasChoices(*DATABASE_URL_ALIASES)
+    )
+    sqlite_busy_timeout_s: float = Field(
+        default=30.0, gt=0, description="how long a SQLite writer waits for the file lock"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+class RegistrySettings(ServerSettings, DatabaseSettings):
+    """The registry service process: server settings, the database, and the run limits."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNWIRE_REGISTRY_", populate_by_name=True, extra="ignore")
+
+    max_live_runs_per_user: int = Field(default=3, ge=1)
+    migrate_on_start: bool = Field(
+        default=True, description="upgrade the schema to head before serving (off when a Job migrates)"
+    )
+
+    def database(self) -> DatabaseSettings:
+        return DatabaseSettings(
+            database_url=self.database_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s
+        )

@@ -1,0 +1,86 @@
+"""The run state machine, as data.
+
+States are stored by their lower-case names (``runwire_common.names``).
+Legal transitions — every other move, including staying in the same state,
+is refused with ``FAILED_PRECONDITION``:
+
+==============  ==============================================  =======================
+to              allowed from                                    also sets
+==============  ==============================================  =======================
+``starting``    ``pending``                                     ``started_at``
+``running``     ``starting``
+``completing``  ``running``                                     ``result`` (optional)
+``completed``   ``completing``                                  ``result`` (optional),
+                                                                ``finished_at``
+``failed``      ``pending``, ``starting``, ``running``,         ``error``,
+``timeout``     ``completing`` (any live state)                 ``finished_at``
+``cancelled``
+``dead``
+``pending``     — (only ``CreateRun`` makes a pending run)
+==============  ==============================================  =======================
+
+``pending → running`` is deliberately not a shortcut: the executor reports
+``starting`` (it has picked the run up) before ``running`` (the agent is
+executing), so a run stuck between the two is visible. Terminal states
+(``completed``, ``failed``, ``timeout``, ``cancelled``, ``dead``) have no way
+out. Every transition increments ``version`` and sets ``updated_at``;
+reaching a terminal state clears ``cancel_requested``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+PENDING = "pending"
+STARTING = "starting"
+RUNNING = "running"
+COMPLETING = "completing"
+COMPLETED = "completed"
+FAILED = "failed"
+TIMEOUT = "timeout"
+CANCELLED = "cancelled"
+DEAD = "dead"
+
+LIVE_STATES = (PENDING, STARTING, RUNNING, COMPLETING)
+TERMINAL_STATES = (COMPLETED, FAILED, TIMEOUT, CANCELLED, DEAD)
+ALL_STATES = LIVE_STATES + TERMINAL_STATES
+FAILURE_STATES = (FAILED, TIMEOUT, CANCELLED, DEAD)
+RESULT_STATES = (COMPLETING, COMPLETED)
+
+ALLOWED_SOURCES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        PENDING: frozenset(),
+        STARTING: frozenset({PENDING}),
+        RUNNING: frozenset({STARTING}),
+        COMPLETING: frozenset({RUNNING}),
+        COMPLETED: frozenset({COMPLETING}),
+        FAILED: frozenset(LIVE_STATES),
+        TIMEOUT: frozenset(LIVE_STATES),
+        CANCELLED: frozenset(LIVE_STATES),
+        DEAD: frozenset(LIVE_STATES),
+    }
+)
+
+# The error recorded when a run fails without the caller saying why.
+DEFAULT_ERRORS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        FAILED: ("failed", "the run failed"),
+        TIMEOUT: ("timeout", "the run exceeded its execution timeout"),
+        CANCELLED: ("cancelled", "the run was cancelled"),
+        DEAD: ("dead", "the run's executor stopped reporting"),
+    }
+)
+
+REJECT = "reject"
+ENQUEUE = "enqueue"
+INTERRUPT = "interrupt"
+MULTITASK_STRATEGIES = (REJECT, ENQUEUE, INTERRUPT)
+
+
+def is_legal(source: str, target: str) -> bool:
+    return source in ALLOWED_SOURCES.get(target, frozenset())
+
+
+def is_terminal(state: str) -> bool:
+    return state in TERMINAL_STATES

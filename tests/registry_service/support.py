@@ -1,0 +1,143 @@
+"""Helpers for the registry tests: a client wrapper and status-code helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import grpc
+
+from registry_service.settings import RegistrySettings
+from runwire.common.v1 import context_pb2, run_pb2
+from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
+from runwire_common.ids import new_id
+from runwire_common.server import GrpcServer
+
+CALL_TIMEOUT_S = 20.0
+
+# The moves that take a fresh (pending) run to each state.
+PATHS: Mapping[int, tuple[int, ...]] = MappingProxyType(
+    {
+        run_pb2.RUN_STATE_PENDING: (),
+        run_pb2.RUN_STATE_STARTING: (run_pb2.RUN_STATE_STARTING,),
+        run_pb2.RUN_STATE_RUNNING: (run_pb2.RUN_STATE_STARTING, run_pb2.RUN_STATE_RUNNING),
+        run_pb2.RUN_STATE_COMPLETING: (
+            run_pb2.RUN_STATE_STARTING,
+            run_pb2.RUN_STATE_RUNNING,
+            run_pb2.RUN_STATE_COMPLETING,
+        ),
+        run_pb2.RUN_STATE_COMPLETED: (
+            run_pb2.RUN_STATE_STARTING,
+            run_pb2.RUN_STATE_RUNNING,
+            run_pb2.RUN_STATE_COMPLETING,
+            run_pb2.RUN_STATE_COMPLETED,
+        ),
+        run_pb2.RUN_STATE_FAILED: (run_pb2.RUN_STATE_FAILED,),
+        run_pb2.RUN_STATE_TIMEOUT: (run_pb2.RUN_STATE_TIMEOUT,),
+        run_pb2.RUN_STATE_CANCELLED: (run_pb2.RUN_STATE_CANCELLED,),
+        run_pb2.RUN_STATE_DEAD: (run_pb2.RUN_STATE_STARTING, run_pb2.RUN_STATE_DEAD),
+    }
+)
+
+
+@dataclass
+class Registry:
+    """A running registry and a client of it."""
+
+    server: GrpcServer
+    stub: registry_pb2_grpc.RegistryServiceAsyncStub
+    settings: RegistrySettings
+    make_context: Callable[..., context_pb2.UserContext]
+
+    async def create(
+        self,
+        user: str,
+        *,
+        thread_id: str | None = None,
+        agent: str = "scripted",
+        input_json: str = '{"steps": []}',
+        strategy: int = run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
+        executor_id: str = "executor-a",
+        timeout_seconds: int = 0,
+    ) -> run_pb2.Run:
+        ctx = self.make_context(user, thread_id=thread_id or new_id("thread"))
+        response = await self.stub.CreateRun(
+            registry_pb2.CreateRunRequest(
+                user_context=ctx,
+                agent=agent,
+                input_json=input_json,
+                multitask_strategy=strategy,  # type: ignore[arg-type]
+                executor_id=executor_id,
+                timeout_seconds=timeout_seconds,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        return response.run
+
+    def run_context(self, run: run_pb2.Run, *, user: str | None = None) -> context_pb2.UserContext:
+        return self.make_context(user or run.user_id, thread_id=run.thread_id, run_id=run.run_id)
+
+    async def transition(
+        self,
+        run: run_pb2.Run,
+        to_state: int,
+        *,
+        user: str | None = None,
+        expected_version: int = 0,
+        error: run_pb2.RunError | None = None,
+        result_json: str = "",
+    ) -> run_pb2.Run:
+        response = await self.stub.TransitionRun(
+            registry_pb2.TransitionRunRequest(
+                user_context=self.run_context(run, user=user),
+                to_state=to_state,  # type: ignore[arg-type]
+                expected_version=expected_version,
+                error=error,
+                result_json=result_json,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        return response.run
+
+    async def get(self, run: run_pb2.Run, *, user: str | None = None) -> run_pb2.Run:
+        response = await self.stub.GetRun(
+            registry_pb2.GetRunRequest(user_context=self.run_context(run, user=user)), timeout=CALL_TIMEOUT_S
+        )
+        return response.run
+
+    async def heartbeat(
+        self, run: run_pb2.Run, *, user: str | None = None, executor_id: str = ""
+    ) -> run_pb2.Run:
+        response = await self.stub.Heartbeat(
+            registry_pb2.HeartbeatRequest(
+                user_context=self.run_context(run, user=user), executor_id=executor_id
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        return response.run
+
+    async def run_in(self, user: str, state: int) -> run_pb2.Run:
+        """A fresh run of ``user`` moved to ``state`` along the legal path."""
+        run = await self.create(user)
+        for step in PATHS[state]:
+            run = await self.transition(run, step)
+        assert run.state == state
+        return run
+
+
+async def status_of(call: Awaitable[object]) -> grpc.StatusCode:
+    """The status code a call ends with (``OK`` when it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("the call succeeded but an error was expected")

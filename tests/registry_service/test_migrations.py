@@ -1,0 +1,128 @@
+"""Alembic migrations: up from nothing, down to nothing, and in step with the models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+import registry_service
+from registry_service.database import Database, open_database
+from registry_service.migrator import current_revision, downgrade_schema, upgrade_schema
+from registry_service.models import Base
+from registry_service.settings import DatabaseSettings
+
+HEAD = "0001"
+TABLES = {"runs", "run_owners"}
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with open_database(DatabaseSettings(database_url=database_url)) as opened:
+        yield opened
+
+
+async def _tables(database: Database) -> set[str]:
+    async with database.engine.connect() as connection:
+        names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    return set(names) - {"alembic_version"}
+
+
+def _differences(connection: Connection) -> list[object]:
+    return list(
+        compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+    )
+
+
+async def test_upgrade_to_head_on_an_empty_database_creates_the_tables(database: Database) -> None:
+    assert await _tables(database) == set()
+
+    await upgrade_schema(database.write_engine())
+
+    assert await _tables(database) == TABLES
+    assert await current_revision(database.engine) == HEAD
+
+
+async def test_upgrading_twice_is_harmless(database: Database) -> None:
+    await upgrade_schema(database.write_engine())
+    await upgrade_schema(database.write_engine())
+
+    assert await current_revision(database.engine) == HEAD
+
+
+async def test_downgrade_to_base_drops_every_table(database: Database) -> None:
+    await upgrade_schema(database.write_engine())
+
+    await downgrade_schema(database.write_engine(), revision="base")
+
+    assert await _tables(database) == set()
+    assert await current_revision(database.engine) is None
+
+
+async def test_the_schema_can_be_rebuilt_after_a_downgrade(database: Database) -> None:
+    await upgrade_schema(database.write_engine())
+    await downgrade_schema(database.write_engine(), revision="base")
+
+    await upgrade_schema(database.write_engine())
+
+    assert await _tables(database) == TABLES
+
+
+async def test_the_migrated_schema_matches_the_models(database: Database) -> None:
+    await upgrade_schema(database.write_engine())
+
+    async with database.engine.connect() as connection:
+        differences = await connection.run_sync(_differences)
+
+    assert differences == []
+
+
+def _migrate(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    source_root = Path(registry_service.__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "RUNWIRE_DATABASE_URL": database_url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(source_root), os.environ.get("PYTHONPATH", "")])),
+    }
+    env.pop("RUNWIRE_REGISTRY_DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "registry_service.migrate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_migrate_command_upgrades_and_downgrades_from_any_directory(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    upgraded = _migrate(database_url, elsewhere)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip().splitlines()[-1] == HEAD
+    assert await _tables(database) == TABLES
+
+    downgraded = _migrate(database_url, elsewhere, "downgrade", "base")
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert downgraded.stdout.strip().splitlines()[-1] == "base"
+    assert await _tables(database) == set()
+
+
+def test_the_migrate_command_refuses_a_downgrade_without_a_target(database_url: str, tmp_path: Path) -> None:
+    result = _migrate(database_url, tmp_path, "downgrade")
+
+    assert result.returncode == 2
+    assert "downgrade needs a target revision" in result.stderr

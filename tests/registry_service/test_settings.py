@@ -1,0 +1,79 @@
+"""Registry settings: environment names, defaults and fail-fast URL checks (no database involved)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from registry_service.settings import DatabaseSettings, RegistrySettings, normalize_database_url
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "RUNWIRE_DATABASE_URL",
+        "RUNWIRE_REGISTRY_DATABASE_URL",
+        "RUNWIRE_REGISTRY_MAX_LIVE_RUNS_PER_USER",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_defaults_are_a_local_sqlite_file_three_live_runs_and_migrating_on_start(
+    attestation_key_spec: str,
+) -> None:
+    settings = RegistrySettings(attestation_keys=SecretStr(attestation_key_spec))
+
+    assert settings.database_url == "sqlite+aiosqlite:///./.runwire/registry.db"
+    assert settings.max_live_runs_per_user == 3
+    assert settings.migrate_on_start is True
+
+
+def test_the_prefixed_environment_configures_the_registry(
+    monkeypatch: pytest.MonkeyPatch, attestation_key_spec: str
+) -> None:
+    monkeypatch.setenv("RUNWIRE_ATTESTATION_KEYS", attestation_key_spec)
+    monkeypatch.setenv("RUNWIRE_REGISTRY_DATABASE_URL", "postgresql+asyncpg://db.internal/runs")
+    monkeypatch.setenv("RUNWIRE_REGISTRY_MAX_LIVE_RUNS_PER_USER", "5")
+    monkeypatch.setenv("RUNWIRE_REGISTRY_MIGRATE_ON_START", "false")
+
+    settings = RegistrySettings()  # type: ignore[call-arg]
+
+    assert settings.database_url == "postgresql+asyncpg://db.internal/runs"
+    assert settings.max_live_runs_per_user == 5
+    assert settings.migrate_on_start is False
+
+
+def test_the_shared_database_variable_is_accepted_and_loses_to_the_prefixed_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNWIRE_DATABASE_URL", "postgresql+asyncpg://shared/runs")
+    assert DatabaseSettings().database_url == "postgresql+asyncpg://shared/runs"
+
+    monkeypatch.setenv("RUNWIRE_REGISTRY_DATABASE_URL", "postgresql+asyncpg://own/runs")
+    assert DatabaseSettings().database_url == "postgresql+asyncpg://own/runs"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:secret@h:5432/db", "postgresql+asyncpg://u:secret@h:5432/db"),
+        ("postgres://h/db", "postgresql+asyncpg://h/db"),
+        ("sqlite:///data/registry.db", "sqlite+aiosqlite:///data/registry.db"),
+    ],
+)
+def test_plain_driver_names_are_upgraded_to_asyncio_drivers(given: str, expected: str) -> None:
+    assert normalize_database_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://h/db", "postgresql+psycopg2://h/db", "sqlite://", "sqlite+aiosqlite:///:memory:", "nonsense"],
+)
+def test_an_unusable_database_url_fails_at_start_up(url: str, attestation_key_spec: str) -> None:
+    with pytest.raises(ValidationError):
+        RegistrySettings(attestation_keys=SecretStr(attestation_key_spec), database_url=url)
+
+
+def test_a_quota_below_one_is_refused(attestation_key_spec: str) -> None:
+    with pytest.raises(ValidationError):
+        RegistrySettings(attestation_keys=SecretStr(attestation_key_spec), max_live_runs_per_user=0)
