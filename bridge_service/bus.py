@@ -44,6 +44,7 @@ class ReplayComplete:
     """The replay is over; live events follow."""
 
     replayed: int
+    resume_after: str  # a cursor that resumes exactly after this point
 
 
 BusItem = RunEvent | Gap | ReplayComplete

@@ -143,7 +143,7 @@ class MemoryEventBus:
             for event_id, event in replay:
                 yield event
                 last = event_id
-            yield ReplayComplete(replayed=len(replay))
+            yield ReplayComplete(replayed=len(replay), resume_after=str(last))
             while True:
                 event_id, event = await subscriber.next(last)
                 if event_id <= last:  # already replayed

@@ -66,7 +66,9 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
                         )
                     elif isinstance(item, ReplayComplete):
                         yield bridge_pb2.SubscribeResponse(
-                            replay_complete=bridge_pb2.ReplayComplete(replayed=item.replayed)
+                            replay_complete=bridge_pb2.ReplayComplete(
+                                replayed=item.replayed, resume_after=item.resume_after
+                            )
                         )
                     else:
                         yield bridge_pb2.SubscribeResponse(event=item)

@@ -86,7 +86,8 @@ class Session:
         expiry = asyncio.create_task(self._close_at_expiry())
         try:
             await self.send(frames.connected_frame(self.connection_id, self.identity.user_id))
-            self._start_pump(self._after, resume_id=None, announce=bool(self._after))
+            pump = self._start_pump(self._after, resume_id=None, announce=bool(self._after))
+            await self._until_subscribed(pump)
             async for message in self._ws:
                 await self._on_message(message)
         except ConnectionClosed:
@@ -204,7 +205,19 @@ class Session:
         await self._stop_pump()
         self._start_pump(command.after, resume_id=command.id, announce=True)
 
-    def _start_pump(self, after: str, *, resume_id: ClientId | None, announce: bool) -> None:
+    async def _until_subscribed(self, pump: EventPump) -> None:
+        """Hold client frames until the event stream is live.
+
+        Otherwise a ``run.start`` sent right after ``connected`` could emit its
+        first events before the bridge knows this subscriber, and a live-only
+        subscription would never see them.
+        """
+        try:
+            await asyncio.wait_for(pump.subscribed.wait(), self._settings.call_timeout_s)
+        except TimeoutError:
+            self._log.warning("event stream not confirmed in time; serving the connection anyway")
+
+    def _start_pump(self, after: str, *, resume_id: ClientId | None, announce: bool) -> EventPump:
         pump = EventPump(
             user_id=self.identity.user_id,
             backends=self._backends,
@@ -222,6 +235,7 @@ class Session:
             announce_replay=announce,
         )
         self._pump_task = asyncio.create_task(self._pump(pump.run))
+        return pump
 
     async def _stop_pump(self) -> None:
         task, self._pump_task = self._pump_task, None

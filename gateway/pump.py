@@ -92,9 +92,18 @@ class EventPump:
         # Whether a ``resumed`` frame is owed once the replay completes.
         self._announce = announce_replay or resume_id is not None
         self.replayed = 0
+        # Set once the bridge confirmed the subscription (its first replay_complete),
+        # or once the pump gave up: from then on no event of the user can be missed.
+        self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
         """Pump until cancelled; raise :class:`PumpStopped` when the bridge is gone for good."""
+        try:
+            await self._run()
+        finally:
+            self.subscribed.set()
+
+    async def _run(self) -> None:
         failures = 0
         while True:
             call = self._backends.subscribe(self._minter.mint(), after=self.cursor)
@@ -137,10 +146,15 @@ class EventPump:
             await self._write_event(item.event)
         elif kind == "gap":
             await self._send(frames.gap_frame(item.gap, self._resume_id))
-        elif kind == "replay_complete" and self._announce:
-            self._announce = False
-            await self._send(frames.resumed_frame(self._resume_id, self.replayed))
-            self._resume_id = None
+        elif kind == "replay_complete":
+            if item.replay_complete.resume_after:
+                # Resubscribing from here loses nothing, even before the first event.
+                self.cursor = item.replay_complete.resume_after
+            self.subscribed.set()
+            if self._announce:
+                self._announce = False
+                await self._send(frames.resumed_frame(self._resume_id, self.replayed))
+                self._resume_id = None
 
     async def _write_event(self, event: event_pb2.RunEvent) -> None:
         if not owner_matches(event, self._user_id):

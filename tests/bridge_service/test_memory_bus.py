@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from unittest.mock import ANY
 
 import pytest
 
@@ -72,7 +73,7 @@ async def test_cursors_compare_numerically_not_as_text() -> None:
     replayed, complete = await take(subscription, 2)
     assert isinstance(replayed, RunEvent)
     assert replayed.event_id == "10-0"
-    assert complete == ReplayComplete(replayed=1)
+    assert complete == ReplayComplete(replayed=1, resume_after=ANY)
     await subscription.aclose()
 
 
@@ -89,7 +90,7 @@ async def test_trimmed_cursor_gets_a_gap_naming_the_oldest_retained_event() -> N
     items = await take(subscription, 5)
     assert items[0] == Gap(requested_after=ids[0], oldest_event_id=ids[2])
     assert [item.event_id for item in items[1:4] if isinstance(item, RunEvent)] == ids[2:]
-    assert items[4] == ReplayComplete(replayed=3)
+    assert items[4] == ReplayComplete(replayed=3, resume_after=ANY)
     await subscription.aclose()
 
 
@@ -111,15 +112,15 @@ async def test_events_published_during_the_replay_arrive_once_after_it() -> None
     rest = await take(subscription, 4)
     events = [replayed_first, *rest]
     assert [item.event_id for item in events if isinstance(item, RunEvent)] == first[1:] + during
-    assert ReplayComplete(replayed=2) in events
+    assert ReplayComplete(replayed=2, resume_after=ANY) in events
     await subscription.aclose()
 
 
 async def test_subscribers_receive_only_their_own_users_events() -> None:
     bus = MemoryEventBus()
     alice_sub, bob_sub = bus.subscribe(ALICE), bus.subscribe(BOB)
-    assert await anext(alice_sub) == ReplayComplete(replayed=0)
-    assert await anext(bob_sub) == ReplayComplete(replayed=0)
+    assert await anext(alice_sub) == ReplayComplete(replayed=0, resume_after=ANY)
+    assert await anext(bob_sub) == ReplayComplete(replayed=0, resume_after=ANY)
     [bob_id] = await bus.publish(BOB, [ev(BOB)])
     [alice_id] = await bus.publish(ALICE, [ev(ALICE)])
     got_alice, got_bob = await anext(alice_sub), await anext(bob_sub)
@@ -135,8 +136,8 @@ async def test_overflow_ends_only_the_full_subscriber_with_its_last_delivered_cu
     bus = MemoryEventBus(subscriber_queue=2)
     [before] = await bus.publish(ALICE, [ev()])
     slow, fast = bus.subscribe(ALICE), bus.subscribe(ALICE)
-    assert await anext(slow) == ReplayComplete(replayed=0)
-    assert await anext(fast) == ReplayComplete(replayed=0)
+    assert await anext(slow) == ReplayComplete(replayed=0, resume_after=ANY)
+    assert await anext(fast) == ReplayComplete(replayed=0, resume_after=ANY)
     ids: list[str] = []
     for seq in range(2, 5):
         ids += await bus.publish(ALICE, [ev(seq=seq)])
@@ -165,7 +166,7 @@ async def test_drain_ends_live_subscriptions_and_refuses_new_ones() -> None:
     bus = MemoryEventBus()
     [event_id] = await bus.publish(ALICE, [ev()])
     live = bus.subscribe(ALICE, after=event_id)
-    assert await anext(live) == ReplayComplete(replayed=0)
+    assert await anext(live) == ReplayComplete(replayed=0, resume_after=ANY)
     await bus.drain()
     with pytest.raises(BusDraining) as caught:
         await anext(live)
@@ -181,3 +182,33 @@ async def test_drain_ends_live_subscriptions_and_refuses_new_ones() -> None:
 def test_bus_refuses_zero_capacities(capacity: int, queue: int) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         MemoryEventBus(log_capacity=capacity, subscriber_queue=queue)
+
+
+async def test_a_live_only_subscription_learns_a_cursor_that_resumes_exactly_there() -> None:
+    bus = MemoryEventBus(log_capacity=100, subscriber_queue=100)
+    await bus.publish(ALICE, [ev(seq=1), ev(seq=2)])
+    live = bus.subscribe(ALICE)
+    complete = await anext(live)
+    assert isinstance(complete, ReplayComplete) and complete.replayed == 0
+    assert complete.resume_after == bus.retained(ALICE)[-1]
+    await live.aclose()
+    missed = await bus.publish(ALICE, [ev(seq=3), ev(seq=4)])
+    resumed = bus.subscribe(ALICE, after=complete.resume_after)
+    items = await take(resumed, 3)
+    assert [i.event_id for i in items[:2] if isinstance(i, RunEvent)] == missed
+    assert items[2] == ReplayComplete(replayed=2, resume_after=missed[-1])
+    await resumed.aclose()
+
+
+async def test_a_cursor_taken_from_an_empty_log_resumes_without_a_gap() -> None:
+    bus = MemoryEventBus(log_capacity=100, subscriber_queue=100)
+    live = bus.subscribe(ALICE)
+    complete = await anext(live)
+    assert isinstance(complete, ReplayComplete) and complete.resume_after
+    await live.aclose()
+    published = await bus.publish(ALICE, [ev(seq=1)])
+    resumed = bus.subscribe(ALICE, after=complete.resume_after)
+    items = await take(resumed, 2)
+    assert not any(isinstance(i, Gap) for i in items)
+    assert [i.event_id for i in items if isinstance(i, RunEvent)] == published
+    await resumed.aclose()

@@ -35,16 +35,21 @@ def item(ev: event_pb2.RunEvent) -> bridge_pb2.SubscribeResponse:
     return bridge_pb2.SubscribeResponse(event=ev)
 
 
-def replay_complete(n: int = 0) -> bridge_pb2.SubscribeResponse:
-    return bridge_pb2.SubscribeResponse(replay_complete=bridge_pb2.ReplayComplete(replayed=n))
+def replay_complete(n: int = 0, resume_after: str = "") -> bridge_pb2.SubscribeResponse:
+    return bridge_pb2.SubscribeResponse(
+        replay_complete=bridge_pb2.ReplayComplete(replayed=n, resume_after=resume_after)
+    )
 
 
 class ScriptedBridge(bridge_pb2_grpc.BridgeServiceServicer):
     """Answers the n-th Subscribe with ``scripts[n]`` (the last script repeats)."""
 
-    def __init__(self, scripts: list[Script] | Callable[[int], Script]) -> None:
+    def __init__(self, scripts: list[Script] | Callable[[int], Script], *, delay_s: float = 0.0) -> None:
         self._scripts = scripts
+        self._delay_s = delay_s
         self.afters: list[str] = []
+        # Loop time at which each stream's first item was sent.
+        self.first_item_at: list[float] = []
 
     async def Subscribe(  # type: ignore[override]
         self, request: bridge_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -55,6 +60,8 @@ class ScriptedBridge(bridge_pb2_grpc.BridgeServiceServicer):
             items, status = self._scripts(n)
         else:
             items, status = self._scripts[min(n, len(self._scripts) - 1)]
+        await asyncio.sleep(self._delay_s)
+        self.first_item_at.append(asyncio.get_running_loop().time())
         for it in items:
             yield it
         if status is None:

@@ -257,3 +257,34 @@ async def test_a_foreign_event_from_the_bridge_never_reaches_the_socket(
             frame = await recv_until(ws, "agent_thinking")
             assert (frame["event_id"], frame["user_id"]) == ("7-2", ALICE)
         assert server.events_blocked_owner_mismatch == 1
+
+
+async def test_a_live_only_subscription_that_breaks_resumes_from_the_bridges_cursor(
+    start_gateway: GatewayFactory, make_token: TokenFactory
+) -> None:
+    bridge = fakes.ScriptedBridge(
+        [
+            ([fakes.replay_complete(resume_after="42-0")], grpc.StatusCode.RESOURCE_EXHAUSTED),
+            ([fakes.replay_complete(1, resume_after="42-1"), fakes.item(fakes.event(ALICE, "42-1"))], None),
+        ]
+    )
+    async with fakes.serving(bridge) as target:
+        server = await start_gateway(bridge_target=target)
+        async with open_ws(server, make_token(ALICE)) as ws:
+            await recv_json(ws)
+            assert (await recv_json(ws))["event_id"] == "42-1"
+            assert bridge.afters == ["", "42-0"]
+
+
+async def test_client_frames_wait_until_the_event_stream_is_confirmed(
+    start_gateway: GatewayFactory, make_token: TokenFactory
+) -> None:
+    bridge = fakes.ScriptedBridge([([fakes.replay_complete(resume_after="1-0")], None)], delay_s=0.3)
+    async with fakes.serving(bridge) as target:
+        server = await start_gateway(bridge_target=target)
+        async with open_ws(server, make_token(ALICE)) as ws:
+            assert (await recv_json(ws))["type"] == "connected"
+            pong = await request(ws, {"type": "ping"})
+            answered_at = asyncio.get_running_loop().time()
+            assert pong["type"] == "pong"
+            assert bridge.first_item_at and answered_at >= bridge.first_item_at[0]

@@ -122,15 +122,22 @@ class ReplayComplete(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLAYED_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
     replayed: _builtins.int
+    resume_after: _builtins.str
+    """A cursor that resumes exactly here: Subscribe(after=resume_after) later
+    delivers every event published after this point, even when the caller
+    has not received an event yet (it was subscribed live-only).
+    """
     def __init__(
         self,
         *,
         replayed: _builtins.int = ...,
+        resume_after: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "resume_after", b"resume_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
