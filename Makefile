@@ -25,8 +25,10 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# buf is pinned exactly in package.json; --no-save installs from the lock without
+# rewriting it (`npm ci` would insist on lock entries for every platform's binary).
 $(BUF): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-save --no-audit --no-fund --loglevel=error
 	touch $(BUF)
 
 run: $(STAMP)
