@@ -94,10 +94,15 @@ def answer(chosen: Route, result: Any) -> str:
         return f"It is {result['time']} UTC on {result['weekday']}, {result['date']}."
     if chosen.tool == "echo":
         return str(result.get("text", ""))
-    return (
-        f"Your message has {result['words']} words, {result['characters']} characters, "
-        f"{result['sentences']} sentences and {result['lines']} lines."
-    )
+    counts = [_count(result[key], noun) for key, noun in TEXT_COUNTS]
+    return f"Your message has {', '.join(counts[:-1])} and {counts[-1]}."
+
+
+TEXT_COUNTS = (("words", "word"), ("characters", "character"), ("sentences", "sentence"), ("lines", "line"))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def chunks(text: str, size: int = WORDS_PER_PARTIAL) -> list[str]:

@@ -78,3 +78,11 @@ async def test_a_tool_error_becomes_a_polite_answer() -> None:
     assert h.bridge.payloads(run_id, "tool_completed")[0]["status"] == "error"
     final = h.bridge.payloads(run_id, "agent_completed")[0]["final_response"]
     assert "division by zero" in final
+
+
+def test_text_answers_use_singular_and_plural_correctly() -> None:
+    from execution_service.builtins.assistant import Route, answer
+
+    route = Route(tool="text_stats", args={}, reasoning="")
+    text = answer(route, {"words": 1, "characters": 5, "sentences": 1, "lines": 2})
+    assert text == "Your message has 1 word, 5 characters, 1 sentence and 2 lines."
