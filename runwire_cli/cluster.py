@@ -26,7 +26,8 @@ from types import MappingProxyType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-TIERS = (("registry", "bridge"), ("execution",), ("gateway",))
+# The registry publishes death notices to the bridge, so the bridge comes first.
+TIERS = (("bridge",), ("registry",), ("execution",), ("gateway",))
 MODULES: Mapping[str, str] = MappingProxyType(
     {
         "registry": "registry_service",
@@ -207,6 +208,7 @@ class Cluster:
         )
         if kind == "registry":
             env[f"{prefix}DATABASE_URL"] = self._database_url()
+            env[f"{prefix}BRIDGE_TARGET"] = self._targets("bridge")
         elif kind == "bridge":
             if self.config.redis_url:
                 env[f"{prefix}BACKEND"] = "redis"

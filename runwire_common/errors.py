@@ -48,5 +48,11 @@ class Unavailable(RunwireError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Aborted(RunwireError):
+    """A concurrency conflict the caller resolves by waiting and retrying."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class AlreadyExists(RunwireError):
     code = grpc.StatusCode.ALREADY_EXISTS

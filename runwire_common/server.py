@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,58 @@ from grpc_reflection.v1alpha import reflection
 from runwire_common.settings import ServerSettings
 
 log = logging.getLogger("runwire.server")
+
+
+HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class DrainGate(grpc.aio.ServerInterceptor):
+    """Refuses new calls with ``UNAVAILABLE`` once draining has started.
+
+    Calls already running are not affected: they finish within the grace
+    period. Health checks stay open so probes can watch ``NOT_SERVING``. A
+    client with the retry policy of :mod:`runwire_common.channels` sends the
+    refused call to another replica.
+    """
+
+    def __init__(self, draining: asyncio.Event) -> None:
+        self._draining = draining
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        handler = await continuation(handler_call_details)
+        method = str(getattr(handler_call_details, "method", ""))
+        if handler is None or not self._draining.is_set() or method.startswith(HEALTH_SERVICE_PREFIX):
+            return handler
+        return _refusal(handler)
+
+
+async def _refuse(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "service is draining; retry on another replica")
+
+
+async def _refuse_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    await _refuse(request, context)
+    yield None  # pragma: no cover - abort raises
+
+
+def _refusal(handler: grpc.RpcMethodHandler[Req, Resp]) -> grpc.RpcMethodHandler[Req, Resp]:
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    behaviour = _refuse_stream if handler.response_streaming else _refuse
+    return make(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +100,7 @@ class GrpcServer:
         self.port = 0
         ms = 1000
         self._server = grpc.aio.server(
+            interceptors=[DrainGate(self.draining)],
             options=[
                 ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * ms)),
                 ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * ms)),
@@ -58,7 +112,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
 
     @property

@@ -15,10 +15,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from hypothesis import settings
 
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor, generate_key_spec
 from runwire_common.ids import new_id
+
+# Property-based suites: a quick profile for development, 2,000 cases per target in CI.
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile("ci", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -56,7 +56,10 @@ class BridgeServiceServicer:
     def Publish(self, request, context):
         """Appends events to the caller's log. Every event must be owned by
         user_context.user_id (INVALID_ARGUMENT otherwise). Events keep their
-        order within one call.
+        order within one call. Publishing is idempotent per (run_id, seq): an
+        event whose seq the run already has is ignored, and so is anything
+        published for a run after its terminal event, so a retried call never
+        duplicates events and a run has exactly one terminal event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

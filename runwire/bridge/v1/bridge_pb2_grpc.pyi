@@ -38,7 +38,10 @@ class BridgeServiceStub:
     Publish: _grpc.UnaryUnaryMultiCallable[_bridge_pb2.PublishRequest, _bridge_pb2.PublishResponse]
     """Appends events to the caller's log. Every event must be owned by
     user_context.user_id (INVALID_ARGUMENT otherwise). Events keep their
-    order within one call.
+    order within one call. Publishing is idempotent per (run_id, seq): an
+    event whose seq the run already has is ignored, and so is anything
+    published for a run after its terminal event, so a retried call never
+    duplicates events and a run has exactly one terminal event.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_bridge_pb2.SubscribeRequest, _bridge_pb2.SubscribeResponse]
     """Replays the caller's events after `after`, then streams live ones.
@@ -56,7 +59,10 @@ class BridgeServiceAsyncStub(BridgeServiceStub):
     Publish: _aio.UnaryUnaryMultiCallable[_bridge_pb2.PublishRequest, _bridge_pb2.PublishResponse]  # type: ignore[assignment]
     """Appends events to the caller's log. Every event must be owned by
     user_context.user_id (INVALID_ARGUMENT otherwise). Events keep their
-    order within one call.
+    order within one call. Publishing is idempotent per (run_id, seq): an
+    event whose seq the run already has is ignored, and so is anything
+    published for a run after its terminal event, so a retried call never
+    duplicates events and a run has exactly one terminal event.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_bridge_pb2.SubscribeRequest, _bridge_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Replays the caller's events after `after`, then streams live ones.
@@ -77,7 +83,10 @@ class BridgeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bridge_pb2.PublishResponse, _abc.Awaitable[_bridge_pb2.PublishResponse]]:
         """Appends events to the caller's log. Every event must be owned by
         user_context.user_id (INVALID_ARGUMENT otherwise). Events keep their
-        order within one call.
+        order within one call. Publishing is idempotent per (run_id, seq): an
+        event whose seq the run already has is ignored, and so is anything
+        published for a run after its terminal event, so a retried call never
+        duplicates events and a run has exactly one terminal event.
         """
 
     @_abc_1.abstractmethod

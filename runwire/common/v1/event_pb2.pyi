@@ -38,7 +38,11 @@ class RunEvent(_message.Message):
     Pass it back as `after` to resume.
     """
     seq: _builtins.int
-    """1, 2, 3 ... per run, assigned once by the execution service."""
+    """1, 2, 3 ... per run, assigned once by the execution service. A publisher
+    that announces a run's end without having emitted its events (death
+    detection, a cancel or interrupt handled by another replica) sends 0, and
+    the bridge assigns the run's next seq.
+    """
     type: _builtins.str
     """One of: agent_started, agent_thinking, tool_executing, tool_completed,
     partial_result, agent_completed, agent_error, agent_cancelled,

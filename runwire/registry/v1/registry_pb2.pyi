@@ -63,16 +63,24 @@ class CreateRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_RUNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _run_pb2.Run: ...
+    @_builtins.property
+    def interrupted_runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
+        """With MULTITASK_STRATEGY_INTERRUPT: the live runs of the thread that were
+        moved to CANCELLED to make room. The caller announces their end.
+        """
+
     def __init__(
         self,
         *,
         run: _run_pb2.Run | None = ...,
+        interrupted_runs: _abc.Iterable[_run_pb2.Run] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interrupted_runs", b"interrupted_runs", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

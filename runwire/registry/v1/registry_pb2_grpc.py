@@ -81,7 +81,9 @@ class RegistryServiceServicer:
 
     def TransitionRun(self, request, context):
         """Moves user_context.run_id to a new state atomically. A run already in a
-        terminal state answers FAILED_PRECONDITION; an illegal move too.
+        terminal state answers FAILED_PRECONDITION; an illegal move too. A queued
+        run (ENQUEUE) asking for STARTING while its thread is busy, or before an
+        older queued run of the thread, answers ABORTED: wait and try again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,9 @@ class RegistryServiceStub:
     """
     TransitionRun: _grpc.UnaryUnaryMultiCallable[_registry_pb2.TransitionRunRequest, _registry_pb2.TransitionRunResponse]
     """Moves user_context.run_id to a new state atomically. A run already in a
-    terminal state answers FAILED_PRECONDITION; an illegal move too.
+    terminal state answers FAILED_PRECONDITION; an illegal move too. A queued
+    run (ENQUEUE) asking for STARTING while its thread is busy, or before an
+    older queued run of the thread, answers ABORTED: wait and try again.
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]
     """Records that the executor still runs user_context.run_id."""
@@ -67,7 +69,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     TransitionRun: _aio.UnaryUnaryMultiCallable[_registry_pb2.TransitionRunRequest, _registry_pb2.TransitionRunResponse]  # type: ignore[assignment]
     """Moves user_context.run_id to a new state atomically. A run already in a
-    terminal state answers FAILED_PRECONDITION; an illegal move too.
+    terminal state answers FAILED_PRECONDITION; an illegal move too. A queued
+    run (ENQUEUE) asking for STARTING while its thread is busy, or before an
+    older queued run of the thread, answers ABORTED: wait and try again.
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Records that the executor still runs user_context.run_id."""
@@ -100,7 +104,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.TransitionRunResponse, _abc.Awaitable[_registry_pb2.TransitionRunResponse]]:
         """Moves user_context.run_id to a new state atomically. A run already in a
-        terminal state answers FAILED_PRECONDITION; an illegal move too.
+        terminal state answers FAILED_PRECONDITION; an illegal move too. A queued
+        run (ENQUEUE) asking for STARTING while its thread is busy, or before an
+        older queued run of the thread, answers ABORTED: wait and try again.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,74 @@
+"""The shared server lifecycle: health, drain gate, in-flight calls finishing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runwire_common.server import GrpcServer, ServiceBinding
+from runwire_common.settings import ServerSettings
+
+SERVICE = "runwire.test.Slow"
+
+
+def _binding(started: asyncio.Event) -> ServiceBinding:
+    async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        started.set()
+        await asyncio.sleep(float(request.decode()))
+        return b"done"
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Wait": grpc.unary_unary_rpc_method_handler(wait)}
+    )
+    return ServiceBinding(SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))
+
+
+@pytest.fixture
+def settings(attestation_key_spec: str) -> ServerSettings:
+    return ServerSettings(attestation_keys=attestation_key_spec, grace_period_s=5)  # type: ignore[arg-type]
+
+
+async def test_draining_refuses_new_calls_while_in_flight_calls_finish(settings: ServerSettings) -> None:
+    started = asyncio.Event()
+    server = GrpcServer(settings, [_binding(started)])
+    await server.start()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        wait = channel.unary_unary(f"/{SERVICE}/Wait")
+        health = health_pb2_grpc.HealthStub(channel)
+        async def slow_call() -> bytes:
+            reply: bytes = await wait(b"0.8", timeout=10)
+            return reply
+
+        in_flight = asyncio.create_task(slow_call())
+        await started.wait()
+        hook_ran = asyncio.Event()
+
+        async def on_drain() -> None:
+            hook_ran.set()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await wait(b"0", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            status = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await server.drain(on_drain)
+        assert hook_ran.is_set()
+        assert await in_flight == b"done"
+
+
+async def test_a_serving_server_reports_serving_and_answers(settings: ServerSettings) -> None:
+    server = GrpcServer(settings, [_binding(asyncio.Event())])
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            status = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=5
+            )
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            assert await channel.unary_unary(f"/{SERVICE}/Wait")(b"0", timeout=5) == b"done"
+    finally:
+        await server.stop_now()
