@@ -252,6 +252,15 @@ class Cluster:
             self.stop()
             raise
 
+    def restart(self, proc: ServiceProcess, *, timeout_s: float = 60.0) -> None:
+        """Start a stopped or killed process again on the same port, so peers reconnect."""
+        if proc.alive():
+            raise LaunchError(f"{proc.name} is still running")
+        prefix = f"RUNWIRE_{proc.kind.upper()}_"
+        proc.env[f"{prefix}WS_PORT" if proc.kind == "gateway" else f"{prefix}PORT"] = str(proc.port)
+        proc.start()
+        proc.wait_ready(timeout_s)
+
     def gateway_urls(self) -> list[str]:
         return [f"ws://127.0.0.1:{p.port}/ws" for p in self.processes["gateway"]]
 

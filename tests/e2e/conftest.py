@@ -55,6 +55,48 @@ def system(tmp_path_factory: pytest.TempPathFactory, attestation_key_spec: str) 
         assert all(code == 0 for code in codes.values()), f"unclean shutdown: {codes}"
 
 
+Launch = Callable[..., System]
+
+
+@pytest.fixture
+def launch(tmp_path: Path, attestation_key_spec: str) -> Iterator[Launch]:
+    """Start a private cluster for one test (for tests that kill or restart services)."""
+    started: list[Cluster] = []
+
+    def factory(
+        *,
+        grace_period_s: float = 5,
+        replicas: int = 1,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        service_env: dict[str, dict[str, str]] | None = None,
+    ) -> System:
+        jwt_secret = secrets.token_urlsafe(32)
+        env = {"gateway": {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000"}}
+        for kind, values in (service_env or {}).items():
+            env.setdefault(kind, {}).update(values)
+        cluster = Cluster(
+            ClusterConfig(
+                data_dir=tmp_path / f"cluster-{len(started)}",
+                attestation_keys=attestation_key_spec,
+                jwt_secret=jwt_secret,
+                gateway_port=0,
+                grace_period_s=grace_period_s,
+                replicas=replicas,
+                redis_url=redis_url,
+                database_url=database_url,
+                service_env=env,
+            )
+        )
+        started.append(cluster)
+        cluster.start()
+        return System(cluster, jwt_secret)
+
+    yield factory
+    for cluster in started:
+        cluster.stop()
+
+
 @pytest.fixture
 def user() -> Callable[[], str]:
     return lambda: new_id("user")
