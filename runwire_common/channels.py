@@ -8,6 +8,7 @@ fail with ``UNAVAILABLE`` (the peer was draining or restarting).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import grpc
 
@@ -38,6 +39,7 @@ def open_channel(
     service_names: tuple[str, ...],
     max_message_bytes: int = 4 * 1024 * 1024,
     keepalive_time_s: float = 30.0,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """An insecure channel inside the cluster (mTLS is the mesh's job)."""
     options: list[tuple[str, str | int]] = [
@@ -50,4 +52,4 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)

@@ -92,7 +92,13 @@ class ServiceBinding:
 class GrpcServer:
     """A started-on-demand ``grpc.aio`` server with health and graceful drain."""
 
-    def __init__(self, settings: ServerSettings, bindings: Sequence[ServiceBinding]) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        bindings: Sequence[ServiceBinding],
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         self._settings = settings
         self._bindings = tuple(bindings)
         self.draining = asyncio.Event()
@@ -100,7 +106,7 @@ class GrpcServer:
         self.port = 0
         ms = 1000
         self._server = grpc.aio.server(
-            interceptors=[DrainGate(self.draining)],
+            interceptors=[DrainGate(self.draining), *interceptors],
             options=[
                 ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * ms)),
                 ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * ms)),

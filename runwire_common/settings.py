@@ -35,6 +35,9 @@ class ServerSettings(BaseSettings):
         description="KEY_ID:BASE64 pairs, comma-separated; the first signs",
     )
     call_timeout_s: float = Field(default=5.0, gt=0, description="deadline of outbound calls")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics here (unset = off, 0 = free port)"
+    )
 
     @field_validator("attestation_keys")
     @classmethod

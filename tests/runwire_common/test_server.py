@@ -39,6 +39,7 @@ async def test_draining_refuses_new_calls_while_in_flight_calls_finish(settings:
     async with grpc.aio.insecure_channel(server.address) as channel:
         wait = channel.unary_unary(f"/{SERVICE}/Wait")
         health = health_pb2_grpc.HealthStub(channel)
+
         async def slow_call() -> bytes:
             reply: bytes = await wait(b"0.8", timeout=10)
             return reply
