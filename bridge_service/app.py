@@ -1,13 +1,19 @@
-"""Composition root of the bridge: settings → bus → servicer → gRPC server."""
+"""Composition root of the bridge: settings → (Redis client →) bus → servicer → gRPC server.
+
+The Redis backend gets the process's one ``redis.asyncio`` client here; it is
+closed (``aclose``) after the bus, in reverse order of opening.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from bridge_service.bus import EventBus
 from bridge_service.memory_bus import MemoryEventBus
+from bridge_service.redis_bus import RedisEventBus, connect
 from bridge_service.servicer import SERVICE_NAME, BridgeServicer
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
@@ -15,9 +21,35 @@ from runwire.bridge.v1 import bridge_pb2_grpc
 from runwire_common.server import GrpcServer, ServiceBinding
 
 
-def open_bus(settings: BridgeSettings) -> EventBus:
-    """The configured backend (only ``memory`` so far)."""
-    return MemoryEventBus(log_capacity=settings.log_capacity, subscriber_queue=settings.subscriber_queue)
+def redis_client_name(settings: BridgeSettings) -> str:
+    """``CLIENT SETNAME`` of this process's Redis connections (``CLIENT LIST`` shows it)."""
+    return f"runwire-bridge.{settings.redis_key_prefix}.{os.getpid()}"
+
+
+@asynccontextmanager
+async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
+    """The configured backend, with the resources it needs; they are released on exit."""
+    if settings.backend == "memory":
+        yield MemoryEventBus(
+            log_capacity=settings.log_capacity,
+            subscriber_queue=settings.subscriber_queue,
+            run_state_capacity=settings.run_state_capacity,
+        )
+        return
+    client = connect(
+        settings.redis_url, client_name=redis_client_name(settings), timeout_s=settings.call_timeout_s
+    )
+    try:
+        yield RedisEventBus(
+            client,
+            key_prefix=settings.redis_key_prefix,
+            log_capacity=settings.log_capacity,
+            subscriber_queue=settings.subscriber_queue,
+            run_state_capacity=settings.run_state_capacity,
+            retention_s=settings.retention_s,
+        )
+    finally:
+        await client.aclose()
 
 
 @asynccontextmanager
@@ -36,7 +68,7 @@ async def running_service(
     in-flight ``Publish`` calls finish, then the bus is closed.
     """
     async with AsyncExitStack() as stack:
-        event_bus = bus if bus is not None else open_bus(settings)
+        event_bus = bus if bus is not None else await stack.enter_async_context(open_bus(settings))
         stack.push_async_callback(event_bus.close)
         servicer = BridgeServicer(
             event_bus,

@@ -1,8 +1,15 @@
-"""The event-bus interface every backend implements (memory now, Redis later).
+"""The event-bus interface every backend implements (``memory`` and ``redis``).
 
 A bus keeps one ordered, bounded log per user and fans new events out to that
 user's live subscribers. The servicer only talks to this interface, so the
 backend is a configuration choice.
+
+Publishing is fenced per run (see :func:`fence`): ``seq = 0`` takes the run's
+next seq, an event whose seq the run already has is ignored (a retried
+``Publish``), and so is anything after the run's terminal event. A seq beyond
+the next one is accepted (a gap upstream) and reported to the caller's log.
+Backends keep this per-run state atomically per user, for a bounded number of
+runs per user.
 
 Subscription protocol — :meth:`EventBus.subscribe` yields, in this order:
 
@@ -11,9 +18,11 @@ Subscription protocol — :meth:`EventBus.subscribe` yields, in this order:
 2. the retained events after the cursor (:class:`RunEvent`, ``event_id`` set);
 3. exactly one :class:`ReplayComplete` with the number of replayed events;
 4. live events, in ``event_id`` order, until the caller stops iterating or the
-   subscription ends with :class:`SubscriberOverflow` (it fell behind) or
-   :class:`BusDraining` (the process is shutting down). Both carry the cursor
-   to resume from, which is the last event the subscription delivered.
+   subscription ends with :class:`SubscriberOverflow` (it fell behind),
+   :class:`BusDraining` (the process is shutting down) or
+   :class:`BackendUnavailable` (the backing store went away). All carry the
+   cursor to resume from, which is the last event the subscription delivered
+   (or the requested cursor when none was delivered yet).
 
 The subscription is an async generator: callers close it when they stop
 early (``contextlib.aclosing``) so it is unregistered at once.
@@ -23,12 +32,51 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from runwire.common.v1 import event_pb2
 from runwire_common.errors import ResourceExhausted, Unavailable
 
 RunEvent = event_pb2.RunEvent
+
+
+class Verdict(Enum):
+    """What fencing decided for one published event."""
+
+    STORE = "store"  # the run's next seq
+    STORE_AFTER_GAP = "gap"  # seq beyond the next one: stored, the hole is logged
+    DUPLICATE = "duplicate"  # the run already has this seq: ignored
+    AFTER_TERMINAL = "after_terminal"  # the run already ended: ignored
+
+
+def fence(seq: int, *, last_seq: int, finished: bool) -> tuple[Verdict, int]:
+    """Decide one event against its run's state: the verdict and the seq to store (0 if ignored).
+
+    ``last_seq`` is the highest seq stored for the run (0 for a run never
+    seen) and ``finished`` whether its terminal event is stored. The Redis
+    backend applies the same rules in Lua.
+    """
+    if finished:
+        return Verdict.AFTER_TERMINAL, 0
+    if seq == 0:
+        return Verdict.STORE, last_seq + 1
+    if seq <= last_seq:
+        return Verdict.DUPLICATE, 0
+    return (Verdict.STORE if seq == last_seq + 1 else Verdict.STORE_AFTER_GAP), seq
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Per published event, in order: its event id and stored seq ("" and 0 when ignored)."""
+
+    event_ids: tuple[str, ...]
+    seqs: tuple[int, ...]
+
+    @property
+    def stored(self) -> tuple[str, ...]:
+        """The ids of the events actually stored."""
+        return tuple(event_id for event_id in self.event_ids if event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +114,30 @@ class BusDraining(Unavailable):
         self.cursor = cursor
 
 
+class BackendUnavailable(Unavailable):
+    """The backing store is unreachable or lost its data; resume from ``cursor`` later."""
+
+    def __init__(self, cursor: str, reason: str = "event store is unavailable") -> None:
+        super().__init__(f"{reason}; resume after {cursor}" if cursor else f"{reason}; retry")
+        self.cursor = cursor
+
+
+# Every way a subscription ends with a resume cursor (each has ``.cursor``).
+SUBSCRIPTION_ENDINGS = (SubscriberOverflow, BusDraining, BackendUnavailable)
+
+
 class EventBus(Protocol):
     """Per-user, ordered, bounded, resumable event log with live fan-out."""
 
-    async def publish(self, user_id: str, events: Sequence[RunEvent]) -> list[str]:
-        """Append ``events`` (all owned by ``user_id``) in order; return their new event ids.
+    async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
+        """Fence and append ``events`` (all owned by ``user_id``) in order, atomically.
 
-        The stored events are copies with ``event_id`` set; ``events`` is not
-        modified. Either every event is appended or none is.
+        The stored events are copies with ``event_id`` and ``seq`` set;
+        ``events`` is not modified. The whole batch is decided and stored in
+        one step: a concurrent publish for the same user never interleaves
+        with it. Raises ``Unavailable`` when the backing store is unreachable
+        (then nothing, or — for a reply lost in transit — everything, was
+        stored; retrying is safe because of the fencing).
         """
         ...
 

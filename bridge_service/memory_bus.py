@@ -2,83 +2,96 @@
 
 State is per bus instance, keyed by user id: a bounded deque of retained
 events, the id of the last event trimmed from it (the *floor*), the last id
-assigned, and the set of live subscribers. Every operation on that state is
-synchronous (no ``await`` inside), so on one event loop a publish and the
-start of a subscription never interleave.
+assigned, the fencing state of the user's runs, and the set of live
+subscribers. Every operation on that state is synchronous (no ``await``
+inside), so on one event loop a publish is atomic: concurrent publishers of
+one run are fenced one after the other, and a publish and the start of a
+subscription never interleave.
 
-Memory: at most ``log_capacity`` events per user that ever published, plus at
-most ``subscriber_queue`` queued references per live subscriber. A user who
-never published keeps no state once their last subscriber leaves. Logs of
-users who did publish are kept for resume for the life of the process; the
-per-user bound is the only cap for now (the Redis backend trims by age too).
+Memory: at most ``log_capacity`` events per user that ever published, the
+fencing state of at most ``run_state_capacity`` runs per user (finished runs
+are forgotten first, see :class:`_RunStates`), plus at most
+``subscriber_queue`` queued references per live subscriber. A user who never
+published keeps no state once their last subscriber leaves. Logs of users who
+did publish are kept for resume for the life of the process; the per-user
+bounds are the only caps (the Redis backend trims by age too).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
+import logging
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 
-from bridge_service.bus import BusDraining, BusItem, Gap, ReplayComplete, RunEvent, SubscriberOverflow
+from bridge_service.bus import (
+    BusDraining,
+    BusItem,
+    Gap,
+    PublishResult,
+    ReplayComplete,
+    RunEvent,
+    Verdict,
+    fence,
+)
 from bridge_service.event_ids import EventId, next_event_id, parse_event_id, wall_clock_ms
+from bridge_service.subscriber import Entry as _Entry
+from bridge_service.subscriber import SubscriberQueue
 from runwire_common.errors import InvalidArgument
+from runwire_common.names import TERMINAL_EVENT_TYPES
 
-_Entry = tuple[EventId, RunEvent]
+_log = logging.getLogger("runwire.bridge.memory")
 
 
-class _Subscriber:
-    """One live subscription's bounded queue; filled without ever waiting."""
+class _RunStates:
+    """Fencing state of one user's runs: (last seq, finished), for at most ``capacity`` runs.
 
-    __slots__ = ("_capacity", "_queue", "_ready", "draining", "overflowed")
+    When a new run would exceed the bound, the run that finished longest ago
+    is forgotten first, and only when no run has finished the least recently
+    active live one. A forgotten run behaves as never seen: a late retry of
+    its events would be stored again, so the bound should comfortably exceed
+    the runs a user finishes within a publisher's retry window.
+    """
+
+    __slots__ = ("_capacity", "_finished", "_live")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._queue: deque[_Entry] = deque()
-        self._ready = asyncio.Event()
-        self.overflowed = False
-        self.draining = False
+        self._live: OrderedDict[str, int] = OrderedDict()  # run → last seq, least recently active first
+        self._finished: OrderedDict[str, int] = OrderedDict()  # run → last seq, finished longest ago first
 
-    def offer(self, entry: _Entry) -> bool:
-        """Queue ``entry``; on a full queue mark the subscriber overflowed and return False."""
-        if len(self._queue) >= self._capacity:
-            self.overflowed = True
-            self._queue.clear()  # the events stay in the log; the subscriber resumes from it
-            self._ready.set()
-            return False
-        self._queue.append(entry)
-        self._ready.set()
-        return True
+    def __len__(self) -> int:
+        return len(self._live) + len(self._finished)
 
-    def end_draining(self) -> None:
-        self.draining = True
-        self._ready.set()
+    def state(self, run_id: str) -> tuple[int, bool]:
+        if run_id in self._finished:
+            return self._finished[run_id], True
+        return self._live.get(run_id, 0), False
 
-    async def next(self, cursor: EventId) -> _Entry:
-        """The next queued event; raises with ``cursor`` once overflowed or draining."""
-        while True:
-            if self.overflowed:
-                raise SubscriberOverflow(str(cursor))
-            if self.draining:
-                raise BusDraining(str(cursor))
-            if self._queue:
-                return self._queue.popleft()
-            self._ready.clear()
-            await self._ready.wait()
+    def record(self, run_id: str, seq: int, *, terminal: bool) -> None:
+        if terminal:
+            self._live.pop(run_id, None)
+            self._finished[run_id] = seq
+        else:
+            self._live[run_id] = seq
+            self._live.move_to_end(run_id)
+        while len(self) > self._capacity:
+            (self._finished if self._finished else self._live).popitem(last=False)
 
 
 class _UserLog:
-    __slots__ = ("entries", "floor", "last", "subscribers")
+    __slots__ = ("entries", "floor", "last", "runs", "subscribers")
 
-    def __init__(self, floor: EventId) -> None:
+    def __init__(self, floor: EventId, run_capacity: int) -> None:
         self.entries: deque[_Entry] = deque()
         # Id of the newest event no longer retained; every retained id is above it.
         self.floor = floor
         # Id of the newest event ever assigned (== floor before the first publish).
         self.last = floor
-        self.subscribers: set[_Subscriber] = set()
+        self.subscribers: set[SubscriberQueue] = set()
+        self.runs = _RunStates(run_capacity)
 
     def idle(self) -> bool:
-        return not self.subscribers and not self.entries and self.last == self.floor
+        return not self.subscribers and not self.entries and not self.runs and self.last == self.floor
 
 
 class MemoryEventBus:
@@ -94,28 +107,49 @@ class MemoryEventBus:
         *,
         log_capacity: int = 10_000,
         subscriber_queue: int = 1_000,
+        run_state_capacity: int = 1_000,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        if log_capacity < 1 or subscriber_queue < 1:
-            raise ValueError("log_capacity and subscriber_queue must be at least 1")
+        if log_capacity < 1 or subscriber_queue < 1 or run_state_capacity < 1:
+            raise ValueError("log_capacity, subscriber_queue and run_state_capacity must be at least 1")
         self._log_capacity = log_capacity
         self._subscriber_queue = subscriber_queue
+        self._run_state_capacity = run_state_capacity
         self._clock = clock
         self._boot = EventId(clock(), 0)
         self._users: dict[str, _UserLog] = {}
         self._draining = False
 
-    async def publish(self, user_id: str, events: Sequence[RunEvent]) -> list[str]:
+    async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
         for index, event in enumerate(events):
             if event.user_id != user_id:
                 raise InvalidArgument(f"events[{index}].user_id is not the publisher's user_id")
         log = self._log(user_id)
         ids: list[str] = []
+        seqs: list[int] = []
         for event in events:
+            last_seq, finished = log.runs.state(event.run_id)
+            verdict, seq = fence(event.seq, last_seq=last_seq, finished=finished)
+            if not seq:
+                ids.append("")
+                seqs.append(0)
+                continue
+            if verdict is Verdict.STORE_AFTER_GAP:
+                _log.warning(
+                    "seq gap in published events",
+                    extra={
+                        "user_id": user_id,
+                        "run_id": event.run_id,
+                        "seq": seq,
+                        "expected_seq": last_seq + 1,
+                    },
+                )
+            log.runs.record(event.run_id, seq, terminal=event.type in TERMINAL_EVENT_TYPES)
             event_id = next_event_id(log.last, self._clock())
             stored = RunEvent()
             stored.CopyFrom(event)
             stored.event_id = str(event_id)
+            stored.seq = seq
             log.last = event_id
             if len(log.entries) >= self._log_capacity:
                 log.floor = log.entries.popleft()[0]
@@ -125,12 +159,13 @@ class MemoryEventBus:
                 if not subscriber.offer(entry):
                     log.subscribers.discard(subscriber)
             ids.append(str(event_id))
-        return ids
+            seqs.append(seq)
+        return PublishResult(tuple(ids), tuple(seqs))
 
     async def subscribe(self, user_id: str, *, after: str = "") -> AsyncGenerator[BusItem, None]:
         cursor = parse_event_id(after) if after else None
         log = self._log(user_id)
-        subscriber = _Subscriber(self._subscriber_queue)
+        subscriber = SubscriberQueue(self._subscriber_queue)
         # Register before taking the replay snapshot, with no await in between:
         # every event published from now on is either in the snapshot or queued.
         log.subscribers.add(subscriber)
@@ -177,7 +212,7 @@ class MemoryEventBus:
     def _log(self, user_id: str) -> _UserLog:
         log = self._users.get(user_id)
         if log is None:
-            log = self._users[user_id] = _UserLog(self._boot)
+            log = self._users[user_id] = _UserLog(self._boot, self._run_state_capacity)
         return log
 
     @staticmethod

@@ -1,7 +1,8 @@
 """``runwire.bridge.v1.BridgeService``: a thin adapter over an :class:`EventBus`.
 
 Validation and the mapping of bus items to ``SubscribeResponse`` live here;
-ordering, retention, fan-out and back-pressure live in the bus. Domain errors
+ordering, fencing (dedup, seq assignment, terminal events), retention,
+fan-out and back-pressure live in the bus, whichever backend it is. Domain errors
 become status codes in ``runwire_common.servicer``.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bridge_service.bus import BusDraining, EventBus, Gap, ReplayComplete, SubscriberOverflow
+from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Gap, ReplayComplete
 from bridge_service.validation import PublishLimits, prepare_events
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire_common.attestation import ContextAttestor
@@ -41,8 +42,8 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
     ) -> bridge_pb2.PublishResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor)
         events = prepare_events(request.events, ctx, limits=self._limits)
-        event_ids = await self._bus.publish(ctx.user_id, events)
-        return bridge_pb2.PublishResponse(event_ids=event_ids)
+        result = await self._bus.publish(ctx.user_id, events)
+        return bridge_pb2.PublishResponse(event_ids=result.event_ids, seqs=result.seqs)
 
     @server_stream
     async def Subscribe(
@@ -72,6 +73,6 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
                         )
                     else:
                         yield bridge_pb2.SubscribeResponse(event=item)
-        except (SubscriberOverflow, BusDraining) as exc:
+        except SUBSCRIPTION_ENDINGS as exc:
             call_log.info("subscription ended", extra={"reason": exc.message, "cursor": exc.cursor})
             raise

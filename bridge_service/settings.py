@@ -1,32 +1,58 @@
-"""Settings of the bridge process (environment prefix ``RUNWIRE_BRIDGE_``)."""
+"""Settings of the bridge process (environment prefix ``RUNWIRE_BRIDGE_``).
+
+``RUNWIRE_BRIDGE_BACKEND`` [memory|redis], ``_REDIS_URL``, ``_REDIS_KEY_PREFIX``
+[runwire], ``_RETENTION_S`` [86400], ``_LOG_CAPACITY`` [10000],
+``_RUN_STATE_CAPACITY`` [1000], ``_SUBSCRIBER_QUEUE`` [1000],
+``_MAX_EVENTS_PER_PUBLISH`` [500], ``_MAX_PAYLOAD_BYTES`` [65536].
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runwire_common.settings import ServerSettings
+
+_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class BridgeSettings(ServerSettings):
     """Where events are kept and how much of them.
 
-    Memory is bounded per user (``log_capacity`` retained events) and per
-    subscriber (``subscriber_queue`` undelivered live events); a subscriber
-    that exceeds its queue is ended with ``RESOURCE_EXHAUSTED`` and resumes.
+    Memory is bounded per user (``log_capacity`` retained events, the
+    fencing state of ``run_state_capacity`` runs) and per subscriber
+    (``subscriber_queue`` undelivered live events); a subscriber that exceeds
+    its queue is ended with ``RESOURCE_EXHAUSTED`` and resumes.
+
+    ``backend="redis"`` keeps the log in Redis at ``redis_url`` under keys
+    starting with ``redis_key_prefix`` and also trims it by age
+    (``retention_s``); a user's keys expire once idle that long.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_BRIDGE_", populate_by_name=True, extra="ignore")
 
-    backend: Literal["memory"] = Field(
-        default="memory", description="event log and fan-out backend ('redis' comes later)"
-    )
+    backend: Literal["memory", "redis"] = Field(default="memory", description="event log and fan-out backend")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis server of backend 'redis'")
+    redis_key_prefix: str = Field(default="runwire", description="first part of every Redis key")
+    retention_s: float = Field(default=86_400.0, gt=0, description="age after which Redis trims events")
     log_capacity: int = Field(default=10_000, ge=1, description="retained events per user")
+    run_state_capacity: int = Field(
+        default=1_000, ge=1, description="runs per user whose seq/terminal state is kept for dedup"
+    )
     subscriber_queue: int = Field(default=1_000, ge=1, description="undelivered events per subscriber")
     max_events_per_publish: int = Field(default=500, ge=1, description="events in one Publish call")
     max_payload_bytes: int = Field(default=64 * 1024, ge=2, description="size of one payload_json")
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _prefix_is_plain(cls, value: str) -> str:
+        # Braces would change the Redis Cluster hash tag; spaces break CLIENT SETNAME.
+        if not _PREFIX.fullmatch(value):
+            raise ValueError("redis_key_prefix must be 1-64 characters of letters, digits and . _ - :")
+        return value
 
     @model_validator(mode="after")
     def _one_publish_fits_a_queue(self) -> Self:

@@ -17,6 +17,9 @@ from runwire_common.errors import InvalidArgument
 from runwire_common.names import EVENT_TYPES
 from runwire_common.timeutil import to_timestamp, utcnow
 
+# Seqs are exact in every backend up to here (the Redis scripts compute in doubles).
+MAX_SEQ = 2**53
+
 
 @dataclass(frozen=True, slots=True)
 class PublishLimits:
@@ -33,7 +36,8 @@ def prepare_events(
     """Validate ``events`` published by ``ctx``; return copies ready for the bus.
 
     The copies have ``event_id`` cleared (the bridge assigns it) and a
-    ``timestamp`` filled in when the source left it unset.
+    ``timestamp`` filled in when the source left it unset. ``seq`` may be 0:
+    the bus then assigns the run's next seq.
     """
     if not events:
         raise InvalidArgument("events must not be empty")
@@ -68,8 +72,10 @@ def _check_event(
         raise InvalidArgument(f"{field}.run_id {problem}")
     if ctx.run_id and event.run_id != ctx.run_id:
         raise InvalidArgument(f"{field}.run_id must match user_context.run_id")
-    if event.seq < 1:
-        raise InvalidArgument(f"{field}.seq must be at least 1")
+    if event.seq < 0:
+        raise InvalidArgument(f"{field}.seq must not be negative (0 asks the bridge to assign the next)")
+    if event.seq > MAX_SEQ:
+        raise InvalidArgument(f"{field}.seq must be at most {MAX_SEQ}")
     _check_payload(event.payload_json, field=f"{field}.payload_json", max_bytes=max_payload_bytes)
 
 

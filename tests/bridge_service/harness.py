@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from bridge_service.app import running_service
+from bridge_service.app import open_bus, running_service
+from bridge_service.bus import EventBus
 from bridge_service.event_ids import EventId, parse_event_id
 from bridge_service.memory_bus import MemoryEventBus
+from bridge_service.redis_bus import RedisEventBus
 from bridge_service.settings import BridgeSettings
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
@@ -26,18 +29,29 @@ READ_TIMEOUT_S = 5.0
 SubscribeCall = grpc.aio.UnaryStreamCall[bridge_pb2.SubscribeRequest, bridge_pb2.SubscribeResponse]
 
 
+Bus = MemoryEventBus | RedisEventBus
+BACKENDS = ("memory", "redis")
+
+
 @dataclass
 class Bridge:
     server: GrpcServer
-    bus: MemoryEventBus
+    bus: Bus
     channel: grpc.aio.Channel
     stub: bridge_pb2_grpc.BridgeServiceAsyncStub
 
     async def publish(self, ctx: context_pb2.UserContext, *events: event_pb2.RunEvent) -> list[str]:
-        response = await self.stub.Publish(
+        return list((await self.publish_response(ctx, *events)).event_ids)
+
+    async def publish_response(
+        self, ctx: context_pb2.UserContext, *events: event_pb2.RunEvent
+    ) -> bridge_pb2.PublishResponse:
+        return await self.stub.Publish(
             bridge_pb2.PublishRequest(user_context=ctx, events=events), timeout=READ_TIMEOUT_S
         )
-        return list(response.event_ids)
+
+    async def retained(self, user_id: str) -> list[str]:
+        return await retained(self.bus, user_id)
 
     def subscribe(self, ctx: context_pb2.UserContext, after: str = "", **kwargs: Any) -> SubscribeCall:
         return self.stub.Subscribe(bridge_pb2.SubscribeRequest(user_context=ctx, after=after), **kwargs)
@@ -52,12 +66,34 @@ def settings_for(key_spec: str, **overrides: Any) -> BridgeSettings:
     return BridgeSettings(attestation_keys=SecretStr(key_spec), host="127.0.0.1", port=0, **overrides)
 
 
+SettingsFactory = Callable[..., BridgeSettings]
+
+
+async def retained(bus: EventBus, user_id: str) -> list[str]:
+    if isinstance(bus, MemoryEventBus):
+        return bus.retained(user_id)
+    assert isinstance(bus, RedisEventBus)
+    return await bus.retained(user_id)
+
+
 @asynccontextmanager
 async def open_bridge(settings: BridgeSettings) -> AsyncIterator[Bridge]:
-    bus = MemoryEventBus(log_capacity=settings.log_capacity, subscriber_queue=settings.subscriber_queue)
-    async with running_service(settings, bus=bus) as server:
+    """A real server on the configured backend (memory, or Redis with its own client)."""
+    async with open_bus(settings) as bus, running_service(settings, bus=bus) as server:
+        assert isinstance(bus, MemoryEventBus | RedisEventBus)
         async with grpc.aio.insecure_channel(server.address) as channel:
             yield Bridge(server, bus, channel, bridge_pb2_grpc.BridgeServiceStub(channel))
+
+
+async def delete_keys(redis_url: str, prefix: str) -> None:
+    """Remove every key a test created under ``prefix``."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 def event(

@@ -19,20 +19,20 @@ from bridge_service.app import running_service
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from tests.bridge_service.harness import (
     ContextFactory,
+    SettingsFactory,
     event,
     read_events,
     read_item,
     read_until_replay_complete,
-    settings_for,
 )
 
 PACKAGE_DIR = Path(bridge_service.__file__).parent
 
 
 async def test_draining_ends_live_streams_with_their_cursor_well_within_the_grace_period(
-    attestation_key_spec: str, make_context: ContextFactory
+    make_settings: SettingsFactory, make_context: ContextFactory
 ) -> None:
-    service = running_service(settings_for(attestation_key_spec, grace_period_s=20))
+    service = running_service(make_settings(grace_period_s=20))
     server = await service.__aenter__()
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:

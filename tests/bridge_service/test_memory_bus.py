@@ -29,33 +29,37 @@ def ev(user_id: str = ALICE, seq: int = 1, run_id: str = "run_0123456789abcdefgh
     return RunEvent(user_id=user_id, run_id=run_id, seq=seq, type="agent_thinking", payload_json="{}")
 
 
+async def publish(bus: MemoryEventBus, user_id: str, events: list[RunEvent]) -> list[str]:
+    return list((await bus.publish(user_id, events)).event_ids)
+
+
 async def take(subscription: AsyncGenerator[BusItem, None], count: int) -> list[BusItem]:
     return [await anext(subscription) for _ in range(count)]
 
 
 async def test_ids_stay_strictly_increasing_when_the_clock_is_frozen() -> None:
     bus = MemoryEventBus(clock=SteppingClock(1_000))
-    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 5)])
+    ids = await publish(bus, ALICE, [ev(seq=s) for s in range(1, 5)])
     assert ids == ["1000-1", "1000-2", "1000-3", "1000-4"]
 
 
 async def test_ids_never_go_back_when_the_clock_does() -> None:
     bus = MemoryEventBus(clock=SteppingClock(2_000, 2_005, 1_990, 1_990, 2_010))
-    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 5)])
+    ids = await publish(bus, ALICE, [ev(seq=s) for s in range(1, 5)])
     assert ids == ["2005-0", "2005-1", "2005-2", "2010-0"]
 
 
 async def test_each_user_has_an_independent_id_sequence() -> None:
     bus = MemoryEventBus(clock=SteppingClock(500))
-    assert await bus.publish(ALICE, [ev(ALICE)]) == ["500-1"]
-    assert await bus.publish(BOB, [ev(BOB)]) == ["500-1"]
-    assert await bus.publish(ALICE, [ev(ALICE)]) == ["500-2"]
+    assert await publish(bus, ALICE, [ev(ALICE)]) == ["500-1"]
+    assert await publish(bus, BOB, [ev(BOB)]) == ["500-1"]
+    assert await publish(bus, ALICE, [ev(ALICE, seq=2)]) == ["500-2"]
 
 
 async def test_publish_does_not_modify_the_callers_events() -> None:
     bus = MemoryEventBus()
     original = ev()
-    [event_id] = await bus.publish(ALICE, [original])
+    [event_id] = await publish(bus, ALICE, [original])
     assert original.event_id == ""
     subscription = bus.subscribe(ALICE, after="1-0")
     gap, stored, _ = await take(subscription, 3)
@@ -67,7 +71,7 @@ async def test_publish_does_not_modify_the_callers_events() -> None:
 
 async def test_cursors_compare_numerically_not_as_text() -> None:
     bus = MemoryEventBus(clock=SteppingClock(8, 9, 10))
-    ids = await bus.publish(ALICE, [ev(seq=1), ev(seq=2)])
+    ids = await publish(bus, ALICE, [ev(seq=1), ev(seq=2)])
     assert ids == ["9-0", "10-0"]  # "10-0" < "9-0" as text
     subscription = bus.subscribe(ALICE, after="9-0")
     replayed, complete = await take(subscription, 2)
@@ -79,13 +83,13 @@ async def test_cursors_compare_numerically_not_as_text() -> None:
 
 async def test_log_keeps_only_the_newest_events_up_to_its_capacity() -> None:
     bus = MemoryEventBus(log_capacity=3)
-    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 6)])
+    ids = await publish(bus, ALICE, [ev(seq=s) for s in range(1, 6)])
     assert bus.retained(ALICE) == ids[2:]
 
 
 async def test_trimmed_cursor_gets_a_gap_naming_the_oldest_retained_event() -> None:
     bus = MemoryEventBus(log_capacity=3)
-    ids = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 6)])
+    ids = await publish(bus, ALICE, [ev(seq=s) for s in range(1, 6)])
     subscription = bus.subscribe(ALICE, after=ids[0])
     items = await take(subscription, 5)
     assert items[0] == Gap(requested_after=ids[0], oldest_event_id=ids[2])
@@ -104,11 +108,11 @@ async def test_foreign_event_in_a_batch_stores_nothing() -> None:
 
 async def test_events_published_during_the_replay_arrive_once_after_it() -> None:
     bus = MemoryEventBus()
-    first = await bus.publish(ALICE, [ev(seq=s) for s in range(1, 4)])
+    first = await publish(bus, ALICE, [ev(seq=s) for s in range(1, 4)])
     subscription = bus.subscribe(ALICE, after=first[0])
     # The subscription is registered and its snapshot taken at the first item.
     replayed_first = await anext(subscription)
-    during = await bus.publish(ALICE, [ev(seq=4), ev(seq=5)])
+    during = await publish(bus, ALICE, [ev(seq=4), ev(seq=5)])
     rest = await take(subscription, 4)
     events = [replayed_first, *rest]
     assert [item.event_id for item in events if isinstance(item, RunEvent)] == first[1:] + during
@@ -121,8 +125,8 @@ async def test_subscribers_receive_only_their_own_users_events() -> None:
     alice_sub, bob_sub = bus.subscribe(ALICE), bus.subscribe(BOB)
     assert await anext(alice_sub) == ReplayComplete(replayed=0, resume_after=ANY)
     assert await anext(bob_sub) == ReplayComplete(replayed=0, resume_after=ANY)
-    [bob_id] = await bus.publish(BOB, [ev(BOB)])
-    [alice_id] = await bus.publish(ALICE, [ev(ALICE)])
+    [bob_id] = await publish(bus, BOB, [ev(BOB)])
+    [alice_id] = await publish(bus, ALICE, [ev(ALICE)])
     got_alice, got_bob = await anext(alice_sub), await anext(bob_sub)
     assert isinstance(got_alice, RunEvent)
     assert isinstance(got_bob, RunEvent)
@@ -134,13 +138,13 @@ async def test_subscribers_receive_only_their_own_users_events() -> None:
 
 async def test_overflow_ends_only_the_full_subscriber_with_its_last_delivered_cursor() -> None:
     bus = MemoryEventBus(subscriber_queue=2)
-    [before] = await bus.publish(ALICE, [ev()])
+    [before] = await publish(bus, ALICE, [ev()])
     slow, fast = bus.subscribe(ALICE), bus.subscribe(ALICE)
     assert await anext(slow) == ReplayComplete(replayed=0, resume_after=ANY)
     assert await anext(fast) == ReplayComplete(replayed=0, resume_after=ANY)
     ids: list[str] = []
     for seq in range(2, 5):
-        ids += await bus.publish(ALICE, [ev(seq=seq)])
+        ids += await publish(bus, ALICE, [ev(seq=seq)])
         item = await anext(fast)
         assert isinstance(item, RunEvent)
         assert item.event_id == ids[-1]
@@ -164,7 +168,7 @@ async def test_closing_a_subscription_unregisters_it_and_frees_an_idle_user() ->
 
 async def test_drain_ends_live_subscriptions_and_refuses_new_ones() -> None:
     bus = MemoryEventBus()
-    [event_id] = await bus.publish(ALICE, [ev()])
+    [event_id] = await publish(bus, ALICE, [ev()])
     live = bus.subscribe(ALICE, after=event_id)
     assert await anext(live) == ReplayComplete(replayed=0, resume_after=ANY)
     await bus.drain()
@@ -175,7 +179,7 @@ async def test_drain_ends_live_subscriptions_and_refuses_new_ones() -> None:
         await anext(bus.subscribe(ALICE, after="1-0"))
     assert refused.value.cursor == "1-0"  # nothing delivered: resume where it asked to
     assert bus.subscriber_count(ALICE) == 0
-    assert len(await bus.publish(ALICE, [ev(seq=2)])) == 1  # in-flight runs can still record
+    assert len(await publish(bus, ALICE, [ev(seq=2)])) == 1  # in-flight runs can still record
 
 
 @pytest.mark.parametrize(("capacity", "queue"), [(0, 1), (1, 0)])
@@ -186,13 +190,13 @@ def test_bus_refuses_zero_capacities(capacity: int, queue: int) -> None:
 
 async def test_a_live_only_subscription_learns_a_cursor_that_resumes_exactly_there() -> None:
     bus = MemoryEventBus(log_capacity=100, subscriber_queue=100)
-    await bus.publish(ALICE, [ev(seq=1), ev(seq=2)])
+    await publish(bus, ALICE, [ev(seq=1), ev(seq=2)])
     live = bus.subscribe(ALICE)
     complete = await anext(live)
     assert isinstance(complete, ReplayComplete) and complete.replayed == 0
     assert complete.resume_after == bus.retained(ALICE)[-1]
     await live.aclose()
-    missed = await bus.publish(ALICE, [ev(seq=3), ev(seq=4)])
+    missed = await publish(bus, ALICE, [ev(seq=3), ev(seq=4)])
     resumed = bus.subscribe(ALICE, after=complete.resume_after)
     items = await take(resumed, 3)
     assert [i.event_id for i in items[:2] if isinstance(i, RunEvent)] == missed
@@ -206,9 +210,20 @@ async def test_a_cursor_taken_from_an_empty_log_resumes_without_a_gap() -> None:
     complete = await anext(live)
     assert isinstance(complete, ReplayComplete) and complete.resume_after
     await live.aclose()
-    published = await bus.publish(ALICE, [ev(seq=1)])
+    published = await publish(bus, ALICE, [ev(seq=1)])
     resumed = bus.subscribe(ALICE, after=complete.resume_after)
     items = await take(resumed, 2)
     assert not any(isinstance(i, Gap) for i in items)
     assert [i.event_id for i in items if isinstance(i, RunEvent)] == published
     await resumed.aclose()
+
+
+async def test_run_state_is_bounded_and_forgets_finished_runs_first() -> None:
+    bus = MemoryEventBus(run_state_capacity=2)
+    run_a, run_b, run_c = (f"run_{x}_0123456789abcdefgh" for x in "abc")
+    await publish(bus, ALICE, [RunEvent(user_id=ALICE, run_id=run_a, seq=1, type="agent_completed")])
+    await publish(bus, ALICE, [ev(run_id=run_b, seq=1)])
+    await publish(bus, ALICE, [ev(run_id=run_c, seq=1)])  # evicts run_a (finished), keeps live run_b
+    assert await publish(bus, ALICE, [ev(run_id=run_b, seq=1)]) == [""]  # still fenced
+    # run_a was forgotten: a late duplicate of it is stored again (documented trade-off).
+    assert len((await publish(bus, ALICE, [ev(run_id=run_a, seq=1)]))[0]) > 0

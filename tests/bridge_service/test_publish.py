@@ -12,9 +12,9 @@ from runwire.common.v1 import context_pb2, event_pb2
 from tests.bridge_service.harness import (
     Bridge,
     ContextFactory,
+    SettingsFactory,
     event,
     open_bridge,
-    settings_for,
     strictly_increasing,
 )
 
@@ -28,7 +28,7 @@ async def test_publish_returns_one_increasing_event_id_per_event_in_order(
     assert len(first) == 50
     assert len(second) == 1
     assert strictly_increasing(first + second)
-    assert bridge.bus.retained(ctx.user_id) == first + second
+    assert await bridge.retained(ctx.user_id) == first + second
 
 
 async def test_event_owned_by_another_user_is_refused_and_nothing_is_stored(
@@ -39,8 +39,8 @@ async def test_event_owned_by_another_user_is_refused_and_nothing_is_stored(
         await bridge.publish(alice, event(alice, seq=1), event(bob, seq=2))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "events[1].user_id" in (caught.value.details() or "")
-    assert bridge.bus.retained(alice.user_id) == []
-    assert bridge.bus.retained(bob.user_id) == []
+    assert await bridge.retained(alice.user_id) == []
+    assert await bridge.retained(bob.user_id) == []
 
 
 def _with(**changes: object) -> Callable[[event_pb2.RunEvent], None]:
@@ -56,8 +56,8 @@ INVALID_EVENTS = {
     "blank type": (_with(type=""), "events[0].type"),
     "missing run id": (_with(run_id=""), "events[0].run_id"),
     "placeholder run id": (_with(run_id="null"), "events[0].run_id"),
-    "seq zero": (_with(seq=0), "events[0].seq"),
     "negative seq": (_with(seq=-4), "events[0].seq"),
+    "seq beyond 2**53": (_with(seq=2**53 + 1), "events[0].seq"),
     "payload not json": (_with(payload_json="{not json"), "events[0].payload_json"),
     "payload empty": (_with(payload_json=""), "events[0].payload_json"),
     "payload an array": (_with(payload_json="[1, 2]"), "events[0].payload_json"),
@@ -79,7 +79,7 @@ async def test_invalid_event_is_an_invalid_argument_naming_the_field(
         await bridge.publish(ctx, bad, event(ctx, seq=2))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert expected in (caught.value.details() or "")
-    assert bridge.bus.retained(ctx.user_id) == []
+    assert await bridge.retained(ctx.user_id) == []
 
 
 async def test_a_bad_event_late_in_a_batch_rejects_the_whole_batch(
@@ -90,13 +90,13 @@ async def test_a_bad_event_late_in_a_batch_rejects_the_whole_batch(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await bridge.publish(ctx, *good, event(ctx, seq=5, type="nope"))
     assert "events[4].type" in (caught.value.details() or "")
-    assert bridge.bus.retained(ctx.user_id) == []
+    assert await bridge.retained(ctx.user_id) == []
 
 
 async def test_payload_at_the_size_limit_is_accepted(
-    attestation_key_spec: str, make_context: ContextFactory
+    make_settings: SettingsFactory, make_context: ContextFactory
 ) -> None:
-    async with open_bridge(settings_for(attestation_key_spec, max_payload_bytes=100)) as bridge:
+    async with open_bridge(make_settings(max_payload_bytes=100)) as bridge:
         ctx = make_context()
         at_limit = json.dumps({"k": "é" * 45 + "a"}, ensure_ascii=False)  # bytes, not characters
         assert (len(at_limit), len(at_limit.encode())) == (55, 100)
@@ -108,15 +108,15 @@ async def test_payload_at_the_size_limit_is_accepted(
 
 
 async def test_empty_and_oversized_batches_are_refused(
-    attestation_key_spec: str, make_context: ContextFactory
+    make_settings: SettingsFactory, make_context: ContextFactory
 ) -> None:
-    async with open_bridge(settings_for(attestation_key_spec, max_events_per_publish=3)) as bridge:
+    async with open_bridge(make_settings(max_events_per_publish=3)) as bridge:
         ctx = make_context()
         for events in ([], [event(ctx, seq=i) for i in range(1, 5)]):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await bridge.publish(ctx, *events)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert bridge.bus.retained(ctx.user_id) == []
+        assert await bridge.retained(ctx.user_id) == []
         assert len(await bridge.publish(ctx, *(event(ctx, seq=i) for i in range(1, 4)))) == 3
 
 
@@ -138,7 +138,7 @@ async def test_event_id_sent_by_the_publisher_is_replaced_by_the_bridges(
     forged.event_id = "99999999999999-0"
     [assigned] = await bridge.publish(ctx, forged)
     assert assigned != "99999999999999-0"
-    assert bridge.bus.retained(ctx.user_id) == [assigned]
+    assert await bridge.retained(ctx.user_id) == [assigned]
 
 
 def _unattested(make_context: ContextFactory) -> context_pb2.UserContext:
@@ -183,7 +183,7 @@ async def test_publish_with_a_bad_context_is_refused_and_stores_nothing(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await bridge.publish(ctx, event(ctx))
     assert caught.value.code() == code
-    assert bridge.bus.retained(ctx.user_id) == []
+    assert await bridge.retained(ctx.user_id) == []
 
 
 @pytest.mark.parametrize("case", list(BAD_CONTEXTS), ids=list(BAD_CONTEXTS))

@@ -41,3 +41,38 @@ def test_defaults_match_the_documented_limits(attestation_key_spec: str) -> None
 def test_bad_configuration_is_refused(attestation_key_spec: str, overrides: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         BridgeSettings.model_validate({"attestation_keys": attestation_key_spec, **overrides})
+
+
+def test_redis_backend_settings_come_from_the_launchers_variables(
+    monkeypatch: pytest.MonkeyPatch, attestation_key_spec: str
+) -> None:
+    monkeypatch.setenv("RUNWIRE_ATTESTATION_KEYS", attestation_key_spec)
+    monkeypatch.setenv("RUNWIRE_BRIDGE_BACKEND", "redis")
+    monkeypatch.setenv("RUNWIRE_BRIDGE_REDIS_URL", "redis://cache:6380/2")
+    monkeypatch.setenv("RUNWIRE_BRIDGE_REDIS_KEY_PREFIX", "rw-prod")
+    monkeypatch.setenv("RUNWIRE_BRIDGE_RETENTION_S", "3600")
+    monkeypatch.setenv("RUNWIRE_BRIDGE_RUN_STATE_CAPACITY", "50")
+    settings = BridgeSettings()  # type: ignore[call-arg]
+    assert (settings.backend, settings.redis_url, settings.redis_key_prefix) == (
+        "redis",
+        "redis://cache:6380/2",
+        "rw-prod",
+    )
+    assert (settings.retention_s, settings.run_state_capacity) == (3600, 50)
+
+
+def test_redis_defaults(attestation_key_spec: str) -> None:
+    settings = BridgeSettings(attestation_keys=SecretStr(attestation_key_spec))
+    assert (settings.redis_key_prefix, settings.retention_s, settings.run_state_capacity) == (
+        "runwire",
+        86_400,
+        1_000,
+    )
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b}", "with space", "x" * 65])
+def test_key_prefix_that_would_break_the_key_layout_is_refused(
+    attestation_key_spec: str, prefix: str
+) -> None:
+    with pytest.raises(ValidationError, match="redis_key_prefix"):
+        BridgeSettings.model_validate({"attestation_keys": attestation_key_spec, "redis_key_prefix": prefix})

@@ -10,13 +10,13 @@ import pytest
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from tests.bridge_service.harness import (
     ContextFactory,
+    SettingsFactory,
     event,
     ids_of,
     open_bridge,
     read_events,
     read_item,
     read_until_replay_complete,
-    settings_for,
 )
 
 QUEUE = 16
@@ -26,9 +26,9 @@ PAD = {"reasoning": "x" * 1000}
 
 
 async def test_slow_subscriber_is_ended_alone_and_resumes_from_its_cursor(
-    attestation_key_spec: str, make_context: ContextFactory
+    make_settings: SettingsFactory, make_context: ContextFactory
 ) -> None:
-    settings = settings_for(attestation_key_spec, subscriber_queue=QUEUE, max_events_per_publish=BATCH)
+    settings = make_settings(subscriber_queue=QUEUE, max_events_per_publish=BATCH)
     async with open_bridge(settings) as bridge:
         alice, bob = make_context(), make_context()
         # The slow client's own channel has a fixed 64 KiB flow-control window
@@ -55,7 +55,7 @@ async def test_slow_subscriber_is_ended_alone_and_resumes_from_its_cursor(
             assert ids_of(await fast_reader) == alice_ids
             assert ids_of(await bob_reader) == bob_ids
             # The overflowed subscriber holds no queue any more; the fast one is untouched.
-            assert bridge.bus.subscriber_count(alice.user_id) == 1
+            await bridge.wait_for_subscribers(alice.user_id, 1)
 
             delivered: list[str] = []
             with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -43,7 +43,7 @@ async def publish(bridge_target: str, make_context: ContextFactory) -> AsyncIter
             events: list[event_pb2.RunEvent] = []
             for payload in payloads:
                 ev = event_pb2.RunEvent(
-                    seq=len(events) + 1,
+                    seq=0,  # the bridge numbers the run's events across calls
                     type=kind,
                     run_id=run_id,
                     thread_id="thread_0123456789abcdef",

@@ -1,0 +1,172 @@
+"""Key layout and Lua scripts of the Redis backend.
+
+Every key of one user carries the user id as a Redis Cluster hash tag, so a
+user's keys live on one shard (scripts may touch them together) while users
+spread across shards:
+
+- ``<prefix>:{<user>}:events`` — Stream, the retained log. Entry id = the
+  event id; field ``e`` = the serialized ``RunEvent`` with its stored ``seq``
+  (``event_id`` is the entry id, filled in when read).
+- ``<prefix>:{<user>}:meta`` — Hash: ``born`` (the id just below this log
+  incarnation's first event) and ``last`` (the newest id assigned).
+- ``<prefix>:{<user>}:runs`` — Hash: run id → ``"<last seq>:<0|1 terminal>"``.
+- ``<prefix>:{<user>}:run_order`` — Sorted set of the same runs, oldest
+  finished first, then least recently active live runs (eviction order).
+- ``<prefix>:{<user>}:live`` — Pub/Sub channel: after each publish, the newest id.
+
+Ids are ``"<ms>-<n>"`` stream ids assigned by :data:`PUBLISH_SCRIPT` itself:
+``ms`` is the server time but never goes back, and ``n`` counts the
+incarnation's events (1, 2, 3 …), so consecutive retained events have
+consecutive ``n``. A reader that expects ``n + 1`` after its cursor and finds
+something else knows events were trimmed in between — exact gap detection
+even with approximate (``MAXLEN ~``) trimming.
+
+All four keys expire ``retention_s`` after the user's last publish (every
+event is older than the retention by then anyway). An expired or flushed
+``meta`` starts a new incarnation: the old stream is dropped, ``born`` is the
+current time, and every older cursor gets a gap.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class UserKeys(NamedTuple):
+    stream: str
+    meta: str
+    runs: str
+    run_order: str
+    live: str
+
+    def script_keys(self) -> list[str]:
+        """The ``KEYS`` of :data:`PUBLISH_SCRIPT` (and, first two, of :data:`OPEN_SCRIPT`)."""
+        return [self.stream, self.meta, self.runs, self.run_order]
+
+
+def user_keys(prefix: str, user_id: str) -> UserKeys:
+    tagged = f"{prefix}:{{{user_id}}}"
+    return UserKeys(
+        stream=f"{tagged}:events",
+        meta=f"{tagged}:meta",
+        runs=f"{tagged}:runs",
+        run_order=f"{tagged}:run_order",
+        live=f"{tagged}:live",
+    )
+
+
+_HELPERS = """
+local function fmt(x) return string.format('%.0f', x) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: stream, meta.  ARGV: retention ms.
+# Returns {born, last, created (0|1)}; starts a new incarnation when meta is gone.
+OPEN_SCRIPT = (
+    _HELPERS
+    + """
+local born = redis.call('HGET', KEYS[2], 'born')
+local last = redis.call('HGET', KEYS[2], 'last')
+if born and last then
+  return {born, last, 0}
+end
+redis.call('DEL', KEYS[1])
+local id = fmt(now_ms()) .. '-0'
+redis.call('HSET', KEYS[2], 'born', id, 'last', id)
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {id, id, 1}
+"""
+)
+
+# KEYS: stream, meta, runs, run_order.
+# ARGV: live channel, log capacity, retention ms, run state capacity, then
+#       4 per event: run id, seq (0 = next), terminal (0|1), serialized RunEvent.
+# Returns 3 per event: event id ('' if ignored), stored seq (0 if ignored),
+# verdict (store | gap | duplicate | after_terminal; see bridge_service.bus.fence).
+PUBLISH_SCRIPT = (
+    _HELPERS
+    + """
+local stream, meta, runs, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local retention = tonumber(ARGV[3])
+local live_bias = 1e13  -- live runs sort after every finished one
+local function varint(x)
+  local out = {}
+  repeat
+    local b = x % 128
+    x = (x - b) / 128
+    if x > 0 then b = b + 128 end
+    out[#out + 1] = string.char(b)
+  until x == 0
+  return table.concat(out)
+end
+local now = now_ms()
+local ms, n
+local last = redis.call('HGET', meta, 'last')
+if last and redis.call('HEXISTS', meta, 'born') == 1 then
+  local a, b = string.match(last, '^(%d+)-(%d+)$')
+  ms, n = tonumber(a), tonumber(b)
+else
+  -- A new incarnation: whatever stream is left cannot be resumed exactly.
+  redis.call('DEL', stream)
+  ms, n = now, 0
+  redis.call('HSET', meta, 'born', fmt(ms) .. '-0', 'last', fmt(ms) .. '-0')
+end
+local reply = {}
+local stored = 0
+for i = 5, #ARGV, 4 do
+  local run, seq, terminal = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+  local last_seq, finished = 0, false
+  local state = redis.call('HGET', runs, run)
+  if state then
+    local s, f = string.match(state, '^(%d+):([01])$')
+    last_seq, finished = tonumber(s), f == '1'
+  end
+  local verdict = 'store'
+  if finished then
+    verdict = 'after_terminal'
+  elseif seq == 0 then
+    seq = last_seq + 1
+  elseif seq <= last_seq then
+    verdict = 'duplicate'
+  elseif seq > last_seq + 1 then
+    verdict = 'gap'
+  end
+  if verdict == 'store' or verdict == 'gap' then
+    if now > ms then ms = now end
+    n = n + 1
+    local id = fmt(ms) .. '-' .. fmt(n)
+    -- Appending field 2 (seq, varint) to the message sets the stored seq.
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'e', ARGV[i + 3] .. '\\16' .. varint(seq))
+    redis.call('HSET', runs, run, fmt(seq) .. (terminal and ':1' or ':0'))
+    redis.call('ZADD', order, terminal and now or (now + live_bias), run)
+    reply[#reply + 1] = id
+    reply[#reply + 1] = seq
+    stored = stored + 1
+  else
+    reply[#reply + 1] = ''
+    reply[#reply + 1] = 0
+  end
+  reply[#reply + 1] = verdict
+end
+if stored > 0 then
+  local newest = fmt(ms) .. '-' .. fmt(n)
+  redis.call('HSET', meta, 'last', newest)
+  redis.call('XTRIM', stream, 'MINID', fmt(now - retention) .. '-0')
+  local excess = redis.call('HLEN', runs) - tonumber(ARGV[4])
+  if excess > 0 then
+    local victims = redis.call('ZPOPMIN', order, excess)
+    for j = 1, #victims, 2 do
+      redis.call('HDEL', runs, victims[j])
+    end
+  end
+  redis.call('PUBLISH', ARGV[1], newest)
+end
+for _, key in ipairs(KEYS) do
+  redis.call('PEXPIRE', key, ARGV[3])
+end
+return reply
+"""
+)
