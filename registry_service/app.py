@@ -1,13 +1,17 @@
 """The registry's composition root.
 
 ``running_service`` opens the database engine, migrates the schema when
-``migrate_on_start`` is set, builds the servicer, starts the gRPC server and
-yields it. On exit the server drains first (in-flight calls still need the
-database), then the engine is disposed.
+``migrate_on_start`` is set, opens the channel to the bridge (when
+``bridge_target`` is set), builds the servicer, starts the gRPC server, then
+starts the death sweeper and yields the server. On exit the server drains,
+stopping the sweeper first (its sweep in progress may finish); in-flight
+calls still need the database, so the bridge channel is closed and the
+engine disposed only after that.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -15,10 +19,16 @@ import grpc
 
 from registry_service.database import open_database
 from registry_service.migrator import upgrade_schema
+from registry_service.notifier import BRIDGE_SERVICE_NAME, BridgeDeathNotifier
 from registry_service.servicer import SERVICE_NAME, RegistryServicer
 from registry_service.settings import RegistrySettings
+from registry_service.sweeper import DeathSweeper, SweepPolicy
+from runwire.bridge.v1 import bridge_pb2_grpc
 from runwire.registry.v1 import registry_pb2_grpc
+from runwire_common.channels import open_channel
 from runwire_common.server import GrpcServer, ServiceBinding
+
+log = logging.getLogger("runwire.registry")
 
 
 @asynccontextmanager
@@ -28,10 +38,35 @@ async def running_service(settings: RegistrySettings) -> AsyncIterator[GrpcServe
         database = await stack.enter_async_context(open_database(settings.database()))
         if settings.migrate_on_start:
             await upgrade_schema(database.write_engine())
+        attestor = settings.attestor()
+        notifier = None
+        if settings.bridge_target:
+            channel = open_channel(settings.bridge_target, service_names=(BRIDGE_SERVICE_NAME,))
+            stack.push_async_callback(channel.close)
+            notifier = BridgeDeathNotifier(
+                bridge_pb2_grpc.BridgeServiceStub(channel),
+                attestor=attestor,
+                call_timeout_s=settings.call_timeout_s,
+            )
+        else:
+            log.warning(
+                "no bridge_target configured: runs without heartbeat are marked dead, "
+                "but their owners are not told until a bridge is configured"
+            )
         servicer = RegistryServicer(
             database,
-            attestor=settings.attestor(),
+            attestor=attestor,
             max_live_runs_per_user=settings.max_live_runs_per_user,
+        )
+        sweeper = DeathSweeper(
+            database,
+            policy=SweepPolicy(
+                heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                interval_s=settings.death_sweep_interval_s,
+                batch=settings.death_sweep_batch,
+                lease_s=settings.death_notice_lease_s,
+            ),
+            notifier=notifier,
         )
 
         def register(server: grpc.aio.Server) -> None:
@@ -40,5 +75,13 @@ async def running_service(settings: RegistrySettings) -> AsyncIterator[GrpcServe
         server = GrpcServer(settings, [ServiceBinding(name=SERVICE_NAME, register=register)])
         stack.push_async_callback(server.stop_now)  # only matters if start() fails half-way
         await server.start()
-        stack.push_async_callback(server.drain)
+        # Also after the drain, in case the drain hook timed out or never ran.
+        stack.push_async_callback(sweeper.stop, timeout_s=0)
+        sweeper.start()
+        stop_timeout_s = settings.grace_period_s / 2
+
+        async def stop_sweeper() -> None:
+            await sweeper.stop(timeout_s=stop_timeout_s)
+
+        stack.push_async_callback(server.drain, stop_sweeper)
         yield server

@@ -26,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -97,6 +98,12 @@ class RunRecord(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean(), default=False)
     multitask_strategy: Mapped[str] = mapped_column(String(STATE_LENGTH))
     timeout_seconds: Mapped[int] = mapped_column(Integer(), default=0)
+    # The agent_death outbox (see registry_service.death): the sweeper sets
+    # ``death_notice_pending`` in the same UPDATE that marks the run dead; it is
+    # cleared, with ``death_notified_at`` set, once the bridge took the notice.
+    death_notice_pending: Mapped[bool] = mapped_column(Boolean(), default=False, server_default=false())
+    death_notice_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    death_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         CheckConstraint(_in_list("state", ALL_STATES), name="state"),
@@ -105,6 +112,9 @@ class RunRecord(Base):
         Index("ix_runs_user_id_state", "user_id", "state"),
         Index("ix_runs_user_id_created_at_run_id", "user_id", "created_at", "run_id"),
         Index("ix_runs_user_id_thread_id_state", "user_id", "thread_id", "state"),
+        # The death sweep looks for live runs across users, and for notices still owed.
+        Index("ix_runs_state_updated_at", "state", "updated_at"),
+        Index("ix_runs_death_notice_pending", "death_notice_pending", "death_notice_claimed_at"),
     )
 
 

@@ -9,6 +9,9 @@ happened is decided by the row it affected, never by reading first. Only
 when no row matched is the run read, and then only to say *why* (missing,
 terminal, illegal move, stale version) — the decision was already made by
 the database, so two replicas racing on one run get exactly one winner.
+``pending → starting`` first checks the thread under the owner lock (queued
+runs start one at a time, oldest first); the move itself is still the
+conditional ``UPDATE``.
 """
 
 from __future__ import annotations
@@ -20,18 +23,21 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_service.admission import lock_owner
 from registry_service.models import RunRecord
 from registry_service.paging import PageCursor
 from registry_service.states import (
+    ACTIVE_STATES,
     ALLOWED_SOURCES,
     DEFAULT_ERRORS,
     FAILURE_STATES,
     LIVE_STATES,
+    PENDING,
     RESULT_STATES,
     STARTING,
     is_terminal,
 )
-from runwire_common.errors import FailedPrecondition, InvalidArgument, NotFound, RunwireError
+from runwire_common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, RunwireError
 
 
 @dataclass(frozen=True)
@@ -112,11 +118,14 @@ async def transition_run(
 ) -> RunRecord:
     """Apply ``change`` atomically and return the updated run.
 
-    Raises ``NOT_FOUND`` for a missing (or foreign) run and
+    Raises ``NOT_FOUND`` for a missing (or foreign) run,
     ``FAILED_PRECONDITION`` when the run is terminal, the move is illegal or
-    ``expected_version`` is stale.
+    ``expected_version`` is stale, and ``ABORTED`` when a queued run may not
+    start yet.
     """
     sources = ALLOWED_SOURCES[change.to_state]
+    if change.to_state == STARTING:
+        await _wait_for_the_thread(session, user_id=user_id, run_id=run_id, now=now)
     if sources:
         statement = (
             update(RunRecord)
@@ -135,6 +144,45 @@ async def transition_run(
         if updated is not None:
             return updated
     raise await _why_not(session, change, user_id=user_id, run_id=run_id)
+
+
+async def _wait_for_the_thread(session: AsyncSession, *, user_id: str, run_id: str, now: datetime) -> None:
+    """Refuse with ``ABORTED`` to start a pending run while its thread is busy or an older run is queued.
+
+    Runs under the owner lock that ``CreateRun`` takes (PostgreSQL row lock,
+    SQLite write lock), so two replicas starting two queued runs of one
+    thread, or starting one while admitting another, are serialised: the
+    second sees the first's ``starting`` and waits. Only the columns are
+    read, never the ORM object, so the ``UPDATE … RETURNING`` that follows
+    is not shadowed by a stale copy in the session.
+    """
+    await lock_owner(session, user_id, now=now)
+    run = (
+        await session.execute(
+            select(RunRecord.thread_id, RunRecord.created_at, RunRecord.state).where(
+                RunRecord.run_id == run_id, RunRecord.user_id == user_id
+            )
+        )
+    ).one_or_none()
+    if run is None or run.state != PENDING:
+        return  # the conditional UPDATE decides, and _why_not says why
+    older = or_(
+        RunRecord.created_at < run.created_at,
+        and_(RunRecord.created_at == run.created_at, RunRecord.run_id < run_id),
+    )
+    blocking = await session.scalar(
+        select(RunRecord.run_id)
+        .where(
+            RunRecord.user_id == user_id,
+            RunRecord.thread_id == run.thread_id,
+            RunRecord.run_id != run_id,
+            or_(RunRecord.state.in_(ACTIVE_STATES), and_(RunRecord.state == PENDING, older)),
+        )
+        .order_by(RunRecord.created_at, RunRecord.run_id)
+        .limit(1)
+    )
+    if blocking is not None:
+        raise Aborted(f"thread busy: run {blocking!r} is still live; try again once it has ended")
 
 
 async def _why_not(session: AsyncSession, change: Transition, *, user_id: str, run_id: str) -> RunwireError:

@@ -56,9 +56,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
         new = validation.new_run(request, ctx)
         async with self._database.writing() as session:
-            record = await create_run(session, new, max_live_runs=self._max_live_runs, now=self._clock())
-        bind(log, ctx, run_id=record.run_id).info("run created", extra={"agent": record.agent})
-        return registry_pb2.CreateRunResponse(run=run_message(record))
+            admitted = await create_run(session, new, max_live_runs=self._max_live_runs, now=self._clock())
+        record = admitted.run
+        bound = bind(log, ctx, run_id=record.run_id)
+        for interrupted in admitted.interrupted:
+            bound.info("run interrupted", extra={"interrupted_run_id": interrupted.run_id})
+        bound.info("run created", extra={"agent": record.agent, "strategy": record.multitask_strategy})
+        return registry_pb2.CreateRunResponse(
+            run=run_message(record), interrupted_runs=[run_message(r) for r in admitted.interrupted]
+        )
 
     @unary
     async def TransitionRun(

@@ -8,7 +8,9 @@ anything else fails at start-up rather than on the first call.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, field_validator
+from typing import Self
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -60,7 +62,16 @@ class DatabaseSettings(BaseSettings):
 
 
 class RegistrySettings(ServerSettings, DatabaseSettings):
-    """The registry service process: server settings, the database, and the run limits."""
+    """The registry service process: server settings, the database, the run limits and death detection.
+
+    Death detection: a live run whose last heartbeat *and* last transition are
+    both older than ``heartbeat_timeout_s`` is moved to ``dead`` by a sweep
+    that runs every ``death_sweep_interval_s``; its owner is told through the
+    bridge at ``bridge_target`` (empty: runs still die, nobody is told until
+    a bridge is configured). A replica that claimed a notice holds it for
+    ``death_notice_lease_s``; if it crashes meanwhile another replica sends
+    the notice once the lease has expired.
+    """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_REGISTRY_", populate_by_name=True, extra="ignore")
 
@@ -68,6 +79,34 @@ class RegistrySettings(ServerSettings, DatabaseSettings):
     migrate_on_start: bool = Field(
         default=True, description="upgrade the schema to head before serving (off when a Job migrates)"
     )
+    bridge_target: str = Field(default="", description="the bridge for agent_death notices; empty = none")
+    heartbeat_timeout_s: float = Field(
+        default=10.0, gt=0, le=86_400, description="a live run silent for this long is dead"
+    )
+    death_sweep_interval_s: float = Field(
+        default=1.0, gt=0, le=3_600, description="how often live runs are checked for death"
+    )
+    death_sweep_batch: int = Field(
+        default=200, ge=1, le=10_000, description="runs marked dead, or notices sent, per sweep"
+    )
+    death_notice_lease_s: float = Field(
+        default=30.0, gt=0, description="how long a claimed agent_death notice is reserved for its replica"
+    )
+
+    @field_validator("bridge_target")
+    @classmethod
+    def _strip_target(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _death_detection_is_consistent(self) -> Self:
+        if self.death_sweep_interval_s > self.heartbeat_timeout_s:
+            raise ValueError("death_sweep_interval_s must not exceed heartbeat_timeout_s")
+        # A lease shorter than one Publish would let a second replica send the
+        # same notice while the first is still sending it.
+        if self.death_notice_lease_s <= self.call_timeout_s:
+            raise ValueError("death_notice_lease_s must exceed call_timeout_s")
+        return self
 
     def database(self) -> DatabaseSettings:
         return DatabaseSettings(

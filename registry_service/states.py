@@ -25,6 +25,17 @@ executing), so a run stuck between the two is visible. Terminal states
 (``completed``, ``failed``, ``timeout``, ``cancelled``, ``dead``) have no way
 out. Every transition increments ``version`` and sets ``updated_at``;
 reaching a terminal state clears ``cancel_requested``.
+
+Besides the table, ``pending → starting`` has a thread rule: it is refused
+with ``ABORTED`` (wait and retry, the run stays ``pending``) while another run
+of the same thread is ``starting``, ``running`` or ``completing``, or while an
+older ``pending`` run of the thread waits (queued runs start in FIFO order).
+
+The registry itself moves runs in two places, with the same columns as a
+transition: ``CreateRun`` with the ``interrupt`` strategy moves the thread's
+live runs to ``cancelled`` (error code ``interrupted``), and the death
+sweeper moves live runs without a sign of life to ``dead`` (error code
+``no_heartbeat``).
 """
 
 from __future__ import annotations
@@ -71,6 +82,15 @@ DEFAULT_ERRORS: Mapping[str, tuple[str, str]] = MappingProxyType(
         DEAD: ("dead", "the run's executor stopped reporting"),
     }
 )
+
+# Error codes the registry writes itself.
+NO_HEARTBEAT = "no_heartbeat"
+INTERRUPTED = "interrupted"
+NO_HEARTBEAT_MESSAGE = "the worker running this run stopped responding"
+INTERRUPTED_MESSAGE = "the run was interrupted by a newer run started on its thread"
+
+# A pending run may only start while no run of its thread is past pending.
+ACTIVE_STATES = (STARTING, RUNNING, COMPLETING)
 
 REJECT = "reject"
 ENQUEUE = "enqueue"

@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
-import grpc
 import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from registry_service.app import running_service
 from registry_service.settings import RegistrySettings
 from runwire.common.v1 import context_pb2
-from runwire.registry.v1 import registry_pb2_grpc
-from tests.registry_service.support import Registry
+from tests.registry_service.support import Registry, open_registry
 
 T = TypeVar("T")
 BACKENDS = ("sqlite", pytest.param("postgres", marks=pytest.mark.postgres))
@@ -100,13 +97,5 @@ def registry_settings(database_url: str, attestation_key_spec: str) -> RegistryS
 async def registry(
     registry_settings: RegistrySettings, make_context: Callable[..., context_pb2.UserContext]
 ) -> AsyncIterator[Registry]:
-    async with (
-        running_service(registry_settings) as server,
-        grpc.aio.insecure_channel(server.address) as channel,
-    ):
-        yield Registry(
-            server=server,
-            stub=registry_pb2_grpc.RegistryServiceStub(channel),
-            settings=registry_settings,
-            make_context=make_context,
-        )
+    async with open_registry(registry_settings, make_context) as opened:
+        yield opened

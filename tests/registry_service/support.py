@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import grpc
 
+from registry_service.app import running_service
 from registry_service.settings import RegistrySettings
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -141,3 +145,31 @@ async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as error:
         return error
     raise AssertionError("the call succeeded but an error was expected")
+
+
+@asynccontextmanager
+async def open_registry(
+    settings: RegistrySettings, make_context: Callable[..., context_pb2.UserContext]
+) -> AsyncIterator[Registry]:
+    """A registry process-in-a-context with ``settings``, and a client of it."""
+    async with (
+        running_service(settings) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        yield Registry(
+            server=server,
+            stub=registry_pb2_grpc.RegistryServiceStub(channel),
+            settings=settings,
+            make_context=make_context,
+        )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 15.0, interval_s: float = 0.05
+) -> None:
+    """Wait until ``check()`` is true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)

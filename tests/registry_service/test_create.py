@@ -176,22 +176,6 @@ async def test_ten_concurrent_creates_on_one_thread_admit_exactly_one(registry: 
     assert statuses.count(grpc.StatusCode.FAILED_PRECONDITION) == 9
 
 
-@pytest.mark.parametrize(
-    "strategy", [S.MULTITASK_STRATEGY_ENQUEUE, S.MULTITASK_STRATEGY_INTERRUPT], ids=["enqueue", "interrupt"]
-)
-async def test_enqueue_and_interrupt_on_a_busy_thread_are_not_supported_yet(
-    registry: Registry, strategy: int
-) -> None:
-    user, thread = new_id("user"), new_id("thread")
-    first = await registry.create(user, thread_id=thread)
-
-    error = await rpc_error(registry.create(user, thread_id=thread, strategy=strategy))
-
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not supported yet" in (error.details() or "")
-    assert (await registry.get(first)).state == S.RUN_STATE_PENDING
-
-
 async def test_enqueue_on_a_free_thread_starts_a_run_at_once(registry: Registry) -> None:
     run = await registry.create(new_id("user"), strategy=S.MULTITASK_STRATEGY_ENQUEUE)
 

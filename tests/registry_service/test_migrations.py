@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 import registry_service
@@ -20,7 +21,7 @@ from registry_service.migrator import current_revision, downgrade_schema, upgrad
 from registry_service.models import Base
 from registry_service.settings import DatabaseSettings
 
-HEAD = "0001"
+HEAD = "0002"
 TABLES = {"runs", "run_owners"}
 
 
@@ -126,3 +127,30 @@ def test_the_migrate_command_refuses_a_downgrade_without_a_target(database_url: 
 
     assert result.returncode == 2
     assert "downgrade needs a target revision" in result.stderr
+
+
+async def test_upgrading_from_0001_keeps_the_runs_and_owes_no_notice_for_old_deaths(
+    database: Database,
+) -> None:
+    await upgrade_schema(database.write_engine(), revision="0001")
+    async with database.write_engine().begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO runs (run_id, user_id, tenant_id, thread_id, agent, state, created_at, updated_at,"
+                " input_json, version, executor_id, cancel_requested, multitask_strategy, timeout_seconds)"
+                " VALUES ('run_old_dead_one_xxxxxxxx', 'user_someone_xxxxxxxxxx', '', 'thread_x_xxxxxxxxxxxx',"
+                " 'scripted', 'dead', :now, :now, '{}', 2, '', false, 'reject', 0)"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+
+    await upgrade_schema(database.write_engine())
+
+    async with database.engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT run_id, death_notice_pending FROM runs"))).all()
+    assert [(row[0], bool(row[1])) for row in rows] == [("run_old_dead_one_xxxxxxxx", False)]
+
+    await downgrade_schema(database.write_engine(), revision="0001")
+    assert await current_revision(database.engine) == "0001"
+    async with database.engine.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 1

@@ -14,6 +14,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "RUNWIRE_DATABASE_URL",
         "RUNWIRE_REGISTRY_DATABASE_URL",
         "RUNWIRE_REGISTRY_MAX_LIVE_RUNS_PER_USER",
+        "RUNWIRE_REGISTRY_BRIDGE_TARGET",
+        "RUNWIRE_REGISTRY_HEARTBEAT_TIMEOUT_S",
+        "RUNWIRE_REGISTRY_DEATH_SWEEP_INTERVAL_S",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -77,3 +80,46 @@ def test_an_unusable_database_url_fails_at_start_up(url: str, attestation_key_sp
 def test_a_quota_below_one_is_refused(attestation_key_spec: str) -> None:
     with pytest.raises(ValidationError):
         RegistrySettings(attestation_keys=SecretStr(attestation_key_spec), max_live_runs_per_user=0)
+
+
+def test_death_detection_defaults_to_ten_seconds_of_silence_swept_every_second(
+    attestation_key_spec: str,
+) -> None:
+    settings = RegistrySettings(attestation_keys=SecretStr(attestation_key_spec))
+
+    assert (settings.heartbeat_timeout_s, settings.death_sweep_interval_s) == (10.0, 1.0)
+    assert settings.bridge_target == ""
+    assert settings.death_notice_lease_s > settings.call_timeout_s
+
+
+def test_death_detection_is_configured_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, attestation_key_spec: str
+) -> None:
+    monkeypatch.setenv("RUNWIRE_ATTESTATION_KEYS", attestation_key_spec)
+    monkeypatch.setenv("RUNWIRE_REGISTRY_BRIDGE_TARGET", " dns:///bridge:50051 ")
+    monkeypatch.setenv("RUNWIRE_REGISTRY_HEARTBEAT_TIMEOUT_S", "30")
+    monkeypatch.setenv("RUNWIRE_REGISTRY_DEATH_SWEEP_INTERVAL_S", "2.5")
+
+    settings = RegistrySettings()  # type: ignore[call-arg]
+
+    assert settings.bridge_target == "dns:///bridge:50051"
+    assert (settings.heartbeat_timeout_s, settings.death_sweep_interval_s) == (30.0, 2.5)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"heartbeat_timeout_s": 0},
+        {"heartbeat_timeout_s": -1},
+        {"death_sweep_interval_s": 0},
+        {"heartbeat_timeout_s": 1, "death_sweep_interval_s": 2},
+        {"death_sweep_batch": 0},
+        {"death_notice_lease_s": 5, "call_timeout_s": 5},
+    ],
+    ids=str,
+)
+def test_inconsistent_death_detection_settings_fail_at_start_up(
+    attestation_key_spec: str, changes: dict[str, float]
+) -> None:
+    with pytest.raises(ValidationError):
+        RegistrySettings(attestation_keys=SecretStr(attestation_key_spec), **changes)  # type: ignore[arg-type]

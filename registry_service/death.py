@@ -1,0 +1,186 @@
+"""Death detection in the database: silent runs become ``dead``, and their owners are owed a notice.
+
+Both steps are single conditional ``UPDATE … RETURNING`` statements, so any
+number of registry replicas may sweep the same database at once:
+
+* :func:`mark_dead` moves every live run whose last heartbeat *and* last
+  transition are older than the timeout to ``dead`` (error ``no_heartbeat``)
+  and, in the same statement, puts it in the outbox
+  (``death_notice_pending``). The ``state IN (live states)`` condition is the
+  fence: on PostgreSQL a replica that finds a row locked by another replica's
+  sweep skips it (``FOR UPDATE SKIP LOCKED`` in the candidates CTE), and
+  a row that changed state meanwhile no longer matches when the ``UPDATE``
+  re-checks its ``WHERE`` under the row lock; SQLite has one writer at a time
+  (``BEGIN IMMEDIATE``). Each run is therefore marked dead exactly once, and
+  never after it reached another terminal state.
+* :func:`claim_notices` reserves a bounded batch of owed notices for this
+  replica by stamping ``death_notice_claimed_at``; a notice whose claim is
+  older than the lease is claimable again (its replica crashed between the
+  claim and the ``Publish``). The sender then calls :func:`mark_notified`
+  after a successful ``Publish`` or :func:`release_claims` after a failed
+  one, so the next sweep (of any replica) retries it.
+
+In the normal case every notice is sent once; only a claim that outlives its
+lease (a replica stalled longer than ``death_notice_lease_s``) can send a
+second copy, which the bridge drops because the run already has its terminal
+event.
+
+Times come from the registry's clock, like every other timestamp it writes;
+replicas are assumed to agree on the time to well within the heartbeat
+timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, or_, select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from registry_service.models import RunRecord
+from registry_service.states import DEAD, LIVE_STATES, NO_HEARTBEAT, NO_HEARTBEAT_MESSAGE
+
+
+@dataclass(frozen=True)
+class DeathNotice:
+    """What the owner of a dead run is told, and the claim under which it is sent."""
+
+    run_id: str
+    user_id: str
+    tenant_id: str
+    thread_id: str
+    agent: str
+    died_at: datetime
+    claimed_at: datetime
+
+    @classmethod
+    def of(cls, record: RunRecord) -> DeathNotice:
+        if record.death_notice_claimed_at is None:  # pragma: no cover - claim_notices sets it
+            raise ValueError(f"run {record.run_id} has no claimed notice")
+        return cls(
+            run_id=record.run_id,
+            user_id=record.user_id,
+            tenant_id=record.tenant_id,
+            thread_id=record.thread_id,
+            agent=record.agent,
+            died_at=record.finished_at or record.updated_at,
+            claimed_at=record.death_notice_claimed_at,
+        )
+
+
+def _silent(run: Any, cutoff: datetime) -> ColumnElement[bool]:
+    """Live, with neither a heartbeat nor a transition since ``cutoff``."""
+    return and_(
+        run.state.in_(LIVE_STATES),
+        run.updated_at < cutoff,
+        or_(run.last_heartbeat_at.is_(None), run.last_heartbeat_at < cutoff),
+    )
+
+
+def _claimable(run: Any, expired: datetime) -> ColumnElement[bool]:
+    return and_(
+        run.death_notice_pending == true(),
+        or_(run.death_notice_claimed_at.is_(None), run.death_notice_claimed_at < expired),
+    )
+
+
+def _once(candidates: Select[Any], name: str) -> Select[Any]:
+    """The candidates as a materialised CTE, so the database picks them exactly once.
+
+    As a plain ``IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` PostgreSQL may
+    run the sub-select again for every row the ``UPDATE`` visits; each run
+    skips the rows this very statement has just updated and picks fresh ones,
+    so the ``LIMIT`` stops bounding the batch.
+    """
+    cte = candidates.cte(name).prefix_with("MATERIALIZED", dialect="postgresql")
+    return select(cte.c.run_id)
+
+
+async def mark_dead(
+    session: AsyncSession, *, now: datetime, heartbeat_timeout_s: float, limit: int
+) -> list[RunRecord]:
+    """Move at most ``limit`` silent live runs to ``dead``; return them (oldest silence first)."""
+    cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+    candidate = aliased(RunRecord)
+    candidates = (
+        select(candidate.run_id)
+        .where(_silent(candidate, cutoff))
+        .order_by(candidate.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    statement = (
+        update(RunRecord)
+        .where(RunRecord.run_id.in_(_once(candidates, "silent_runs")), _silent(RunRecord, cutoff))
+        .values(
+            state=DEAD,
+            error_code=NO_HEARTBEAT,
+            error_message=NO_HEARTBEAT_MESSAGE,
+            finished_at=now,
+            updated_at=now,
+            version=RunRecord.version + 1,
+            cancel_requested=False,
+            death_notice_pending=True,
+            death_notice_claimed_at=None,
+            death_notified_at=None,
+        )
+        .returning(RunRecord)
+        .execution_options(synchronize_session=False)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def claim_notices(
+    session: AsyncSession, *, now: datetime, lease_s: float, limit: int
+) -> list[DeathNotice]:
+    """Reserve at most ``limit`` owed notices (unclaimed, or claimed longer than ``lease_s`` ago)."""
+    expired = now - timedelta(seconds=lease_s)
+    candidate = aliased(RunRecord)
+    candidates = (
+        select(candidate.run_id)
+        .where(_claimable(candidate, expired))
+        .order_by(candidate.finished_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    statement = (
+        update(RunRecord)
+        .where(RunRecord.run_id.in_(_once(candidates, "owed_notices")), _claimable(RunRecord, expired))
+        .values(death_notice_claimed_at=now)
+        .returning(RunRecord)
+        .execution_options(synchronize_session=False)
+    )
+    return [DeathNotice.of(record) for record in (await session.scalars(statement)).all()]
+
+
+async def mark_notified(session: AsyncSession, run_ids: Sequence[str], *, now: datetime) -> int:
+    """Close the notices of ``run_ids`` (the bridge has them); return how many were still owed."""
+    if not run_ids:
+        return 0
+    statement = (
+        update(RunRecord)
+        .where(RunRecord.run_id.in_(run_ids), RunRecord.death_notice_pending == true())
+        .values(death_notice_pending=False, death_notified_at=now, death_notice_claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def release_claims(session: AsyncSession, notices: Sequence[DeathNotice]) -> None:
+    """Give up claims whose ``Publish`` failed, unless another replica has re-claimed them since."""
+    for notice in notices:
+        await session.execute(
+            update(RunRecord)
+            .where(
+                RunRecord.run_id == notice.run_id,
+                RunRecord.death_notice_pending == true(),
+                RunRecord.death_notice_claimed_at == notice.claimed_at,
+            )
+            .values(death_notice_claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )

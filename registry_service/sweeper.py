@@ -1,0 +1,147 @@
+"""The death sweeper: a background task of the composition root, one per registry process.
+
+Every ``interval_s`` it runs one sweep: mark silent runs dead (one
+transaction), claim the owed ``agent_death`` notices (another), publish them
+concurrently, then close the sent ones and release the failed ones (a third).
+A notice is closed only after ``Publish`` succeeded, and every sweep retries
+open notices, so a registry that crashes between marking a run dead and
+telling its owner, or a bridge that is down for a while, delays the notice
+but never loses it. See :mod:`registry_service.death` for why replicas can
+all sweep the same database.
+
+The task holds no state between sweeps beyond its settings; it is started
+after the gRPC server and stopped (the sweep in progress allowed to finish)
+when the server drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+
+from registry_service.database import Database
+from registry_service.death import DeathNotice, claim_notices, mark_dead, mark_notified, release_claims
+from registry_service.notifier import DeathNotifier
+from runwire_common.timeutil import utcnow
+
+log = logging.getLogger("runwire.registry.sweeper")
+
+
+@dataclass(frozen=True)
+class SweepPolicy:
+    heartbeat_timeout_s: float
+    interval_s: float
+    batch: int
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did: runs marked dead, notices sent and notices that failed."""
+
+    marked: tuple[str, ...] = ()
+    notified: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+
+class DeathSweeper:
+    """Marks silent runs dead and notifies their owners, every ``policy.interval_s``."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        policy: SweepPolicy,
+        notifier: DeathNotifier | None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._database = database
+        self._policy = policy
+        self._notifier = notifier
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> SweepReport:
+        """One sweep; database and bridge failures propagate (the loop logs them)."""
+        policy = self._policy
+        async with self._database.writing() as session:
+            dead = await mark_dead(
+                session, now=self._clock(), heartbeat_timeout_s=policy.heartbeat_timeout_s, limit=policy.batch
+            )
+        for run in dead:
+            log.warning(
+                "run marked dead: no heartbeat",
+                extra={"run_id": run.run_id, "user_id": run.user_id, "executor_id": run.executor_id},
+            )
+        marked = tuple(run.run_id for run in dead)
+        if self._notifier is None:
+            return SweepReport(marked=marked)
+        async with self._database.writing() as session:
+            notices = await claim_notices(
+                session, now=self._clock(), lease_s=policy.lease_s, limit=policy.batch
+            )
+        if not notices:
+            return SweepReport(marked=marked)
+        outcomes = await asyncio.gather(*(self._send(notice) for notice in notices))
+        sent = [notice for notice, ok in zip(notices, outcomes, strict=True) if ok]
+        failed = [notice for notice, ok in zip(notices, outcomes, strict=True) if not ok]
+        async with self._database.writing() as session:
+            await mark_notified(session, [notice.run_id for notice in sent], now=self._clock())
+            await release_claims(session, failed)
+        return SweepReport(
+            marked=marked,
+            notified=tuple(notice.run_id for notice in sent),
+            failed=tuple(notice.run_id for notice in failed),
+        )
+
+    async def _send(self, notice: DeathNotice) -> bool:
+        if self._notifier is None:  # pragma: no cover - sweep() checks first
+            return False
+        try:
+            await self._notifier.notify(notice)
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "agent_death notice not delivered; retrying on a later sweep",
+                extra={"run_id": notice.run_id, "user_id": notice.user_id, "status": error.code().name},
+            )
+            return False
+        except Exception:
+            log.exception(
+                "agent_death notice failed; retrying on a later sweep",
+                extra={"run_id": notice.run_id, "user_id": notice.user_id},
+            )
+            return False
+        log.info("agent_death notice delivered", extra={"run_id": notice.run_id, "user_id": notice.user_id})
+        return True
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("death sweep failed; trying again next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._policy.interval_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="registry-death-sweeper")
+
+    async def stop(self, *, timeout_s: float = 5.0) -> None:
+        """Let the sweep in progress finish (up to ``timeout_s``), then end the task. Idempotent."""
+        self._stopping.set()
+        task = self._task
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
