@@ -13,12 +13,15 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from bridge_service.bus import EventBus
 from bridge_service.memory_bus import MemoryEventBus
+from bridge_service.metrics import BridgeMetrics
 from bridge_service.redis_bus import RedisEventBus, connect
 from bridge_service.servicer import SERVICE_NAME, BridgeServicer
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
 from runwire.bridge.v1 import bridge_pb2_grpc
+from runwire_common.observability import open_observability
 from runwire_common.server import GrpcServer, ServiceBinding
+from runwire_common.telemetry import Telemetry
 
 
 def redis_client_name(settings: BridgeSettings) -> str:
@@ -57,6 +60,7 @@ async def running_service(
     settings: BridgeSettings,
     *,
     bus: EventBus | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[GrpcServer]:
     """Serve the bridge until the block exits, then drain and close.
 
@@ -68,6 +72,11 @@ async def running_service(
     in-flight ``Publish`` calls finish, then the bus is closed.
     """
     async with AsyncExitStack() as stack:
+        observability = await stack.enter_async_context(
+            open_observability(
+                "runwire-bridge", host=settings.host, metrics_port=settings.metrics_port, telemetry=telemetry
+            )
+        )
         event_bus = bus if bus is not None else await stack.enter_async_context(open_bus(settings))
         stack.push_async_callback(event_bus.close)
         servicer = BridgeServicer(
@@ -76,11 +85,12 @@ async def running_service(
             limits=PublishLimits(
                 max_events=settings.max_events_per_publish, max_payload_bytes=settings.max_payload_bytes
             ),
+            metrics=BridgeMetrics(observability.metrics),
         )
         binding = ServiceBinding(
             SERVICE_NAME, functools.partial(bridge_pb2_grpc.add_BridgeServiceServicer_to_server, servicer)
         )
-        server = GrpcServer(settings, [binding])
+        server = GrpcServer(settings, [binding], interceptors=observability.telemetry.server_interceptors())
         await server.start()
         stack.push_async_callback(server.drain, event_bus.drain)
         yield server

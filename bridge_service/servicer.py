@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Gap, ReplayComplete
+from bridge_service.metrics import BridgeMetrics
 from bridge_service.validation import PublishLimits, prepare_events
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire_common.attestation import ContextAttestor
@@ -29,7 +30,15 @@ SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
 
 
 class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
-    def __init__(self, bus: EventBus, *, attestor: ContextAttestor, limits: PublishLimits) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        attestor: ContextAttestor,
+        limits: PublishLimits,
+        metrics: BridgeMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
         self._attestor = attestor
         self._limits = limits
@@ -43,6 +52,9 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor)
         events = prepare_events(request.events, ctx, limits=self._limits)
         result = await self._bus.publish(ctx.user_id, events)
+        stored = sum(1 for event_id in result.event_ids if event_id)
+        self._metrics.events_published.labels(outcome="stored").inc(stored)
+        self._metrics.events_published.labels(outcome="ignored").inc(len(result.event_ids) - stored)
         return bridge_pb2.PublishResponse(event_ids=result.event_ids, seqs=result.seqs)
 
     @server_stream
@@ -54,6 +66,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor)
         call_log = bind(log, ctx, after=request.after)
         call_log.debug("subscribe")
+        self._metrics.subscribers.inc()
         try:
             # aclosing: the bus unregisters the subscription the moment this
             # call ends, including on client cancellation.
@@ -73,6 +86,10 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
                         )
                     else:
                         yield bridge_pb2.SubscribeResponse(event=item)
+                        self._metrics.events_delivered.inc()
         except SUBSCRIPTION_ENDINGS as exc:
+            self._metrics.subscriptions_ended.labels(code=exc.code.name.lower()).inc()
             call_log.info("subscription ended", extra={"reason": exc.message, "cursor": exc.cursor})
             raise
+        finally:
+            self._metrics.subscribers.dec()

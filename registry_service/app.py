@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import grpc
 
 from registry_service.database import open_database
+from registry_service.metrics import RegistryMetrics
 from registry_service.migrator import upgrade_schema
 from registry_service.notifier import BRIDGE_SERVICE_NAME, BridgeDeathNotifier
 from registry_service.servicer import SERVICE_NAME, RegistryServicer
@@ -26,22 +27,43 @@ from registry_service.sweeper import DeathSweeper, SweepPolicy
 from runwire.bridge.v1 import bridge_pb2_grpc
 from runwire.registry.v1 import registry_pb2_grpc
 from runwire_common.channels import open_channel
+from runwire_common.observability import open_observability
 from runwire_common.server import GrpcServer, ServiceBinding
+from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.registry")
 
 
 @asynccontextmanager
-async def running_service(settings: RegistrySettings) -> AsyncIterator[GrpcServer]:
-    """Serve the registry on ``settings.host:settings.port`` (``server.port`` once bound)."""
+async def running_service(
+    settings: RegistrySettings, *, telemetry: Telemetry | None = None
+) -> AsyncIterator[GrpcServer]:
+    """Serve the registry on ``settings.host:settings.port`` (``server.port`` once bound).
+
+    ``telemetry`` replaces the tracing configured by ``OTEL_*`` (tests pass one).
+    """
     async with AsyncExitStack() as stack:
+        observability = await stack.enter_async_context(
+            open_observability(
+                "runwire-registry",
+                host=settings.host,
+                metrics_port=settings.metrics_port,
+                telemetry=telemetry,
+            )
+        )
+        tracing = observability.telemetry
+        metrics = RegistryMetrics(observability.metrics)
         database = await stack.enter_async_context(open_database(settings.database()))
         if settings.migrate_on_start:
             await upgrade_schema(database.write_engine())
         attestor = settings.attestor()
         notifier = None
         if settings.bridge_target:
-            channel = open_channel(settings.bridge_target, service_names=(BRIDGE_SERVICE_NAME,))
+            channel = open_channel(
+                settings.bridge_target,
+                service_names=(BRIDGE_SERVICE_NAME,),
+                interceptors=tracing.client_interceptors(),
+            )
             stack.push_async_callback(channel.close)
             notifier = BridgeDeathNotifier(
                 bridge_pb2_grpc.BridgeServiceStub(channel),
@@ -57,6 +79,7 @@ async def running_service(settings: RegistrySettings) -> AsyncIterator[GrpcServe
             database,
             attestor=attestor,
             max_live_runs_per_user=settings.max_live_runs_per_user,
+            metrics=metrics,
         )
         sweeper = DeathSweeper(
             database,
@@ -67,12 +90,17 @@ async def running_service(settings: RegistrySettings) -> AsyncIterator[GrpcServe
                 lease_s=settings.death_notice_lease_s,
             ),
             notifier=notifier,
+            metrics=metrics,
         )
 
         def register(server: grpc.aio.Server) -> None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
 
-        server = GrpcServer(settings, [ServiceBinding(name=SERVICE_NAME, register=register)])
+        server = GrpcServer(
+            settings,
+            [ServiceBinding(name=SERVICE_NAME, register=register)],
+            interceptors=tracing.server_interceptors(),
+        )
         stack.push_async_callback(server.stop_now)  # only matters if start() fails half-way
         await server.start()
         # Also after the drain, in case the drain hook timed out or never ran.

@@ -19,11 +19,13 @@ from registry_service import validation
 from registry_service.admission import create_run
 from registry_service.convert import run_message
 from registry_service.database import Database
+from registry_service.metrics import RegistryMetrics
 from registry_service.paging import decode_page_token, encode_page_token, page_size
 from registry_service.runs import get_run, heartbeat, list_runs, transition_run
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
+from runwire_common.errors import RunwireError
 from runwire_common.logs import bind
 from runwire_common.servicer import unary
 from runwire_common.timeutil import utcnow
@@ -43,7 +45,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         attestor: ContextAttestor,
         max_live_runs_per_user: int,
         clock: Callable[[], datetime] = utcnow,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else RegistryMetrics()
         self._database = database
         self._attestor = attestor
         self._max_live_runs = max_live_runs_per_user
@@ -55,9 +59,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CreateRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
         new = validation.new_run(request, ctx)
-        async with self._database.writing() as session:
-            admitted = await create_run(session, new, max_live_runs=self._max_live_runs, now=self._clock())
+        try:
+            async with self._database.writing() as session:
+                admitted = await create_run(
+                    session, new, max_live_runs=self._max_live_runs, now=self._clock()
+                )
+        except RunwireError as refused:
+            self._metrics.runs_refused.labels(code=refused.code.name.lower()).inc()
+            raise
         record = admitted.run
+        self._metrics.runs_created.labels(strategy=str(record.multitask_strategy)).inc()
         bound = bind(log, ctx, run_id=record.run_id)
         for interrupted in admitted.interrupted:
             bound.info("run interrupted", extra={"interrupted_run_id": interrupted.run_id})
@@ -76,6 +87,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             record = await transition_run(
                 session, change, user_id=ctx.user_id, run_id=ctx.run_id, now=self._clock()
             )
+        self._metrics.transitions.labels(to_state=str(record.state)).inc()
         bind(log, ctx).info("run transitioned", extra={"state": record.state, "version": record.version})
         return registry_pb2.TransitionRunResponse(run=run_message(record))
 

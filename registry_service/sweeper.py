@@ -27,6 +27,7 @@ import grpc
 
 from registry_service.database import Database
 from registry_service.death import DeathNotice, claim_notices, mark_dead, mark_notified, release_claims
+from registry_service.metrics import RegistryMetrics
 from registry_service.notifier import DeathNotifier
 from runwire_common.timeutil import utcnow
 
@@ -60,7 +61,9 @@ class DeathSweeper:
         policy: SweepPolicy,
         notifier: DeathNotifier | None,
         clock: Callable[[], datetime] = utcnow,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else RegistryMetrics()
         self._database = database
         self._policy = policy
         self._notifier = notifier
@@ -81,6 +84,7 @@ class DeathSweeper:
                 extra={"run_id": run.run_id, "user_id": run.user_id, "executor_id": run.executor_id},
             )
         marked = tuple(run.run_id for run in dead)
+        self._metrics.runs_marked_dead.inc(len(marked))
         if self._notifier is None:
             return SweepReport(marked=marked)
         async with self._database.writing() as session:
@@ -95,6 +99,8 @@ class DeathSweeper:
         async with self._database.writing() as session:
             await mark_notified(session, [notice.run_id for notice in sent], now=self._clock())
             await release_claims(session, failed)
+        self._metrics.death_notices.labels(outcome="delivered").inc(len(sent))
+        self._metrics.death_notices.labels(outcome="retry").inc(len(failed))
         return SweepReport(
             marked=marked,
             notified=tuple(notice.run_id for notice in sent),

@@ -1,0 +1,28 @@
+"""The registry's Prometheus metrics (on the process's own registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class RegistryMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        target = registry if registry is not None else CollectorRegistry()
+        self.runs_created = Counter(
+            "runwire_registry_runs_created", "Runs admitted by CreateRun", ["strategy"], registry=target
+        )
+        self.runs_refused = Counter(
+            "runwire_registry_runs_refused",
+            "CreateRun calls refused (quota, busy thread)",
+            ["code"],
+            registry=target,
+        )
+        self.transitions = Counter(
+            "runwire_registry_transitions", "Successful run state transitions", ["to_state"], registry=target
+        )
+        self.runs_marked_dead = Counter(
+            "runwire_registry_runs_marked_dead", "Runs marked dead for lack of heartbeats", registry=target
+        )
+        self.death_notices = Counter(
+            "runwire_registry_death_notices", "agent_death notices by outcome", ["outcome"], registry=target
+        )
