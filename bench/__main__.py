@@ -1,0 +1,98 @@
+"""``python -m bench`` — run the benchmark suite (``make bench BENCH_ARGS="..."``).
+
+Examples::
+
+    python -m bench                              # the full run: 1, 100, 1000, 2000 users, …
+    python -m bench --users 1,100,1000,5000      # choose the user counts
+    python -m bench --smoke --out /tmp/bench     # every measurement at a tiny size (< 1 min)
+    python -m bench --skip-idle --skip-registry  # only some measurements
+    python -m bench --profile                    # also py-spy profiles under the 100-user load
+
+Results go to ``<out>/<timestamp>/`` (results.json, results.md, chart.png) and
+``<out>/latest.*``. The exit status is 1 when a measurement failed to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from bench.config import SECTIONS, BenchConfig
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected positive integers")
+    return values
+
+
+def parse(argv: list[str]) -> BenchConfig:
+    defaults = BenchConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--users", type=_ints, help="user counts of the load measurement (default 1,100,1000,2000)"
+    )
+    parser.add_argument("--events-per-run", type=int, help="events per run, terminal included (default 20)")
+    parser.add_argument("--payload-bytes", type=int, help="characters per partial result (default 64)")
+    parser.add_argument(
+        "--runs-per-user", type=int, help="runs per user (default: about --total-runs in all)"
+    )
+    parser.add_argument(
+        "--total-runs", type=int, help="runs per user count when --runs-per-user is not set (2000)"
+    )
+    parser.add_argument("--drivers", type=int, help="driver processes (default 1 below 500 users, else 2)")
+    parser.add_argument("--paced-users", type=int, help="users of the paced measurement (100)")
+    parser.add_argument("--paced-rate", type=float, help="events per second per paced user (10)")
+    parser.add_argument("--stability-runs", type=int, help="runs of the RSS stability measurement (1000)")
+    parser.add_argument("--idle", type=_ints, dest="idle_counts", help="idle connection counts (1000,10000)")
+    parser.add_argument("--registry-seconds", type=float, dest="registry_duration_s", help="per database (5)")
+    parser.add_argument("--registry-callers", type=int, help="concurrent registry callers (32)")
+    parser.add_argument("--postgres-url", help=f"admin URL of PostgreSQL (default {defaults.postgres_url})")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+    for section in SECTIONS:
+        parser.add_argument(f"--skip-{section}", action="store_true", help=f"skip the {section} measurement")
+    parser.add_argument("--profile", action="store_true", help="py-spy profiles of services under load")
+    parser.add_argument("--profile-users", type=int, help="users of the profiled load (100)")
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="py-spy --native: C frames too (pauses the services per sample: far slower under load)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="every measurement at a tiny size (< 1 minute)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs and data folder")
+    args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if value is not None
+        and not key.startswith("skip_")
+        and key not in ("smoke", "profile", "profile_native", "keep_logs")
+    }
+    overrides["skip"] = frozenset(s for s in SECTIONS if getattr(args, f"skip_{s}"))
+    overrides["profile"] = args.profile
+    overrides["profile_native"] = args.profile_native
+    overrides["keep_logs"] = args.keep_logs
+    return BenchConfig.smoke_sized(**overrides) if args.smoke else BenchConfig(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse(argv)
+    from bench.suite import run
+
+    folder, results = run(cfg, shlex.join(["python", "-m", "bench", *argv]))
+    print((folder / "results.md").read_text())
+    print(f"results: {folder} (and {cfg.out}/latest.*)")
+    return 1 if results.get("errors") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

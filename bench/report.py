@@ -1,0 +1,304 @@
+"""Results: targets, the Markdown table, the PNG chart, and the files on disk.
+
+Layout: ``<out>/<UTC timestamp>/results.json``, ``results.md``, ``chart.png``
+(plus ``profile-<service>.txt`` with ``--profile``), and copies
+``<out>/latest.json``, ``latest.md``, ``latest.png`` of the newest run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+KB_PER_MB = 1024
+
+
+def _load_at(results: Mapping[str, Any], users: int) -> Mapping[str, Any] | None:
+    return next((row for row in results.get("load", []) if row.get("users") == users), None)
+
+
+def _target(name: str, met: bool | None, measured: str) -> dict[str, Any]:
+    return {"target": name, "met": met, "measured": measured}
+
+
+def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue, met (True), missed (False) or not measured (None)."""
+    out: list[dict[str, Any]] = []
+    for users in (100, 1000):
+        row = _load_at(results, users)
+        name = f"end-to-end events/s >= 0.6x baseline at {users} users"
+        if row is None or row["ratio"]["events_per_s"] is None:
+            out.append(_target(name, None, "not measured"))
+        else:
+            r = row["ratio"]["events_per_s"]
+            out.append(_target(name, r >= 0.6, f"{r:.2f}x ({row['runwire']['events_per_s']:.0f} events/s)"))
+    paced = results.get("paced") or {}
+    name = "event delivery p99 <= 25 ms at 100 users x 10 events/s"
+    if "runwire" in paced:
+        p99 = paced["runwire"]["delivery_latency"]["p99_ms"]
+        sized = paced["users"] == 100 and paced["events_per_s_per_user"] == 10
+        out.append(_target(name, p99 <= 25 if sized else None, f"{p99:.1f} ms at {paced['users']} users"))
+    else:
+        out.append(_target(name, None, "not measured"))
+    idle = results.get("idle") or {}
+    steps = idle.get("steps") or []
+    name = "<= 30 KB gateway RSS per idle connection (at 1,000 and 10,000)"
+    held_name = "10,000 idle connections held by one gateway"
+    if steps:
+        sized = [s for s in steps if s["wanted"] >= 1000]
+        worst = max(s["gateway_kb_per_connection"] for s in steps)
+        detail = ", ".join(f"{s['gateway_kb_per_connection']:.1f} KB at {s['connections']:,}" for s in steps)
+        out.append(_target(name, (worst <= 30) if sized else None, detail))
+        held, alive = idle["held"], idle["alive_after_hold"]
+        wanted = max(s["wanted"] for s in steps)
+        detail = f"{alive:,} of {wanted:,} connected and answering ping"
+        out.append(_target(held_name, (held == alive == wanted) if wanted >= 10000 else None, detail))
+    else:
+        out.append(_target(name, None, "not measured"))
+        out.append(_target(held_name, None, "not measured"))
+    stab = results.get("stability") or {}
+    name = "RSS of every service within 10 MB of warm baseline after 1,000 runs by 100 users"
+    if "delta_kb" in stab:
+        worst_name, worst = max(stab["delta_kb"].items(), key=lambda kv: kv[1])
+        sized = stab["runs"] >= 1000 and stab["users"] >= 100
+        detail = f"largest growth {worst / KB_PER_MB:.1f} MB ({worst_name}) after {stab['runs']} runs"
+        out.append(_target(name, worst <= 10 * KB_PER_MB if sized else None, detail))
+    else:
+        out.append(_target(name, None, "not measured"))
+    return out
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _lat(block: Mapping[str, Any]) -> str:
+    return f"{block['p50_ms']:.1f} / {block['p99_ms']:.1f} / {block['max_ms']:.0f}"
+
+
+def _load_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    out = [
+        "| users | runs | Runwire events/s | baseline events/s | ratio | accepted p50 / p99 / max ms (Runwire) "
+        "| (baseline) | delivery p50 / p99 / max ms (Runwire) | (baseline) | delivery p99 ratio | failed runs R / B | missing / dup / stray events R "
+        "| driver CPU util (busiest) R / B |",
+        "|---:|---:|---:|---:|---:|---|---|---|---|---:|---|---|---|",
+    ]
+    for row in rows:
+        rw, base, ratio = row["runwire"], row["baseline"], row["ratio"]
+        out.append(
+            f"| {row['users']} | {rw['runs_ok']} | {rw['events_per_s']:,.0f} | {base['events_per_s']:,.0f} "
+            f"| {_fmt(ratio['events_per_s'], 2)}x | {_lat(rw['accepted_latency'])} | {_lat(base['accepted_latency'])} "
+            f"| {_lat(rw['delivery_latency'])} | {_lat(base['delivery_latency'])} "
+            f"| {_fmt(ratio['delivery_latency.p99_ms'], 2)}x | {rw['runs_failed']} / {base['runs_failed']} "
+            f"| {rw['missing_events']} / {rw['duplicate_events']} / {rw['stray_events']} "
+            f"| {rw['driver_busiest_core_util']:.2f} / {base['driver_busiest_core_util']:.2f} |"
+        )
+    errors = [
+        f"{row['users']} users: Runwire {row['runwire']['run_errors'] or '-'}, baseline {row['baseline']['run_errors'] or '-'}"
+        for row in rows
+        if row["runwire"]["run_errors"] or row["baseline"]["run_errors"]
+    ]
+    if errors:
+        out += ["", "Failed runs by error code: " + "; ".join(errors)]
+    return out
+
+
+def _resource_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    names = sorted({n for row in rows for n in row["runwire"]["service_cpu_s"]})
+    base_names = sorted({n for row in rows for n in row["baseline"]["service_cpu_s"]})
+    head = " | ".join(f"{n} CPU s / peak MB" for n in names + base_names)
+    out = [
+        f"| users | {head} | CPU ms per event R / B |",
+        "|---:|" + "---|" * (len(names) + len(base_names) + 1),
+    ]
+    for row in rows:
+        cells = []
+        for side, group in (("runwire", names), ("baseline", base_names)):
+            for n in group:
+                cpu = row[side]["service_cpu_s"].get(n, 0.0)
+                peak = row[side]["service_peak_rss_kb"].get(n, 0) / KB_PER_MB
+                cells.append(f"{cpu:.2f} / {peak:.0f}")
+        per_event = f"{row['runwire']['service_cpu_ms_per_event']:.3f} / {row['baseline']['service_cpu_ms_per_event']:.3f}"
+        out.append(f"| {row['users']} | " + " | ".join(cells) + f" | {per_event} |")
+    return out
+
+
+def markdown(results: Mapping[str, Any], chart_name: str) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# Runwire benchmark — {meta['started_at']}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}  ",
+        f"Load average at start: {meta['loadavg_start']}; at end: {meta.get('loadavg_end', '?')}",
+        "",
+        f"Script per run: `scripted` agent, {meta['events_per_run']} events per run "
+        f"({meta['events_per_run'] - 2} partial results of {meta['payload_bytes']} characters), "
+        "one run in flight per user, each user a separate WebSocket connection. Ratios are Runwire / baseline "
+        "measured in the same run (baseline measured right before Runwire at each user count).",
+        "",
+        f"![throughput and p99 latency]({chart_name})",
+        "",
+    ]
+    lines += [f"Note: {note}  " for note in meta.get("notes", [])]
+    if meta.get("notes"):
+        lines.append("")
+    if meta.get("smoke"):
+        lines += ["**Smoke run: tiny sizes, the figures are not meaningful.**", ""]
+    lines += ["## Targets", "", "| target | status | measured |", "|---|---|---|"]
+    for t in results.get("targets", []):
+        status = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {status} | {t['measured']} |")
+    rows = [r for r in results.get("load", []) if "runwire" in r]
+    if rows:
+        lines += ["", "## Load: events delivered to clients", "", *_load_table(rows)]
+        lines += ["", "### CPU and peak RSS per process during each load", "", *_resource_table(rows)]
+    paced = results.get("paced") or {}
+    if "runwire" in paced:
+        lines += [
+            "",
+            f"## Paced: {paced['users']} users each receiving {paced['events_per_s_per_user']:g} events/s",
+            "",
+            *_load_table([paced]),
+        ]
+    stab = results.get("stability") or {}
+    if "delta_kb" in stab:
+        lines += ["", f"## RSS stability: {stab['runs']} runs by {stab['users']} users", ""]
+        lines += ["| service | warm RSS MB | after MB | delta MB | peak MB |", "|---|---:|---:|---:|---:|"]
+        for name, delta in stab["delta_kb"].items():
+            lines.append(
+                f"| {name} | {stab['warm_rss_kb'][name] / KB_PER_MB:.1f} | {stab['after_rss_kb'][name] / KB_PER_MB:.1f} "
+                f"| {delta / KB_PER_MB:+.1f} | {stab['peak_rss_kb'][name] / KB_PER_MB:.1f} |"
+            )
+    idle = results.get("idle") or {}
+    if idle.get("steps"):
+        lines += ["", "## Idle authenticated connections (one gateway)", ""]
+        lines += [
+            "| connections | connect time s | gateway RSS MB | gateway KB/conn | bridge KB/conn | failed |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in idle["steps"]:
+            lines.append(
+                f"| {s['connections']:,} | {s['connect_s']} | {s['rss_kb']['gateway'] / KB_PER_MB:.1f} "
+                f"| {s['gateway_kb_per_connection']:.1f} | {s['bridge_kb_per_connection']:.1f} | {s['connect_failed']} |"
+            )
+        lines.append(
+            f"\nGateway RSS before: {idle['rss_before_kb']['gateway'] / KB_PER_MB:.1f} MB; "
+            f"{idle['alive_after_hold']:,} of {idle['held']:,} connections answered a ping after the hold."
+        )
+    reg = results.get("registry") or {}
+    if reg:
+        lines += ["", "## Registry: CreateRun + 4 transitions per run, through gRPC", ""]
+        lines += [
+            "| database | callers | runs/s | RPCs/s | CreateRun p50 / p99 ms | TransitionRun p50 / p99 ms | registry CPU s | errors |",
+            "|---|---:|---:|---:|---|---|---:|---|",
+        ]
+        for db, r in reg.items():
+            if "runs_per_s" not in r:
+                lines.append(f"| {db} | - | - | - | - | - | - | {r.get('error', r.get('skipped', ''))} |")
+                continue
+            c, t = r["create_latency"], r["transition_latency"]
+            lines.append(
+                f"| {db} | {r['callers']} | {r['runs_per_s']:,.0f} | {r['rpcs_per_s']:,.0f} "
+                f"| {c['p50_ms']:.1f} / {c['p99_ms']:.1f} | {t['p50_ms']:.1f} / {t['p99_ms']:.1f} "
+                f"| {r['registry_cpu_s']:.2f} | {r['errors'] or ''} |"
+            )
+    prof = results.get("profile") or {}
+    if prof.get("services"):
+        lines += [
+            "",
+            f"## Profiles (py-spy, {prof['users']} users; files `profile-<service>.txt`)",
+            "",
+            "Percentages are of busy samples. Without `--profile-native`, self time of `Runner.run` is "
+            "time in uvloop's C event loop (socket I/O, C callbacks) and of `Thread.run` time in "
+            "grpc's C polling thread or aiosqlite's worker thread (where SQLite itself runs).",
+            "",
+        ]
+        for name, data in prof["services"].items():
+            if "error" in data:
+                lines.append(f"- **{name}** — profiler failed: {data['error'].strip()[:200]}")
+                continue
+            top = ", ".join(f"{label} {pct}%" for label, pct in data.get("self_top", [])[:5])
+            libs = ", ".join(f"{label} {pct}%" for label, pct in data.get("packages_top", [])[:5])
+            lines += [f"- **{name}** — self: {top}", f"  - by library: {libs}"]
+    errors = results.get("errors") or {}
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Mapping[str, Any], path: Path) -> None:
+    """Throughput and p99 latencies against user count, Runwire beside the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results.get("load", []) if "runwire" in r]
+    users = [r["users"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if not rows:
+        for ax in (left, right):
+            ax.text(0.5, 0.5, "load not measured in this run", ha="center", va="center")
+            ax.set_axis_off()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
+    for side, color, marker in (("runwire", "tab:blue", "o"), ("baseline", "tab:orange", "s")):
+        left.plot(users, [r[side]["events_per_s"] for r in rows], marker=marker, color=color, label=side)
+        right.plot(
+            users,
+            [r[side]["delivery_latency"]["p99_ms"] for r in rows],
+            marker=marker,
+            color=color,
+            label=f"{side}: event delivery p99",
+        )
+        right.plot(
+            users,
+            [r[side]["accepted_latency"]["p99_ms"] for r in rows],
+            marker=marker,
+            color=color,
+            linestyle="--",
+            alpha=0.6,
+            label=f"{side}: run.accepted p99",
+        )
+    for ax, title, ylabel in (
+        (left, "End-to-end events/s delivered to clients", "events/s"),
+        (right, "p99 latency", "ms (log)"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xticks(users, [str(u) for u in users])
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent users")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    right.set_yscale("log")
+    fig.suptitle(f"Runwire vs baseline — {results['meta']['started_at']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out_root: Path, stamp: str) -> Path:
+    """Write the run's folder and refresh the ``latest.*`` copies; return the folder."""
+    folder = out_root / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (folder / "results.md").write_text(markdown(results, "chart.png"))
+    chart(results, folder / "chart.png")
+    shutil.copyfile(folder / "results.json", out_root / "latest.json")
+    shutil.copyfile(folder / "chart.png", out_root / "latest.png")
+    (out_root / "latest.md").write_text(
+        markdown(results, "latest.png").replace("files `profile-", f"files `{stamp}/profile-")
+    )
+    return folder

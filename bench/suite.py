@@ -1,0 +1,276 @@
+"""One benchmark run: every measurement in order, each on the right system.
+
+1. ``load`` — Runwire (as ``runwire up`` starts it) and the baseline chain are
+   both running; at each user count the baseline is measured, then Runwire.
+2. ``paced`` — the same two systems, a steady 10 events/s per user.
+3. ``--profile`` — one more Runwire load with py-spy attached (not in the table).
+4. ``stability`` — a fresh Runwire: warm-up, RSS, 1,000 runs, RSS.
+5. ``idle`` — a fresh Runwire: gateway RSS with 1,000 and 10,000 idle connections.
+   (``--smoke`` runs 4 and 5 on the first Runwire instead, to save start-up time.)
+6. ``registry`` — the registry alone on SQLite, then on a dedicated PostgreSQL database.
+
+A failing section is recorded under ``errors`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from bench import profiling, report, scenarios, systems
+from bench.baseline import BaselineChain
+from bench.config import BenchConfig
+from bench.procstats import raise_nofile_limit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} x {model}, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _brief(exc: BaseException) -> str:
+    """One line for the results: the exception type and the first line of its message."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def _section(results: dict[str, Any], name: str, body: Callable[[], Any]) -> None:
+    started = time.monotonic()
+    print(f"[bench] {name} …", file=sys.stderr, flush=True)
+    try:
+        results[name] = body()
+    except Exception as exc:  # noqa: BLE001 - one failed measurement must not stop the others
+        results.setdefault("errors", {})[name] = _brief(exc)
+        traceback.print_exc()
+    print(f"[bench] {name} done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url.replace("+asyncpg", ""))
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _main_system(cfg: BenchConfig, work: Path, results: dict[str, Any], out_folder: Path) -> None:
+    chain = BaselineChain(work / "baseline")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            baseline_started = pool.submit(chain.start)  # in parallel with Runwire's start-up
+            with systems.runwire(work / "runwire") as rw:
+                baseline_started.result()
+                _measure_main(cfg, rw, chain, results, out_folder)
+    finally:
+        chain.stop()
+
+
+def _measure_main(
+    cfg: BenchConfig, rw: systems.Runwire, chain: BaselineChain, results: dict[str, Any], out_folder: Path
+) -> None:
+    """Load and paced (baseline, then Runwire), the optional profile, and in smoke runs the rest."""
+    rw_target = (rw.url, rw.jwt_secret, rw.pids())
+    base_target = (chain.url, chain.pids)
+    if "load" not in cfg.skip:
+
+        def load() -> list[dict[str, Any]]:
+            rows = []
+            for users in cfg.users:
+                print(f"[bench]   load at {users} users", file=sys.stderr, flush=True)
+                rows.append(scenarios.load_pair(cfg, users, rw_target, base_target))
+            return rows
+
+        _section(results, "load", load)
+    if "paced" not in cfg.skip:
+        _section(results, "paced", lambda: scenarios.paced(cfg, rw_target, base_target))
+    if cfg.profile:
+        _section(results, "profile", lambda: _profile(cfg, rw, out_folder))
+    if not cfg.fresh_systems:
+        _on_system(cfg, rw, results)
+
+
+def _on_system(cfg: BenchConfig, rw: systems.Runwire, results: dict[str, Any]) -> None:
+    """The stability and idle measurements on an already running Runwire."""
+    if "stability" not in cfg.skip:
+        _section(results, "stability", lambda: scenarios.stability(cfg, rw.url, rw.jwt_secret, rw.pids()))
+    if "idle" not in cfg.skip:
+        _section(results, "idle", lambda: scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids()))
+
+
+def _profile(cfg: BenchConfig, rw: systems.Runwire, out_folder: Path) -> dict[str, Any]:
+    from bench.config import scripted_input
+
+    pids = {name: pid for name, pid in rw.pids().items() if name in cfg.profile_services}
+    raw_dir = out_folder / "raw-profiles"
+    recorder = profiling.Recorder(pids, raw_dir, native=cfg.profile_native)
+    try:
+        load = scenarios.measure_load(
+            rw.url,
+            rw.jwt_secret,
+            rw.pids(),
+            users=cfg.profile_users,
+            runs_per_user=cfg.profile_runs_per_user,
+            input_json=scripted_input(cfg.events_per_run, cfg.payload_bytes),
+            expected_events=cfg.events_per_run,
+            drivers=cfg.drivers_for(cfg.profile_users),
+        )
+    finally:
+        failures = recorder.stop()
+    services: dict[str, Any] = {}
+    for name, raw in recorder.raw.items():
+        if name in failures:
+            services[name] = {"error": failures[name]}
+            continue
+        text, data = profiling.summarise(name, raw.read_text().splitlines())
+        (out_folder / f"profile-{name}.txt").write_text(text)
+        services[name] = data
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    return {
+        "users": cfg.profile_users,
+        "events_per_s_under_profiler": load["events_per_s"],
+        "service_cpu_s": load["service_cpu_s"],
+        "services": services,
+    }
+
+
+def _registry(cfg: BenchConfig, work: Path) -> dict[str, Any]:
+    """Registry throughput on SQLite and on a dedicated PostgreSQL database.
+
+    Both registries start at once (start-up is mostly imports, so this saves
+    time) and are measured one after the other; the idle one does nothing.
+    """
+    import uvloop
+
+    from bench.config import scripted_input
+    from bench.registry_load import measure_registry
+
+    input_json = scripted_input(cfg.events_per_run, cfg.payload_bytes)
+    out: dict[str, Any] = {}
+    urls = {"sqlite": f"sqlite+aiosqlite:///{work / 'registry-bench.db'}"}
+    with contextlib.ExitStack() as stack:
+        if not _reachable(cfg.postgres_url):
+            out["postgresql"] = {"skipped": f"PostgreSQL not reachable at {cfg.postgres_url}"}
+        else:
+            try:
+                urls["postgresql"] = stack.enter_context(systems.postgres_database(cfg.postgres_url))
+            except Exception as exc:  # noqa: BLE001 - one failed measurement must not stop the others
+                out["postgresql"] = {"error": _brief(exc)}
+        # The launcher ties each service to the thread that started it (PR_SET_PDEATHSIG), so the
+        # starting threads must outlive the measurement: the pool closes after the clusters stop.
+        pool = stack.enter_context(ThreadPoolExecutor(len(urls)))
+        starting = {
+            label: pool.submit(systems.start_registry_only, work / f"registry-{label}", url)
+            for label, url in urls.items()
+        }
+        started: dict[str, systems.Runwire] = {}
+        for label, future in starting.items():
+            try:
+                started[label] = future.result()
+            except Exception as exc:  # noqa: BLE001 - one failed measurement must not stop the others
+                out[label] = {"error": _brief(exc)}
+            else:
+                stack.callback(started[label].cluster.stop)
+        for label, reg in started.items():
+            try:
+                out[label] = uvloop.run(
+                    measure_registry(
+                        reg.address("registry"),
+                        reg.attestation_keys,
+                        reg.pids()["registry"],
+                        callers=cfg.registry_callers,
+                        duration_s=cfg.registry_duration_s,
+                        input_json=input_json,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - one failed measurement must not stop the others
+                out[label] = {"error": _brief(exc)}
+    return out
+
+
+def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
+    """Run every measurement not skipped; write the results; return the folder and the data."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    nofile = raise_nofile_limit(65536)
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out_folder = cfg.out / stamp
+    out_folder.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "meta": {
+            "started_at": started.isoformat(timespec="seconds"),
+            "command": command,
+            "machine": _machine(),
+            "loadavg_start": _loadavg(),
+            "nofile_limit": nofile,
+            "smoke": cfg.smoke,
+            "users": list(cfg.users),
+            "events_per_run": cfg.events_per_run,
+            "payload_bytes": cfg.payload_bytes,
+            "skipped": sorted(cfg.skip),
+        }
+    }
+    work = Path(tempfile.mkdtemp(prefix="runwire-bench-"))
+    try:
+        shared = not cfg.fresh_systems and not {"stability", "idle"} <= cfg.skip
+        if not {"load", "paced"} <= cfg.skip or cfg.profile or shared:
+            _section(results, "main system", lambda: _main_system(cfg, work, results, out_folder))
+            results.pop("main system", None)
+        if cfg.fresh_systems and "stability" not in cfg.skip:
+
+            def stability() -> dict[str, Any]:
+                with systems.runwire(work / "stability") as rw:
+                    return scenarios.stability(cfg, rw.url, rw.jwt_secret, rw.pids())
+
+            _section(results, "stability", stability)
+        if cfg.fresh_systems and "idle" not in cfg.skip:
+
+            def idle() -> dict[str, Any]:
+                with systems.runwire(work / "idle") as rw:
+                    return scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids())
+
+            _section(results, "idle", idle)
+        if "registry" not in cfg.skip:
+            _section(results, "registry", lambda: _registry(cfg, work))
+    finally:
+        results["meta"]["loadavg_end"] = _loadavg()
+        results["meta"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        if cfg.keep_logs or results.get("errors"):
+            results["meta"]["logs"] = str(work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    folder = report.write(results, cfg.out, stamp)
+    return folder, results
