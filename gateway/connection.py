@@ -25,6 +25,8 @@ from gateway.auth import Identity
 from gateway.calls import Backends, ContextMinter, error_for_status
 from gateway.limits import SlidingWindowLimiter
 from gateway.protocol import (
+    INTERNAL,
+    INVALID_ARGUMENT,
     RATE_LIMITED,
     RESOURCE_EXHAUSTED,
     CancelRun,
@@ -39,7 +41,14 @@ from gateway.protocol import (
     StartRun,
     parse_frame,
 )
-from gateway.pump import CLOSE_POLICY_VIOLATION, EventPump, GatewayStats, PumpPolicy, PumpStopped
+from gateway.pump import (
+    CLOSE_POLICY_VIOLATION,
+    CursorRejected,
+    EventPump,
+    GatewayStats,
+    PumpPolicy,
+    PumpStopped,
+)
 from gateway.settings import GatewaySettings
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
@@ -78,6 +87,7 @@ class Session:
         self._limiter = SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
         self._send_lock = asyncio.Lock()
         self._calls: set[asyncio.Task[None]] = set()
+        self._pump: EventPump | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -109,6 +119,15 @@ class Session:
     # -- client frames -------------------------------------------------------
 
     async def _on_message(self, message: str | bytes) -> None:
+        try:
+            await self._serve_message(message)
+        except ConnectionClosed:
+            raise
+        except Exception:  # noqa: BLE001 - one bad frame must never end the connection
+            self._log.exception("frame failed")
+            await self._reply_error(None, INTERNAL, "internal error")
+
+    async def _serve_message(self, message: str | bytes) -> None:
         allowed = self._limiter.allow()
         try:
             command = parse_frame(
@@ -202,8 +221,8 @@ class Session:
     # -- events --------------------------------------------------------------
 
     async def _resume(self, command: Resume) -> None:
-        await self._stop_pump()
-        self._start_pump(command.after, resume_id=command.id, announce=True)
+        fallback = await self._stop_pump()
+        self._start_pump(command.after, resume_id=command.id, announce=True, fallback=fallback)
 
     async def _until_subscribed(self, pump: EventPump) -> None:
         """Hold client frames until the event stream is live.
@@ -217,7 +236,9 @@ class Session:
         except TimeoutError:
             self._log.warning("event stream not confirmed in time; serving the connection anyway")
 
-    def _start_pump(self, after: str, *, resume_id: ClientId | None, announce: bool) -> EventPump:
+    def _start_pump(
+        self, after: str, *, resume_id: ClientId | None, announce: bool, fallback: str = ""
+    ) -> EventPump:
         pump = EventPump(
             user_id=self.identity.user_id,
             backends=self._backends,
@@ -233,19 +254,28 @@ class Session:
             after=after,
             resume_id=resume_id,
             announce_replay=announce,
+            fallback=fallback,
         )
-        self._pump_task = asyncio.create_task(self._pump(pump.run))
+        self._pump = pump
+        self._pump_task = asyncio.create_task(self._pump_run(pump.run))
         return pump
 
-    async def _stop_pump(self) -> None:
+    async def _stop_pump(self) -> str:
+        """Stop the event stream; return the cursor a new one resumes from."""
         task, self._pump_task = self._pump_task, None
+        pump, self._pump = self._pump, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        return pump.resume_point if pump is not None else ""
 
-    async def _pump(self, run: Callable[[], Awaitable[None]]) -> None:
+    async def _pump_run(self, run: Callable[[], Awaitable[None]]) -> None:
         try:
             await run()
+        except CursorRejected as exc:
+            # Go on from where the connection was, then tell the client its cursor was refused.
+            self._start_pump(exc.fallback, resume_id=None, announce=False, fallback=exc.fallback)
+            await self._reply_error(exc.client_id, INVALID_ARGUMENT, exc.message)
         except PumpStopped as exc:
             self._log.warning("closing: event stream stopped", extra={"reason": exc.reason})
             code = "unauthenticated" if exc.code == CLOSE_POLICY_VIOLATION else "unavailable"

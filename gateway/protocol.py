@@ -9,6 +9,8 @@ client's correlation id when it could be read.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -24,6 +26,9 @@ MAX_LIST_LIMIT = 200
 MAX_CLIENT_ID_CHARS = 128
 MAX_TOKEN_CHARS = 1024
 MAX_AGENT_CHARS = 128
+# Python refuses to convert longer integer literals (sys.get_int_max_str_digits); say so plainly.
+MAX_INT_DIGITS = 4300
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 MULTITASK_STRATEGIES: Mapping[str, int] = MappingProxyType(
     {
@@ -116,11 +121,19 @@ def parse_frame(message: str | bytes, *, max_frame_bytes: int, default_agent: st
     if len(message) > max_frame_bytes or len(message.encode("utf-8", "surrogatepass")) > max_frame_bytes:
         raise FrameError(INVALID_MESSAGE, f"frame larger than the {max_frame_bytes}-byte limit")
     try:
-        frame = json.loads(message, parse_constant=_reject_constant)
+        frame = json.loads(
+            message, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
     except (ValueError, RecursionError) as exc:
         raise FrameError(INVALID_MESSAGE, "frame is not valid JSON") from exc
     if not isinstance(frame, dict):
         raise FrameError(INVALID_MESSAGE, "frame must be a JSON object")
+    if _has_lone_surrogate(frame):
+        # Valid JSON syntax, but not Unicode text (RFC 8259 §8.2): it cannot be encoded
+        # again, neither into a reply nor into a request to the services.
+        raise FrameError(
+            INVALID_MESSAGE, "frame contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+        )
     kind = frame.get("type")
     if not isinstance(kind, str):
         raise FrameError(INVALID_MESSAGE, "frame needs a string 'type'")
@@ -137,6 +150,36 @@ def parse_frame(message: str | bytes, *, max_frame_bytes: int, default_agent: st
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON (RFC 8259); Python's parser would accept them.
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # 1e400 is valid JSON syntax but overflows a double; echoing it would produce Infinity.
+        raise FrameError(INVALID_MESSAGE, f"number {text[:32]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise FrameError(INVALID_MESSAGE, f"integer with more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) of a parsed document holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default_agent: str) -> Command:

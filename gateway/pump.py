@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from gateway import frames
-from gateway.calls import Backends, ContextMinter
+from gateway.calls import MAX_DETAIL_CHARS, Backends, ContextMinter
 from gateway.protocol import UNAVAILABLE, ClientId
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import event_pb2
@@ -45,6 +45,16 @@ class GatewayStats:
     resubscribes: int = 0
     connections_opened: int = 0
     handshakes_refused: dict[int, int] = field(default_factory=dict)
+
+
+class CursorRejected(Exception):
+    """The bridge refused the requested cursor; the connection goes on from ``fallback``."""
+
+    def __init__(self, message: str, *, client_id: ClientId | None, fallback: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.client_id = client_id
+        self.fallback = fallback
 
 
 class PumpStopped(Exception):
@@ -79,6 +89,7 @@ class EventPump:
         after: str = "",
         resume_id: ClientId | None = None,
         announce_replay: bool = False,
+        fallback: str = "",
     ) -> None:
         self._user_id = user_id
         self._backends = backends
@@ -88,6 +99,10 @@ class EventPump:
         self._policy = policy
         self._log = log
         self.cursor = after
+        # Where the connection goes on from if the bridge refuses ``after``: a cursor
+        # the bridge already accepted (or "" = live only).
+        self._fallback = fallback
+        self._confirmed = False
         self._resume_id = resume_id
         # Whether a ``resumed`` frame is owed once the replay completes.
         self._announce = announce_replay or resume_id is not None
@@ -108,14 +123,29 @@ class EventPump:
         while True:
             call = self._backends.subscribe(self._minter.mint(), after=self.cursor)
             code: grpc.StatusCode | None = None
+            details: str | None = None
             try:
                 async for item in call:
                     failures = 0
+                    self._confirmed = True
                     await self.handle(item)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                details = exc.details()
             finally:
                 call.cancel()
+            if (
+                code == grpc.StatusCode.INVALID_ARGUMENT
+                and not self._confirmed
+                and self.cursor != self._fallback
+            ):
+                # A well-formed frame with a cursor the bridge does not accept: the client's
+                # mistake, not a broken stream. Say so and keep the connection.
+                raise CursorRejected(
+                    (details or "'after' is not a valid event_id")[:MAX_DETAIL_CHARS],
+                    client_id=self._resume_id,
+                    fallback=self._fallback,
+                )
             if code is not None and code not in RESUBSCRIBE_CODES:
                 raise self._fatal(code)
             failures += 1
@@ -132,6 +162,11 @@ class EventPump:
             # A subscriber that fell behind retries at once; a bridge that is away gets backoff.
             delay = min(self._policy.backoff_s * 2 ** (failures - 1), self._policy.max_backoff_s)
             await asyncio.sleep(0 if failures == 1 and code != grpc.StatusCode.UNAVAILABLE else delay)
+
+    @property
+    def resume_point(self) -> str:
+        """The cursor a follow-up subscription starts from so nothing is lost or repeated."""
+        return self.cursor if self._confirmed else self._fallback
 
     def _fatal(self, code: grpc.StatusCode) -> PumpStopped:
         if code == grpc.StatusCode.UNAUTHENTICATED:

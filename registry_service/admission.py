@@ -8,29 +8,39 @@ Two rules must hold cluster-wide, however many registry replicas race:
   ``pending`` run, ``interrupt`` cancels the thread's live runs first).
 
 Both are "count, then insert", so admissions of one user are serialised by
-the database: the transaction first upserts the user's row in
-``run_owners`` and locks it with ``SELECT … FOR UPDATE``. On PostgreSQL (read
-committed) the next admission of that user waits on the row lock and, once
-it has it, counts with a fresh snapshot that includes the run just
-inserted. SQLite ignores ``FOR UPDATE`` but the session begins ``IMMEDIATE``
-(see :mod:`registry_service.database`), which holds the database's write
-lock for the whole transaction. Other users are not blocked on PostgreSQL.
-A queued run's ``pending → starting`` move takes the same lock (see
+the database: the transaction first locks the user's row in ``run_owners``.
+On PostgreSQL that is one statement, ``INSERT … ON CONFLICT DO UPDATE``,
+which creates the row or takes its row lock; the next admission of that user
+waits on the lock and, once it has it (read committed), counts with a fresh
+snapshot that includes the run just inserted. On SQLite the transaction
+begins ``IMMEDIATE`` (see :mod:`registry_service.database`), which holds the
+database's write lock for the whole transaction, so inserting the row is
+enough. Other users are not blocked on PostgreSQL. A queued run's
+``pending → starting`` move takes the same lock (see
 :mod:`registry_service.runs`), so starting and admitting on one thread never
 interleave. Lock order is always owner row, then run rows; the death sweeper
 takes run rows only and skips locked ones, so none of these can deadlock.
+
+A run admitted on a busy thread with ``enqueue`` is stored with ``queued``
+set; every other run is admitted on a thread without live runs (or with them
+just interrupted), so nothing can be ahead of it and its start needs no
+thread check.
+
+Everything here is SQLAlchemy Core on one synchronous ``Connection`` (see
+:meth:`registry_service.database.Database.write`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection
 
-from registry_service.models import RunOwner, RunRecord
+from registry_service.models import OWNERS, RUNS
 from registry_service.states import (
     CANCELLED,
     ENQUEUE,
@@ -65,23 +75,31 @@ class LiveRun:
     thread_id: str
 
 
-async def lock_owner(session: AsyncSession, user_id: str, *, now: datetime) -> None:
-    """Create the user's lock row if needed, then hold it until the transaction ends."""
-    if session.get_bind().dialect.name == "postgresql":
-        pg_upsert = postgresql.insert(RunOwner).values(user_id=user_id, created_at=now)
-        await session.execute(pg_upsert.on_conflict_do_nothing(index_elements=[RunOwner.user_id]))
+def lock_owner(connection: Connection, user_id: str, *, now: datetime) -> None:
+    """Create the user's lock row if needed and hold it until the transaction ends (one statement)."""
+    if connection.dialect.name == "postgresql":
+        upsert = postgresql.insert(OWNERS).values(user_id=user_id, created_at=now)
+        # DO UPDATE (unlike DO NOTHING) row-locks an existing row; the no-op SET keeps it a HOT update.
+        connection.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[OWNERS.c.user_id], set_={"created_at": OWNERS.c.created_at}
+            )
+        )
     else:
-        lite_upsert = sqlite.insert(RunOwner).values(user_id=user_id, created_at=now)
-        await session.execute(lite_upsert.on_conflict_do_nothing(index_elements=[RunOwner.user_id]))
-    await session.execute(select(RunOwner.user_id).where(RunOwner.user_id == user_id).with_for_update())
+        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
+        connection.execute(
+            sqlite.insert(OWNERS)
+            .values(user_id=user_id, created_at=now)
+            .on_conflict_do_nothing(index_elements=[OWNERS.c.user_id])
+        )
 
 
-async def live_runs(session: AsyncSession, user_id: str) -> list[LiveRun]:
+def live_runs(connection: Connection, user_id: str) -> list[LiveRun]:
     """The user's live runs, oldest first (at most the quota, so few)."""
-    rows = await session.execute(
-        select(RunRecord.run_id, RunRecord.thread_id)
-        .where(RunRecord.user_id == user_id, RunRecord.state.in_(LIVE_STATES))
-        .order_by(RunRecord.created_at, RunRecord.run_id)
+    rows = connection.execute(
+        select(RUNS.c.run_id, RUNS.c.thread_id)
+        .where(RUNS.c.user_id == user_id, RUNS.c.state.in_(LIVE_STATES))
+        .order_by(RUNS.c.created_at, RUNS.c.run_id)
     )
     return [LiveRun(run_id=row.run_id, thread_id=row.thread_id) for row in rows]
 
@@ -90,8 +108,8 @@ async def live_runs(session: AsyncSession, user_id: str) -> list[LiveRun]:
 class Admission:
     """The admitted run and, with ``interrupt``, the runs it cancelled to make room."""
 
-    run: RunRecord
-    interrupted: list[RunRecord] = field(default_factory=list)
+    run: Row[Any]
+    interrupted: list[Row[Any]] = field(default_factory=list)
 
 
 def _refuse_busy_thread(request: NewRun, busy: LiveRun) -> FailedPrecondition:
@@ -101,9 +119,9 @@ def _refuse_busy_thread(request: NewRun, busy: LiveRun) -> FailedPrecondition:
     )
 
 
-async def interrupt_thread(
-    session: AsyncSession, *, user_id: str, thread_id: str, now: datetime
-) -> list[RunRecord]:
+def interrupt_thread(
+    connection: Connection, *, user_id: str, thread_id: str, now: datetime
+) -> list[Row[Any]]:
     """Cancel every live run of the thread (queued ones too); return them oldest first.
 
     One conditional ``UPDATE`` under the owner lock: a run that reached a
@@ -111,35 +129,24 @@ async def interrupt_thread(
     to ``cancelled`` would.
     """
     statement = (
-        update(RunRecord)
-        .where(
-            RunRecord.user_id == user_id,
-            RunRecord.thread_id == thread_id,
-            RunRecord.state.in_(LIVE_STATES),
-        )
+        update(RUNS)
+        .where(RUNS.c.user_id == user_id, RUNS.c.thread_id == thread_id, RUNS.c.state.in_(LIVE_STATES))
         .values(
             state=CANCELLED,
             error_code=INTERRUPTED,
             error_message=INTERRUPTED_MESSAGE,
             finished_at=now,
             updated_at=now,
-            version=RunRecord.version + 1,
+            version=RUNS.c.version + 1,
             cancel_requested=False,
         )
-        .returning(RunRecord)
-        .execution_options(synchronize_session=False)
+        .returning(*RUNS.c)
     )
-    cancelled = list((await session.scalars(statement)).all())
+    cancelled = list(connection.execute(statement).all())
     return sorted(cancelled, key=lambda run: (run.created_at, run.run_id))
 
 
-async def create_run(
-    session: AsyncSession,
-    request: NewRun,
-    *,
-    max_live_runs: int,
-    now: datetime,
-) -> Admission:
+def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, now: datetime) -> Admission:
     """Admit ``request`` as a new ``pending`` run, or raise why not.
 
     On a busy thread: ``reject`` refuses, ``enqueue`` admits the run as a
@@ -150,8 +157,8 @@ async def create_run(
     refusal is raised before anything is written, so it never leaves a
     thread half-interrupted.
     """
-    await lock_owner(session, request.user_id, now=now)
-    live = await live_runs(session, request.user_id)
+    lock_owner(connection, request.user_id, now=now)
+    live = live_runs(connection, request.user_id)
     on_thread = [run for run in live if run.thread_id == request.thread_id]
     if on_thread and request.multitask_strategy not in (ENQUEUE, INTERRUPT):
         raise _refuse_busy_thread(request, on_thread[0])
@@ -162,27 +169,31 @@ async def create_run(
             f"user has {remaining} live runs, the limit is {max_live_runs} "
             "concurrent live runs per user; wait for one to finish or cancel one"
         )
-    interrupted: list[RunRecord] = []
+    interrupted: list[Row[Any]] = []
     if interrupting:
-        interrupted = await interrupt_thread(
-            session, user_id=request.user_id, thread_id=request.thread_id, now=now
+        interrupted = interrupt_thread(
+            connection, user_id=request.user_id, thread_id=request.thread_id, now=now
         )
-    record = RunRecord(
-        run_id=new_id("run"),
-        user_id=request.user_id,
-        tenant_id=request.tenant_id,
-        thread_id=request.thread_id,
-        agent=request.agent,
-        state=PENDING,
-        created_at=now,
-        updated_at=now,
-        input_json=request.input_json,
-        version=1,
-        executor_id=request.executor_id,
-        cancel_requested=False,
-        multitask_strategy=request.multitask_strategy,
-        timeout_seconds=request.timeout_seconds,
+    statement = (
+        RUNS.insert()
+        .values(
+            run_id=new_id("run"),
+            user_id=request.user_id,
+            tenant_id=request.tenant_id,
+            thread_id=request.thread_id,
+            agent=request.agent,
+            state=PENDING,
+            created_at=now,
+            updated_at=now,
+            input_json=request.input_json,
+            version=1,
+            executor_id=request.executor_id,
+            cancel_requested=False,
+            multitask_strategy=request.multitask_strategy,
+            timeout_seconds=request.timeout_seconds,
+            death_notice_pending=False,
+            queued=bool(on_thread) and request.multitask_strategy == ENQUEUE,
+        )
+        .returning(*RUNS.c)
     )
-    session.add(record)
-    await session.flush()
-    return Admission(run=record, interrupted=interrupted)
+    return Admission(run=connection.execute(statement).one(), interrupted=interrupted)

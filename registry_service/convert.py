@@ -7,14 +7,14 @@ values coming from a caller are rejected here with ``INVALID_ARGUMENT``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
+from typing import Protocol
 
-from registry_service.models import RunRecord
 from registry_service.states import ENQUEUE, INTERRUPT, REJECT
 from runwire.common.v1 import run_pb2
 from runwire_common.errors import InvalidArgument
 from runwire_common.names import STATE_NAMES, STATES_BY_NAME
-from runwire_common.timeutil import to_timestamp
 
 STRATEGY_NAMES: Mapping[int, str] = MappingProxyType(
     {
@@ -48,7 +48,52 @@ def strategy_from_message(value: int) -> str:
     return name
 
 
-def run_message(record: RunRecord) -> run_pb2.Run:
+class RunFields(Protocol):
+    """A stored run: a Core row of ``runs`` or a ``RunRecord``."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def thread_id(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def result_json(self) -> str | None: ...
+    @property
+    def input_json(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def executor_id(self) -> str: ...
+    @property
+    def cancel_requested(self) -> bool: ...
+    @property
+    def multitask_strategy(self) -> str: ...
+    @property
+    def timeout_seconds(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def last_heartbeat_at(self) -> datetime | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+
+
+def run_message(record: RunFields) -> run_pb2.Run:
     run = run_pb2.Run(
         run_id=record.run_id,
         user_id=record.user_id,
@@ -64,17 +109,15 @@ def run_message(record: RunRecord) -> run_pb2.Run:
         multitask_strategy=STRATEGIES_BY_NAME[record.multitask_strategy],
         timeout_seconds=record.timeout_seconds,
     )
-    stamps = (
-        ("created_at", record.created_at),
-        ("updated_at", record.updated_at),
-        ("started_at", record.started_at),
-        ("finished_at", record.finished_at),
-        ("last_heartbeat_at", record.last_heartbeat_at),
-    )
-    for field, value in stamps:
-        stamp = to_timestamp(value)
-        if stamp is not None:
-            getattr(run, field).CopyFrom(stamp)
+    # Stored times are aware UTC datetimes (models.UTCDateTime): straight into the fields.
+    run.created_at.FromDatetime(record.created_at)
+    run.updated_at.FromDatetime(record.updated_at)
+    if record.started_at is not None:
+        run.started_at.FromDatetime(record.started_at)
+    if record.finished_at is not None:
+        run.finished_at.FromDatetime(record.finished_at)
+    if record.last_heartbeat_at is not None:
+        run.last_heartbeat_at.FromDatetime(record.last_heartbeat_at)
     if record.error_code is not None:
         run.error.code = record.error_code
         run.error.message = record.error_message or ""

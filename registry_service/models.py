@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     false,
 )
@@ -104,6 +105,11 @@ class RunRecord(Base):
     death_notice_pending: Mapped[bool] = mapped_column(Boolean(), default=False, server_default=false())
     death_notice_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     death_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set by CreateRun: true for a run queued (``enqueue``) behind a live run of its thread,
+    # false for any other run. Only a queued run's ``pending → starting`` takes the owner lock
+    # and checks the thread (see registry_service.runs); NULL (a row written before migration
+    # 0003, or by an older replica) is treated as queued.
+    queued: Mapped[bool | None] = mapped_column(Boolean(), nullable=True)
 
     __table_args__ = (
         CheckConstraint(_in_list("state", ALL_STATES), name="state"),
@@ -118,6 +124,9 @@ class RunRecord(Base):
     )
 
 
+RUNS: Table = RunRecord.__table__  # type: ignore[assignment]
+
+
 class RunOwner(Base):
     """A lock row per user: ``SELECT … FOR UPDATE`` on it serialises that user's admissions."""
 
@@ -125,3 +134,6 @@ class RunOwner(Base):
 
     user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+OWNERS: Table = RunOwner.__table__  # type: ignore[assignment]

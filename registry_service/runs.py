@@ -9,22 +9,32 @@ happened is decided by the row it affected, never by reading first. Only
 when no row matched is the run read, and then only to say *why* (missing,
 terminal, illegal move, stale version) — the decision was already made by
 the database, so two replicas racing on one run get exactly one winner.
-``pending → starting`` first checks the thread under the owner lock (queued
-runs start one at a time, oldest first); the move itself is still the
-conditional ``UPDATE``.
+
+``pending → starting`` of a run that ``CreateRun`` did not queue is that one
+``UPDATE`` too (``AND queued = false``): the run was admitted on a thread
+without live runs, later runs of its thread are queued behind it or
+interrupted it, so no thread rule can refuse it. A queued run (or one whose
+``queued`` is unknown) first checks its thread under the owner lock (queued
+runs start one at a time, oldest first, after any unqueued pending run of
+the thread); the move itself is still the conditional ``UPDATE``.
+
+Everything here is SQLAlchemy Core on one synchronous ``Connection`` (see
+:meth:`registry_service.database.Database.write`); results are Core rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, Update, and_, bindparam, false, or_, select, update
+from sqlalchemy.engine import Connection
 
 from registry_service.admission import lock_owner
-from registry_service.models import RunRecord
+from registry_service.models import RUNS
 from registry_service.paging import PageCursor
 from registry_service.states import (
     ACTIVE_STATES,
@@ -66,7 +76,7 @@ class Transition:
 
 @dataclass(frozen=True)
 class RunPage:
-    runs: list[RunRecord]
+    runs: list[Row[Any]]
     next_cursor: PageCursor | None
 
 
@@ -74,48 +84,94 @@ def not_found(run_id: str) -> NotFound:
     return NotFound(f"run {run_id!r} not found")
 
 
-async def find_run(session: AsyncSession, *, user_id: str, run_id: str) -> RunRecord | None:
-    return await session.scalar(
-        select(RunRecord).where(RunRecord.run_id == run_id, RunRecord.user_id == user_id)
-    )
+def find_run(connection: Connection, *, user_id: str, run_id: str) -> Row[Any] | None:
+    return connection.execute(
+        select(RUNS).where(RUNS.c.run_id == run_id, RUNS.c.user_id == user_id)
+    ).one_or_none()
 
 
-async def get_run(session: AsyncSession, *, user_id: str, run_id: str) -> RunRecord:
-    record = await find_run(session, user_id=user_id, run_id=run_id)
+def get_run(connection: Connection, *, user_id: str, run_id: str) -> Row[Any]:
+    record = find_run(connection, user_id=user_id, run_id=run_id)
     if record is None:
         raise not_found(run_id)
     return record
 
 
-def _transition_values(change: Transition, now: datetime) -> dict[str, Any]:
+def _update_for(to_state: str, *, with_result: bool, with_version: bool) -> Update:
+    """The conditional ``UPDATE`` of a move to ``to_state``; what varies per call is a bound parameter."""
     values: dict[str, Any] = {
-        "state": change.to_state,
-        "version": RunRecord.version + 1,
-        "updated_at": now,
+        "state": to_state,
+        "version": RUNS.c.version + 1,
+        "updated_at": bindparam("now"),
     }
-    if change.to_state == STARTING:
-        values["started_at"] = now
-    if is_terminal(change.to_state):
-        values["finished_at"] = now
+    if to_state == STARTING:
+        values["started_at"] = bindparam("started_at")
+    if is_terminal(to_state):
+        values["finished_at"] = bindparam("finished_at")
         values["cancel_requested"] = False
+    if to_state in FAILURE_STATES:
+        values["error_code"] = bindparam("error_code")
+        values["error_message"] = bindparam("error_message")
+    if with_result:
+        values["result_json"] = bindparam("result_json")
+    statement = (
+        update(RUNS)
+        .where(
+            RUNS.c.run_id == bindparam("match_run_id"),
+            RUNS.c.user_id == bindparam("match_user_id"),
+            RUNS.c.state.in_(ALLOWED_SOURCES[to_state]),
+        )
+        .values(values)
+        .returning(*RUNS.c)
+    )
+    if with_version:
+        statement = statement.where(RUNS.c.version == bindparam("expected_version"))
+    return statement
+
+
+# Every transition statement, built once (so SQLAlchemy's cache key is computed once per shape):
+# (to_state, with result_json, with expected_version) → UPDATE.
+UPDATES: Mapping[tuple[str, bool, bool], Update] = MappingProxyType(
+    {
+        (to_state, with_result, with_version): _update_for(
+            to_state, with_result=with_result, with_version=with_version
+        )
+        for to_state, sources in ALLOWED_SOURCES.items()
+        if sources
+        for with_result in ((False, True) if to_state in RESULT_STATES else (False,))
+        for with_version in (False, True)
+    }
+)
+# pending → starting of an unqueued run: the same UPDATE, also requiring queued = false.
+UNQUEUED_STARTS: Mapping[bool, Update] = MappingProxyType(
+    {
+        with_version: UPDATES[(STARTING, False, with_version)].where(RUNS.c.queued == false())
+        for with_version in (False, True)
+    }
+)
+
+
+def _parameters(change: Transition, *, user_id: str, run_id: str, now: datetime) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"match_run_id": run_id, "match_user_id": user_id, "now": now}
+    if change.to_state == STARTING:
+        parameters["started_at"] = now
+    if is_terminal(change.to_state):
+        parameters["finished_at"] = now
     if change.to_state in FAILURE_STATES:
         default_code, default_message = DEFAULT_ERRORS[change.to_state]
         error = change.error or RunError(default_code, default_message)
-        values["error_code"] = error.code or default_code
-        values["error_message"] = error.message
+        parameters["error_code"] = error.code or default_code
+        parameters["error_message"] = error.message
     if change.result_json is not None:
-        values["result_json"] = change.result_json
-    return values
+        parameters["result_json"] = change.result_json
+    if change.expected_version:
+        parameters["expected_version"] = change.expected_version
+    return parameters
 
 
-async def transition_run(
-    session: AsyncSession,
-    change: Transition,
-    *,
-    user_id: str,
-    run_id: str,
-    now: datetime,
-) -> RunRecord:
+def transition_run(
+    connection: Connection, change: Transition, *, user_id: str, run_id: str, now: datetime
+) -> Row[Any]:
     """Apply ``change`` atomically and return the updated run.
 
     Raises ``NOT_FOUND`` for a missing (or foreign) run,
@@ -123,70 +179,63 @@ async def transition_run(
     ``expected_version`` is stale, and ``ABORTED`` when a queued run may not
     start yet.
     """
-    sources = ALLOWED_SOURCES[change.to_state]
+    if not ALLOWED_SOURCES[change.to_state]:
+        raise _why_not(connection, change, user_id=user_id, run_id=run_id)
+    with_version = bool(change.expected_version)
+    statement = UPDATES[(change.to_state, change.result_json is not None, with_version)]
+    parameters = _parameters(change, user_id=user_id, run_id=run_id, now=now)
     if change.to_state == STARTING:
-        await _wait_for_the_thread(session, user_id=user_id, run_id=run_id, now=now)
-    if sources:
-        statement = (
-            update(RunRecord)
-            .where(
-                RunRecord.run_id == run_id,
-                RunRecord.user_id == user_id,
-                RunRecord.state.in_(sources),
-            )
-            .values(_transition_values(change, now))
-            .returning(RunRecord)
-            .execution_options(synchronize_session=False)
-        )
-        if change.expected_version:
-            statement = statement.where(RunRecord.version == change.expected_version)
-        updated = (await session.scalars(statement)).one_or_none()
+        # Unqueued runs: the one UPDATE. Queued (or unknown) ones fall through to the thread check.
+        updated = connection.execute(UNQUEUED_STARTS[with_version], parameters).one_or_none()
         if updated is not None:
             return updated
-    raise await _why_not(session, change, user_id=user_id, run_id=run_id)
+        _wait_for_the_thread(connection, user_id=user_id, run_id=run_id, now=now)
+    updated = connection.execute(statement, parameters).one_or_none()
+    if updated is not None:
+        return updated
+    raise _why_not(connection, change, user_id=user_id, run_id=run_id)
 
 
-async def _wait_for_the_thread(session: AsyncSession, *, user_id: str, run_id: str, now: datetime) -> None:
-    """Refuse with ``ABORTED`` to start a pending run while its thread is busy or an older run is queued.
+def _wait_for_the_thread(connection: Connection, *, user_id: str, run_id: str, now: datetime) -> None:
+    """Refuse with ``ABORTED`` to start a queued run while its thread is busy or a run before it waits.
 
     Runs under the owner lock that ``CreateRun`` takes (PostgreSQL row lock,
     SQLite write lock), so two replicas starting two queued runs of one
     thread, or starting one while admitting another, are serialised: the
-    second sees the first's ``starting`` and waits. Only the columns are
-    read, never the ORM object, so the ``UPDATE … RETURNING`` that follows
-    is not shadowed by a stale copy in the session.
+    second sees the first's ``starting`` and waits. Ahead of a queued run
+    are the thread's active runs, its unqueued pending run (admitted before
+    any run was queued behind it) and older queued runs.
     """
-    await lock_owner(session, user_id, now=now)
-    run = (
-        await session.execute(
-            select(RunRecord.thread_id, RunRecord.created_at, RunRecord.state).where(
-                RunRecord.run_id == run_id, RunRecord.user_id == user_id
-            )
+    lock_owner(connection, user_id, now=now)
+    run = connection.execute(
+        select(RUNS.c.thread_id, RUNS.c.created_at, RUNS.c.state).where(
+            RUNS.c.run_id == run_id, RUNS.c.user_id == user_id
         )
     ).one_or_none()
     if run is None or run.state != PENDING:
         return  # the conditional UPDATE decides, and _why_not says why
     older = or_(
-        RunRecord.created_at < run.created_at,
-        and_(RunRecord.created_at == run.created_at, RunRecord.run_id < run_id),
+        RUNS.c.created_at < run.created_at,
+        and_(RUNS.c.created_at == run.created_at, RUNS.c.run_id < run_id),
     )
-    blocking = await session.scalar(
-        select(RunRecord.run_id)
+    ahead = or_(RUNS.c.queued == false(), older)
+    blocking = connection.execute(
+        select(RUNS.c.run_id)
         .where(
-            RunRecord.user_id == user_id,
-            RunRecord.thread_id == run.thread_id,
-            RunRecord.run_id != run_id,
-            or_(RunRecord.state.in_(ACTIVE_STATES), and_(RunRecord.state == PENDING, older)),
+            RUNS.c.user_id == user_id,
+            RUNS.c.thread_id == run.thread_id,
+            RUNS.c.run_id != run_id,
+            or_(RUNS.c.state.in_(ACTIVE_STATES), and_(RUNS.c.state == PENDING, ahead)),
         )
-        .order_by(RunRecord.created_at, RunRecord.run_id)
+        .order_by(RUNS.c.created_at, RUNS.c.run_id)
         .limit(1)
-    )
+    ).scalar()
     if blocking is not None:
         raise Aborted(f"thread busy: run {blocking!r} is still live; try again once it has ended")
 
 
-async def _why_not(session: AsyncSession, change: Transition, *, user_id: str, run_id: str) -> RunwireError:
-    current = await find_run(session, user_id=user_id, run_id=run_id)
+def _why_not(connection: Connection, change: Transition, *, user_id: str, run_id: str) -> RunwireError:
+    current = find_run(connection, user_id=user_id, run_id=run_id)
     if current is None:
         return not_found(run_id)
     if is_terminal(current.state):
@@ -201,38 +250,33 @@ async def _why_not(session: AsyncSession, change: Transition, *, user_id: str, r
     return FailedPrecondition("run changed concurrently; read it and retry")
 
 
-async def heartbeat(
-    session: AsyncSession,
-    *,
-    user_id: str,
-    run_id: str,
-    executor_id: str,
-    now: datetime,
-) -> RunRecord:
+def heartbeat(
+    connection: Connection, *, user_id: str, run_id: str, executor_id: str, now: datetime
+) -> Row[Any]:
     """Record that ``executor_id`` still runs a live run, and return the run.
 
     A terminal run is returned unchanged (not an error): the executor reads
     ``state`` and ``cancel_requested`` from the answer to learn that it should
     stop. Heartbeats do not count as transitions, so ``version`` is untouched.
+    One ``UPDATE … RETURNING``; only a run that is not live is read again.
     """
     values: dict[str, Any] = {"last_heartbeat_at": now}
     if executor_id:
         values["executor_id"] = executor_id
     statement = (
-        update(RunRecord)
-        .where(RunRecord.run_id == run_id, RunRecord.user_id == user_id, RunRecord.state.in_(LIVE_STATES))
+        update(RUNS)
+        .where(RUNS.c.run_id == run_id, RUNS.c.user_id == user_id, RUNS.c.state.in_(LIVE_STATES))
         .values(values)
-        .returning(RunRecord)
-        .execution_options(synchronize_session=False)
+        .returning(*RUNS.c)
     )
-    updated = (await session.scalars(statement)).one_or_none()
+    updated = connection.execute(statement).one_or_none()
     if updated is not None:
         return updated
-    return await get_run(session, user_id=user_id, run_id=run_id)
+    return get_run(connection, user_id=user_id, run_id=run_id)
 
 
-async def list_runs(
-    session: AsyncSession,
+def list_runs(
+    connection: Connection,
     *,
     user_id: str,
     limit: int,
@@ -241,20 +285,20 @@ async def list_runs(
     after: PageCursor | None = None,
 ) -> RunPage:
     """The caller's runs, newest first, at most ``limit`` of them after ``after``."""
-    statement = select(RunRecord).where(RunRecord.user_id == user_id)
+    statement = select(RUNS).where(RUNS.c.user_id == user_id)
     if thread_id:
-        statement = statement.where(RunRecord.thread_id == thread_id)
+        statement = statement.where(RUNS.c.thread_id == thread_id)
     if state:
-        statement = statement.where(RunRecord.state == state)
+        statement = statement.where(RUNS.c.state == state)
     if after is not None:
         statement = statement.where(
             or_(
-                RunRecord.created_at < after.created_at,
-                and_(RunRecord.created_at == after.created_at, RunRecord.run_id < after.run_id),
+                RUNS.c.created_at < after.created_at,
+                and_(RUNS.c.created_at == after.created_at, RUNS.c.run_id < after.run_id),
             )
         )
-    statement = statement.order_by(RunRecord.created_at.desc(), RunRecord.run_id.desc()).limit(limit + 1)
-    rows = list((await session.scalars(statement)).all())
+    statement = statement.order_by(RUNS.c.created_at.desc(), RUNS.c.run_id.desc()).limit(limit + 1)
+    rows = list(connection.execute(statement).all())
     if len(rows) <= limit:
         return RunPage(runs=rows, next_cursor=None)
     last = rows[limit - 1]

@@ -1,7 +1,7 @@
 """The gRPC adapter of ``runwire.registry.v1.RegistryService``.
 
 Each method validates the caller's ``UserContext``, validates the message,
-opens one session for the call and hands over to the domain modules; the
+runs the call as one database transaction of the domain modules; the
 ``@unary`` decorator maps domain errors to status codes. Run-scoped calls act
 on ``user_context.run_id`` and always within ``user_context.user_id``.
 """
@@ -59,11 +59,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CreateRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
         new = validation.new_run(request, ctx)
+        now, max_live_runs = self._clock(), self._max_live_runs
         try:
-            async with self._database.writing() as session:
-                admitted = await create_run(
-                    session, new, max_live_runs=self._max_live_runs, now=self._clock()
-                )
+            admitted = await self._database.write(
+                lambda connection: create_run(connection, new, max_live_runs=max_live_runs, now=now)
+            )
         except RunwireError as refused:
             self._metrics.runs_refused.labels(code=refused.code.name.lower()).inc()
             raise
@@ -83,10 +83,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.TransitionRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         change = validation.transition(request)
-        async with self._database.writing() as session:
-            record = await transition_run(
-                session, change, user_id=ctx.user_id, run_id=ctx.run_id, now=self._clock()
-            )
+        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        record = await self._database.write(
+            lambda connection: transition_run(connection, change, user_id=user_id, run_id=run_id, now=now)
+        )
         self._metrics.transitions.labels(to_state=str(record.state)).inc()
         bind(log, ctx).info("run transitioned", extra={"state": record.state, "version": record.version})
         return registry_pb2.TransitionRunResponse(run=run_message(record))
@@ -97,10 +97,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.HeartbeatResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         executor_id = validation.executor_id(request.executor_id)
-        async with self._database.writing() as session:
-            record = await heartbeat(
-                session, user_id=ctx.user_id, run_id=ctx.run_id, executor_id=executor_id, now=self._clock()
+        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        record = await self._database.write(
+            lambda connection: heartbeat(
+                connection, user_id=user_id, run_id=run_id, executor_id=executor_id, now=now
             )
+        )
         return registry_pb2.HeartbeatResponse(run=run_message(record))
 
     @unary
@@ -108,8 +110,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetRunRequest, context: Context
     ) -> registry_pb2.GetRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
-        async with self._database.reading() as session:
-            record = await get_run(session, user_id=ctx.user_id, run_id=ctx.run_id)
+        user_id, run_id = ctx.user_id, ctx.run_id
+        record = await self._database.read(
+            lambda connection: get_run(connection, user_id=user_id, run_id=run_id)
+        )
         return registry_pb2.GetRunResponse(run=run_message(record))
 
     @unary
@@ -120,9 +124,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         thread_id, state = validation.list_filters(request)
         limit = page_size(request.page_size)
         after = decode_page_token(request.page_token)
-        async with self._database.reading() as session:
-            page = await list_runs(
-                session, user_id=ctx.user_id, limit=limit, thread_id=thread_id, state=state, after=after
+        user_id = ctx.user_id
+        page = await self._database.read(
+            lambda connection: list_runs(
+                connection, user_id=user_id, limit=limit, thread_id=thread_id, state=state, after=after
             )
+        )
         token = encode_page_token(page.next_cursor) if page.next_cursor is not None else ""
         return registry_pb2.ListRunsResponse(runs=[run_message(r) for r in page.runs], next_page_token=token)

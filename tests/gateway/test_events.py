@@ -128,6 +128,36 @@ async def test_a_resume_frame_replays_after_the_cursor_then_answers_resumed_and_
         assert (await recv_json(ws))["event_id"] == live
 
 
+async def test_a_resume_with_a_cursor_the_bridge_refuses_is_an_error_and_the_stream_goes_on(
+    gateway: GatewayServer, make_token: TokenFactory, publish: Publish
+) -> None:
+    async with open_ws(gateway, make_token(ALICE)) as ws:
+        await recv_json(ws)
+        await asyncio.sleep(0.1)
+        [first] = await publish(ALICE, '{"n": 1}')
+        assert (await recv_json(ws))["event_id"] == first
+        await ws.send(json.dumps({"type": "resume", "id": "bad", "after": "not-an-event-id"}))
+        reply = await recv_json(ws)
+        assert (reply["type"], reply["id"], reply["code"]) == ("error", "bad", "invalid_argument")
+        assert "after" in reply["message"]
+        [second] = await publish(ALICE, '{"n": 2}')
+        assert (await recv_json(ws))["event_id"] == second  # nothing lost, nothing repeated
+        pong = await request(ws, {"type": "ping", "id": "still"})
+        assert (pong["type"], pong["id"]) == ("pong", "still")
+
+
+async def test_connecting_with_an_after_the_bridge_refuses_is_an_error_then_live_events(
+    gateway: GatewayServer, make_token: TokenFactory, publish: Publish
+) -> None:
+    async with open_ws(gateway, make_token(ALICE), path="/ws?after=zzz") as ws:
+        await recv_json(ws)
+        reply = await recv_json(ws)
+        assert (reply["type"], reply["id"], reply["code"]) == ("error", None, "invalid_argument")
+        await asyncio.sleep(0.1)
+        [live] = await publish(ALICE, '{"n": 1}')
+        assert (await recv_json(ws))["event_id"] == live
+
+
 async def test_resuming_from_a_trimmed_cursor_sends_a_gap_with_the_id_then_the_retained_events(
     attestation_key_spec: str,
     start_gateway: GatewayFactory,

@@ -79,6 +79,21 @@ MALFORMED: list[tuple[str, str | bytes, str]] = [
     ("an object id", '{"type": "ping", "id": {"a": 1}}', "invalid_argument"),
     ("a boolean id", '{"type": "ping", "id": true}', "invalid_argument"),
     ("start_agent without payload", '{"type": "start_agent"}', "invalid_argument"),
+    # Valid JSON syntax whose value the gateway could neither echo nor forward.
+    ("a lone surrogate in the id", '{"type": "ping", "id": "\\ud800"}', "invalid_message"),
+    ("a lone surrogate in the type", '{"type": "x\\udfff", "id": "\\udc00"}', "invalid_message"),
+    (
+        "a lone surrogate in the input",
+        '{"type": "run.start", "id": "1", "agent": "scripted", "input": {"x": "\\ud800"}}',
+        "invalid_message",
+    ),
+    (
+        "a lone surrogate in run_id",
+        '{"type": "run.get", "id": 1, "run_id": "run_\\ud800abc"}',
+        "invalid_message",
+    ),
+    ("a number that overflows a double", '{"type": "ping", "id": 1e400}', "invalid_message"),
+    ("an integer above the digit limit", '{"type": "ping", "n": ' + "9" * 5000 + "}", "invalid_message"),
     (
         "user_message without content",
         '{"type": "user_message", "thread_id": "thread_abcdefabcdefabcdef"}',
@@ -111,6 +126,11 @@ async def test_a_malformed_frame_gets_its_error_code_and_the_connection_stays_op
     assert reply["code"] == code, reply
     assert isinstance(reply["message"], str) and reply["message"]
     await assert_still_answers_ping(alice)
+
+
+async def test_a_paired_surrogate_escape_is_ordinary_text(alice: ClientConnection) -> None:
+    pong = await request(alice, '{"type": "ping", "id": "\\ud83d\\ude00"}')
+    assert (pong["type"], pong["id"]) == ("pong", "\U0001f600")
 
 
 async def test_an_error_reply_echoes_the_client_id_when_it_is_valid(alice: ClientConnection) -> None:

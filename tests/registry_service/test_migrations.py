@@ -21,7 +21,7 @@ from registry_service.migrator import current_revision, downgrade_schema, upgrad
 from registry_service.models import Base
 from registry_service.settings import DatabaseSettings
 
-HEAD = "0002"
+HEAD = "0003"
 TABLES = {"runs", "run_owners"}
 
 
