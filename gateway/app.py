@@ -20,20 +20,37 @@ from gateway.calls import BRIDGE_SERVICE, EXECUTION_SERVICE, REGISTRY_SERVICE, B
 from gateway.server import GatewayServer
 from gateway.settings import GatewaySettings
 from runwire_common.channels import open_channel
+from runwire_common.observability import open_observability
+from runwire_common.telemetry import Telemetry
 
 
 @asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayServer]:
-    """Run a gateway until the block exits; the yielded server exposes ``.port``."""
+async def running_gateway(
+    settings: GatewaySettings, *, telemetry: Telemetry | None = None
+) -> AsyncIterator[GatewayServer]:
+    """Run a gateway until the block exits; the yielded server exposes ``.port``.
+
+    ``telemetry`` replaces the tracing configured by ``OTEL_*`` (tests pass one).
+    """
     attestor = settings.attestor()
     async with AsyncExitStack() as stack:
+        observability = await stack.enter_async_context(
+            open_observability(
+                "runwire-gateway",
+                host=settings.ws_host,
+                metrics_port=settings.metrics_port,
+                telemetry=telemetry,
+            )
+        )
         channels: list[grpc.aio.Channel] = []
         for target, service in (
             (settings.execution_target, EXECUTION_SERVICE),
             (settings.registry_target, REGISTRY_SERVICE),
             (settings.bridge_target, BRIDGE_SERVICE),
         ):
-            channel = open_channel(target, service_names=(service,))
+            channel = open_channel(
+                target, service_names=(service,), interceptors=observability.telemetry.client_interceptors()
+            )
             stack.push_async_callback(channel.close)
             channels.append(channel)
         execution, registry, bridge = channels
@@ -43,7 +60,13 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewaySer
             bridge=bridge,
             call_timeout_s=settings.call_timeout_s,
         )
-        server = GatewayServer(settings, backends=backends, attestor=attestor)
+        server = GatewayServer(
+            settings,
+            backends=backends,
+            attestor=attestor,
+            telemetry=observability.telemetry,
+            metrics=observability.metrics,
+        )
         await server.start()
         stack.push_async_callback(server.drain)
         if settings.ready_file:

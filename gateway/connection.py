@@ -53,6 +53,7 @@ from gateway.settings import GatewaySettings
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
+from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.gateway.connection")
 
@@ -72,7 +73,9 @@ class Session:
         attestor: ContextAttestor,
         stats: GatewayStats,
         after: str = "",
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._ws = websocket
         self.identity = identity
         self._settings = settings
@@ -172,7 +175,14 @@ class Session:
 
     async def _call(self, command: StartRun | CancelRun | GetRun | ListRuns) -> None:
         try:
-            await self._run_command(command)
+            # One trace per client request: the span is current while the gRPC calls run.
+            with self._telemetry.span(
+                f"ws {type(command).__name__}",
+                user_id=self.identity.user_id,
+                connection_id=self.connection_id,
+                run_id=getattr(command, "run_id", "") or "",
+            ):
+                await self._run_command(command)
         except grpc.aio.AioRpcError as exc:
             code, message = error_for_status(exc.code(), exc.details())
             if code == "internal":

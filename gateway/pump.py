@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from prometheus_client import CollectorRegistry, Histogram
 
 from gateway import frames
 from gateway.calls import MAX_DETAIL_CHARS, Backends, ContextMinter
@@ -36,6 +38,10 @@ WARN_AFTER_FAILURES = 3
 Send = Callable[[str], Awaitable[None]]
 
 
+def _unregistered_lag_histogram() -> Histogram:
+    return Histogram("runwire_gateway_delivery_lag_seconds", "delivery lag", registry=CollectorRegistry())
+
+
 @dataclass
 class GatewayStats:
     """Counters of one gateway; exposed for tests and metrics."""
@@ -45,6 +51,8 @@ class GatewayStats:
     resubscribes: int = 0
     connections_opened: int = 0
     handshakes_refused: dict[int, int] = field(default_factory=dict)
+    # Observed per delivered event; the composition root registers it for scraping.
+    delivery_lag: Histogram = field(default_factory=_unregistered_lag_histogram)
 
 
 class CursorRejected(Exception):
@@ -202,6 +210,7 @@ class EventPump:
         await self._send(frames.event_frame(event))
         self.cursor = event.event_id
         self._stats.events_sent += 1
+        self._stats.delivery_lag.observe(max(0.0, time.time() - event.timestamp.ToNanoseconds() / 1e9))
         if self._announce:
             self.replayed += 1
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
@@ -22,10 +23,12 @@ from gateway.auth import SUBPROTOCOL, AuthError, Identity, TokenVerifier, extrac
 from gateway.calls import Backends
 from gateway.connection import Session
 from gateway.limits import ConnectionSlots
+from gateway.metrics import GatewayCollector, delivery_lag_histogram
 from gateway.protocol import cursor_problem
 from gateway.pump import CLOSE_SERVICE_RESTART, GatewayStats
 from gateway.settings import GatewaySettings
 from runwire_common.attestation import ContextAttestor
+from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.gateway.server")
 
@@ -50,7 +53,10 @@ class GatewayServer:
         backends: Backends,
         attestor: ContextAttestor,
         verifier: TokenVerifier | None = None,
+        telemetry: Telemetry | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
+        self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._settings = settings
         self._backends = backends
         self._attestor = attestor
@@ -58,7 +64,9 @@ class GatewayServer:
         self._slots = ConnectionSlots(settings.max_connections_per_user)
         self._sessions: set[Session] = set()
         self._server: Server | None = None
-        self.stats = GatewayStats()
+        self.stats = GatewayStats(delivery_lag=delivery_lag_histogram(metrics))
+        if metrics is not None:
+            metrics.register(GatewayCollector(self.stats, lambda: len(self._sessions)))
         self.draining = False
         self.port = 0
 
@@ -188,6 +196,7 @@ class GatewayServer:
             attestor=self._attestor,
             stats=self.stats,
             after=connection.after,
+            telemetry=self._telemetry,
         )
         self._sessions.add(session)
         self.stats.connections_opened += 1

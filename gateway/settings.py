@@ -61,6 +61,9 @@ class GatewaySettings(BaseSettings):
     ping_timeout_s: float = Field(default=20.0, gt=0)
     compression: bool = False
     call_timeout_s: float = Field(default=5.0, gt=0, description="deadline of outbound unary calls")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics here (unset = off, 0 = free port)"
+    )
     grace_period_s: float = Field(default=10.0, gt=0, description="drain time on SIGTERM")
     resubscribe_attempts: int = Field(default=8, gt=0, description="consecutive failed Subscribe retries")
     resubscribe_backoff_s: float = Field(default=0.1, gt=0)
