@@ -2,9 +2,12 @@
 
 ``running_service(settings)`` opens the long-lived resources in order (one
 channel per peer), builds the agent catalog, the run supervisor and the
-servicer, starts the gRPC server and yields it. On exit it drains: new runs
-are refused, live runs get the grace period to finish, the rest are cancelled
-(each still ends with its terminal event), then the channels close.
+servicer, starts the gRPC server and yields it. On exit (SIGTERM in
+``__main__``) it drains within ``grace_period_s``: new calls are refused with
+``UNAVAILABLE`` (the server's drain gate), live runs may finish until
+``drain_stop_s`` before the grace period ends, then every run still going is
+stopped and ended ``dead`` (``executor_lost``) with its ``agent_death``
+event, everything is flushed, and the channels close.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from runwire_common.channels import open_channel
 from runwire_common.server import GrpcServer, ServiceBinding
 
 EXECUTION_SERVICE = execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name
-# Left for the final, hard-cancel phase of a drain, out of the grace period.
-DRAIN_RESERVE_S = 1.0
+# Kept free at the very end of the grace period, for the server to stop.
+DRAIN_MARGIN_S = 0.2
 
 log = logging.getLogger("runwire.execution")
 
@@ -79,10 +82,10 @@ async def running_service(
         await server.start()
 
         async def drain_runs() -> None:
-            grace = settings.grace_period_s
+            stop_s = settings.drain_stop_s
             await supervisor.drain(
-                finish_within_s=max(0.0, grace - settings.cancel_grace_s - 2 * DRAIN_RESERVE_S),
-                cancel_grace_s=min(settings.cancel_grace_s, max(0.0, grace - DRAIN_RESERVE_S)),
+                finish_within_s=settings.grace_period_s - stop_s,
+                stop_within_s=max(0.0, stop_s - DRAIN_MARGIN_S),
             )
 
         try:

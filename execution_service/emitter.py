@@ -9,6 +9,11 @@ accepts is slowed down. Payloads over the bridge's size limit are shortened
 at the source (bulky values replaced, ``"truncated": true`` added).
 :meth:`RunEmitter.aclose` flushes everything, the terminal event included,
 before the run counts as finished; nothing can be emitted afterwards.
+
+The bridge is idempotent per ``(run_id, seq)``, so a batch is retried while
+the bridge is unavailable (with backoff, long enough to ride out a restart).
+Events that cannot be delivered in the end are logged as lost, by seq and
+type, never dropped silently.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common import names
 from runwire_common.errors import RunwireError, Unavailable
@@ -33,8 +39,7 @@ RESERVED_EVENT_TYPES = frozenset(
 )
 TRUNCATED_TEXT_CHARS = 4096
 TRUNCATION_MARK = "[TRUNCATED]"
-PUBLISH_ATTEMPTS = 3
-RETRY_BACKOFF_S = 0.2
+DEFAULT_PUBLISH_RETRY_S = 20.0
 
 
 class EmitterClosed(RuntimeError):
@@ -89,6 +94,7 @@ class RunEmitter:
         max_pending: int = 1000,
         max_payload_bytes: int = 64 * 1024,
         max_batch: int = 100,
+        retry: Backoff | None = None,
     ) -> None:
         self._user_id = user.user_id
         self._tenant_id = user.tenant_id
@@ -100,9 +106,11 @@ class RunEmitter:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._max_payload_bytes = max_payload_bytes
+        self._retry = retry or Backoff(budget_s=DEFAULT_PUBLISH_RETRY_S)
         self._queue: asyncio.Queue[event_pb2.RunEvent | None] = asyncio.Queue()
         self._space = asyncio.Event()
         self._seq = 0
+        self._settled_seq = 0  # every event up to here was published or reported lost
         self._partial_index = 0
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -187,10 +195,15 @@ class RunEmitter:
         await self._task
 
     def abort(self) -> None:
-        """Stop publishing at once (process shutdown); pending events are dropped."""
+        """Stop publishing at once (process shutdown); pending events are logged as lost."""
         self._closed = True
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
+            if self._seq > self._settled_seq:
+                self._log.error(
+                    "events lost: publishing was stopped",
+                    extra={"seq_from": self._settled_seq + 1, "seq_to": self._seq},
+                )
 
     async def _drain(self) -> None:
         while True:
@@ -212,32 +225,33 @@ class RunEmitter:
                 return
 
     async def _send(self, batch: list[event_pb2.RunEvent]) -> None:
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            try:
-                await self._publish(batch)
+        try:
+            await retry_unavailable(
+                lambda: self._publish(batch),
+                self._retry,
+                on_retry=lambda exc, pause: self._log.warning(
+                    "bridge unavailable; retrying",
+                    extra={"seq_from": batch[0].seq, "retry_in_s": round(pause, 3), "error": exc.message},
+                ),
+            )
+        except Unavailable as exc:
+            self._lost(batch, f"the bridge stayed unavailable for {self._retry.budget_s:g} s", exc.message)
+        except RunwireError as exc:
+            if len(batch) > 1:
+                # Send one by one, so one refused event does not take its neighbours along.
+                for event in batch:
+                    await self._send([event])
                 return
-            except Unavailable as exc:
-                if attempt == PUBLISH_ATTEMPTS:
-                    self._log.error(
-                        "events lost: the bridge is unavailable",
-                        extra={"seq_from": batch[0].seq, "seq_to": batch[-1].seq, "error": exc.message},
-                    )
-                    return
-                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
-            except RunwireError as exc:
-                if len(batch) > 1:
-                    # Send one by one, so one refused event does not take its neighbours along.
-                    for event in batch:
-                        await self._send([event])
-                    return
-                self._log.error(
-                    "event refused by the bridge",
-                    extra={"seq_from": batch[0].seq, "seq_to": batch[-1].seq, "error": exc.message},
-                )
-                return
-            except Exception:  # noqa: BLE001 - the publisher must outlive any failure
-                self._log.exception(
-                    "events lost: publishing failed",
-                    extra={"seq_from": batch[0].seq, "seq_to": batch[-1].seq},
-                )
-                return
+            self._lost(batch, "the bridge refused it", exc.message)
+        except Exception as exc:  # noqa: BLE001 - the publisher must outlive any failure
+            self._log.exception("publishing failed")
+            self._lost(batch, "publishing failed", type(exc).__name__)
+        self._settled_seq = max(self._settled_seq, batch[-1].seq)
+
+    def _lost(self, batch: list[event_pb2.RunEvent], why: str, error: str) -> None:
+        types = [event.type for event in batch]
+        terminal = [t for t in types if t in names.TERMINAL_EVENT_TYPES]
+        self._log.error(
+            f"{'terminal event' if terminal else 'events'} lost: {why}",
+            extra={"seq_from": batch[0].seq, "seq_to": batch[-1].seq, "types": types, "error": error},
+        )

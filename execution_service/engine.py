@@ -4,9 +4,21 @@ One :class:`RunEngine` is built per ``StartRun`` from the call's context, with
 its own emitter, dispatcher and cancellation signal; it shares nothing with
 other runs except the immutable catalog and the process's channels. It moves
 the run through the registry (``starting → running → completing →
-completed``, or ``failed`` / ``timeout`` / ``cancelled``), always transitions
-the state before emitting the terminal event, heartbeats the run while it
-lives, and enforces the execution timeout and the cancel grace period.
+completed``, or ``failed`` / ``timeout`` / ``cancelled`` / ``dead``),
+heartbeats the run while it lives (queued runs included), and enforces the
+execution timeout and the cancel grace period.
+
+Terminal-event ownership: the engine announces the end of its run only when
+its own terminal transition won in the registry, and always transitions
+before it announces. When the run already ended elsewhere (cancelled through
+another replica, interrupted by a newer run, declared dead) the engine stops
+the agent and publishes nothing more: whoever ended the run announces it.
+
+Stopping an agent is cooperative first (the cancellation signal, for
+``cancel_grace_s``), then hard (the agent's task is cancelled). Three things
+stop a run: a cancel (ends ``cancelled``), the end of the run elsewhere
+(silent), and the executor's shutdown (ends ``dead`` / ``executor_lost``,
+within the time the drain has left).
 """
 
 from __future__ import annotations
@@ -16,20 +28,24 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from execution_service.catalog import AgentSpec, ToolSpec
 from execution_service.dispatcher import ToolDispatcher
 from execution_service.emitter import RunEmitter
-from execution_service.outcomes import Outcome, State, terminal_event
+from execution_service.outcomes import Outcome, State, failure, outcome_of_agent, terminal_event
 from execution_service.peers import BridgePort, RegistryPort
-from execution_service.redaction import redact, redact_text
-from execution_service.sdk import AgentFailure, AgentResult, Cancellation, RunCancelled, RunContext
+from execution_service.redaction import redact
+from execution_service.retry import Backoff, retry_unavailable
+from execution_service.sdk import AgentResult, Cancellation, RunContext
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
-from runwire_common.errors import FailedPrecondition, NotFound, RunwireError
+from runwire_common.errors import Aborted, FailedPrecondition, NotFound, RunwireError, Unavailable
+
+SHUTDOWN_REASON = "the executor is shutting down"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,14 +55,19 @@ class EngineConfig:
     executor_id: str
     heartbeat_interval_s: float = 2.0
     cancel_grace_s: float = 5.0
+    hard_stop_s: float = 1.0  # after cancelling the agent's task, how long to wait for it
     tool_timeout_s: float = 10.0
     event_queue_size: int = 1000
     publish_batch_size: int = 100
     max_payload_bytes: int = 64 * 1024
+    publish_retry_s: float = 20.0
+    registry_retry_s: float = 10.0
+    queue_poll_initial_s: float = 0.2
+    queue_poll_max_s: float = 1.0
 
 
 class RunEngine:
-    """Runs one agent run to its single terminal event."""
+    """Runs one agent run to its end, announcing it only if it owns that end."""
 
     def __init__(
         self,
@@ -73,6 +94,7 @@ class RunEngine:
         self._bridge = bridge
         self._config = config
         self._log = log
+        self._registry_retry = Backoff(budget_s=config.registry_retry_s)
         self.cancellation = Cancellation()
         self.emitter = RunEmitter(
             user=user,
@@ -84,6 +106,7 @@ class RunEngine:
             max_pending=config.event_queue_size,
             max_batch=config.publish_batch_size,
             max_payload_bytes=config.max_payload_bytes,
+            retry=Backoff(budget_s=config.publish_retry_s),
         )
         self.dispatcher = ToolDispatcher(
             user=user,
@@ -95,7 +118,9 @@ class RunEngine:
             default_timeout_s=config.tool_timeout_s,
             log=log,
         )
-        self._external: run_pb2.Run | None = None
+        self._external: run_pb2.Run | None = None  # the run as it ended elsewhere
+        self._shutdown_within_s: float | None = None  # set when the executor shuts down
+        self._hurry = asyncio.Event()
         self._started_emitted = False
         self._started_at = time.monotonic()
         self._finished = asyncio.Event()
@@ -103,8 +128,23 @@ class RunEngine:
     # --- control from the supervisor / servicer ---
 
     def request_cancel(self, reason: str) -> None:
+        """Cancel the run: stop the agent, record ``cancelled``, announce ``agent_cancelled``."""
         if self.cancellation.request(reason):
             self._log.info("cancel requested", extra={"reason": reason})
+
+    def stop_silently(self, run: run_pb2.Run, reason: str) -> None:
+        """The run already ended elsewhere (``run`` is terminal): stop the agent, announce nothing."""
+        if self._external is None:
+            self._external = run
+            self._log.info("run ended elsewhere", extra={"state": names.state_name(run.state)})
+        self.cancellation.request(reason)
+
+    def request_shutdown(self, within_s: float) -> None:
+        """The executor goes away: stop the agent and end the run within ``within_s``."""
+        if self._shutdown_within_s is None:
+            self._shutdown_within_s = within_s
+        self.cancellation.request(SHUTDOWN_REASON)
+        self._hurry.set()
 
     @property
     def finished(self) -> bool:
@@ -112,7 +152,7 @@ class RunEngine:
 
     async def wait_finished(self, within_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._finished.wait(), timeout=within_s)
+            await asyncio.wait_for(self._finished.wait(), timeout=max(0.0, within_s))
         return self._finished.is_set()
 
     # --- the lifecycle ---
@@ -125,11 +165,7 @@ class RunEngine:
                 outcome = await self._lifecycle()
             except RunwireError as exc:
                 self._log.error("run could not proceed", extra={"error": exc.message})
-                outcome = Outcome(
-                    state=run_pb2.RUN_STATE_FAILED,
-                    error_code="executor_error",
-                    error_message="the run could not proceed: a backing service failed",
-                )
+                outcome = failure("executor_error", "the run could not proceed: a backing service failed")
             heartbeat.cancel()
             await self._finish(outcome)
         except asyncio.CancelledError:
@@ -145,34 +181,39 @@ class RunEngine:
             self._finished.set()
 
     async def _lifecycle(self) -> Outcome:
-        external = await self._advance(run_pb2.RUN_STATE_STARTING)
+        ended = await self._advance(run_pb2.RUN_STATE_STARTING)
+        if ended is not None:
+            return ended
         await self._emit_started()
-        if external is not None:
-            return Outcome.from_run(external)
-        if self.cancellation.requested:
-            return self._cancelled()
-        external = await self._advance(run_pb2.RUN_STATE_RUNNING)
-        if external is not None:
-            return Outcome.from_run(external)
+        ended = await self._advance(run_pb2.RUN_STATE_RUNNING)
+        if ended is not None:
+            return ended
         return await self._run_agent()
 
-    async def _advance(self, state: State) -> run_pb2.Run | None:
-        """Transition to ``state``; the run if it already ended elsewhere, else ``None``."""
-        while True:
+    async def _advance(self, state: State) -> Outcome | None:
+        """Transition to ``state``; how the run ended instead, if it was stopped or ended elsewhere.
+
+        A queued run (multitask ``enqueue``) is answered ``ABORTED`` until its
+        thread frees: it waits with backoff and asks again, heartbeated and
+        cancellable all along.
+        """
+        delay = self._config.queue_poll_initial_s
+        while not self.cancellation.requested:
             try:
                 await self._registry.transition(self._user, state)
                 return None
+            except Aborted:
+                self._log.debug("run is queued behind another run of its thread")
             except FailedPrecondition:
                 run = await self._registry.get_run(self._user)
-                if run.state in names.TERMINAL_STATES:
-                    return run
-                if state != run_pb2.RUN_STATE_STARTING or run.state != run_pb2.RUN_STATE_PENDING:
+                if run.state not in names.TERMINAL_STATES:
                     raise
-            # Queued behind another run of the thread (multitask "enqueue"): wait, stay cancellable.
+                self.stop_silently(run, run.error.message or names.state_name(run.state))
+                break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.cancellation.wait(), timeout=self._config.heartbeat_interval_s)
-            if self.cancellation.requested:
-                return self._external
+                await asyncio.wait_for(self.cancellation.wait(), timeout=delay)
+            delay = min(delay * 2, self._config.queue_poll_max_s)
+        return self._stopped()
 
     async def _run_agent(self) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -193,121 +234,133 @@ class RunEngine:
             done, _ = await asyncio.wait(
                 (task, stop), timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
+            if self.cancellation.requested:
+                await self._let_stop(task)
+                return self._stopped()
             if task in done:
-                return self._outcome_of(task)
-            if stop in done:
-                # Cooperative first: the agent gets a grace period to stop by itself.
-                await asyncio.wait((task,), timeout=self._config.cancel_grace_s)
-                await self._stop(task)
-                return self._cancelled()
-            await self._stop(task)
-            return Outcome(
-                state=run_pb2.RUN_STATE_TIMEOUT,
-                error_code="timeout",
-                error_message=f"the run exceeded its execution timeout of {self._timeout_s:g} s",
-            )
+                return outcome_of_agent(task, self._log)
+            await self._hard_stop(task, self._config.hard_stop_s)
+            return Outcome.timed_out(self._timeout_s)
         finally:
             stop.cancel()
             await asyncio.wait((stop,))
-            await self._stop(task)
+            await self._hard_stop(task, self._config.hard_stop_s)
 
-    async def _stop(self, task: asyncio.Task[AgentResult]) -> None:
+    def _stopped(self) -> Outcome:
+        """The outcome of a run that was stopped."""
+        if self._external is not None:
+            return Outcome.from_run(self._external)
+        if self._shutdown_within_s is not None:
+            return Outcome.executor_lost()
+        return Outcome.cancelled(self.cancellation.reason)
+
+    async def _let_stop(self, task: asyncio.Task[AgentResult]) -> None:
+        """Cooperative first: the agent gets the grace period to stop by itself, then a hard stop.
+
+        A shutdown cuts the grace period short so the run still ends in time.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.cancel_grace_s
+        hurry = asyncio.create_task(self._hurry.wait())
+        try:
+            while not task.done():
+                if self._shutdown_within_s is not None:
+                    deadline = min(deadline, loop.time() + self._shutdown_within_s / 3)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                waiting = (task,) if hurry.done() else (task, hurry)
+                await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+            await asyncio.wait((hurry,))
+        wait_s = self._config.hard_stop_s
+        if self._shutdown_within_s is not None:
+            wait_s = min(wait_s, self._shutdown_within_s / 3)
+        await self._hard_stop(task, wait_s)
+
+    async def _hard_stop(self, task: asyncio.Task[AgentResult], wait_s: float) -> None:
         if task.done():
             if not task.cancelled():
                 task.exception()  # retrieved, so asyncio does not log it
             return
         task.cancel()
-        await asyncio.wait((task,), timeout=self._config.cancel_grace_s)
+        await asyncio.wait((task,), timeout=wait_s)
         if not task.done():
             self._log.error("agent ignores cancellation; abandoning it")
 
-    def _cancelled(self) -> Outcome:
-        if self._external is not None:
-            return Outcome.from_run(self._external)
-        return Outcome(
-            state=run_pb2.RUN_STATE_CANCELLED,
-            error_code="cancelled",
-            error_message=self.cancellation.reason or "cancelled",
-        )
-
-    def _outcome_of(self, task: asyncio.Task[AgentResult]) -> Outcome:
-        if self.cancellation.requested:
-            return self._cancelled()
-        if task.cancelled():
-            return self._cancelled()
-        exc = task.exception()
-        if isinstance(exc, RunCancelled):
-            return self._cancelled()
-        if isinstance(exc, AgentFailure):
-            return Outcome(
-                state=run_pb2.RUN_STATE_FAILED,
-                error_code=exc.code,
-                error_message=redact_text(exc.message),
-            )
-        if exc is not None:
-            self._log.error("agent raised", exc_info=exc)
-            return Outcome(
-                state=run_pb2.RUN_STATE_FAILED,
-                error_code="internal_error",
-                error_message="the agent failed unexpectedly",
-            )
-        result: object = task.result()
-        if not isinstance(result, AgentResult) or not isinstance(result.final_response, str):
-            return Outcome(
-                state=run_pb2.RUN_STATE_FAILED,
-                error_code="invalid_result",
-                error_message="the agent returned an invalid result",
-            )
-        try:
-            json.dumps(result.result, allow_nan=False)
-        except (TypeError, ValueError):
-            return Outcome(
-                state=run_pb2.RUN_STATE_FAILED,
-                error_code="invalid_result",
-                error_message="the agent returned a result that is not JSON",
-            )
-        return Outcome(
-            state=run_pb2.RUN_STATE_COMPLETED,
-            result=redact(result.result),
-            final_response=result.final_response,
-        )
-
-    # --- the end: record, then announce ---
+    # --- the end: record, then announce (only if this engine owns the end) ---
 
     async def _finish(self, outcome: Outcome) -> None:
+        owned = not outcome.external and await self._record(outcome)
+        if not owned:
+            # Whoever ended the run announces it; what is still queued here is flushed, and
+            # the bridge ignores anything that arrives after the run's terminal event.
+            await self.emitter.aclose()
+            self._log.info(
+                "run ended elsewhere; not announcing", extra={"state": names.state_name(outcome.state)}
+            )
+            return
         await self._emit_started()
-        final = outcome if outcome.recorded else await self._record(outcome)
         duration_ms = int((time.monotonic() - self._started_at) * 1000)
-        await self.emitter.emit_reserved(*terminal_event(final, duration_ms=duration_ms))
+        await self.emitter.emit_reserved(*terminal_event(outcome, duration_ms=duration_ms))
         await self.emitter.aclose()
-        self._log.info("run finished", extra={"state": names.state_name(final.state)})
+        self._log.info("run finished", extra={"state": names.state_name(outcome.state)})
 
-    async def _record(self, outcome: Outcome) -> Outcome:
-        """Transition the registry to the outcome; the registry's view wins a race."""
+    async def _record(self, outcome: Outcome) -> bool:
+        """Make ``outcome`` the run's terminal state; whether this engine won the transition."""
+        retried = False
+
+        def note(exc: Unavailable, pause: float) -> None:
+            nonlocal retried
+            retried = True
+            self._log.warning("registry unavailable; retrying", extra={"error": exc.message})
+
+        async def call(make: Callable[[], Awaitable[T]]) -> T:
+            return await retry_unavailable(make, self._registry_retry, on_retry=note)
+
+        completed = outcome.state == run_pb2.RUN_STATE_COMPLETED
+        result_json = json.dumps(outcome.result) if completed else ""
+        error = (
+            None if completed else run_pb2.RunError(code=outcome.error_code, message=outcome.error_message)
+        )
         try:
-            if outcome.state == run_pb2.RUN_STATE_COMPLETED:
-                result_json = json.dumps(outcome.result)
-                await self._registry.transition(
-                    self._user, run_pb2.RUN_STATE_COMPLETING, result_json=result_json
+            if completed:
+                try:
+                    await call(
+                        lambda: self._registry.transition(
+                            self._user, run_pb2.RUN_STATE_COMPLETING, result_json=result_json
+                        )
+                    )
+                except FailedPrecondition:
+                    # A retried attempt may have gone through already; only then go on.
+                    current = await call(lambda: self._registry.get_run(self._user))
+                    if not (retried and current.state == run_pb2.RUN_STATE_COMPLETING):
+                        raise
+            await call(
+                lambda: self._registry.transition(
+                    self._user, outcome.state, error=error, result_json=result_json
                 )
-                await self._registry.transition(
-                    self._user, run_pb2.RUN_STATE_COMPLETED, result_json=result_json
-                )
-            else:
-                error = run_pb2.RunError(code=outcome.error_code, message=outcome.error_message)
-                await self._registry.transition(self._user, outcome.state, error=error)
-            return outcome
+            )
+            return True
         except FailedPrecondition:
             try:
-                run = await self._registry.get_run(self._user)
-            except RunwireError:
-                return outcome
-            if run.state in names.TERMINAL_STATES and run.state != outcome.state:
-                return Outcome.from_run(run)
-            return outcome
+                run = await call(lambda: self._registry.get_run(self._user))
+            except RunwireError as exc:
+                self._log.error(
+                    "could not read the run after a refused transition", extra={"error": exc.message}
+                )
+                return False
+            if retried and outcome.matches(run):
+                return True  # an attempt that looked lost had gone through
+            if run.state not in names.TERMINAL_STATES:
+                self._log.error("terminal transition refused", extra={"state": names.state_name(run.state)})
+                return True  # the bridge keeps at most one terminal event per run
+            return False
         except RunwireError as exc:
+            # Unknown whether it was recorded: announce anyway, never leave the user without an end.
             self._log.error("could not record the end of the run", extra={"error": exc.message})
-            return outcome
+            return True
 
     async def _emit_started(self) -> None:
         if self._started_emitted:
@@ -339,9 +392,8 @@ class RunEngine:
                 self._log.warning("heartbeat failed", extra={"error": exc.message})
                 continue
             if run.state in names.TERMINAL_STATES:
-                # Ended elsewhere (cancelled through another replica, or declared dead).
-                self._external = run
-                self.request_cancel(run.error.message or f"run is {names.state_name(run.state)}")
+                # Ended elsewhere (cancelled through another replica, interrupted, declared dead).
+                self.stop_silently(run, run.error.message or f"run is {names.state_name(run.state)}")
                 return
             if run.cancel_requested:
                 self.request_cancel(run.error.message or "cancel requested")

@@ -1,14 +1,29 @@
-"""How a run ends: the outcome, and the one terminal event that announces it."""
+"""How a run ends: the outcome, and the one terminal event that announces it.
+
+Terminal-event ownership: whoever wins the registry's terminal transition
+announces the end, exactly once. An outcome that is ``external`` ended
+elsewhere (cancelled through another replica, interrupted by a newer run,
+declared dead); the engine stops and announces nothing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from execution_service.redaction import redact, redact_text
+from execution_service.sdk import AgentFailure, AgentResult, RunCancelled
 from runwire.common.v1 import run_pb2
 from runwire_common import names
 
 State: TypeAlias = run_pb2.RunState.ValueType
+
+EXECUTOR_LOST = "executor_lost"
+EXECUTOR_LOST_MESSAGE = "The service running this agent shut down before the run could finish."
+RECOVERY_ACTION = "start the run again"
 
 
 @dataclass(frozen=True)
@@ -20,7 +35,7 @@ class Outcome:
     error_message: str = ""
     result: Any = None
     final_response: str = ""
-    recorded: bool = False  # the registry already holds this terminal state
+    external: bool = False  # ended elsewhere: recorded and announced by whoever ended it
 
     @classmethod
     def from_run(cls, run: run_pb2.Run) -> Outcome:
@@ -28,8 +43,64 @@ class Outcome:
             state=run.state,
             error_code=run.error.code,
             error_message=run.error.message,
-            recorded=True,
+            external=True,
         )
+
+    @classmethod
+    def cancelled(cls, reason: str) -> Outcome:
+        return cls(
+            state=run_pb2.RUN_STATE_CANCELLED, error_code="cancelled", error_message=reason or "cancelled"
+        )
+
+    @classmethod
+    def executor_lost(cls) -> Outcome:
+        return cls(
+            state=run_pb2.RUN_STATE_DEAD, error_code=EXECUTOR_LOST, error_message=EXECUTOR_LOST_MESSAGE
+        )
+
+    @classmethod
+    def timed_out(cls, timeout_s: float) -> Outcome:
+        return cls(
+            state=run_pb2.RUN_STATE_TIMEOUT,
+            error_code="timeout",
+            error_message=f"the run exceeded its execution timeout of {timeout_s:g} s",
+        )
+
+    def matches(self, run: run_pb2.Run) -> bool:
+        """Whether ``run`` holds exactly this end (a retried transition that had succeeded)."""
+        if run.state != self.state:
+            return False
+        if self.state == run_pb2.RUN_STATE_COMPLETED:
+            return run.result_json == json.dumps(self.result)
+        return (run.error.code, run.error.message) == (self.error_code, self.error_message)
+
+
+def failure(code: str, message: str) -> Outcome:
+    return Outcome(state=run_pb2.RUN_STATE_FAILED, error_code=code, error_message=message)
+
+
+def outcome_of_agent(task: asyncio.Task[AgentResult], log: logging.LoggerAdapter) -> Outcome:  # type: ignore[type-arg]
+    """The outcome of a finished agent task that was not stopped."""
+    if task.cancelled():
+        return Outcome.cancelled("cancelled")
+    exc = task.exception()
+    if isinstance(exc, RunCancelled):
+        return Outcome.cancelled(str(exc) or "cancelled")
+    if isinstance(exc, AgentFailure):
+        return failure(exc.code, redact_text(exc.message))
+    if exc is not None:
+        log.error("agent raised", exc_info=exc)
+        return failure("internal_error", "the agent failed unexpectedly")
+    result: object = task.result()
+    if not isinstance(result, AgentResult) or not isinstance(result.final_response, str):
+        return failure("invalid_result", "the agent returned an invalid result")
+    try:
+        json.dumps(result.result, allow_nan=False)
+    except (TypeError, ValueError):
+        return failure("invalid_result", "the agent returned a result that is not JSON")
+    return Outcome(
+        state=run_pb2.RUN_STATE_COMPLETED, result=redact(result.result), final_response=result.final_response
+    )
 
 
 def terminal_event(final: Outcome, *, duration_ms: int) -> tuple[str, dict[str, Any]]:
@@ -48,7 +119,7 @@ def terminal_event(final: Outcome, *, duration_ms: int) -> tuple[str, dict[str, 
             "status": "dead",
             "death_cause": final.error_code or "no_heartbeat",
             "message": final.error_message or "the run stopped responding",
-            "recovery_action": "start the run again",
+            "recovery_action": RECOVERY_ACTION,
         }
     status = "timeout" if final.state == run_pb2.RUN_STATE_TIMEOUT else "failed"
     return names.AGENT_ERROR, {

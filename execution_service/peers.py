@@ -12,6 +12,7 @@ unchanged.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
@@ -35,6 +36,7 @@ _ERRORS_BY_CODE: Mapping[grpc.StatusCode, type[errors.RunwireError]] = MappingPr
         grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
         grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
         grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+        grpc.StatusCode.ABORTED: errors.Aborted,
         grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
         grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
         grpc.StatusCode.CANCELLED: errors.Unavailable,
@@ -56,6 +58,14 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, *, peer: str) -> errors.RunwireErro
     return error_class(details or f"{peer}: {code.name.lower()}")
 
 
+@dataclass(frozen=True)
+class CreatedRun:
+    """A new run, and the runs the registry cancelled for it (multitask ``interrupt``)."""
+
+    run: run_pb2.Run
+    interrupted: tuple[run_pb2.Run, ...] = ()
+
+
 class RegistryPort(Protocol):
     """What the execution service needs from the registry."""
 
@@ -68,7 +78,7 @@ class RegistryPort(Protocol):
         multitask_strategy: run_pb2.MultitaskStrategy.ValueType,
         executor_id: str,
         timeout_seconds: int,
-    ) -> run_pb2.Run: ...
+    ) -> CreatedRun: ...
 
     async def transition(
         self,
@@ -85,7 +95,11 @@ class RegistryPort(Protocol):
 
 
 class BridgePort(Protocol):
-    """What the execution service needs from the bridge."""
+    """What the execution service needs from the bridge.
+
+    ``publish`` answers the ``event_id`` of each event, ``""`` for one the
+    bridge ignored (a duplicate seq, or after the run's terminal event).
+    """
 
     async def publish(
         self, ctx: context_pb2.UserContext, events: Sequence[event_pb2.RunEvent]
@@ -136,7 +150,7 @@ class GrpcRegistry(_Peer):
         multitask_strategy: run_pb2.MultitaskStrategy.ValueType,
         executor_id: str,
         timeout_seconds: int,
-    ) -> run_pb2.Run:
+    ) -> CreatedRun:
         request = registry_pb2.CreateRunRequest(
             user_context=self._mint(ctx),
             agent=agent,
@@ -146,7 +160,7 @@ class GrpcRegistry(_Peer):
             timeout_seconds=timeout_seconds,
         )
         response = await self._call(lambda t: self._stub.CreateRun(request, timeout=t))
-        return response.run
+        return CreatedRun(run=response.run, interrupted=tuple(response.interrupted_runs))
 
     async def transition(
         self,

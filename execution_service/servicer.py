@@ -3,32 +3,51 @@
 Each method validates the context, builds the request-scoped objects of this
 call and calls domain code; ``@unary`` maps domain errors (including the ones
 propagated from the registry) to status codes in one place.
+
+Cancel, from any replica: a run that executes here is cancelled by its engine
+(which records ``cancelled`` and announces ``agent_cancelled``, hard-stopping
+an agent that ignores the signal after ``cancel_grace_s``). A live run that
+executes elsewhere is moved to ``cancelled`` here and, if this call won that
+transition, announced here (``seq = 0``); its executor learns it from its
+next heartbeat and stops silently. A run that already ended is returned
+unchanged. Runs the registry interrupted for a newer run (multitask
+``interrupt``) are stopped if local and announced here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from execution_service.announcer import Announcer, with_run_id
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
 from execution_service.peers import BridgePort, RegistryPort
 from execution_service.redaction import redact
+from execution_service.retry import Backoff
 from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
+from runwire_common import names
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
-from runwire_common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from runwire_common.errors import InvalidArgument, Unavailable
 from runwire_common.logs import bind
 from runwire_common.servicer import unary
 
 MAX_REASON_CHARS = 500
 DEFAULT_CANCEL_REASON = "cancelled by user"
+INTERRUPT_REASON = "interrupted by a newer run on this thread"
+# Kept free at the end of a call's deadline to answer it.
+ANSWER_MARGIN_S = 0.25
+# Longest a StartRun waits for the announcements of the runs it interrupted.
+INTERRUPT_ANNOUNCE_WAIT_S = 2.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -54,11 +73,12 @@ def effective_timeout(agent_timeout_s: float | None, default_s: float, requested
     return min(limit, float(requested_s)) if requested_s > 0 else limit
 
 
-def _with_run_id(ctx: context_pb2.UserContext, run_id: str) -> context_pb2.UserContext:
-    out = context_pb2.UserContext()
-    out.CopyFrom(ctx)
-    out.run_id = run_id
-    return out
+def time_left(context: Context, *, at_most: float) -> float:
+    """Seconds this call may still wait before answering (its deadline minus a margin)."""
+    remaining: object = context.time_remaining()  # no deadline: None, or a huge value
+    if not isinstance(remaining, int | float):
+        return at_most
+    return max(0.0, min(at_most, remaining - ANSWER_MARGIN_S))
 
 
 class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
@@ -88,6 +108,17 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             event_queue_size=settings.event_queue_size,
             publish_batch_size=settings.publish_batch_size,
             max_payload_bytes=settings.max_payload_bytes,
+            publish_retry_s=settings.publish_retry_s,
+            registry_retry_s=settings.registry_retry_s,
+            queue_poll_initial_s=settings.queue_poll_initial_s,
+            queue_poll_max_s=settings.queue_poll_max_s,
+        )
+        self._announcer = Announcer(
+            registry=registry,
+            bridge=bridge,
+            track=supervisor.track,
+            publish_retry=Backoff(budget_s=settings.publish_retry_s),
+            log=self._log,
         )
 
     @unary
@@ -103,16 +134,19 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             spec.timeout_s, self._settings.default_timeout_s, request.timeout_seconds
         )
         # The run id is the registry's to assign, never the caller's.
-        run = await self._registry.create_run(
-            _with_run_id(ctx, ""),
+        created = await self._registry.create_run(
+            with_run_id(ctx, ""),
             agent=spec.name,
             input_json=json.dumps(redact(agent_input)),
             multitask_strategy=request.multitask_strategy,
             executor_id=self._settings.executor_id,
             timeout_seconds=max(1, round(timeout_s)),
         )
-        run_ctx = _with_run_id(ctx, run.run_id)
+        run = created.run
+        run_ctx = with_run_id(ctx, run.run_id)
         log = bind(self._log, run_ctx, agent=spec.name)
+        if created.interrupted:
+            await self._announce_interrupted(ctx, created.interrupted, context)
         engine = RunEngine(
             spec=spec,
             run=run,
@@ -128,11 +162,38 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         try:
             self._supervisor.start(engine)
         except Unavailable:
-            error = run_pb2.RunError(code="executor_shutdown", message="the executor is shutting down")
-            await self._registry.transition(run_ctx, run_pb2.RUN_STATE_FAILED, error=error)
+            await self._announcer.end_run(
+                run_ctx,
+                run_pb2.RUN_STATE_FAILED,
+                run_pb2.RunError(code="executor_shutdown", message="the executor is shutting down"),
+                event_type=names.AGENT_ERROR,
+                payload={
+                    "status": "failed",
+                    "error_code": "executor_shutdown",
+                    "error_message": "the executor is shutting down; start the run again",
+                },
+                wait_s=time_left(context, at_most=self._settings.call_timeout_s),
+            )
             raise
         log.info("run accepted", extra={"timeout_s": timeout_s})
         return execution_pb2.StartRunResponse(run=run)
+
+    async def _announce_interrupted(
+        self, ctx: context_pb2.UserContext, interrupted: Sequence[run_pb2.Run], context: Context
+    ) -> None:
+        """Stop the interrupted runs that execute here, and announce the end of each."""
+        announcements = []
+        for old in interrupted:
+            engine = self._supervisor.find(old.run_id, user_id=ctx.user_id)
+            if engine is not None:
+                engine.stop_silently(old, INTERRUPT_REASON)
+            announcements.append(
+                self._announcer.announce(ctx, old, names.AGENT_CANCELLED, {"reason": INTERRUPT_REASON})
+            )
+            self._log.info("run interrupted", extra={"run_id": old.run_id, "local": engine is not None})
+        # The old runs' ends reach the user before the new run's first event, as a rule.
+        wait_s = time_left(context, at_most=INTERRUPT_ANNOUNCE_WAIT_S)
+        await asyncio.wait(announcements, timeout=wait_s)
 
     @unary
     async def CancelRun(
@@ -142,18 +203,20 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         reason = request.reason.strip()[:MAX_REASON_CHARS] or DEFAULT_CANCEL_REASON
         engine = self._supervisor.find(ctx.run_id, user_id=ctx.user_id)
         if engine is not None:
-            # Runs here: the engine records `cancelled` and emits agent_cancelled itself.
+            # Runs here: the engine records `cancelled` and announces agent_cancelled itself.
             engine.request_cancel(reason)
-            wait_s = min(self._settings.call_timeout_s / 2, self._settings.cancel_grace_s + 1.0)
-            await engine.wait_finished(wait_s)
+            stop_s = self._settings.cancel_grace_s + self._engine_config.hard_stop_s + 1.0
+            await engine.wait_finished(time_left(context, at_most=stop_s))
             return execution_pb2.CancelRunResponse(run=await self._registry.get_run(ctx))
-        # Not running here (finished, or on another replica): record the cancel in the registry.
-        # The replica that runs it learns it from its next heartbeat and emits agent_cancelled.
-        error = run_pb2.RunError(code="cancelled", message=reason)
-        try:
-            run = await self._registry.transition(ctx, run_pb2.RUN_STATE_CANCELLED, error=error)
-        except FailedPrecondition:
-            run = await self._registry.get_run(ctx)
+        # Not running here (finished, or on another replica): whoever wins the transition announces.
+        run = await self._announcer.end_run(
+            ctx,
+            run_pb2.RUN_STATE_CANCELLED,
+            run_pb2.RunError(code="cancelled", message=reason),
+            event_type=names.AGENT_CANCELLED,
+            payload={"reason": reason},
+            wait_s=time_left(context, at_most=self._settings.call_timeout_s),
+        )
         return execution_pb2.CancelRunResponse(run=run)
 
     @unary

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runwire_common.ids import new_id
@@ -40,3 +42,30 @@ class ExecutionSettings(ServerSettings):
     max_payload_bytes: int = Field(
         default=64 * 1024, ge=1024, description="payload size the bridge accepts; larger ones are shortened"
     )
+    publish_retry_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="how long a batch of events is retried while the bridge is unavailable (restarts)",
+    )
+    registry_retry_s: float = Field(
+        default=10.0, gt=0, description="how long recording a run's end is retried while the registry is down"
+    )
+    queue_poll_initial_s: float = Field(
+        default=0.2, gt=0, description="first wait of a queued (enqueue) run before it asks to start again"
+    )
+    queue_poll_max_s: float = Field(
+        default=1.0, gt=0, description="longest wait of a queued run between two attempts to start"
+    )
+    drain_stop_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="on shutdown, runs still going this long before the grace period ends are ended dead",
+    )
+
+    @model_validator(mode="after")
+    def _drain_fits(self) -> Self:
+        if self.drain_stop_s >= self.grace_period_s:
+            raise ValueError("drain_stop_s must be shorter than grace_period_s")
+        if self.queue_poll_initial_s > self.queue_poll_max_s:
+            raise ValueError("queue_poll_initial_s must not exceed queue_poll_max_s")
+        return self

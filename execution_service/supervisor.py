@@ -2,9 +2,11 @@
 
 The supervisor starts each run's engine in a background task (the run outlives
 the ``StartRun`` call), finds a run by id for ``CancelRun`` (checking its
-owner), forgets a run as soon as its engine ends, and drains on shutdown: new
-runs are refused, running ones get a grace period to finish, the rest are
-cancelled (and so still end with a terminal event).
+owner), forgets a run as soon as its engine ends, tracks the background
+announcements of run ends, and drains on shutdown in two phases: runs may
+finish until shortly before the grace period ends; then every run still
+going is stopped and ended ``dead`` (``executor_lost``) by its own engine,
+which knows the run's seq, and everything is flushed before the process exits.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from dataclasses import dataclass
 from execution_service.engine import RunEngine
 from runwire_common.errors import Unavailable
 
-SHUTDOWN_REASON = "the executor is shutting down"
-
 
 @dataclass(frozen=True)
 class _LiveRun:
@@ -26,10 +26,11 @@ class _LiveRun:
 
 
 class RunSupervisor:
-    """Tracks the engines running in this process, by run id."""
+    """Tracks the engines (and announcements) running in this process."""
 
     def __init__(self, *, log: logging.Logger | logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
         self._runs: dict[str, _LiveRun] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._log = log
 
@@ -52,6 +53,11 @@ class RunSupervisor:
         self._runs[run_id] = _LiveRun(engine, task)
         task.add_done_callback(lambda done: self._forget(run_id, done))
 
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep ``task`` (an announcement) until it ends; drains wait for it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
         live = self._runs.get(run_id)
         if live is not None and live.task is task:
@@ -64,26 +70,37 @@ class RunSupervisor:
             return None
         return live.engine
 
-    async def drain(self, *, finish_within_s: float, cancel_grace_s: float) -> None:
-        """Refuse new runs, let live ones finish, then cancel the rest."""
+    def _pending(self) -> list[asyncio.Task[None]]:
+        return [live.task for live in self._runs.values()] + list(self._tasks)
+
+    async def drain(self, *, finish_within_s: float, stop_within_s: float) -> None:
+        """Let live runs finish for ``finish_within_s``, then end the rest dead within ``stop_within_s``.
+
+        Runs admitted while the first phase lasts (calls already in flight when
+        the drain began) still start; the server refuses new calls.
+        """
+        pending = self._pending()
+        if pending:
+            self._log.info("draining runs", extra={"live_runs": len(self._runs)})
+            if finish_within_s > 0:
+                await asyncio.wait(pending, timeout=finish_within_s)
         self._closed = True
-        tasks = [live.task for live in self._runs.values()]
-        if not tasks:
-            return
-        self._log.info("draining runs", extra={"live_runs": len(tasks)})
-        _, pending = (
-            await asyncio.wait(tasks, timeout=finish_within_s) if finish_within_s > 0 else ((), tasks)
-        )
+        remaining = list(self._runs.values())
+        for live in remaining:
+            live.engine.request_shutdown(stop_within_s)
+        if remaining:
+            self._log.warning("ending runs still going: executor lost", extra={"runs": len(remaining)})
+        pending = self._pending()
         if not pending:
             return
-        for live in list(self._runs.values()):
-            live.engine.request_cancel(SHUTDOWN_REASON)
-        await asyncio.wait(list(pending), timeout=cancel_grace_s + 1.0)
+        _, late = await asyncio.wait(pending, timeout=stop_within_s)
+        if late:
+            self._log.error("runs did not end within the grace period", extra={"runs": len(late)})
 
     async def abort(self) -> None:
         """Stop every remaining engine at once (after draining, or on a failed start)."""
         self._closed = True
-        tasks = [live.task for live in self._runs.values()]
+        tasks = self._pending()
         for task in tasks:
             task.cancel()
         if tasks:

@@ -1,4 +1,11 @@
-"""In-memory stand-ins for the registry and the bridge (unit tests, no network)."""
+"""In-memory stand-ins for the registry and the bridge (unit tests, no network).
+
+They follow the contracts: the registry queues ``enqueue`` runs (``ABORTED``
+on ``STARTING`` while an older run of the thread lives) and cancels the live
+runs of a thread for ``interrupt``; the bridge is idempotent per
+``(run_id, seq)``, assigns the next seq for ``seq = 0`` and ignores anything
+after a run's terminal event. Both can be made unavailable for a while.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,10 @@ from typing import Any
 
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
+from execution_service.peers import CreatedRun
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
-from runwire_common.errors import FailedPrecondition, NotFound
+from runwire_common.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
 
@@ -29,6 +37,9 @@ class FakeRegistry:
         self.runs: dict[str, run_pb2.Run] = {}
         self.heartbeats: list[str] = []
         self.transitions: list[tuple[str, str]] = []
+        self.aborted: list[str] = []
+        self.unavailable_transitions = 0  # the next N transitions fail with UNAVAILABLE
+        self.lost_replies = 0  # the next N transitions apply, but the caller sees UNAVAILABLE
 
     async def create_run(
         self,
@@ -39,7 +50,19 @@ class FakeRegistry:
         multitask_strategy: int,
         executor_id: str,
         timeout_seconds: int,
-    ) -> run_pb2.Run:
+    ) -> CreatedRun:
+        live = [
+            r for r in self.runs.values() if r.thread_id == ctx.thread_id and r.state in names.LIVE_STATES
+        ]
+        interrupted: list[run_pb2.Run] = []
+        if live and multitask_strategy == run_pb2.MULTITASK_STRATEGY_INTERRUPT:
+            for old in live:
+                old.state = run_pb2.RUN_STATE_CANCELLED
+                old.version += 1
+                old.error.CopyFrom(run_pb2.RunError(code="cancelled", message="interrupted by a newer run"))
+                interrupted.append(self._copy(old))
+        elif live and multitask_strategy != run_pb2.MULTITASK_STRATEGY_ENQUEUE:
+            raise FailedPrecondition(f"thread {ctx.thread_id!r} already has a live run")
         run = run_pb2.Run(
             run_id=new_id("run"),
             user_id=ctx.user_id,
@@ -50,9 +73,10 @@ class FakeRegistry:
             executor_id=executor_id,
             timeout_seconds=timeout_seconds,
             version=1,
+            multitask_strategy=multitask_strategy,  # type: ignore[arg-type]
         )
         self.runs[run.run_id] = run
-        return run
+        return CreatedRun(run=self._copy(run), interrupted=tuple(interrupted))
 
     def _get(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
         run = self.runs.get(ctx.run_id)
@@ -69,7 +93,16 @@ class FakeRegistry:
         result_json: str = "",
     ) -> run_pb2.Run:
         await asyncio.sleep(0)
+        if self.unavailable_transitions > 0:
+            self.unavailable_transitions -= 1
+            raise Unavailable("registry is unavailable (unavailable)")
         run = self._get(ctx)
+        if to_state == run_pb2.RUN_STATE_STARTING and run.state == run_pb2.RUN_STATE_PENDING:
+            older = list(self.runs.values())
+            older = older[: older.index(run)]
+            if any(r.thread_id == run.thread_id and r.state in names.LIVE_STATES for r in older):
+                self.aborted.append(run.run_id)
+                raise Aborted("the thread is busy; the run is queued")
         allowed: set[int] | frozenset[int] = ALLOWED.get(to_state, frozenset(names.LIVE_STATES))
         if run.state not in allowed:
             raise FailedPrecondition(
@@ -82,6 +115,9 @@ class FakeRegistry:
         if result_json:
             run.result_json = result_json
         self.transitions.append((ctx.run_id, names.state_name(to_state)))
+        if self.lost_replies > 0:
+            self.lost_replies -= 1
+            raise Unavailable("registry reply lost (deadline_exceeded)")
         out = run_pb2.Run()
         out.CopyFrom(run)
         return out
@@ -104,17 +140,35 @@ class FakeBridge:
     def __init__(self) -> None:
         self.events: list[event_pb2.RunEvent] = []
         self.calls = 0
+        self.ignored: list[event_pb2.RunEvent] = []
+        self.unavailable_calls = 0  # the next N calls fail with UNAVAILABLE
 
     async def publish(
         self, ctx: context_pb2.UserContext, events: Sequence[event_pb2.RunEvent]
     ) -> Sequence[str]:
         await asyncio.sleep(0)
         self.calls += 1
+        if self.unavailable_calls > 0:
+            self.unavailable_calls -= 1
+            raise Unavailable("bridge is unavailable (unavailable)")
+        ids: list[str] = []
         for event in events:
             assert event.user_id == ctx.user_id
             assert event.run_id == ctx.run_id
-        self.events.extend(events)
-        return [str(len(self.events) - len(events) + i) for i in range(len(events))]
+            stored = self.of(event.run_id)
+            last = max((e.seq for e in stored), default=0)
+            ended = any(e.type in names.TERMINAL_EVENT_TYPES for e in stored)
+            if ended or 0 < event.seq <= last:
+                self.ignored.append(event)
+                ids.append("")
+                continue
+            copy = event_pb2.RunEvent()
+            copy.CopyFrom(event)
+            if copy.seq == 0:
+                copy.seq = last + 1
+            self.events.append(copy)
+            ids.append(str(len(self.events)))
+        return ids
 
     def of(self, run_id: str) -> list[event_pb2.RunEvent]:
         return [e for e in self.events if e.run_id == run_id]
@@ -152,21 +206,32 @@ class Harness:
         self.roles = tuple(roles)
 
     async def engine(
-        self, agent: str, agent_input: dict[str, Any], *, timeout_s: float = 30.0, user: str | None = None
+        self,
+        agent: str,
+        agent_input: dict[str, Any],
+        *,
+        timeout_s: float = 30.0,
+        user: str | None = None,
+        thread: str | None = None,
+        strategy: int = 0,
     ) -> RunEngine:
         spec = self.catalog.agent(agent)
         spec.check_input(agent_input)
         ctx = context_pb2.UserContext(
-            user_id=user or self.user, thread_id=new_id("thread"), request_id=new_id("req"), roles=self.roles
+            user_id=user or self.user,
+            thread_id=thread or new_id("thread"),
+            request_id=new_id("req"),
+            roles=self.roles,
         )
-        run = await self.registry.create_run(
+        created = await self.registry.create_run(
             ctx,
             agent=spec.name,
             input_json=json.dumps(agent_input),
-            multitask_strategy=0,
+            multitask_strategy=strategy,
             executor_id=self.config.executor_id,
             timeout_seconds=int(timeout_s),
         )
+        run = created.run
         ctx.run_id = run.run_id
         return RunEngine(
             spec=spec,

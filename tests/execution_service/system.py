@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from bridge_service.app import running_service as running_bridge
 from bridge_service.settings import BridgeSettings
 from execution_service.app import running_service as running_execution
+from execution_service.catalog import AgentCatalog
 from execution_service.settings import ExecutionSettings
 from registry_service.app import running_service as running_registry
 from registry_service.settings import RegistrySettings
@@ -57,6 +58,16 @@ class Watcher:
 
 
 @dataclass
+class ExecutionInstance:
+    """One more execution replica against the same registry and bridge."""
+
+    stub: execution_pb2_grpc.ExecutionServiceAsyncStub
+    server: GrpcServer
+    settings: ExecutionSettings
+    stop: Callable[[], Awaitable[None]]
+
+
+@dataclass
 class System:
     execution: execution_pb2_grpc.ExecutionServiceAsyncStub
     registry: registry_pb2_grpc.RegistryServiceAsyncStub
@@ -65,6 +76,7 @@ class System:
     execution_settings: ExecutionSettings
     make_context: Callable[..., context_pb2.UserContext]
     stop_execution: Callable[[], Awaitable[None]]
+    add_execution: Callable[..., Awaitable[ExecutionInstance]]
 
     async def start(
         self, ctx: context_pb2.UserContext, agent: str, agent_input: Any, **fields: Any
@@ -126,10 +138,20 @@ async def running_system(
     tmp_path: Path,
     key_spec: str,
     make_context: Callable[..., context_pb2.UserContext],
+    *,
+    catalog: AgentCatalog | None = None,
     **execution_overrides: Any,
 ) -> AsyncIterator[System]:
+    """Bridge, registry and one execution replica, in-process on loopback.
+
+    ``System.add_execution`` starts further replicas on the same registry and
+    bridge; every replica is stopped (drained) when the system exits.
+    """
     keys = SecretStr(key_spec)
     async with AsyncExitStack() as stack:
+        bridge = await stack.enter_async_context(
+            running_bridge(BridgeSettings(attestation_keys=keys, grace_period_s=2))
+        )
         registry = await stack.enter_async_context(
             running_registry(
                 RegistrySettings(
@@ -139,29 +161,39 @@ async def running_system(
                 )
             )
         )
-        bridge = await stack.enter_async_context(
-            running_bridge(BridgeSettings(attestation_keys=keys, grace_period_s=2))
-        )
-        options: dict[str, Any] = {"heartbeat_interval_s": 0.2, "cancel_grace_s": 1.0, "grace_period_s": 4.0}
-        settings = ExecutionSettings(
-            attestation_keys=keys,
-            registry_target=registry.address,
-            bridge_target=bridge.address,
-            **(options | execution_overrides),
-        )
-        execution_stack = AsyncExitStack()
-        stack.push_async_callback(execution_stack.aclose)
-        execution = await execution_stack.enter_async_context(running_execution(settings))
+        base: dict[str, Any] = {"heartbeat_interval_s": 0.2, "cancel_grace_s": 1.0, "grace_period_s": 4.0}
+
+        async def add_execution(**overrides: Any) -> ExecutionInstance:
+            settings = ExecutionSettings(
+                attestation_keys=keys,
+                registry_target=registry.address,
+                bridge_target=bridge.address,
+                **(base | execution_overrides | overrides),
+            )
+            own = AsyncExitStack()
+            stack.push_async_callback(own.aclose)
+            server = await own.enter_async_context(running_execution(settings, catalog=catalog))
+            # The client channel outlives `stop`, so calls during and after a drain can be made.
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(server.address))
+            return ExecutionInstance(
+                stub=execution_pb2_grpc.ExecutionServiceStub(channel),
+                server=server,
+                settings=settings,
+                stop=own.aclose,
+            )
+
+        first = await add_execution()
         channels = [
             await stack.enter_async_context(grpc.aio.insecure_channel(server.address))
-            for server in (execution, registry, bridge)
+            for server in (registry, bridge)
         ]
         yield System(
-            execution=execution_pb2_grpc.ExecutionServiceStub(channels[0]),
-            registry=registry_pb2_grpc.RegistryServiceStub(channels[1]),
-            bridge=bridge_pb2_grpc.BridgeServiceStub(channels[2]),
-            execution_server=execution,
-            execution_settings=settings,
+            execution=first.stub,
+            registry=registry_pb2_grpc.RegistryServiceStub(channels[0]),
+            bridge=bridge_pb2_grpc.BridgeServiceStub(channels[1]),
+            execution_server=first.server,
+            execution_settings=first.settings,
             make_context=make_context,
-            stop_execution=execution_stack.aclose,
+            stop_execution=first.stop,
+            add_execution=add_execution,
         )

@@ -15,6 +15,7 @@ from execution_service.builtins import BUILTIN_AGENTS, BUILTIN_TOOLS
 from execution_service.catalog import AgentCatalog
 from execution_service.emitter import EmitterClosed
 from execution_service.engine import EngineConfig
+from execution_service.outcomes import EXECUTOR_LOST_MESSAGE
 from execution_service.sdk import Agent, AgentResult, RunContext, ToolCall, tool
 from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
@@ -197,9 +198,9 @@ async def test_an_agent_that_ignores_cancellation_is_stopped_after_the_grace_per
     assert h.state(engine.run_id) == "cancelled"
 
 
-async def test_a_run_cancelled_through_the_registry_learns_it_from_its_heartbeat() -> None:
+async def test_a_run_ended_elsewhere_stops_silently_on_its_next_heartbeat() -> None:
     h = Harness()
-    engine = await h.engine("scripted", {"steps": [{"sleep_ms": 5000}]})
+    engine = await h.engine("scripted", {"steps": [{"think": "working"}, {"sleep_ms": 5000}]})
     task = asyncio.create_task(engine.execute())
     await asyncio.sleep(0.1)
     ctx = context_pb2.UserContext(user_id=h.user, run_id=engine.run_id)
@@ -207,8 +208,10 @@ async def test_a_run_cancelled_through_the_registry_learns_it_from_its_heartbeat
         ctx, run_pb2.RUN_STATE_CANCELLED, error=run_pb2.RunError(code="cancelled", message="from elsewhere")
     )
     await asyncio.wait_for(task, 2)
-    assert_well_formed(h, engine.run_id)
-    assert h.bridge.payloads(engine.run_id)[-1] == {"reason": "from elsewhere"}
+    # Whoever won the terminal transition announces it; the engine publishes nothing more.
+    assert h.bridge.types(engine.run_id) == ["agent_started", "agent_thinking"]
+    assert h.state(engine.run_id) == "cancelled"
+    assert h.registry.runs[engine.run_id].error.message == "from elsewhere"
 
 
 async def test_live_runs_are_heartbeated() -> None:
@@ -275,17 +278,30 @@ async def test_per_run_objects_are_distinct_and_released_after_the_run() -> None
     assert all(h.bridge.types(run_id)[-1] == "agent_completed" for run_id in run_ids)
 
 
-async def test_draining_lets_runs_finish_then_cancels_the_rest() -> None:
-    h = Harness()
+async def test_draining_lets_runs_finish_then_ends_the_rest_dead() -> None:
+    h = Harness(catalog=catalog_with(Stubborn))
     supervisor = RunSupervisor(log=logging.getLogger("test"))
     quick = await h.engine("scripted", {"steps": [{"sleep_ms": 50}]})
     slow = await h.engine("scripted", {"steps": [{"sleep_ms": 10_000}]})
-    supervisor.start(quick)
-    supervisor.start(slow)
-    await supervisor.drain(finish_within_s=0.3, cancel_grace_s=1.0)
+    stubborn = await h.engine("stubborn", {})
+    for engine in (quick, slow, stubborn):
+        supervisor.start(engine)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await supervisor.drain(finish_within_s=0.3, stop_within_s=0.8)
+    assert loop.time() - began < 1.1
     assert supervisor.closed and len(supervisor) == 0
     assert h.bridge.types(quick.run_id)[-1] == "agent_completed"
-    assert h.bridge.payloads(slow.run_id)[-1] == {"reason": "the executor is shutting down"}
+    for engine in (slow, stubborn):
+        assert_well_formed(h, engine.run_id)
+        assert h.bridge.payloads(engine.run_id)[-1] == {
+            "status": "dead",
+            "death_cause": "executor_lost",
+            "message": EXECUTOR_LOST_MESSAGE,
+            "recovery_action": "start the run again",
+        }
+        assert h.state(engine.run_id) == "dead"
+        assert h.registry.runs[engine.run_id].error.code == "executor_lost"
 
 
 async def test_publishing_batches_pending_events_in_one_call() -> None:

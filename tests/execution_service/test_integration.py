@@ -286,15 +286,3 @@ async def test_live_runs_are_heartbeated_by_this_executor(system: System) -> Non
     assert live.last_heartbeat_at.seconds > 0
     assert live.executor_id == system.execution_settings.executor_id
     await system.cancel(ctx, run.run_id)
-
-
-async def test_shutting_down_cancels_live_runs_with_a_terminal_event(system: System) -> None:
-    ctx = user_ctx(system)
-    async with system.watch(ctx.user_id) as watcher:
-        run = await system.start(ctx, "scripted", {"steps": [{"think": "long"}, {"sleep_ms": 60_000}]})
-        await watcher.until(run.run_id, "agent_thinking")
-        await system.stop_execution()
-        events = await watcher.until_terminal(run.run_id)
-    assert_envelopes(events, run)
-    assert payloads(events)[-1] == {"reason": "the executor is shutting down"}
-    assert (await system.get(ctx.user_id, run.run_id)).state == run_pb2.RUN_STATE_CANCELLED

@@ -7,7 +7,9 @@ import sys
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from execution_service.servicer import effective_timeout
 from execution_service.settings import ExecutionSettings
+from runwire_common.errors import InvalidArgument
 
 
 def test_reads_its_settings_from_the_prefixed_environment(
@@ -47,3 +49,40 @@ def test_the_module_exits_with_status_2_on_bad_configuration() -> None:
     )
     assert done.returncode == 2
     assert "invalid configuration" in done.stderr
+
+
+def test_the_drain_must_fit_in_the_grace_period(attestation_key_spec: str) -> None:
+    keys = SecretStr(attestation_key_spec)
+    settings = ExecutionSettings(attestation_keys=keys, registry_target="r:1", bridge_target="b:1")
+    assert (settings.drain_stop_s, settings.publish_retry_s) == (1.0, 20.0)
+    assert (settings.queue_poll_initial_s, settings.queue_poll_max_s) == (0.2, 1.0)
+    with pytest.raises(ValidationError, match="drain_stop_s"):
+        ExecutionSettings(
+            attestation_keys=keys,
+            registry_target="r:1",
+            bridge_target="b:1",
+            grace_period_s=1,
+            drain_stop_s=1,
+        )
+
+
+@pytest.mark.parametrize(
+    ("agent_s", "requested", "expected"),
+    [
+        (None, 0, 300.0),
+        (None, 2, 2.0),
+        (60.0, 0, 60.0),
+        (60.0, 120, 60.0),
+        (60.0, 5, 5.0),
+        (None, 900, 300.0),
+    ],
+)
+def test_a_request_may_only_lower_the_execution_timeout(
+    agent_s: float | None, requested: int, expected: float
+) -> None:
+    assert effective_timeout(agent_s, 300.0, requested) == expected
+
+
+def test_a_negative_requested_timeout_is_invalid() -> None:
+    with pytest.raises(InvalidArgument):
+        effective_timeout(None, 300.0, -1)
