@@ -19,13 +19,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import grpc
 
 from execution_service.catalog import AgentCatalog
+from execution_service.metrics import ExecutionCollector
 from execution_service.peers import BRIDGE_SERVICE, REGISTRY_SERVICE, GrpcBridge, GrpcRegistry
 from execution_service.servicer import ExecutionServicer
 from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire_common.channels import open_channel
+from runwire_common.observability import open_observability
 from runwire_common.server import GrpcServer, ServiceBinding
+from runwire_common.telemetry import Telemetry
 
 EXECUTION_SERVICE = execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name
 # Kept free at the very end of the grace period, for the server to stop.
@@ -39,17 +42,33 @@ async def running_service(
     settings: ExecutionSettings,
     *,
     catalog: AgentCatalog | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[GrpcServer]:
     """Run the execution service until the context exits; yields the started server.
+
+    ``telemetry`` replaces the tracing configured by ``OTEL_*`` (tests pass one).
 
     ``catalog`` replaces the discovered one (built-ins plus entry points).
     """
     attestor = settings.attestor()
     agents = catalog if catalog is not None else AgentCatalog.discover()
     async with AsyncExitStack() as stack:
-        registry_channel = open_channel(settings.registry_target, service_names=(REGISTRY_SERVICE,))
+        observability = await stack.enter_async_context(
+            open_observability(
+                "runwire-execution",
+                host=settings.host,
+                metrics_port=settings.metrics_port,
+                telemetry=telemetry,
+            )
+        )
+        traced = observability.telemetry.client_interceptors()
+        registry_channel = open_channel(
+            settings.registry_target, service_names=(REGISTRY_SERVICE,), interceptors=traced
+        )
         stack.push_async_callback(registry_channel.close)
-        bridge_channel = open_channel(settings.bridge_target, service_names=(BRIDGE_SERVICE,))
+        bridge_channel = open_channel(
+            settings.bridge_target, service_names=(BRIDGE_SERVICE,), interceptors=traced
+        )
         stack.push_async_callback(bridge_channel.close)
         registry = GrpcRegistry(
             registry_channel,
@@ -64,6 +83,7 @@ async def running_service(
             context_ttl_s=settings.context_ttl_s,
         )
         supervisor = RunSupervisor(log=log)
+        observability.metrics.register(ExecutionCollector(supervisor, bridge))
         stack.push_async_callback(supervisor.abort)
         servicer = ExecutionServicer(
             settings=settings,
@@ -78,7 +98,11 @@ async def running_service(
         def register(server: grpc.aio.Server) -> None:
             execution_pb2_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
 
-        server = GrpcServer(settings, [ServiceBinding(EXECUTION_SERVICE, register)])
+        server = GrpcServer(
+            settings,
+            [ServiceBinding(EXECUTION_SERVICE, register)],
+            interceptors=observability.telemetry.server_interceptors(),
+        )
         await server.start()
 
         async def drain_runs() -> None:

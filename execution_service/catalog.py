@@ -28,6 +28,9 @@ AGENTS_GROUP = "runwire.agents"
 TOOLS_GROUP = "runwire.tools"
 DEFAULT_AGENT = "assistant"
 
+# An unknown name is quoted back, but never at length (it may be huge).
+MAX_NAME_IN_MESSAGE = 64
+
 
 class CatalogError(ValueError):
     """The catalog cannot be built from the configured agents and tools."""
@@ -184,7 +187,8 @@ class AgentCatalog:
         """The agent called ``name`` (the default agent for ``""``), or :class:`NotFound`."""
         spec = self._agents.get(name or self._default_agent)
         if spec is None:
-            raise NotFound(f"agent {name!r} not found")
+            shown = name if len(name) <= MAX_NAME_IN_MESSAGE else name[:MAX_NAME_IN_MESSAGE] + "…"
+            raise NotFound(f"agent {shown!r} not found")
         return spec
 
     def tools_of(self, agent: AgentSpec) -> Mapping[str, ToolSpec]:

@@ -202,10 +202,12 @@ class GrpcBridge(_Peer):
             name="bridge", attestor=attestor, call_timeout_s=call_timeout_s, context_ttl_s=context_ttl_s
         )
         self._stub = bridge_pb2_grpc.BridgeServiceStub(channel)
+        self.events_published = 0  # a counter for metrics
 
     async def publish(
         self, ctx: context_pb2.UserContext, events: Sequence[event_pb2.RunEvent]
     ) -> Sequence[str]:
         request = bridge_pb2.PublishRequest(user_context=self._mint(ctx), events=events)
         response = await self._call(lambda t: self._stub.Publish(request, timeout=t))
+        self.events_published += len(events)
         return tuple(response.event_ids)

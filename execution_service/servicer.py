@@ -62,6 +62,12 @@ def parse_input(input_json: str) -> dict[str, Any]:
         raise InvalidArgument("input_json is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument("input_json must be a JSON object")
+    try:
+        # Valid JSON may still escape a lone UTF-16 surrogate ("\\ud800"), which no
+        # event could carry: refuse it here rather than fail the run later.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("input_json contains an unpaired surrogate escape") from None
     return value
 
 

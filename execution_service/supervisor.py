@@ -33,6 +33,8 @@ class RunSupervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._log = log
+        self.runs_started = 0  # counters for metrics
+        self.runs_finished = 0
 
     @property
     def closed(self) -> bool:
@@ -51,6 +53,7 @@ class RunSupervisor:
         run_id = engine.run_id
         task = asyncio.create_task(engine.execute(), name=f"run:{run_id}")
         self._runs[run_id] = _LiveRun(engine, task)
+        self.runs_started += 1
         task.add_done_callback(lambda done: self._forget(run_id, done))
 
     def track(self, task: asyncio.Task[None]) -> None:
@@ -62,6 +65,7 @@ class RunSupervisor:
         live = self._runs.get(run_id)
         if live is not None and live.task is task:
             del self._runs[run_id]
+            self.runs_finished += 1
 
     def find(self, run_id: str, *, user_id: str) -> RunEngine | None:
         """The live engine of ``run_id`` if it runs here and belongs to ``user_id``."""

@@ -9,8 +9,6 @@ Stopping goes in reverse order with SIGTERM, so every service drains.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -43,18 +41,10 @@ GRPC_SERVICE_NAMES: Mapping[str, str] = MappingProxyType(
         "execution": "runwire.execution.v1.ExecutionService",
     }
 )
-PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(RuntimeError):
     """A service did not come up; the message says which and where its log is."""
-
-
-def _die_with_parent() -> None:
-    # Linux: a service started by the launcher gets SIGTERM if the launcher dies,
-    # so an interrupted test or terminal never leaves orphans behind.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -92,8 +82,10 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: Ctrl-C in the terminal reaches only the launcher, which
+            # then stops the services in order. No preexec_fn: the launcher may run
+            # threads (gRPC, tests), and a fork with threads can deadlock in it.
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         log.close()
 

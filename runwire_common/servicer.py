@@ -25,9 +25,20 @@ Self = TypeVar("Self")
 log = logging.getLogger("runwire.servicer")
 
 
+# Status details travel in HTTP/2 headers (8 KiB by default); a message that
+# echoes user input must never overflow them and turn into a transport error.
+MAX_DETAILS_CHARS = 1000
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return message[: MAX_DETAILS_CHARS - 1] + "…"
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     if isinstance(exc, RunwireError):
-        await context.abort(exc.code, exc.message)
+        await context.abort(exc.code, _bounded(exc.message))
     log.exception("unhandled error in RPC", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

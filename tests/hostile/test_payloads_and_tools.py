@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, event, given, settings
@@ -155,7 +156,7 @@ TOOL_CALLS = st.one_of(
 
 
 def _json_safe(value: Any) -> bool:
-    """Finite numbers and no lone surrogates (the latter hit a known bug, see the xfail below)."""
+    """Finite numbers and no lone surrogates (StartRun refuses those; tested below)."""
     try:
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
     except ValueError:  # UnicodeEncodeError is a ValueError
@@ -190,26 +191,20 @@ async def test_every_tool_call_with_generated_arguments_is_paired_and_follows_th
             assert outcome["status"] == "success", (name, args, outcome)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="execution_service accepts input_json holding an escaped lone surrogate (valid JSON text, "
-    "e.g. '\\\\ud800'); emitting agent_started then raises UnicodeEncodeError in "
-    "emitter.fit_payload (encoded.encode()), the engine dies ('run engine failed') and the run only "
-    "ends when the registry's sweeper marks it dead for want of heartbeats",
-)
 async def test_a_script_with_a_lone_surrogate_escape_is_refused_or_runs_to_its_terminal_event_at_once(
     stack: Stack, attestor: ContextAttestor, watcher: Watcher
 ) -> None:
-    reply = await stack.execution.StartRun(
-        execution_pb2.StartRunRequest(
-            user_context=context(attestor, thread_id=new_id("thread")),
-            agent="scripted",
-            input_json='{"steps": [{"tool": "echo", "args": {"x": "\\ud800"}}], "result": "\\udfff"}',
-        ),
-        timeout=REPLY_TIMEOUT_S,
-    )
-    events = await watcher.until_terminal(reply.run.run_id, timeout_s=3.0)
-    assert events[-1].type in ("agent_completed", "agent_error")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.execution.StartRun(
+            execution_pb2.StartRunRequest(
+                user_context=context(attestor, thread_id=new_id("thread")),
+                agent="scripted",
+                input_json='{"steps": [{"tool": "echo", "args": {"x": "\\ud800"}}], "result": "\\udfff"}',
+            ),
+            timeout=REPLY_TIMEOUT_S,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "surrogate" in (refused.value.details() or "")
 
 
 async def test_no_run_published_anything_after_its_terminal_event(watcher: Watcher) -> None:

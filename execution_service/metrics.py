@@ -1,0 +1,37 @@
+"""The execution service's Prometheus metrics, read from its live objects at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from execution_service.peers import GrpcBridge
+from execution_service.supervisor import RunSupervisor
+
+
+class ExecutionCollector(Collector):
+    def __init__(self, supervisor: RunSupervisor, bridge: GrpcBridge) -> None:
+        self._supervisor = supervisor
+        self._bridge = bridge
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "runwire_execution_live_runs", "Runs executing in this process", value=len(self._supervisor)
+        )
+        yield CounterMetricFamily(
+            "runwire_execution_runs_started",
+            "Runs started by this process",
+            value=self._supervisor.runs_started,
+        )
+        yield CounterMetricFamily(
+            "runwire_execution_runs_finished",
+            "Runs of this process that ended",
+            value=self._supervisor.runs_finished,
+        )
+        yield CounterMetricFamily(
+            "runwire_execution_events_published",
+            "Events accepted by the bridge from this process",
+            value=self._bridge.events_published,
+        )
