@@ -7,9 +7,10 @@ seconds); tests isolate themselves by using fresh user ids.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from runwire_cli.cluster import Cluster, ClusterConfig
@@ -95,6 +96,20 @@ def launch(tmp_path: Path, attestation_key_spec: str) -> Iterator[Launch]:
     yield factory
     for cluster in started:
         cluster.stop()
+
+
+@pytest.fixture
+async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
+    """A PostgreSQL database of its own for one test, dropped afterwards."""
+    name = f"rw_e2e_{secrets.token_hex(6)}"
+    admin_dsn = postgres_url.replace("+asyncpg", "").rsplit("/", 1)[0] + "/postgres"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @pytest.fixture
