@@ -16,7 +16,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
-from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,26 +37,12 @@ def _process_main(spec: ClientSpec, ready: Any, go: Any, results: Any, index: in
 
 
 @dataclass
-class FleetResult:
-    """The merged results of every driver process of one measurement."""
+class FleetResult(ClientResult):
+    """The merged results of every driver process of one measurement (same counters, summed)."""
 
-    users: int
-    connected: int = 0
-    connect_failed: int = 0
-    connect_errors: list[str] = field(default_factory=list)
-    runs_ok: int = 0
-    runs_failed: int = 0
-    run_errors: dict[str, int] = field(default_factory=dict)
-    events: int = 0
-    event_bytes: int = 0
-    missing_events: int = 0
-    duplicate_events: int = 0
-    stray_events: int = 0
+    users: int = 0
     duration_s: float = 0.0
-    accepted_s: array[float] = field(default_factory=lambda: array("d"))
-    delivery_s: array[float] = field(default_factory=lambda: array("d"))
     driver_cpu_s: list[float] = field(default_factory=list)
-    alive: int = 0
 
     @property
     def events_per_s(self) -> float:
