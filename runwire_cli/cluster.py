@@ -58,6 +58,7 @@ class ServiceProcess:
     ready_path: Path
     popen: subprocess.Popen[bytes] | None = None
     port: int = 0
+    _terminated: bool = False
 
     @property
     def name(self) -> str:
@@ -73,6 +74,7 @@ class ServiceProcess:
         return self.popen.pid
 
     def start(self) -> None:
+        self._terminated = False
         self.ready_path.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
@@ -131,6 +133,12 @@ class ServiceProcess:
             assert self.popen is not None
             self.popen.send_signal(sig)
 
+    def terminate(self) -> None:
+        """SIGTERM, once: a drain is never interrupted by a repeated signal from here."""
+        if not self._terminated:
+            self._terminated = True
+            self.signal(signal.SIGTERM)
+
     def wait(self, timeout_s: float) -> int | None:
         if self.popen is None:
             return None
@@ -141,7 +149,7 @@ class ServiceProcess:
 
     def stop(self, timeout_s: float) -> int | None:
         """SIGTERM, wait for the drain, SIGKILL if it overruns; return the exit code."""
-        self.signal(signal.SIGTERM)
+        self.terminate()
         code = self.wait(timeout_s)
         if code is None and self.alive():
             self.signal(signal.SIGKILL)
@@ -265,7 +273,7 @@ class Cluster:
         for tier in reversed(TIERS):
             procs = [p for kind in tier for p in self.processes[kind] if p.popen is not None]
             for proc in procs:
-                proc.signal(signal.SIGTERM)
+                proc.terminate()
             for proc in procs:
                 codes[proc.name] = proc.stop(self.config.grace_period_s + 5)
         return codes

@@ -171,16 +171,23 @@ class GrpcServer:
 
 
 async def wait_for_termination() -> None:
-    """Return once SIGTERM or SIGINT arrives."""
+    """Return once SIGTERM or SIGINT arrives.
+
+    The handlers stay installed afterwards: a repeated signal during the drain
+    is logged and ignored instead of killing the process half-way through
+    (whoever must stop a stuck drain escalates to SIGKILL).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("already draining; signal ignored")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
 
 
 async def run_until_terminated(
