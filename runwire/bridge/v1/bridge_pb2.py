@@ -26,7 +26,7 @@ from runwire.common.v1 import context_pb2 as runwire_dot_common_dot_v1_dot_conte
 from runwire.common.v1 import event_pb2 as runwire_dot_common_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunwire/bridge/v1/bridge.proto\x12\x11runwire.bridge.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1drunwire/common/v1/event.proto\"s\n\x0ePublishRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent\"2\n\x0fPublishResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x03\"W\n\x10SubscribeRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"7\n\x03Gap\x12\x17\n\x0frequested_after\x18\x01 \x01(\t\x12\x17\n\x0foldest_event_id\x18\x02 \x01(\t\"8\n\x0eReplayComplete\x12\x10\n\x08replayed\x18\x01 \x01(\x03\x12\x14\n\x0cresume_after\x18\x02 \x01(\t\"\xae\x01\n\x11SubscribeResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.runwire.common.v1.RunEventH\x00\x12%\n\x03gap\x18\x02 \x01(\x0b\x32\x16.runwire.bridge.v1.GapH\x00\x12<\n\x0freplay_complete\x18\x03 \x01(\x0b\x32!.runwire.bridge.v1.ReplayCompleteH\x00\x42\x06\n\x04item2\xbb\x01\n\rBridgeService\x12P\n\x07Publish\x12!.runwire.bridge.v1.PublishRequest\x1a\".runwire.bridge.v1.PublishResponse\x12X\n\tSubscribe\x12#.runwire.bridge.v1.SubscribeRequest\x1a$.runwire.bridge.v1.SubscribeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunwire/bridge/v1/bridge.proto\x12\x11runwire.bridge.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1drunwire/common/v1/event.proto\"s\n\x0ePublishRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent\"2\n\x0fPublishResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x03\"j\n\x10SubscribeRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\x05\"7\n\x03Gap\x12\x17\n\x0frequested_after\x18\x01 \x01(\t\x12\x17\n\x0foldest_event_id\x18\x02 \x01(\t\"8\n\x0eReplayComplete\x12\x10\n\x08replayed\x18\x01 \x01(\x03\x12\x14\n\x0cresume_after\x18\x02 \x01(\t\"\xdf\x01\n\x11SubscribeResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.runwire.common.v1.RunEventH\x00\x12%\n\x03gap\x18\x02 \x01(\x0b\x32\x16.runwire.bridge.v1.GapH\x00\x12<\n\x0freplay_complete\x18\x03 \x01(\x0b\x32!.runwire.bridge.v1.ReplayCompleteH\x00\x12/\n\x06\x65vents\x18\x04 \x01(\x0b\x32\x1d.runwire.bridge.v1.EventBatchH\x00\x42\x06\n\x04item\"9\n\nEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent2\xbb\x01\n\rBridgeService\x12P\n\x07Publish\x12!.runwire.bridge.v1.PublishRequest\x1a\".runwire.bridge.v1.PublishResponse\x12X\n\tSubscribe\x12#.runwire.bridge.v1.SubscribeRequest\x1a$.runwire.bridge.v1.SubscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHRESPONSE']._serialized_start=234
   _globals['_PUBLISHRESPONSE']._serialized_end=284
   _globals['_SUBSCRIBEREQUEST']._serialized_start=286
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=373
-  _globals['_GAP']._serialized_start=375
-  _globals['_GAP']._serialized_end=430
-  _globals['_REPLAYCOMPLETE']._serialized_start=432
-  _globals['_REPLAYCOMPLETE']._serialized_end=488
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=491
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=665
-  _globals['_BRIDGESERVICE']._serialized_start=668
-  _globals['_BRIDGESERVICE']._serialized_end=855
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=392
+  _globals['_GAP']._serialized_start=394
+  _globals['_GAP']._serialized_end=449
+  _globals['_REPLAYCOMPLETE']._serialized_start=451
+  _globals['_REPLAYCOMPLETE']._serialized_end=507
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=510
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=733
+  _globals['_EVENTBATCH']._serialized_start=735
+  _globals['_EVENTBATCH']._serialized_end=792
+  _globals['_BRIDGESERVICE']._serialized_start=795
+  _globals['_BRIDGESERVICE']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

@@ -82,8 +82,15 @@ class SubscribeRequest(_message.Message):
 
     USER_CONTEXT_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     after: _builtins.str
     """Resume after this event_id; empty = live events only."""
+    max_batch: _builtins.int
+    """0 or 1: every event comes in its own SubscribeResponse (`event`). Larger:
+    the bridge may send up to this many consecutive events in one response
+    (`events`), which costs far less per event under load. The bridge may cap
+    it; events keep their order either way.
+    """
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext: ...
     def __init__(
@@ -91,10 +98,11 @@ class SubscribeRequest(_message.Message):
         *,
         user_context: _context_pb2.UserContext | None = ...,
         after: _builtins.str = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "max_batch", b"max_batch", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,25 +168,53 @@ class SubscribeResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
     REPLAY_COMPLETE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _event_pb2.RunEvent: ...
     @_builtins.property
     def gap(self) -> Global___Gap: ...
     @_builtins.property
     def replay_complete(self) -> Global___ReplayComplete: ...
+    @_builtins.property
+    def events(self) -> Global___EventBatch:
+        """Only to subscribers that asked for batches (SubscribeRequest.max_batch > 1)."""
+
     def __init__(
         self,
         *,
         event: _event_pb2.RunEvent | None = ...,
         gap: Global___Gap | None = ...,
         replay_complete: Global___ReplayComplete | None = ...,
+        events: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "gap", b"gap", "item", b"item", "replay_complete", b"replay_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "gap", b"gap", "item", b"item", "replay_complete", b"replay_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "gap", b"gap", "item", b"item", "replay_complete", b"replay_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "gap", b"gap", "item", b"item", "replay_complete", b"replay_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "gap", "replay_complete"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "gap", "replay_complete", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    """EventBatch is consecutive events of the user's log, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.RunEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_event_pb2.RunEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015

@@ -30,6 +30,7 @@ class CreateRunRequest(_message.Message):
     MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     input_json: _builtins.str
     """The run's input as a JSON object."""
@@ -38,6 +39,12 @@ class CreateRunRequest(_message.Message):
     """The execution replica that will run it."""
     timeout_seconds: _builtins.int
     """Execution timeout in seconds (0 = the agent's default)."""
+    start: _builtins.bool
+    """When true, a run admitted without waiting for its thread is created
+    already STARTING: the same as CreateRun followed by TransitionRun(STARTING)
+    in one transaction, saving the executor a round trip. A run that waits
+    behind another run of its thread (multitask ENQUEUE) stays PENDING.
+    """
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext: ...
     def __init__(
@@ -49,10 +56,11 @@ class CreateRunRequest(_message.Message):
         multitask_strategy: _run_pb2.MultitaskStrategy.ValueType = ...,
         executor_id: _builtins.str = ...,
         timeout_seconds: _builtins.int = ...,
+        start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_id", b"executor_id", "input_json", b"input_json", "multitask_strategy", b"multitask_strategy", "timeout_seconds", b"timeout_seconds", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_id", b"executor_id", "input_json", b"input_json", "multitask_strategy", b"multitask_strategy", "start", b"start", "timeout_seconds", b"timeout_seconds", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,11 +103,17 @@ class TransitionRunRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
+    THROUGH_COMPLETING_FIELD_NUMBER: _builtins.int
     to_state: _run_pb2.RunState.ValueType
     expected_version: _builtins.int
     """When non-zero, the transition only happens at this version."""
     result_json: _builtins.str
     """For COMPLETING and COMPLETED: the result as a JSON document."""
+    through_completing: _builtins.bool
+    """Only with to_state COMPLETED: a RUNNING run passes through COMPLETING to
+    COMPLETED in one atomic update (both transitions happen and are counted;
+    the version advances by two). A COMPLETING run just completes.
+    """
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext: ...
     @_builtins.property
@@ -114,10 +128,11 @@ class TransitionRunRequest(_message.Message):
         expected_version: _builtins.int = ...,
         error: _run_pb2.RunError | None = ...,
         result_json: _builtins.str = ...,
+        through_completing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "expected_version", b"expected_version", "result_json", b"result_json", "to_state", b"to_state", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "expected_version", b"expected_version", "result_json", b"result_json", "through_completing", b"through_completing", "to_state", b"to_state", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
