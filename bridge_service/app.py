@@ -15,10 +15,9 @@ from bridge_service.bus import EventBus
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.redis_bus import RedisEventBus, connect
-from bridge_service.servicer import SERVICE_NAME, BridgeServicer
+from bridge_service.servicer import SERVICE_NAME, BridgeServicer, register
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
-from runwire.bridge.v1 import bridge_pb2_grpc
 from runwire_common.observability import open_observability
 from runwire_common.server import GrpcServer, ServiceBinding
 from runwire_common.telemetry import Telemetry
@@ -35,8 +34,11 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
     if settings.backend == "memory":
         yield MemoryEventBus(
             log_capacity=settings.log_capacity,
+            log_max_bytes=settings.log_max_bytes,
             subscriber_queue=settings.subscriber_queue,
             run_state_capacity=settings.run_state_capacity,
+            retention_s=settings.retention_s,
+            max_batch=settings.max_subscribe_batch,
         )
         return
     client = connect(
@@ -50,6 +52,7 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
             subscriber_queue=settings.subscriber_queue,
             run_state_capacity=settings.run_state_capacity,
             retention_s=settings.retention_s,
+            max_batch=settings.max_subscribe_batch,
         )
     finally:
         await client.aclose()
@@ -86,10 +89,9 @@ async def running_service(
                 max_events=settings.max_events_per_publish, max_payload_bytes=settings.max_payload_bytes
             ),
             metrics=BridgeMetrics(observability.metrics),
+            max_batch=settings.max_subscribe_batch,
         )
-        binding = ServiceBinding(
-            SERVICE_NAME, functools.partial(bridge_pb2_grpc.add_BridgeServiceServicer_to_server, servicer)
-        )
+        binding = ServiceBinding(SERVICE_NAME, functools.partial(register, servicer))
         server = GrpcServer(settings, [binding], interceptors=observability.telemetry.server_interceptors())
         await server.start()
         stack.push_async_callback(server.drain, event_bus.drain)

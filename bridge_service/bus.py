@@ -15,14 +15,21 @@ Subscription protocol — :meth:`EventBus.subscribe` yields, in this order:
 
 1. at most one :class:`Gap`, when events after the cursor can no longer be
    replayed (trimmed, lost in a restart, or the cursor is unknown to the bus);
-2. the retained events after the cursor (:class:`RunEvent`, ``event_id`` set);
+2. the retained events after the cursor, as :class:`Events`;
 3. exactly one :class:`ReplayComplete` with the number of replayed events;
-4. live events, in ``event_id`` order, until the caller stops iterating or the
+4. live :class:`Events`, in ``event_id`` order, until the caller stops iterating or the
    subscription ends with :class:`SubscriberOverflow` (it fell behind),
    :class:`BusDraining` (the process is shutting down) or
    :class:`BackendUnavailable` (the backing store went away). All carry the
    cursor to resume from, which is the last event the subscription delivered
    (or the requested cursor when none was delivered yet).
+
+Events come as :class:`Events`: up to ``max_batch`` consecutive events that
+were already waiting (a replay page, the subscriber's queued live events),
+never held back to fill a batch. Each is the serialized ``RunEvent`` (wire
+format, ``event_id`` and ``seq`` set): it is serialized once when stored and
+framed into ``SubscribeResponse`` bytes without being parsed again, and a
+serialized event costs a fraction of the memory of a upb message object.
 
 The subscription is an async generator: callers close it when they stop
 early (``contextlib.aclosing``) so it is unregistered at once.
@@ -33,8 +40,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from bridge_service.event_ids import EventId
 from runwire.common.v1 import event_pb2
 from runwire_common.errors import ResourceExhausted, Unavailable
 
@@ -79,6 +87,21 @@ class PublishResult:
         return tuple(event_id for event_id in self.event_ids if event_id)
 
 
+class Events(NamedTuple):
+    """Consecutive events of the user's log, oldest first, each a serialized ``RunEvent``.
+
+    ``last`` is the id of the newest one (the cursor right after the batch).
+    A NamedTuple: one is made per delivered batch, so it is kept cheap.
+    """
+
+    wire: Sequence[bytes]
+    last: EventId
+
+    def parse(self) -> list[RunEvent]:
+        """The events as messages (tests and tools; the servicer forwards the bytes)."""
+        return [RunEvent.FromString(body) for body in self.wire]
+
+
 @dataclass(frozen=True, slots=True)
 class Gap:
     """Events after ``requested_after`` are no longer retained."""
@@ -95,7 +118,7 @@ class ReplayComplete:
     resume_after: str  # a cursor that resumes exactly after this point
 
 
-BusItem = RunEvent | Gap | ReplayComplete
+BusItem = Events | Gap | ReplayComplete
 
 
 class SubscriberOverflow(ResourceExhausted):
@@ -141,10 +164,13 @@ class EventBus(Protocol):
         """
         ...
 
-    def subscribe(self, user_id: str, *, after: str = "") -> AsyncGenerator[BusItem, None]:
+    def subscribe(
+        self, user_id: str, *, after: str = "", max_batch: int = 1
+    ) -> AsyncGenerator[BusItem, None]:
         """Replay ``user_id``'s events after ``after`` then follow live ones (see module doc).
 
-        ``after`` is validated when iteration starts (``InvalidArgument``).
+        Every :class:`Events` item holds between 1 and ``max(1, max_batch)``
+        events. ``after`` is validated when iteration starts (``InvalidArgument``).
         """
         ...
 

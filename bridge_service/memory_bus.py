@@ -8,24 +8,35 @@ inside), so on one event loop a publish is atomic: concurrent publishers of
 one run are fenced one after the other, and a publish and the start of a
 subscription never interleave.
 
-Memory: at most ``log_capacity`` events per user that ever published, the
-fencing state of at most ``run_state_capacity`` runs per user (finished runs
-are forgotten first, see :class:`_RunStates`), plus at most
-``subscriber_queue`` queued references per live subscriber. A user who never
-published keeps no state once their last subscriber leaves. Logs of users who
-did publish are kept for resume for the life of the process; the per-user
-bounds are the only caps (the Redis backend trims by age too).
+Memory: a retained event is one ``bytes`` object, the serialized event whose
+last field is its ``event_id`` (:func:`~bridge_service.wire.stored_event_id`
+reads it back): about 300 bytes for a typical event, against some 1.4 KB for
+a upb ``RunEvent`` message, and no object for the garbage collector to
+traverse. At most ``log_capacity`` of them and at most
+``log_max_bytes`` of serialized events per user (the newest event is always
+kept); the fencing state of at most ``run_state_capacity`` runs per user
+(finished runs are forgotten first, see :class:`_RunStates`), plus at most
+``subscriber_queue`` queued references per live subscriber. Events older than
+``retention_s`` are trimmed, and a user whose newest event is that old and who
+has no subscriber is forgotten altogether (a sweep over all users at most
+every :data:`SWEEP_INTERVAL_MS`, riding on publishes and subscribes), as Redis
+expires such a user's keys. A user who never published keeps no state once
+their last subscriber leaves.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 
+from bridge_service import wire
 from bridge_service.bus import (
     BusDraining,
     BusItem,
+    Events,
     Gap,
     PublishResult,
     ReplayComplete,
@@ -34,12 +45,13 @@ from bridge_service.bus import (
     fence,
 )
 from bridge_service.event_ids import EventId, next_event_id, parse_event_id, wall_clock_ms
-from bridge_service.subscriber import Entry as _Entry
 from bridge_service.subscriber import SubscriberQueue
 from runwire_common.errors import InvalidArgument
 from runwire_common.names import TERMINAL_EVENT_TYPES
 
 _log = logging.getLogger("runwire.bridge.memory")
+
+SWEEP_INTERVAL_MS = 60_000  # at most this long between sweeps for users idle past the retention
 
 
 class _RunStates:
@@ -79,10 +91,12 @@ class _RunStates:
 
 
 class _UserLog:
-    __slots__ = ("entries", "floor", "last", "runs", "subscribers")
+    __slots__ = ("entries", "floor", "last", "runs", "size", "subscribers")
 
     def __init__(self, floor: EventId, run_capacity: int) -> None:
-        self.entries: deque[_Entry] = deque()
+        # Retained events, serialized, oldest first (ids read back with wire.stored_event_id).
+        self.entries: deque[bytes] = deque()
+        self.size = 0  # their total length
         # Id of the newest event no longer retained; every retained id is above it.
         self.floor = floor
         # Id of the newest event ever assigned (== floor before the first publish).
@@ -92,6 +106,20 @@ class _UserLog:
 
     def idle(self) -> bool:
         return not self.subscribers and not self.entries and not self.runs and self.last == self.floor
+
+    def trim(self, *, capacity: int, max_bytes: int, older_than_ms: int) -> None:
+        """Drop the oldest events beyond the bounds (keeping the newest) or older than the cutoff."""
+        entries = self.entries
+        dropped = b""
+        while entries and (
+            len(entries) > capacity
+            or (self.size > max_bytes and len(entries) > 1)
+            or wire.stored_event_id(entries[0]).ms < older_than_ms
+        ):
+            dropped = entries.popleft()
+            self.size -= len(dropped)
+        if dropped:
+            self.floor = wire.stored_event_id(dropped)
 
 
 class MemoryEventBus:
@@ -106,18 +134,30 @@ class MemoryEventBus:
         self,
         *,
         log_capacity: int = 10_000,
+        log_max_bytes: int = 4 * 1024 * 1024,
         subscriber_queue: int = 1_000,
         run_state_capacity: int = 1_000,
+        retention_s: float = 86_400.0,
+        max_batch: int = 256,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        if log_capacity < 1 or subscriber_queue < 1 or run_state_capacity < 1:
-            raise ValueError("log_capacity, subscriber_queue and run_state_capacity must be at least 1")
+        if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch) < 1:
+            raise ValueError(
+                "log_capacity, log_max_bytes, subscriber_queue, run_state_capacity and max_batch"
+                " must be at least 1"
+            )
+        if retention_s <= 0:
+            raise ValueError("retention_s must be positive")
         self._log_capacity = log_capacity
+        self._log_max_bytes = log_max_bytes
         self._subscriber_queue = subscriber_queue
         self._run_state_capacity = run_state_capacity
+        self._retention_ms = max(1, int(retention_s * 1000))
+        self._max_batch = max_batch
         self._clock = clock
         self._boot = EventId(clock(), 0)
         self._users: dict[str, _UserLog] = {}
+        self._next_sweep_ms = self._boot.ms + self._sweep_interval_ms()
         self._draining = False
 
     async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
@@ -146,25 +186,39 @@ class MemoryEventBus:
                 )
             log.runs.record(event.run_id, seq, terminal=event.type in TERMINAL_EVENT_TYPES)
             event_id = next_event_id(log.last, self._clock())
-            stored = RunEvent()
-            stored.CopyFrom(event)
-            stored.event_id = str(event_id)
-            stored.seq = seq
+            body = wire.stored_event(event, event_id, seq)
             log.last = event_id
-            if len(log.entries) >= self._log_capacity:
-                log.floor = log.entries.popleft()[0]
-            entry = (event_id, stored)
-            log.entries.append(entry)
-            for subscriber in tuple(log.subscribers):
-                if not subscriber.offer(entry):
-                    log.subscribers.discard(subscriber)
+            log.entries.append(body)
+            log.size += len(body)
+            if log.subscribers:
+                entry = (event_id, body)
+                for subscriber in tuple(log.subscribers):
+                    if not subscriber.offer(entry):
+                        log.subscribers.discard(subscriber)
             ids.append(str(event_id))
             seqs.append(seq)
+        now = log.last.ms  # the clock as of the newest id, which never goes back
+        log.trim(
+            capacity=self._log_capacity,
+            max_bytes=self._log_max_bytes,
+            older_than_ms=now - self._retention_ms,
+        )
+        self._sweep(now)
         return PublishResult(tuple(ids), tuple(seqs))
 
-    async def subscribe(self, user_id: str, *, after: str = "") -> AsyncGenerator[BusItem, None]:
+    async def subscribe(
+        self, user_id: str, *, after: str = "", max_batch: int = 1
+    ) -> AsyncGenerator[BusItem, None]:
         cursor = parse_event_id(after) if after else None
+        limit = max(1, min(max_batch, self._max_batch))
+        now = self._clock()
+        self._sweep(now)
         log = self._log(user_id)
+        log.trim(
+            capacity=self._log_capacity,
+            max_bytes=self._log_max_bytes,
+            older_than_ms=now - self._retention_ms,
+        )
         subscriber = SubscriberQueue(self._subscriber_queue)
         # Register before taking the replay snapshot, with no await in between:
         # every event published from now on is either in the snapshot or queued.
@@ -175,16 +229,20 @@ class MemoryEventBus:
             gap, replay, last = self._plan(log, after, cursor)
             if gap is not None:
                 yield gap
-            for event_id, event in replay:
-                yield event
-                last = event_id
+            for start in range(0, len(replay), limit):
+                page = replay[start : start + limit]
+                end = wire.stored_event_id(page[-1])
+                yield Events(page, end)
+                last = end
             yield ReplayComplete(replayed=len(replay), resume_after=str(last))
             while True:
-                event_id, event = await subscriber.next(last)
-                if event_id <= last:  # already replayed
-                    continue
-                yield event
-                last = event_id
+                batch = await subscriber.take(last, limit)
+                if batch[0][0] <= last:  # already replayed (defensive: the queue starts after the snapshot)
+                    batch = [entry for entry in batch if entry[0] > last]
+                    if not batch:
+                        continue
+                last = batch[-1][0]
+                yield Events([body for _, body in batch], last)
         finally:
             log.subscribers.discard(subscriber)
             if log.idle() and self._users.get(user_id) is log:
@@ -197,7 +255,7 @@ class MemoryEventBus:
     def retained(self, user_id: str) -> list[str]:
         """The event ids retained for ``user_id``, oldest first (introspection)."""
         log = self._users.get(user_id)
-        return [str(event_id) for event_id, _ in log.entries] if log is not None else []
+        return [str(wire.stored_event_id(body)) for body in log.entries] if log is not None else []
 
     async def drain(self) -> None:
         self._draining = True
@@ -209,6 +267,23 @@ class MemoryEventBus:
         await self.drain()
         self._users.clear()
 
+    def _sweep_interval_ms(self) -> int:
+        return max(1, min(SWEEP_INTERVAL_MS, self._retention_ms // 4))
+
+    def _sweep(self, now: int) -> None:
+        """Forget users whose newest event is older than the retention and who have no subscriber."""
+        if now < self._next_sweep_ms:
+            return
+        self._next_sweep_ms = now + self._sweep_interval_ms()
+        cutoff = now - self._retention_ms
+        for user_id, log in list(self._users.items()):
+            if log.last.ms >= cutoff:
+                continue
+            if log.subscribers:
+                log.trim(capacity=self._log_capacity, max_bytes=self._log_max_bytes, older_than_ms=cutoff)
+            else:
+                del self._users[user_id]
+
     def _log(self, user_id: str) -> _UserLog:
         log = self._users.get(user_id)
         if log is None:
@@ -216,27 +291,24 @@ class MemoryEventBus:
         return log
 
     @staticmethod
-    def _plan(log: _UserLog, after: str, cursor: EventId | None) -> tuple[Gap | None, list[_Entry], EventId]:
-        """What to replay for ``cursor``: (gap or None, entries, position before them).
+    def _plan(log: _UserLog, after: str, cursor: EventId | None) -> tuple[Gap | None, list[bytes], EventId]:
+        """What to replay for ``cursor``: (gap or None, serialized events, position before them).
 
         * no cursor: nothing; live events follow the newest id assigned so far;
         * cursor at or above the floor and not beyond the newest id: the
-          retained entries after it;
+          retained events after it;
         * cursor below the floor (trimmed, or from before this process) or
           beyond the newest id ever assigned (another process's or another
-          user's cursor): a gap, then every retained entry. Replaying from the
+          user's cursor): a gap, then every retained event. Replaying from the
           floor can repeat nothing the caller legitimately saw from *this* log,
           while trusting an unknown cursor could silently skip events.
         """
         if cursor is None:
             return None, [], log.last
+        entries = log.entries
         if cursor < log.floor or cursor > log.last:
-            oldest = str(log.entries[0][0]) if log.entries else ""
-            return Gap(requested_after=after, oldest_event_id=oldest), list(log.entries), log.floor
-        replay: list[_Entry] = []
-        for entry in reversed(log.entries):
-            if entry[0] <= cursor:
-                break
-            replay.append(entry)
-        replay.reverse()
-        return None, replay, cursor
+            oldest = str(wire.stored_event_id(entries[0])) if entries else ""
+            return Gap(requested_after=after, oldest_event_id=oldest), list(entries), log.floor
+        # Ids increase along the log: binary search, reading only ~log2(n) ids.
+        start = bisect.bisect_right(entries, cursor, key=wire.stored_event_id)
+        return None, list(itertools.islice(entries, start, None)), cursor

@@ -52,10 +52,12 @@ from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from bridge_service import wire
 from bridge_service.bus import (
     BackendUnavailable,
     BusDraining,
     BusItem,
+    Events,
     Gap,
     PublishResult,
     ReplayComplete,
@@ -114,9 +116,11 @@ class RedisEventBus:
         subscriber_queue: int = 1_000,
         run_state_capacity: int = 1_000,
         retention_s: float = 86_400.0,
+        max_batch: int = 256,
     ) -> None:
-        if log_capacity < 1 or subscriber_queue < 1 or run_state_capacity < 1 or retention_s <= 0:
+        if min(log_capacity, subscriber_queue, run_state_capacity, max_batch) < 1 or retention_s <= 0:
             raise ValueError("capacities must be at least 1 and retention_s positive")
+        self._max_batch = max_batch
         self._client = client
         self._prefix = key_prefix
         self._log_capacity = log_capacity
@@ -165,8 +169,11 @@ class RedisEventBus:
                 )
         return PublishResult(tuple(ids), tuple(seqs))
 
-    async def subscribe(self, user_id: str, *, after: str = "") -> AsyncGenerator[BusItem, None]:
+    async def subscribe(
+        self, user_id: str, *, after: str = "", max_batch: int = 1
+    ) -> AsyncGenerator[BusItem, None]:
         cursor = parse_event_id(after) if after else None
+        limit = max(1, min(max_batch, self._max_batch))
         if self._draining:
             raise BusDraining(after)
         keys = self.keys(user_id)
@@ -201,11 +208,12 @@ class RedisEventBus:
                 if position is not None and page and page[0][0].n != position.n + 1:
                     raise await self._ended_by_hole(keys, position, resume)
                 first_page = False
-                for event_id, event in page:
-                    yield event
-                    replayed += 1
-                    position = event_id
-                    resume = str(event_id)
+                for start in range(0, len(page), limit):
+                    chunk = page[start : start + limit]
+                    position = chunk[-1][0]
+                    yield Events([body for _, body in chunk], position)
+                    replayed += len(chunk)
+                    resume = str(position)
                 if len(page) < PAGE:
                     break
             if position is None:  # gap, nothing retained: follow from the newest assigned id
@@ -216,11 +224,13 @@ class RedisEventBus:
             yield ReplayComplete(replayed=replayed, resume_after=str(position))
             delivered = position
             while True:
-                event_id, event = await queue.next(delivered)
-                if event_id <= delivered:
-                    continue
-                yield event
-                delivered = event_id
+                batch = await queue.take(delivered, limit)
+                if batch[0][0] <= delivered:  # already replayed
+                    batch = [entry for entry in batch if entry[0] > delivered]
+                    if not batch:
+                        continue
+                delivered = batch[-1][0]
+                yield Events([body for _, body in batch], delivered)
         finally:
             self._unregister(user_id, queue)
             if follower is not None:
@@ -268,9 +278,10 @@ class RedisEventBus:
         entries: list[Entry] = []
         for raw_id, fields in rows or ():
             body = (fields or {}).get(b"e", b"")
-            event = RunEvent.FromString(body if isinstance(body, bytes) else body.encode())
-            event.event_id = _text(raw_id)
-            entries.append((parse_event_id(event.event_id), event))
+            text = raw_id if isinstance(raw_id, bytes) else str(raw_id).encode()
+            # The stored event has no event_id; appending the field sets it (see bridge_service.wire).
+            stored = body if isinstance(body, bytes) else body.encode()
+            entries.append((parse_event_id(text.decode()), stored + wire.event_id_field(text)))
         return entries
 
     async def _follow(

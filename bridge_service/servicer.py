@@ -1,6 +1,8 @@
 """``runwire.bridge.v1.BridgeService``: a thin adapter over an :class:`EventBus`.
 
-Validation and the mapping of bus items to ``SubscribeResponse`` live here;
+Validation and the mapping of bus items to ``SubscribeResponse`` live here
+(events go out as pre-framed bytes, see :mod:`bridge_service.wire` and
+:func:`register`);
 ordering, fencing (dedup, seq assignment, terminal events), retention,
 fan-out and back-pressure live in the bus, whichever backend it is. Domain errors
 become status codes in ``runwire_common.servicer``.
@@ -15,10 +17,11 @@ from typing import Any
 
 import grpc
 
-from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Gap, ReplayComplete
+from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Events, Gap
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.validation import PublishLimits, prepare_events
-from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
+from bridge_service.wire import batch_response, event_response
+from runwire.bridge.v1 import bridge_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.logs import bind
@@ -28,8 +31,18 @@ log = logging.getLogger("runwire.bridge")
 
 SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
 
+# A Subscribe stream yields messages, or already serialized responses (events).
+Response = bridge_pb2.SubscribeResponse | bytes
 
-class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
+
+class BridgeServicer:
+    """Implements ``BridgeService``; host it with :func:`register`.
+
+    Not a subclass of the generated ``BridgeServiceServicer``: ``Subscribe``
+    also yields serialized responses, which only :func:`register`'s
+    serializer lets through.
+    """
+
     def __init__(
         self,
         bus: EventBus,
@@ -37,11 +50,13 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
         attestor: ContextAttestor,
         limits: PublishLimits,
         metrics: BridgeMetrics | None = None,
+        max_batch: int = 256,
     ) -> None:
         self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
         self._attestor = attestor
         self._limits = limits
+        self._max_batch = max_batch
 
     @unary
     async def Publish(
@@ -62,34 +77,71 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServiceServicer):
         self,
         request: bridge_pb2.SubscribeRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[bridge_pb2.SubscribeResponse]:
+    ) -> AsyncIterator[Response]:
         ctx = validate_context(request.user_context, attestor=self._attestor)
-        call_log = bind(log, ctx, after=request.after)
-        call_log.debug("subscribe")
+        # 0 or 1: one event per response, as before batches existed.
+        batched = request.max_batch > 1
+        max_batch = min(request.max_batch, self._max_batch) if batched else 1
+        if log.isEnabledFor(logging.DEBUG):
+            bind(log, ctx, after=request.after).debug("subscribe")
+        delivered = self._metrics.events_delivered
         self._metrics.subscribers.inc()
         try:
             # aclosing: the bus unregisters the subscription the moment this
             # call ends, including on client cancellation.
-            async with aclosing(self._bus.subscribe(ctx.user_id, after=request.after)) as items:
+            items = self._bus.subscribe(ctx.user_id, after=request.after, max_batch=max_batch)
+            async with aclosing(items):
                 async for item in items:
-                    if isinstance(item, Gap):
+                    if isinstance(item, Events):
+                        bodies = item.wire
+                        if batched:
+                            yield batch_response(bodies)
+                        else:
+                            for body in bodies:
+                                yield event_response(body)
+                        delivered.inc(len(bodies))
+                    elif isinstance(item, Gap):
                         yield bridge_pb2.SubscribeResponse(
                             gap=bridge_pb2.Gap(
                                 requested_after=item.requested_after, oldest_event_id=item.oldest_event_id
                             )
                         )
-                    elif isinstance(item, ReplayComplete):
+                    else:
                         yield bridge_pb2.SubscribeResponse(
                             replay_complete=bridge_pb2.ReplayComplete(
                                 replayed=item.replayed, resume_after=item.resume_after
                             )
                         )
-                    else:
-                        yield bridge_pb2.SubscribeResponse(event=item)
-                        self._metrics.events_delivered.inc()
         except SUBSCRIPTION_ENDINGS as exc:
             self._metrics.subscriptions_ended.labels(code=exc.code.name.lower()).inc()
-            call_log.info("subscription ended", extra={"reason": exc.message, "cursor": exc.cursor})
+            bind(log, ctx, after=request.after).info(
+                "subscription ended", extra={"reason": exc.message, "cursor": exc.cursor}
+            )
             raise
         finally:
             self._metrics.subscribers.dec()
+
+
+def _serialize_response(response: Response) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def register(servicer: BridgeServicer, server: grpc.aio.Server) -> None:
+    """Host ``servicer`` like the generated ``add_BridgeServiceServicer_to_server``.
+
+    The one difference: ``Subscribe`` responses may be pre-serialized bytes.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            servicer.Publish,
+            request_deserializer=bridge_pb2.PublishRequest.FromString,
+            response_serializer=bridge_pb2.PublishResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=bridge_pb2.SubscribeRequest.FromString,
+            response_serializer=_serialize_response,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -2,8 +2,9 @@
 
 ``RUNWIRE_BRIDGE_BACKEND`` [memory|redis], ``_REDIS_URL``, ``_REDIS_KEY_PREFIX``
 [runwire], ``_RETENTION_S`` [86400], ``_LOG_CAPACITY`` [10000],
-``_RUN_STATE_CAPACITY`` [1000], ``_SUBSCRIBER_QUEUE`` [1000],
-``_MAX_EVENTS_PER_PUBLISH`` [500], ``_MAX_PAYLOAD_BYTES`` [65536].
+``_LOG_MAX_BYTES`` [4194304], ``_RUN_STATE_CAPACITY`` [1000], ``_SUBSCRIBER_QUEUE`` [1000],
+``_MAX_EVENTS_PER_PUBLISH`` [500], ``_MAX_PAYLOAD_BYTES`` [65536],
+``_MAX_SUBSCRIBE_BATCH`` [256].
 """
 
 from __future__ import annotations
@@ -25,11 +26,23 @@ class BridgeSettings(ServerSettings):
     Memory is bounded per user (``log_capacity`` retained events, the
     fencing state of ``run_state_capacity`` runs) and per subscriber
     (``subscriber_queue`` undelivered live events); a subscriber that exceeds
-    its queue is ended with ``RESOURCE_EXHAUSTED`` and resumes.
+    its queue is ended with ``RESOURCE_EXHAUSTED`` and resumes. Events older
+    than ``retention_s`` are trimmed on both backends, and a user idle that
+    long is forgotten (Redis expires the keys; the memory backend drops the
+    log once no subscriber holds it).
+
+    ``log_max_bytes`` bounds a user's retained log on the memory backend by
+    the size of its serialized events as well (the oldest go first; the
+    newest event is always kept): with large payloads it, not
+    ``log_capacity``, is what caps the memory one user can hold. Redis
+    bounds its streams by ``log_capacity`` and age only.
+
+    ``max_subscribe_batch`` caps ``SubscribeRequest.max_batch``: a subscriber
+    that asks for batches gets at most that many events per response, and
+    only events that were already waiting (a batch is never waited for).
 
     ``backend="redis"`` keeps the log in Redis at ``redis_url`` under keys
-    starting with ``redis_key_prefix`` and also trims it by age
-    (``retention_s``); a user's keys expire once idle that long.
+    starting with ``redis_key_prefix``.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_BRIDGE_", populate_by_name=True, extra="ignore")
@@ -37,14 +50,20 @@ class BridgeSettings(ServerSettings):
     backend: Literal["memory", "redis"] = Field(default="memory", description="event log and fan-out backend")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis server of backend 'redis'")
     redis_key_prefix: str = Field(default="runwire", description="first part of every Redis key")
-    retention_s: float = Field(default=86_400.0, gt=0, description="age after which Redis trims events")
+    retention_s: float = Field(default=86_400.0, gt=0, description="age after which events are trimmed")
     log_capacity: int = Field(default=10_000, ge=1, description="retained events per user")
+    log_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="serialized bytes of retained events per user (memory backend)",
+    )
     run_state_capacity: int = Field(
         default=1_000, ge=1, description="runs per user whose seq/terminal state is kept for dedup"
     )
     subscriber_queue: int = Field(default=1_000, ge=1, description="undelivered events per subscriber")
     max_events_per_publish: int = Field(default=500, ge=1, description="events in one Publish call")
     max_payload_bytes: int = Field(default=64 * 1024, ge=2, description="size of one payload_json")
+    max_subscribe_batch: int = Field(default=256, ge=1, description="events in one Subscribe response")
 
     @field_validator("redis_key_prefix")
     @classmethod

@@ -7,7 +7,7 @@ from unittest.mock import ANY
 
 import pytest
 
-from bridge_service.bus import BusDraining, BusItem, Gap, ReplayComplete, RunEvent, SubscriberOverflow
+from bridge_service.bus import BusDraining, BusItem, Events, Gap, ReplayComplete, RunEvent, SubscriberOverflow
 from bridge_service.memory_bus import MemoryEventBus
 from runwire_common.errors import InvalidArgument
 
@@ -37,6 +37,17 @@ async def take(subscription: AsyncGenerator[BusItem, None], count: int) -> list[
     return [await anext(subscription) for _ in range(count)]
 
 
+def single(item: BusItem) -> RunEvent:
+    """The one event of ``item`` (subscriptions deliver one event per item unless asked for batches)."""
+    assert isinstance(item, Events), item
+    [event] = item.parse()
+    return event
+
+
+def event_ids(items: list[BusItem]) -> list[str]:
+    return [event.event_id for item in items if isinstance(item, Events) for event in item.parse()]
+
+
 async def test_ids_stay_strictly_increasing_when_the_clock_is_frozen() -> None:
     bus = MemoryEventBus(clock=SteppingClock(1_000))
     ids = await publish(bus, ALICE, [ev(seq=s) for s in range(1, 5)])
@@ -64,8 +75,7 @@ async def test_publish_does_not_modify_the_callers_events() -> None:
     subscription = bus.subscribe(ALICE, after="1-0")
     gap, stored, _ = await take(subscription, 3)
     assert isinstance(gap, Gap)
-    assert isinstance(stored, RunEvent)
-    assert stored.event_id == event_id
+    assert single(stored).event_id == event_id
     await subscription.aclose()
 
 
@@ -75,8 +85,7 @@ async def test_cursors_compare_numerically_not_as_text() -> None:
     assert ids == ["9-0", "10-0"]  # "10-0" < "9-0" as text
     subscription = bus.subscribe(ALICE, after="9-0")
     replayed, complete = await take(subscription, 2)
-    assert isinstance(replayed, RunEvent)
-    assert replayed.event_id == "10-0"
+    assert single(replayed).event_id == "10-0"
     assert complete == ReplayComplete(replayed=1, resume_after=ANY)
     await subscription.aclose()
 
@@ -93,7 +102,7 @@ async def test_trimmed_cursor_gets_a_gap_naming_the_oldest_retained_event() -> N
     subscription = bus.subscribe(ALICE, after=ids[0])
     items = await take(subscription, 5)
     assert items[0] == Gap(requested_after=ids[0], oldest_event_id=ids[2])
-    assert [item.event_id for item in items[1:4] if isinstance(item, RunEvent)] == ids[2:]
+    assert event_ids(items[1:4]) == ids[2:]
     assert items[4] == ReplayComplete(replayed=3, resume_after=ANY)
     await subscription.aclose()
 
@@ -115,7 +124,7 @@ async def test_events_published_during_the_replay_arrive_once_after_it() -> None
     during = await publish(bus, ALICE, [ev(seq=4), ev(seq=5)])
     rest = await take(subscription, 4)
     events = [replayed_first, *rest]
-    assert [item.event_id for item in events if isinstance(item, RunEvent)] == first[1:] + during
+    assert event_ids(events) == first[1:] + during
     assert ReplayComplete(replayed=2, resume_after=ANY) in events
     await subscription.aclose()
 
@@ -127,9 +136,7 @@ async def test_subscribers_receive_only_their_own_users_events() -> None:
     assert await anext(bob_sub) == ReplayComplete(replayed=0, resume_after=ANY)
     [bob_id] = await publish(bus, BOB, [ev(BOB)])
     [alice_id] = await publish(bus, ALICE, [ev(ALICE)])
-    got_alice, got_bob = await anext(alice_sub), await anext(bob_sub)
-    assert isinstance(got_alice, RunEvent)
-    assert isinstance(got_bob, RunEvent)
+    got_alice, got_bob = single(await anext(alice_sub)), single(await anext(bob_sub))
     assert (got_alice.user_id, got_alice.event_id) == (ALICE, alice_id)
     assert (got_bob.user_id, got_bob.event_id) == (BOB, bob_id)
     await alice_sub.aclose()
@@ -145,9 +152,7 @@ async def test_overflow_ends_only_the_full_subscriber_with_its_last_delivered_cu
     ids: list[str] = []
     for seq in range(2, 5):
         ids += await publish(bus, ALICE, [ev(seq=seq)])
-        item = await anext(fast)
-        assert isinstance(item, RunEvent)
-        assert item.event_id == ids[-1]
+        assert single(await anext(fast)).event_id == ids[-1]
     assert bus.subscriber_count(ALICE) == 1
     with pytest.raises(SubscriberOverflow) as caught:
         await anext(slow)
@@ -199,7 +204,7 @@ async def test_a_live_only_subscription_learns_a_cursor_that_resumes_exactly_the
     missed = await publish(bus, ALICE, [ev(seq=3), ev(seq=4)])
     resumed = bus.subscribe(ALICE, after=complete.resume_after)
     items = await take(resumed, 3)
-    assert [i.event_id for i in items[:2] if isinstance(i, RunEvent)] == missed
+    assert event_ids(items[:2]) == missed
     assert items[2] == ReplayComplete(replayed=2, resume_after=missed[-1])
     await resumed.aclose()
 
@@ -214,7 +219,7 @@ async def test_a_cursor_taken_from_an_empty_log_resumes_without_a_gap() -> None:
     resumed = bus.subscribe(ALICE, after=complete.resume_after)
     items = await take(resumed, 2)
     assert not any(isinstance(i, Gap) for i in items)
-    assert [i.event_id for i in items if isinstance(i, RunEvent)] == published
+    assert event_ids(items) == published
     await resumed.aclose()
 
 
@@ -227,3 +232,59 @@ async def test_run_state_is_bounded_and_forgets_finished_runs_first() -> None:
     assert await publish(bus, ALICE, [ev(run_id=run_b, seq=1)]) == [""]  # still fenced
     # run_a was forgotten: a late duplicate of it is stored again (documented trade-off).
     assert len((await publish(bus, ALICE, [ev(run_id=run_a, seq=1)]))[0]) > 0
+
+
+async def test_log_is_also_bounded_by_the_bytes_of_its_events_keeping_the_newest() -> None:
+    big = '{"content": "' + "x" * 1000 + '"}'
+    bus = MemoryEventBus(log_max_bytes=2_500)
+    ids = await publish(
+        bus,
+        ALICE,
+        [
+            RunEvent(user_id=ALICE, run_id=ev().run_id, seq=s, type="partial_result", payload_json=big)
+            for s in range(1, 6)
+        ],
+    )
+    assert bus.retained(ALICE) == ids[3:]  # two events of ~1.1 KB fit
+    subscription = bus.subscribe(ALICE, after=ids[0])
+    gap = await anext(subscription)
+    assert gap == Gap(requested_after=ids[0], oldest_event_id=ids[3])
+    await subscription.aclose()
+    tiny = MemoryEventBus(log_max_bytes=1)
+    [only] = await publish(tiny, ALICE, [ev()])
+    assert tiny.retained(ALICE) == [only]  # the newest event is always kept
+
+
+async def test_events_older_than_the_retention_are_trimmed_and_idle_users_forgotten() -> None:
+    now = [1_000_000]
+    bus = MemoryEventBus(retention_s=10, clock=lambda: now[0])
+    old = await publish(bus, ALICE, [ev(seq=1), ev(seq=2)])
+    await publish(bus, BOB, [ev(BOB)])
+    now[0] += 5_000
+    recent = await publish(bus, ALICE, [ev(seq=3)])
+    now[0] += 6_000  # ALICE's first two events are 11 s old, the third 6 s
+    subscription = bus.subscribe(ALICE, after=old[0])
+    assert await anext(subscription) == Gap(requested_after=old[0], oldest_event_id=recent[0])
+    await subscription.aclose()
+    assert bus.retained(ALICE) == recent
+    assert BOB not in bus._users  # idle past the retention, no subscriber: forgotten
+    # A forgotten user's old cursor is reported as a gap, and ids keep increasing.
+    subscription = bus.subscribe(BOB, after="1000000-1")
+    assert await anext(subscription) == Gap(requested_after="1000000-1", oldest_event_id="")
+    await subscription.aclose()
+    [later] = await publish(bus, BOB, [ev(BOB)])
+    assert later > "1000000-1"
+
+
+async def test_a_subscriber_holds_its_users_log_past_the_retention() -> None:
+    now = [1_000_000]
+    bus = MemoryEventBus(retention_s=1, clock=lambda: now[0])
+    await publish(bus, ALICE, [ev()])
+    live = bus.subscribe(ALICE)
+    await anext(live)
+    now[0] += 5_000
+    await publish(bus, BOB, [ev(BOB)])  # a sweep
+    assert bus.subscriber_count(ALICE) == 1 and bus.retained(ALICE) == []
+    [event_id] = await publish(bus, ALICE, [ev(seq=2)])
+    assert single(await anext(live)).event_id == event_id
+    await live.aclose()

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from bridge_service.app import open_bus, redis_client_name
-from bridge_service.bus import RunEvent
+from bridge_service.bus import Events, RunEvent
 from bridge_service.redis_bus import RedisEventBus
 from bridge_service.settings import BridgeSettings
 from runwire_common.ids import new_id
@@ -244,7 +244,8 @@ async def test_stored_events_carry_their_seq_and_id(make_settings: SettingsFacto
             ],
         )
         subscription = bus.subscribe(user, after="1-0")
-        _gap, stored, _complete = [await anext(subscription) for _ in range(3)]
-        assert isinstance(stored, RunEvent)
+        _gap, item, _complete = [await anext(subscription) for _ in range(3)]
+        assert isinstance(item, Events)
+        [stored] = item.parse()
         assert (stored.event_id, stored.seq) == (result.event_ids[0], 1)
         await subscription.aclose()
