@@ -4,8 +4,11 @@ One :class:`RunEngine` is built per ``StartRun`` from the call's context, with
 its own emitter, dispatcher and cancellation signal; it shares nothing with
 other runs except the immutable catalog and the process's channels. It moves
 the run through the registry (``starting → running → completing →
-completed``, or ``failed`` / ``timeout`` / ``cancelled`` / ``dead``),
-heartbeats the run while it lives (queued runs included), and enforces the
+completed``, or ``failed`` / ``timeout`` / ``cancelled`` / ``dead``) in as
+few calls as the contract allows: a run is usually created ``starting``
+(``CreateRun.start``) and completes through ``completing`` in one call
+(``TransitionRun.through_completing``), so a run costs three registry writes.
+It heartbeats the run while it lives (queued runs included), and enforces the
 execution timeout and the cancel grace period.
 
 Terminal-event ownership: the engine announces the end of its run only when
@@ -30,6 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from execution_service.catalog import AgentSpec, ToolSpec
@@ -118,6 +122,8 @@ class RunEngine:
             default_timeout_s=config.tool_timeout_s,
             log=log,
         )
+        # The registry creates a run STARTING when it need not queue (CreateRun.start).
+        self._created_starting = run.state == run_pb2.RUN_STATE_STARTING
         self._external: run_pb2.Run | None = None  # the run as it ended elsewhere
         self._shutdown_within_s: float | None = None  # set when the executor shuts down
         self._hurry = asyncio.Event()
@@ -181,9 +187,10 @@ class RunEngine:
             self._finished.set()
 
     async def _lifecycle(self) -> Outcome:
-        ended = await self._advance(run_pb2.RUN_STATE_STARTING)
-        if ended is not None:
-            return ended
+        if not self._created_starting:
+            ended = await self._advance(run_pb2.RUN_STATE_STARTING)
+            if ended is not None:
+                return ended
         await self._emit_started()
         ended = await self._advance(run_pb2.RUN_STATE_RUNNING)
         if ended is not None:
@@ -324,22 +331,34 @@ class RunEngine:
         error = (
             None if completed else run_pb2.RunError(code=outcome.error_code, message=outcome.error_message)
         )
-        try:
-            if completed:
-                try:
-                    await call(
-                        lambda: self._registry.transition(
-                            self._user, run_pb2.RUN_STATE_COMPLETING, result_json=result_json
+
+        async def complete_stepwise() -> bool:
+            # A registry older than TransitionRun.through_completing refuses RUNNING → COMPLETED
+            # and the run stays RUNNING: take the two steps one by one (rolling upgrades).
+            try:
+                for state in (run_pb2.RUN_STATE_COMPLETING, run_pb2.RUN_STATE_COMPLETED):
+                    try:
+                        await call(
+                            partial(self._registry.transition, self._user, state, result_json=result_json)
                         )
-                    )
-                except FailedPrecondition:
-                    # A retried attempt may have gone through already; only then go on.
-                    current = await call(lambda: self._registry.get_run(self._user))
-                    if not (retried and current.state == run_pb2.RUN_STATE_COMPLETING):
-                        raise
+                    except FailedPrecondition:
+                        run = await call(partial(self._registry.get_run, self._user))
+                        if run.state != state:  # not a retried attempt that had gone through
+                            return run.state not in names.TERMINAL_STATES
+                return True
+            except RunwireError as exc:
+                self._log.error("could not record the end of the run", extra={"error": exc.message})
+                return True
+
+        try:
+            # A completed run passes through COMPLETING in the same registry call.
             await call(
                 lambda: self._registry.transition(
-                    self._user, outcome.state, error=error, result_json=result_json
+                    self._user,
+                    outcome.state,
+                    error=error,
+                    result_json=result_json,
+                    through_completing=completed,
                 )
             )
             return True
@@ -353,6 +372,8 @@ class RunEngine:
                 return False
             if retried and outcome.matches(run):
                 return True  # an attempt that looked lost had gone through
+            if completed and run.state == run_pb2.RUN_STATE_RUNNING:
+                return await complete_stepwise()
             if run.state not in names.TERMINAL_STATES:
                 self._log.error("terminal transition refused", extra={"state": names.state_name(run.state)})
                 return True  # the bridge keeps at most one terminal event per run

@@ -78,6 +78,7 @@ class RegistryPort(Protocol):
         multitask_strategy: run_pb2.MultitaskStrategy.ValueType,
         executor_id: str,
         timeout_seconds: int,
+        start: bool = False,
     ) -> CreatedRun: ...
 
     async def transition(
@@ -87,6 +88,7 @@ class RegistryPort(Protocol):
         *,
         error: run_pb2.RunError | None = None,
         result_json: str = "",
+        through_completing: bool = False,
     ) -> run_pb2.Run: ...
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run: ...
@@ -150,6 +152,7 @@ class GrpcRegistry(_Peer):
         multitask_strategy: run_pb2.MultitaskStrategy.ValueType,
         executor_id: str,
         timeout_seconds: int,
+        start: bool = False,
     ) -> CreatedRun:
         request = registry_pb2.CreateRunRequest(
             user_context=self._mint(ctx),
@@ -158,6 +161,7 @@ class GrpcRegistry(_Peer):
             multitask_strategy=multitask_strategy,
             executor_id=executor_id,
             timeout_seconds=timeout_seconds,
+            start=start,
         )
         response = await self._call(lambda t: self._stub.CreateRun(request, timeout=t))
         return CreatedRun(run=response.run, interrupted=tuple(response.interrupted_runs))
@@ -169,9 +173,14 @@ class GrpcRegistry(_Peer):
         *,
         error: run_pb2.RunError | None = None,
         result_json: str = "",
+        through_completing: bool = False,
     ) -> run_pb2.Run:
         request = registry_pb2.TransitionRunRequest(
-            user_context=self._mint(ctx), to_state=to_state, error=error, result_json=result_json
+            user_context=self._mint(ctx),
+            to_state=to_state,
+            error=error,
+            result_json=result_json,
+            through_completing=through_completing,
         )
         response = await self._call(lambda t: self._stub.TransitionRun(request, timeout=t))
         return response.run

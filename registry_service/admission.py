@@ -24,7 +24,15 @@ takes run rows only and skips locked ones, so none of these can deadlock.
 A run admitted on a busy thread with ``enqueue`` is stored with ``queued``
 set; every other run is admitted on a thread without live runs (or with them
 just interrupted), so nothing can be ahead of it and its start needs no
-thread check.
+thread check. Such a run may be created already ``starting`` (``start``):
+the row is inserted as ``pending`` followed by ``pending → starting`` would
+leave it (``version`` 2, ``started_at`` set).
+
+The common case — the thread has no live run and the user is under the
+quota — is one statement after the lock: ``INSERT … SELECT … WHERE`` both
+hold, ``RETURNING`` the run. Only when it inserts nothing (under the same
+lock, so nothing changed meanwhile) are the live runs read to decide between
+refusing, queueing and interrupting, exactly as before.
 
 Everything here is SQLAlchemy Core on one synchronous ``Connection`` (see
 :meth:`registry_service.database.Database.write`).
@@ -32,11 +40,13 @@ Everything here is SQLAlchemy Core on one synchronous ``Connection`` (see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Executable, Insert, Row, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -50,6 +60,7 @@ from registry_service.states import (
     LIVE_STATES,
     PENDING,
     REJECT,
+    STARTING,
 )
 from runwire_common.errors import FailedPrecondition, ResourceExhausted
 from runwire_common.ids import new_id
@@ -67,6 +78,8 @@ class NewRun:
     multitask_strategy: str = REJECT
     executor_id: str = ""
     timeout_seconds: int = 0
+    # Create the run already ``starting`` unless it is queued behind a live run of its thread.
+    start: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,32 +88,63 @@ class LiveRun:
     thread_id: str
 
 
+# Statements built once (per dialect where they differ); what varies per call is a bound parameter.
+LOCK_OWNER: Mapping[str, Insert] = MappingProxyType(
+    {
+        # DO UPDATE (unlike DO NOTHING) row-locks an existing row; the no-op SET keeps it a HOT update.
+        "postgresql": postgresql.insert(OWNERS)
+        .values(user_id=bindparam("user_id"), created_at=bindparam("now"))
+        .on_conflict_do_update(index_elements=[OWNERS.c.user_id], set_={"created_at": OWNERS.c.created_at}),
+        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
+        "sqlite": sqlite.insert(OWNERS)
+        .values(user_id=bindparam("user_id"), created_at=bindparam("now"))
+        .on_conflict_do_nothing(index_elements=[OWNERS.c.user_id]),
+    }
+)
+# Every column of a new run, in table order, each a bound parameter named after it.
+NEW_RUN_COLUMNS = tuple(
+    column.name
+    for column in RUNS.c
+    if column.name not in ("death_notice_claimed_at", "death_notified_at", "last_heartbeat_at")
+)
+# (The scan for module-level state only trusts immutable containers, hence the mapping.)
+STATEMENTS: Mapping[str, Executable] = MappingProxyType(
+    {
+        "live_runs": select(RUNS.c.run_id, RUNS.c.thread_id)
+        .where(RUNS.c.user_id == bindparam("user_id"), RUNS.c.state.in_(LIVE_STATES))
+        .order_by(RUNS.c.created_at, RUNS.c.run_id),
+        # The run, if its thread has no live run and its user fewer than max_live_runs: one statement.
+        "admit_on_free_thread": RUNS.insert()
+        .from_select(
+            NEW_RUN_COLUMNS,
+            select(*(bindparam(name, type_=RUNS.c[name].type) for name in NEW_RUN_COLUMNS)).where(
+                select(func.count())
+                .select_from(RUNS)
+                .where(RUNS.c.user_id == bindparam("user_id"), RUNS.c.state.in_(LIVE_STATES))
+                .scalar_subquery()
+                < bindparam("max_live_runs"),
+                ~exists().where(
+                    RUNS.c.user_id == bindparam("user_id"),
+                    RUNS.c.thread_id == bindparam("thread_id"),
+                    RUNS.c.state.in_(LIVE_STATES),
+                ),
+            ),
+        )
+        .returning(*RUNS.c),
+        "insert_run": RUNS.insert().returning(*RUNS.c),
+    }
+)
+
+
 def lock_owner(connection: Connection, user_id: str, *, now: datetime) -> None:
     """Create the user's lock row if needed and hold it until the transaction ends (one statement)."""
-    if connection.dialect.name == "postgresql":
-        upsert = postgresql.insert(OWNERS).values(user_id=user_id, created_at=now)
-        # DO UPDATE (unlike DO NOTHING) row-locks an existing row; the no-op SET keeps it a HOT update.
-        connection.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[OWNERS.c.user_id], set_={"created_at": OWNERS.c.created_at}
-            )
-        )
-    else:
-        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
-        connection.execute(
-            sqlite.insert(OWNERS)
-            .values(user_id=user_id, created_at=now)
-            .on_conflict_do_nothing(index_elements=[OWNERS.c.user_id])
-        )
+    dialect = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
+    connection.execute(LOCK_OWNER[dialect], {"user_id": user_id, "now": now})
 
 
 def live_runs(connection: Connection, user_id: str) -> list[LiveRun]:
     """The user's live runs, oldest first (at most the quota, so few)."""
-    rows = connection.execute(
-        select(RUNS.c.run_id, RUNS.c.thread_id)
-        .where(RUNS.c.user_id == user_id, RUNS.c.state.in_(LIVE_STATES))
-        .order_by(RUNS.c.created_at, RUNS.c.run_id)
-    )
+    rows = connection.execute(STATEMENTS["live_runs"], {"user_id": user_id})
     return [LiveRun(run_id=row.run_id, thread_id=row.thread_id) for row in rows]
 
 
@@ -146,8 +190,37 @@ def interrupt_thread(
     return sorted(cancelled, key=lambda run: (run.created_at, run.run_id))
 
 
+def _new_run_values(request: NewRun, *, run_id: str, queued: bool, now: datetime) -> dict[str, Any]:
+    """The new run's columns; a run that is not queued and asked to ``start`` is already ``starting``."""
+    starting = request.start and not queued
+    return {
+        "run_id": run_id,
+        "user_id": request.user_id,
+        "tenant_id": request.tenant_id,
+        "thread_id": request.thread_id,
+        "agent": request.agent,
+        # pending (version 1), or as pending → starting would leave it.
+        "state": STARTING if starting else PENDING,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": now if starting else None,
+        "finished_at": None,
+        "error_code": None,
+        "error_message": None,
+        "result_json": None,
+        "input_json": request.input_json,
+        "version": 2 if starting else 1,
+        "executor_id": request.executor_id,
+        "cancel_requested": False,
+        "multitask_strategy": request.multitask_strategy,
+        "timeout_seconds": request.timeout_seconds,
+        "death_notice_pending": False,
+        "queued": queued,
+    }
+
+
 def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, now: datetime) -> Admission:
-    """Admit ``request`` as a new ``pending`` run, or raise why not.
+    """Admit ``request`` as a new ``pending`` (or, with ``start``, ``starting``) run, or raise why not.
 
     On a busy thread: ``reject`` refuses, ``enqueue`` admits the run as a
     queued ``pending`` run (it may start once the runs before it have ended,
@@ -158,6 +231,14 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
     thread half-interrupted.
     """
     lock_owner(connection, request.user_id, now=now)
+    run_id = new_id("run")
+    values = _new_run_values(request, run_id=run_id, queued=False, now=now)
+    admitted = connection.execute(
+        STATEMENTS["admit_on_free_thread"], {**values, "max_live_runs": max_live_runs}
+    ).one_or_none()
+    if admitted is not None:
+        return Admission(run=admitted)
+    # The thread is busy or the quota reached: decide from the live runs (still under the lock).
     live = live_runs(connection, request.user_id)
     on_thread = [run for run in live if run.thread_id == request.thread_id]
     if on_thread and request.multitask_strategy not in (ENQUEUE, INTERRUPT):
@@ -174,26 +255,6 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
         interrupted = interrupt_thread(
             connection, user_id=request.user_id, thread_id=request.thread_id, now=now
         )
-    statement = (
-        RUNS.insert()
-        .values(
-            run_id=new_id("run"),
-            user_id=request.user_id,
-            tenant_id=request.tenant_id,
-            thread_id=request.thread_id,
-            agent=request.agent,
-            state=PENDING,
-            created_at=now,
-            updated_at=now,
-            input_json=request.input_json,
-            version=1,
-            executor_id=request.executor_id,
-            cancel_requested=False,
-            multitask_strategy=request.multitask_strategy,
-            timeout_seconds=request.timeout_seconds,
-            death_notice_pending=False,
-            queued=bool(on_thread) and request.multitask_strategy == ENQUEUE,
-        )
-        .returning(*RUNS.c)
-    )
-    return Admission(run=connection.execute(statement).one(), interrupted=interrupted)
+    if on_thread and request.multitask_strategy == ENQUEUE:
+        values = _new_run_values(request, run_id=run_id, queued=True, now=now)
+    return Admission(run=connection.execute(STATEMENTS["insert_run"], values).one(), interrupted=interrupted)

@@ -18,6 +18,17 @@ interrupted it, so no thread rule can refuse it. A queued run (or one whose
 runs start one at a time, oldest first, after any unqueued pending run of
 the thread); the move itself is still the conditional ``UPDATE``.
 
+``completed`` with ``through_completing`` (:func:`complete_through`) moves a
+``running`` run through ``completing`` to ``completed`` in one conditional
+``UPDATE`` (``version + 2``), or a ``completing`` run to ``completed``; each
+of the two is one atomic statement of its own, so neither needs a
+transaction around it.
+
+:func:`try_transition` is the first ``UPDATE`` of either on its own: the
+servicer runs it without a transaction around it (one round trip on
+PostgreSQL) and falls back to the full function only when it changed
+nothing.
+
 Everything here is SQLAlchemy Core on one synchronous ``Connection`` (see
 :meth:`registry_service.database.Database.write`); results are Core rows.
 """
@@ -30,7 +41,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Row, Update, and_, bindparam, false, or_, select, update
+from sqlalchemy import Row, Select, Update, and_, bindparam, false, or_, select, update
 from sqlalchemy.engine import Connection
 
 from registry_service.admission import lock_owner
@@ -39,11 +50,14 @@ from registry_service.paging import PageCursor
 from registry_service.states import (
     ACTIVE_STATES,
     ALLOWED_SOURCES,
+    COMPLETED,
+    COMPLETING,
     DEFAULT_ERRORS,
     FAILURE_STATES,
     LIVE_STATES,
     PENDING,
     RESULT_STATES,
+    RUNNING,
     STARTING,
     is_terminal,
 )
@@ -64,8 +78,14 @@ class Transition:
     expected_version: int = 0
     error: RunError | None = None
     result_json: str | None = None
+    # Only with ``completed``: a ``running`` run passes through ``completing`` (see complete_through).
+    through_completing: bool = False
 
     def __post_init__(self) -> None:
+        if self.through_completing and self.to_state != COMPLETED:
+            raise InvalidArgument(
+                f"through_completing can only be set when moving to {COMPLETED}, not {self.to_state}"
+            )
         if self.error is not None and self.to_state not in FAILURE_STATES:
             raise InvalidArgument(f"error can only be set when moving to {', '.join(FAILURE_STATES)}")
         if self.result_json is not None and self.to_state not in RESULT_STATES:
@@ -84,9 +104,20 @@ def not_found(run_id: str) -> NotFound:
     return NotFound(f"run {run_id!r} not found")
 
 
+# The hot statements are built once: executing a prebuilt statement skips building it per call.
+# run_id, user_id → the run (a mapping only because the module-state scan trusts immutable containers).
+FIND_RUN: Mapping[str, Select[Any]] = MappingProxyType(
+    {
+        "by_owner": select(RUNS).where(
+            RUNS.c.run_id == bindparam("match_run_id"), RUNS.c.user_id == bindparam("match_user_id")
+        )
+    }
+)
+
+
 def find_run(connection: Connection, *, user_id: str, run_id: str) -> Row[Any] | None:
     return connection.execute(
-        select(RUNS).where(RUNS.c.run_id == run_id, RUNS.c.user_id == user_id)
+        FIND_RUN["by_owner"], {"match_run_id": run_id, "match_user_id": user_id}
     ).one_or_none()
 
 
@@ -97,11 +128,23 @@ def get_run(connection: Connection, *, user_id: str, run_id: str) -> Row[Any]:
     return record
 
 
-def _update_for(to_state: str, *, with_result: bool, with_version: bool) -> Update:
-    """The conditional ``UPDATE`` of a move to ``to_state``; what varies per call is a bound parameter."""
+def _update_for(
+    to_state: str,
+    *,
+    with_result: bool,
+    with_version: bool,
+    sources: frozenset[str] | None = None,
+    steps: int = 1,
+) -> Update:
+    """The conditional ``UPDATE`` of a move to ``to_state``; what varies per call is a bound parameter.
+
+    ``sources`` (default: the legal sources of ``to_state``) and ``steps`` (how many
+    transitions the move counts as, hence how far ``version`` advances) serve
+    :data:`THROUGH_COMPLETING`.
+    """
     values: dict[str, Any] = {
         "state": to_state,
-        "version": RUNS.c.version + 1,
+        "version": RUNS.c.version + steps,
         "updated_at": bindparam("now"),
     }
     if to_state == STARTING:
@@ -119,7 +162,7 @@ def _update_for(to_state: str, *, with_result: bool, with_version: bool) -> Upda
         .where(
             RUNS.c.run_id == bindparam("match_run_id"),
             RUNS.c.user_id == bindparam("match_user_id"),
-            RUNS.c.state.in_(ALLOWED_SOURCES[to_state]),
+            RUNS.c.state.in_(sorted(sources if sources is not None else ALLOWED_SOURCES[to_state])),
         )
         .values(values)
         .returning(*RUNS.c)
@@ -151,6 +194,22 @@ UNQUEUED_STARTS: Mapping[bool, Update] = MappingProxyType(
 )
 
 
+# running → completing → completed as one UPDATE: (with result_json, with expected_version) → UPDATE.
+THROUGH_COMPLETING: Mapping[tuple[bool, bool], Update] = MappingProxyType(
+    {
+        (with_result, with_version): _update_for(
+            COMPLETED,
+            with_result=with_result,
+            with_version=with_version,
+            sources=frozenset({RUNNING}),
+            steps=2,
+        )
+        for with_result in (False, True)
+        for with_version in (False, True)
+    }
+)
+
+
 def _parameters(change: Transition, *, user_id: str, run_id: str, now: datetime) -> dict[str, Any]:
     parameters: dict[str, Any] = {"match_run_id": run_id, "match_user_id": user_id, "now": now}
     if change.to_state == STARTING:
@@ -167,6 +226,31 @@ def _parameters(change: Transition, *, user_id: str, run_id: str, now: datetime)
     if change.expected_version:
         parameters["expected_version"] = change.expected_version
     return parameters
+
+
+def try_transition(
+    connection: Connection, change: Transition, *, user_id: str, run_id: str, now: datetime
+) -> tuple[Row[Any], tuple[str, ...]] | None:
+    """Apply ``change`` if its one conditional ``UPDATE`` can; return the run and the states it entered.
+
+    ``None`` means nothing changed and :func:`transition_run` (or
+    :func:`complete_through`) must decide, in a transaction: a queued run's
+    start, a refusal, or a ``completing`` run completed ``through_completing``.
+    Needs no transaction around it (see :meth:`Database.write_statement`).
+    """
+    if not ALLOWED_SOURCES[change.to_state]:
+        return None
+    with_result, with_version = change.result_json is not None, bool(change.expected_version)
+    if change.through_completing:
+        statement = THROUGH_COMPLETING[(with_result, with_version)]
+        entered: tuple[str, ...] = (COMPLETING, COMPLETED)
+    elif change.to_state == STARTING:
+        statement, entered = UNQUEUED_STARTS[with_version], (STARTING,)
+    else:
+        statement, entered = UPDATES[(change.to_state, with_result, with_version)], (change.to_state,)
+    parameters = _parameters(change, user_id=user_id, run_id=run_id, now=now)
+    updated = connection.execute(statement, parameters).one_or_none()
+    return None if updated is None else (updated, entered)
 
 
 def transition_run(
@@ -234,13 +318,45 @@ def _wait_for_the_thread(connection: Connection, *, user_id: str, run_id: str, n
         raise Aborted(f"thread busy: run {blocking!r} is still live; try again once it has ended")
 
 
-def _why_not(connection: Connection, change: Transition, *, user_id: str, run_id: str) -> RunwireError:
+def complete_through(
+    connection: Connection, change: Transition, *, user_id: str, run_id: str, now: datetime
+) -> tuple[Row[Any], tuple[str, ...]]:
+    """Complete a ``running`` run through ``completing`` (or a ``completing`` one); return it and the states it entered.
+
+    A ``running`` run takes both transitions in one conditional ``UPDATE``
+    (``version + 2``, ``result_json`` recorded), exactly as ``completing`` then
+    ``completed`` would leave it; a ``completing`` run just completes. Any
+    other run is refused as a plain move to ``completed`` would be, with
+    ``expected_version`` compared to the version before the call.
+    """
+    with_result, with_version = change.result_json is not None, bool(change.expected_version)
+    parameters = _parameters(change, user_id=user_id, run_id=run_id, now=now)
+    updated = connection.execute(THROUGH_COMPLETING[(with_result, with_version)], parameters).one_or_none()
+    if updated is not None:
+        return updated, (COMPLETING, COMPLETED)
+    # Not running (any more): maybe completing, possibly since a moment ago.
+    updated = connection.execute(UPDATES[(COMPLETED, with_result, with_version)], parameters).one_or_none()
+    if updated is not None:
+        return updated, (COMPLETED,)
+    raise _why_not(
+        connection, change, user_id=user_id, run_id=run_id, sources=frozenset({RUNNING, COMPLETING})
+    )
+
+
+def _why_not(
+    connection: Connection,
+    change: Transition,
+    *,
+    user_id: str,
+    run_id: str,
+    sources: frozenset[str] | None = None,
+) -> RunwireError:
     current = find_run(connection, user_id=user_id, run_id=run_id)
     if current is None:
         return not_found(run_id)
     if is_terminal(current.state):
         return FailedPrecondition(f"run is already {current.state}")
-    if current.state not in ALLOWED_SOURCES[change.to_state]:
+    if current.state not in (sources if sources is not None else ALLOWED_SOURCES[change.to_state]):
         return FailedPrecondition(f"a {current.state} run cannot move to {change.to_state}")
     if change.expected_version and current.version != change.expected_version:
         return FailedPrecondition(
@@ -248,6 +364,28 @@ def _why_not(connection: Connection, change: Transition, *, user_id: str, run_id
         )
     # The run changed between our UPDATE and this read; the caller should look again.
     return FailedPrecondition("run changed concurrently; read it and retry")
+
+
+def _heartbeat_update(*, with_executor: bool) -> Update:
+    values: dict[str, Any] = {"last_heartbeat_at": bindparam("now")}
+    if with_executor:
+        values["executor_id"] = bindparam("executor_id")
+    return (
+        update(RUNS)
+        .where(
+            RUNS.c.run_id == bindparam("match_run_id"),
+            RUNS.c.user_id == bindparam("match_user_id"),
+            RUNS.c.state.in_(LIVE_STATES),
+        )
+        .values(values)
+        .returning(*RUNS.c)
+    )
+
+
+# with executor_id → the heartbeat's UPDATE.
+HEARTBEATS: Mapping[bool, Update] = MappingProxyType(
+    {with_executor: _heartbeat_update(with_executor=with_executor) for with_executor in (False, True)}
+)
 
 
 def heartbeat(
@@ -260,16 +398,10 @@ def heartbeat(
     stop. Heartbeats do not count as transitions, so ``version`` is untouched.
     One ``UPDATE … RETURNING``; only a run that is not live is read again.
     """
-    values: dict[str, Any] = {"last_heartbeat_at": now}
+    parameters: dict[str, Any] = {"match_run_id": run_id, "match_user_id": user_id, "now": now}
     if executor_id:
-        values["executor_id"] = executor_id
-    statement = (
-        update(RUNS)
-        .where(RUNS.c.run_id == run_id, RUNS.c.user_id == user_id, RUNS.c.state.in_(LIVE_STATES))
-        .values(values)
-        .returning(*RUNS.c)
-    )
-    updated = connection.execute(statement).one_or_none()
+        parameters["executor_id"] = executor_id
+    updated = connection.execute(HEARTBEATS[bool(executor_id)], parameters).one_or_none()
     if updated is not None:
         return updated
     return get_run(connection, user_id=user_id, run_id=run_id)

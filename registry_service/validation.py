@@ -53,6 +53,7 @@ def new_run(request: registry_pb2.CreateRunRequest, ctx: context_pb2.UserContext
         multitask_strategy=strategy_from_message(request.multitask_strategy),
         executor_id=_bounded(request.executor_id, field="executor_id", limit=ID_LENGTH),
         timeout_seconds=request.timeout_seconds,
+        start=request.start,
     )
 
 
@@ -73,6 +74,7 @@ def transition(request: registry_pb2.TransitionRunRequest) -> Transition:
         expected_version=request.expected_version,
         error=error,
         result_json=result_json,
+        through_completing=request.through_completing,
     )
 
 

@@ -40,6 +40,9 @@ class FakeRegistry:
         self.aborted: list[str] = []
         self.unavailable_transitions = 0  # the next N transitions fail with UNAVAILABLE
         self.lost_replies = 0  # the next N transitions apply, but the caller sees UNAVAILABLE
+        self.transition_calls = 0
+        # False: behave like a registry that predates TransitionRun.through_completing.
+        self.knows_through_completing = True
 
     async def create_run(
         self,
@@ -50,6 +53,7 @@ class FakeRegistry:
         multitask_strategy: int,
         executor_id: str,
         timeout_seconds: int,
+        start: bool = False,
     ) -> CreatedRun:
         live = [
             r for r in self.runs.values() if r.thread_id == ctx.thread_id and r.state in names.LIVE_STATES
@@ -76,6 +80,10 @@ class FakeRegistry:
             multitask_strategy=multitask_strategy,  # type: ignore[arg-type]
         )
         self.runs[run.run_id] = run
+        if start and not (live and multitask_strategy == run_pb2.MULTITASK_STRATEGY_ENQUEUE):
+            run.state = run_pb2.RUN_STATE_STARTING
+            run.version += 1
+            self.transitions.append((run.run_id, "starting"))
         return CreatedRun(run=self._copy(run), interrupted=tuple(interrupted))
 
     def _get(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
@@ -91,8 +99,12 @@ class FakeRegistry:
         *,
         error: run_pb2.RunError | None = None,
         result_json: str = "",
+        through_completing: bool = False,
     ) -> run_pb2.Run:
         await asyncio.sleep(0)
+        self.transition_calls += 1
+        if not self.knows_through_completing:
+            through_completing = False
         if self.unavailable_transitions > 0:
             self.unavailable_transitions -= 1
             raise Unavailable("registry is unavailable (unavailable)")
@@ -104,10 +116,16 @@ class FakeRegistry:
                 self.aborted.append(run.run_id)
                 raise Aborted("the thread is busy; the run is queued")
         allowed: set[int] | frozenset[int] = ALLOWED.get(to_state, frozenset(names.LIVE_STATES))
+        if through_completing:
+            assert to_state == run_pb2.RUN_STATE_COMPLETED, "through_completing is only for COMPLETED"
+            allowed = {run_pb2.RUN_STATE_RUNNING, run_pb2.RUN_STATE_COMPLETING}
         if run.state not in allowed:
             raise FailedPrecondition(
                 f"cannot move from {names.state_name(run.state)} to {names.state_name(to_state)}"
             )
+        if run.state == run_pb2.RUN_STATE_RUNNING and through_completing:
+            run.version += 1
+            self.transitions.append((ctx.run_id, "completing"))
         run.state = to_state  # type: ignore[assignment]
         run.version += 1
         if error is not None:
@@ -214,6 +232,7 @@ class Harness:
         user: str | None = None,
         thread: str | None = None,
         strategy: int = 0,
+        start: bool = True,
     ) -> RunEngine:
         spec = self.catalog.agent(agent)
         spec.check_input(agent_input)
@@ -230,6 +249,7 @@ class Harness:
             multitask_strategy=strategy,
             executor_id=self.config.executor_id,
             timeout_seconds=int(timeout_s),
+            start=start,
         )
         run = created.run
         ctx.run_id = run.run_id

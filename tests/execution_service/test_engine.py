@@ -118,6 +118,58 @@ async def test_a_scripted_run_follows_its_script_and_completes() -> None:
     ]
 
 
+PARTIALS = {"steps": [{"partial": "a"}, {"partial": "b"}]}
+FULL_LIFECYCLE = ["starting", "running", "completing", "completed"]
+
+
+def lifecycle_of(h: Harness, run_id: str) -> list[str]:
+    return [s for r, s in h.registry.transitions if r == run_id]
+
+
+async def test_a_run_created_starting_completes_in_two_more_registry_writes() -> None:
+    h = Harness()
+    run_id = await h.run("scripted", PARTIALS)
+    assert lifecycle_of(h, run_id) == FULL_LIFECYCLE
+    assert h.registry.transition_calls == 2  # running; completed through completing
+    assert h.state(run_id) == "completed"
+    assert h.bridge.types(run_id)[-1] == "agent_completed"
+
+
+async def test_a_run_created_pending_is_moved_to_starting_by_its_engine() -> None:
+    h = Harness()
+    run_id = await h.run("scripted", PARTIALS, start=False)
+    assert lifecycle_of(h, run_id) == FULL_LIFECYCLE
+    assert h.registry.transition_calls == 3
+
+
+async def test_a_registry_without_through_completing_still_sees_every_step() -> None:
+    h = Harness()
+    h.registry.knows_through_completing = False
+    run_id = await h.run("scripted", PARTIALS)
+    assert lifecycle_of(h, run_id) == FULL_LIFECYCLE
+    assert h.state(run_id) == "completed"
+    assert h.bridge.types(run_id)[-1] == "agent_completed"
+    assert_well_formed(h, run_id)
+
+
+async def test_a_lost_reply_while_completing_step_by_step_is_not_a_failure() -> None:
+    h = Harness()
+    h.registry.knows_through_completing = False
+    engine = await h.engine("scripted", PARTIALS)
+    # running, then the refused combined call, then COMPLETING applies but its reply is lost.
+    original = h.registry.transition
+
+    async def losing(*args: Any, **kwargs: Any) -> run_pb2.Run:
+        if args[1] == run_pb2.RUN_STATE_COMPLETING and not kwargs.get("through_completing"):
+            h.registry.lost_replies = 1
+        return await original(*args, **kwargs)
+
+    h.registry.transition = losing  # type: ignore[method-assign]
+    await engine.execute()
+    assert lifecycle_of(h, engine.run_id) == FULL_LIFECYCLE
+    assert h.bridge.types(engine.run_id)[-1] == "agent_completed"
+
+
 async def test_a_failing_tool_step_is_reported_and_the_script_goes_on() -> None:
     h = Harness()
     run_id = await h.run("scripted", {"steps": [{"tool": "calculator", "args": {"expression": "1/0"}}]})

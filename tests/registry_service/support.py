@@ -64,6 +64,7 @@ class Registry:
         strategy: int = run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
         executor_id: str = "executor-a",
         timeout_seconds: int = 0,
+        start: bool = False,
     ) -> run_pb2.Run:
         ctx = self.make_context(user, thread_id=thread_id or new_id("thread"))
         response = await self.stub.CreateRun(
@@ -74,6 +75,7 @@ class Registry:
                 multitask_strategy=strategy,  # type: ignore[arg-type]
                 executor_id=executor_id,
                 timeout_seconds=timeout_seconds,
+                start=start,
             ),
             timeout=CALL_TIMEOUT_S,
         )
@@ -91,6 +93,7 @@ class Registry:
         expected_version: int = 0,
         error: run_pb2.RunError | None = None,
         result_json: str = "",
+        through_completing: bool = False,
     ) -> run_pb2.Run:
         response = await self.stub.TransitionRun(
             registry_pb2.TransitionRunRequest(
@@ -99,6 +102,7 @@ class Registry:
                 expected_version=expected_version,
                 error=error,
                 result_json=result_json,
+                through_completing=through_completing,
             ),
             timeout=CALL_TIMEOUT_S,
         )
