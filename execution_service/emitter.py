@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2
@@ -46,21 +45,33 @@ class EmitterClosed(RuntimeError):
     """The run has finished; it cannot emit any more events."""
 
 
-def encode_payload(payload: Mapping[str, Any]) -> str:
-    """The payload as compact JSON; ``ValueError`` if it is not a JSON object."""
+def payload_encoder() -> json.JSONEncoder:
+    """The encoder of event payloads: compact JSON, non-ASCII kept, no NaN or infinity."""
+    return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_payload(payload: Mapping[str, Any], *, encoder: json.JSONEncoder | None = None) -> str:
+    """The payload as compact JSON; ``ValueError`` if it is not a JSON object.
+
+    ``encoder`` (from :func:`payload_encoder`) saves building one per call.
+    """
     try:
-        return json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        # A plain dict is encoded as it is; any other mapping through a dict copy.
+        document = payload if type(payload) is dict else dict(payload)
+        return (encoder or payload_encoder()).encode(document)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"event payload is not JSON: {exc}") from None
 
 
-def fit_payload(payload: Mapping[str, Any], *, max_bytes: int) -> str:
+def fit_payload(
+    payload: Mapping[str, Any], *, max_bytes: int, encoder: json.JSONEncoder | None = None
+) -> str:
     """The encoded payload, with bulky values truncated if it exceeds ``max_bytes``.
 
     The bridge refuses oversized payloads; shortening them at the source keeps
     the run's ``seq`` free of gaps. ``ValueError`` if even that does not fit.
     """
-    encoded = encode_payload(payload)
+    encoded = encode_payload(payload, encoder=encoder)
     if len(encoded.encode()) <= max_bytes:
         return encoded
     size = len(encoded.encode())
@@ -73,7 +84,7 @@ def fit_payload(payload: Mapping[str, Any], *, max_bytes: int) -> str:
         else:
             shortened[key] = value
     shortened["truncated"] = True
-    encoded = encode_payload(shortened)
+    encoded = encode_payload(shortened, encoder=encoder)
     if len(encoded.encode()) > max_bytes:
         raise ValueError(f"event payload exceeds {max_bytes} bytes")
     return encoded
@@ -114,6 +125,7 @@ class RunEmitter:
         self._partial_index = 0
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._encoder = payload_encoder()
 
     @property
     def last_seq(self) -> int:
@@ -159,7 +171,7 @@ class RunEmitter:
         """Queue an event of any type; returns its ``seq``."""
         if self._closed:
             raise EmitterClosed(f"run {self._run_id} has finished")
-        encoded = fit_payload(payload, max_bytes=self._max_payload_bytes)
+        encoded = fit_payload(payload, max_bytes=self._max_payload_bytes, encoder=self._encoder)
         # Back-pressure before the seq is taken, so a cancelled wait never leaves a gap.
         while self._queue.qsize() >= self._max_pending:
             self._space.clear()
@@ -167,8 +179,6 @@ class RunEmitter:
         if self._closed:
             raise EmitterClosed(f"run {self._run_id} has finished")
         self._seq += 1
-        timestamp = Timestamp()
-        timestamp.GetCurrentTime()
         event = event_pb2.RunEvent(
             seq=self._seq,
             type=event_type,
@@ -177,9 +187,12 @@ class RunEmitter:
             user_id=self._user_id,
             tenant_id=self._tenant_id,
             agent=self._agent,
-            timestamp=timestamp,
             payload_json=encoded,
         )
+        # Now, to the microsecond, as Timestamp.GetCurrentTime() has it, without a datetime.
+        seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        event.timestamp.seconds = seconds
+        event.timestamp.nanos = micros * 1000
         self.start()
         self._queue.put_nowait(event)
         return event.seq

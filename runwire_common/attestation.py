@@ -59,14 +59,24 @@ def generate_key_spec(key_id: str = "dev") -> str:
 
 
 def _canonical(ctx: context_pb2.UserContext) -> bytes:
-    # Length-prefixed fields, so no two different identities encode alike.
-    parts = [
-        ctx.user_id,
-        ctx.tenant_id,
-        "\x1f".join(sorted(ctx.roles)),
-        str(ctx.expires_at.seconds),
-    ]
-    return b"".join(len(p.encode()).to_bytes(4, "big") + p.encode() for p in parts)
+    # Length-prefixed fields, so no two different identities encode alike. Runs on every
+    # mint and verify, hence each field encoded once and one join.
+    user = ctx.user_id.encode()
+    tenant = ctx.tenant_id.encode()
+    roles = "\x1f".join(sorted(ctx.roles)).encode()
+    expiry = str(ctx.expires_at.seconds).encode()
+    return b"".join(
+        (
+            len(user).to_bytes(4, "big"),
+            user,
+            len(tenant).to_bytes(4, "big"),
+            tenant,
+            len(roles).to_bytes(4, "big"),
+            roles,
+            len(expiry).to_bytes(4, "big"),
+            expiry,
+        )
+    )
 
 
 class ContextAttestor:

@@ -22,54 +22,61 @@ from execution_service.sdk import Agent, AgentFailure, AgentResult, RunContext, 
 MAX_STEPS = 1000
 MAX_SLEEP_MS = 600_000
 
+# Each step is an object with exactly one of the kind keys ``think``, ``tool``, ``partial``,
+# ``sleep_ms`` and ``fail``, plus that kind's optional keys. This could be a ``oneOf`` of one
+# schema per kind, but every step would then be checked against all five (and jsonschema's
+# cost is per subschema visited); instead the kind key picks the one schema that applies
+# (``dependentSchemas``), and the step-level keywords below, which visit no subschema,
+# refuse what has no kind key: unknown keys, optional keys without their kind key, ``{}``.
+# tests/execution_service/test_scripted_schema.py checks it against the ``oneOf`` form.
+STEP_KINDS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "think": {
+            "properties": {
+                "think": {"type": "string"},
+                "step": {"type": "string"},
+                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+            "additionalProperties": False,
+        },
+        "tool": {
+            "properties": {"tool": {"type": "string"}, "args": {"type": "object"}},
+            "additionalProperties": False,
+        },
+        "partial": {
+            "properties": {"partial": {"type": "string"}},
+            "additionalProperties": False,
+        },
+        "sleep_ms": {
+            "properties": {"sleep_ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}},
+            "additionalProperties": False,
+        },
+        "fail": {
+            "properties": {"fail": {"type": "string"}, "code": {"type": "string"}},
+            "additionalProperties": False,
+        },
+    }
+)
+
+STEP_SCHEMA: Mapping[str, Any] = MappingProxyType(
+    {
+        "type": "object",
+        "minProperties": 1,
+        # Every key some kind allows; ``true`` schemas cost nothing to check.
+        "properties": {key: True for kind in STEP_KINDS.values() for key in kind["properties"]},
+        "additionalProperties": False,
+        # An optional key needs its kind key, so a step without a kind key is refused here.
+        "dependentRequired": {"step": ["think"], "progress": ["think"], "args": ["tool"], "code": ["fail"]},
+        # The kind's own schema: types, and no keys of another kind (so exactly one kind key).
+        "dependentSchemas": dict(STEP_KINDS),
+    }
+)
+
 INPUT_SCHEMA: Mapping[str, Any] = MappingProxyType(
     {
         "type": "object",
         "properties": {
-            "steps": {
-                "type": "array",
-                "maxItems": MAX_STEPS,
-                "items": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "properties": {
-                                "think": {"type": "string"},
-                                "step": {"type": "string"},
-                                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                            },
-                            "required": ["think"],
-                            "additionalProperties": False,
-                        },
-                        {
-                            "type": "object",
-                            "properties": {"tool": {"type": "string"}, "args": {"type": "object"}},
-                            "required": ["tool"],
-                            "additionalProperties": False,
-                        },
-                        {
-                            "type": "object",
-                            "properties": {"partial": {"type": "string"}},
-                            "required": ["partial"],
-                            "additionalProperties": False,
-                        },
-                        {
-                            "type": "object",
-                            "properties": {
-                                "sleep_ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}
-                            },
-                            "required": ["sleep_ms"],
-                            "additionalProperties": False,
-                        },
-                        {
-                            "type": "object",
-                            "properties": {"fail": {"type": "string"}, "code": {"type": "string"}},
-                            "required": ["fail"],
-                            "additionalProperties": False,
-                        },
-                    ]
-                },
-            },
+            "steps": {"type": "array", "maxItems": MAX_STEPS, "items": STEP_SCHEMA},
             "result": {"type": "string"},
         },
         "required": ["steps"],
