@@ -71,6 +71,8 @@ def error_for_status(code: grpc.StatusCode | None, details: str | None) -> tuple
 class ContextMinter:
     """Mints the attested contexts of one connection, never past the token's expiry."""
 
+    __slots__ = ("_attestor", "_connection_id", "_identity", "_ttl_s")
+
     def __init__(
         self, attestor: ContextAttestor, identity: Identity, *, connection_id: str, ttl_s: float
     ) -> None:
@@ -164,7 +166,13 @@ class Backends:
         return RunPage(list(response.runs), response.next_page_token)
 
     def subscribe(
-        self, ctx: context_pb2.UserContext, *, after: str
+        self, ctx: context_pb2.UserContext, *, after: str, max_batch: int = 0
     ) -> grpc.aio.UnaryStreamCall[bridge_pb2.SubscribeRequest, bridge_pb2.SubscribeResponse]:
-        """The connection's event stream; long-lived, so it has no deadline."""
-        return self._bridge.Subscribe(bridge_pb2.SubscribeRequest(user_context=ctx, after=after))
+        """The connection's event stream; long-lived, so it has no deadline.
+
+        ``max_batch`` > 1 lets the bridge send several events per message
+        (``SubscribeResponse.events``); a bridge that ignores it sends ``event``s.
+        """
+        return self._bridge.Subscribe(
+            bridge_pb2.SubscribeRequest(user_context=ctx, after=after, max_batch=max_batch)
+        )

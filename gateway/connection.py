@@ -5,6 +5,11 @@ closes. Client frames are validated synchronously (a bad frame gets an
 ``error`` reply and never closes the connection); frames that need a gRPC call
 run as bounded concurrent tasks, so a slow ``run.start`` never delays a
 ``ping``. All writes go through one lock so frames are never interleaved.
+
+An idle connection is kept small: two tasks (websockets' handler, which runs
+:meth:`Session.serve`, and the event pump), a timer handle for the token's
+expiry, and objects made only when first needed (the rate limiter's window,
+the set of calls in flight, the bound logger).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from websockets.asyncio.server import ServerConnection
@@ -23,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway import frames
 from gateway.auth import Identity
 from gateway.calls import Backends, ContextMinter, error_for_status
-from gateway.limits import SlidingWindowLimiter
+from gateway.limits import InFlightLimit, SlidingWindowLimiter
 from gateway.protocol import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -50,6 +55,7 @@ from gateway.pump import (
     PumpStopped,
 )
 from gateway.settings import GatewaySettings
+from gateway.transport import GatewayConnection
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
@@ -60,8 +66,39 @@ log = logging.getLogger("runwire.gateway.connection")
 CANCEL_REASON = "cancelled by the user"
 
 
+def pump_policy(settings: GatewaySettings) -> PumpPolicy:
+    """The (re)subscription policy of every pump of a gateway; built once per gateway."""
+    return PumpPolicy(
+        attempts=settings.resubscribe_attempts,
+        backoff_s=settings.resubscribe_backoff_s,
+        max_backoff_s=settings.resubscribe_max_backoff_s,
+        max_batch=settings.subscribe_max_batch,
+    )
+
+
 class Session:
     """The per-connection state and behaviour of the gateway."""
+
+    __slots__ = (
+        "_after",
+        "_backends",
+        "_calls",
+        "_closing",
+        "_expiry",
+        "_limiter",
+        "_minter",
+        "_policy",
+        "_pump",
+        "_pump_task",
+        "_send_lock",
+        "_settings",
+        "_start_runs",
+        "_stats",
+        "_telemetry",
+        "_ws",
+        "connection_id",
+        "identity",
+    )
 
     def __init__(
         self,
@@ -74,7 +111,11 @@ class Session:
         stats: GatewayStats,
         after: str = "",
         telemetry: Telemetry | None = None,
+        policy: PumpPolicy | None = None,
+        start_runs: InFlightLimit | None = None,
     ) -> None:
+        # The shared objects (settings, policy, limits, telemetry) are the gateway's,
+        # passed by reference: nothing per connection is copied from them.
         self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._ws = websocket
         self.identity = identity
@@ -82,21 +123,32 @@ class Session:
         self._backends = backends
         self._stats = stats
         self._after = after
+        self._policy = policy if policy is not None else pump_policy(settings)
+        self._start_runs = (
+            start_runs if start_runs is not None else InFlightLimit(settings.max_start_runs_in_flight)
+        )
         self.connection_id = new_id("conn")
         self._minter = ContextMinter(
             attestor, identity, connection_id=self.connection_id, ttl_s=settings.context_ttl_s
         )
-        self._log = bind(log, user_id=identity.user_id, connection_id=self.connection_id)
         self._limiter = SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
         self._send_lock = asyncio.Lock()
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Task[None]] | None = None
         self._pump: EventPump | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def _log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        # Bound when something is logged (rarely), not held by every idle connection.
+        return bind(log, user_id=self.identity.user_id, connection_id=self.connection_id)
 
     async def serve(self) -> None:
         """Run the connection until it closes."""
-        expiry = asyncio.create_task(self._close_at_expiry())
+        loop = asyncio.get_running_loop()
+        # A timer, not a sleeping task: no coroutine frame and no task per connection.
+        self._expiry = loop.call_later(max(0.0, self.identity.expires_at - time.time()), self._on_expiry)
         try:
             await self.send(frames.connected_frame(self.connection_id, self.identity.user_id))
             pump = self._start_pump(self._after, resume_id=None, announce=bool(self._after))
@@ -106,7 +158,8 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
-            tasks = [expiry, *self._calls]
+            self._expiry.cancel()
+            tasks = list(self._calls or ())
             if self._pump_task is not None:
                 tasks.append(self._pump_task)
             for task in tasks:
@@ -118,6 +171,15 @@ class Session:
     async def send(self, text: str) -> None:
         async with self._send_lock:
             await self._ws.send(text)
+
+    async def send_many(self, texts: Sequence[str]) -> None:
+        """Send several frames in order with one write and one drain."""
+        async with self._send_lock:
+            if isinstance(self._ws, GatewayConnection):
+                await self._ws.send_texts(texts)
+            else:  # pragma: no cover - the server always creates GatewayConnection
+                for text in texts:
+                    await self._ws.send(text)
 
     # -- client frames -------------------------------------------------------
 
@@ -162,13 +224,15 @@ class Session:
             await self.send(frames.heartbeat_ack_frame(command.id))
         elif isinstance(command, Resume):
             await self._resume(command)
-        elif len(self._calls) >= self._settings.max_in_flight:
+        elif self._calls is not None and len(self._calls) >= self._settings.max_in_flight:
             await self._reply_error(
                 command.id,
                 RESOURCE_EXHAUSTED,
                 f"more than {self._settings.max_in_flight} requests in flight on this connection",
             )
         else:
+            if self._calls is None:
+                self._calls = set()
             task = asyncio.create_task(self._call(command))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
@@ -198,13 +262,27 @@ class Session:
 
     async def _run_command(self, command: StartRun | CancelRun | GetRun | ListRuns) -> None:
         if isinstance(command, StartRun):
-            thread_id = command.thread_id or new_id("thread")
-            run = await self._backends.start_run(
-                self._minter.mint(thread_id=thread_id),
-                agent=command.agent,
-                input_json=json.dumps(dict(command.input), ensure_ascii=False),
-                multitask_strategy=command.multitask_strategy,
-            )
+            start_runs = self._start_runs
+            if not start_runs.try_acquire():
+                # Queueing it would only run into the call deadline; say so now.
+                self._stats.start_runs_refused_overload += 1
+                await self._reply_error(
+                    command.id,
+                    RESOURCE_EXHAUSTED,
+                    f"gateway overloaded: more than {start_runs.limit} run.start requests in flight; "
+                    "retry shortly",
+                )
+                return
+            try:
+                thread_id = command.thread_id or new_id("thread")
+                run = await self._backends.start_run(
+                    self._minter.mint(thread_id=thread_id),
+                    agent=command.agent,
+                    input_json=json.dumps(dict(command.input), ensure_ascii=False),
+                    multitask_strategy=command.multitask_strategy,
+                )
+            finally:
+                start_runs.release()
             await self.send(frames.run_reply("run.accepted", command.id, run))
         elif isinstance(command, CancelRun):
             run = await self._backends.cancel_run(
@@ -242,7 +320,8 @@ class Session:
         subscription would never see them.
         """
         try:
-            await asyncio.wait_for(pump.subscribed.wait(), self._settings.call_timeout_s)
+            async with asyncio.timeout(self._settings.call_timeout_s):
+                await pump.wait_subscribed()
         except TimeoutError:
             self._log.warning("event stream not confirmed in time; serving the connection anyway")
 
@@ -254,13 +333,11 @@ class Session:
             backends=self._backends,
             minter=self._minter,
             send=self.send,
+            send_many=self.send_many,
             stats=self._stats,
-            policy=PumpPolicy(
-                attempts=self._settings.resubscribe_attempts,
-                backoff_s=self._settings.resubscribe_backoff_s,
-                max_backoff_s=self._settings.resubscribe_max_backoff_s,
-            ),
-            log=self._log,
+            policy=self._policy,
+            log=log,
+            connection_id=self.connection_id,
             after=after,
             resume_id=resume_id,
             announce_replay=announce,
@@ -296,8 +373,7 @@ class Session:
 
     # -- lifetime ------------------------------------------------------------
 
-    async def _close_at_expiry(self) -> None:
-        await asyncio.sleep(max(0.0, self.identity.expires_at - time.time()))
+    def _on_expiry(self) -> None:
         self._log.info("closing: token expired")
         self._close_soon(CLOSE_POLICY_VIOLATION, "token expired")
 

@@ -7,6 +7,8 @@ the frame as-is, never parsed and re-encoded here.
 from __future__ import annotations
 
 import json
+import time
+from json.encoder import encode_basestring
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -74,21 +76,26 @@ def _payload_text(payload_json: str) -> str:
     return text
 
 
+def event_time(seconds: int, nanos: int) -> str:
+    """RFC 3339 with microseconds, as :func:`timestamp_rfc3339` but without a datetime."""
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanos // 1000:06d}Z"
+
+
 def event_frame(event: event_pb2.RunEvent) -> str:
-    """The WebSocket frame of one event: the envelope plus the spliced payload."""
-    envelope = dumps(
-        {
-            "type": event.type,
-            "event_id": event.event_id,
-            "seq": event.seq,
-            "run_id": event.run_id,
-            "thread_id": event.thread_id,
-            "user_id": event.user_id,
-            "agent": event.agent,
-            "timestamp": timestamp_rfc3339(event.timestamp),
-        }
+    """The WebSocket frame of one event: the envelope plus the spliced payload.
+
+    Byte for byte what ``dumps`` of the envelope dict would give (same keys,
+    order and string escaping: ``encode_basestring`` is the C escaper behind
+    ``json.dumps(ensure_ascii=False)``), built without a dict or an encoder.
+    """
+    ts = event.timestamp
+    return (
+        f'{{"type":{encode_basestring(event.type)},"event_id":{encode_basestring(event.event_id)},'
+        f'"seq":{event.seq},"run_id":{encode_basestring(event.run_id)},'
+        f'"thread_id":{encode_basestring(event.thread_id)},"user_id":{encode_basestring(event.user_id)},'
+        f'"agent":{encode_basestring(event.agent)},"timestamp":"{event_time(ts.seconds, ts.nanos)}",'
+        f'"payload":{_payload_text(event.payload_json)}}}'
     )
-    return f'{envelope[:-1]},"payload":{_payload_text(event.payload_json)}}}'
 
 
 def gap_frame(gap: bridge_pb2.Gap, client_id: ClientId | None) -> str:

@@ -1,32 +1,22 @@
 """The gateway's Prometheus metrics.
 
-The counters live in :class:`~gateway.pump.GatewayStats` (plain integers the
+The counters live in :class:`~gateway.stats.GatewayStats` (plain integers the
 hot path bumps without locks); :class:`GatewayCollector` exports them at
 scrape time, together with the number of open connections. Delivery lag — from
 an event's creation in the execution service to its write on the socket, on
-the same host clock — is a histogram observed per event.
+the same host clock — is a histogram observed per event
+(:class:`~gateway.stats.LagHistogram`), exported here as
+``runwire_gateway_delivery_lag_seconds``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.pump import GatewayStats
-
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def delivery_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
-    return Histogram(
-        "runwire_gateway_delivery_lag_seconds",
-        "From an event's creation at its source to its write on a WebSocket",
-        buckets=LAG_BUCKETS,
-        registry=registry if registry is not None else CollectorRegistry(),
-    )
+from gateway.stats import GatewayStats
 
 
 class GatewayCollector(Collector):
@@ -54,6 +44,11 @@ class GatewayCollector(Collector):
                 stats.events_blocked_owner_mismatch,
             ),
             ("runwire_gateway_resubscribes", "Event streams re-opened from their cursor", stats.resubscribes),
+            (
+                "runwire_gateway_start_runs_refused_overload",
+                "run.start answered resource_exhausted because the gateway had too many in flight",
+                stats.start_runs_refused_overload,
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         refused = CounterMetricFamily(
@@ -64,3 +59,10 @@ class GatewayCollector(Collector):
         for status, count in sorted(stats.handshakes_refused.items()):
             refused.add_metric([str(status)], count)
         yield refused
+        lag = stats.delivery_lag
+        yield HistogramMetricFamily(
+            "runwire_gateway_delivery_lag_seconds",
+            "From an event's creation at its source to its write on a WebSocket",
+            buckets=lag.cumulative(),
+            sum_value=lag.sum,
+        )

@@ -19,14 +19,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from gateway.auth import SUBPROTOCOL, AuthError, Identity, TokenVerifier, extract_token, offered_subprotocols
+from gateway.auth import SUBPROTOCOL, AuthError, TokenVerifier, extract_token, offered_subprotocols
 from gateway.calls import Backends
-from gateway.connection import Session
-from gateway.limits import ConnectionSlots
-from gateway.metrics import GatewayCollector, delivery_lag_histogram
+from gateway.connection import Session, pump_policy
+from gateway.limits import ConnectionSlots, InFlightLimit
+from gateway.metrics import GatewayCollector
 from gateway.protocol import cursor_problem
-from gateway.pump import CLOSE_SERVICE_RESTART, GatewayStats
+from gateway.pump import CLOSE_SERVICE_RESTART
 from gateway.settings import GatewaySettings
+from gateway.stats import GatewayStats
+from gateway.transport import GatewayConnection
 from runwire_common.attestation import ContextAttestor
 from runwire_common.telemetry import Telemetry
 
@@ -36,11 +38,7 @@ WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 
 
-class GatewayConnection(ServerConnection):
-    """A server connection that carries the identity proven at the handshake."""
-
-    identity: Identity | None = None
-    after: str = ""
+__all__ = ("GatewayConnection", "GatewayServer", "select_subprotocol")
 
 
 class GatewayServer:
@@ -64,7 +62,10 @@ class GatewayServer:
         self._slots = ConnectionSlots(settings.max_connections_per_user)
         self._sessions: set[Session] = set()
         self._server: Server | None = None
-        self.stats = GatewayStats(delivery_lag=delivery_lag_histogram(metrics))
+        self.stats = GatewayStats()
+        # Shared by every session of this gateway (never copied per connection).
+        self._policy = pump_policy(settings)
+        self._start_runs = InFlightLimit(settings.max_start_runs_in_flight)
         if metrics is not None:
             metrics.register(GatewayCollector(self.stats, lambda: len(self._sessions)))
         self.draining = False
@@ -188,6 +189,9 @@ class GatewayServer:
         if identity.expires_at <= time.time():
             await connection.close(1008, "token expired")
             return
+        # The handshake is over and everything needed from it was taken: do not keep
+        # every header (a browser's cookies, the token …) for the connection's lifetime.
+        _forget_headers(connection)
         session = Session(
             connection,
             identity,
@@ -197,6 +201,8 @@ class GatewayServer:
             stats=self.stats,
             after=connection.after,
             telemetry=self._telemetry,
+            policy=self._policy,
+            start_runs=self._start_runs,
         )
         self._sessions.add(session)
         self.stats.connections_opened += 1
@@ -212,6 +218,15 @@ def select_subprotocol(
     """Select ``runwire.v1`` when offered; never echo a ``bearer.`` entry."""
     del connection
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in subprotocols else None
+
+
+def _forget_headers(connection: ServerConnection) -> None:
+    # websockets keeps ``request``/``response`` (and tests ``request is None`` to
+    # tell the handshake from frames), so empty their headers instead of dropping them.
+    if connection.request is not None:
+        connection.request.headers.clear()
+    if connection.response is not None:
+        connection.response.headers.clear()
 
 
 def _query_value(query: str, name: str) -> str:

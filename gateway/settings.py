@@ -69,6 +69,17 @@ class GatewaySettings(BaseSettings):
     resubscribe_backoff_s: float = Field(default=0.1, gt=0)
     resubscribe_max_backoff_s: float = Field(default=2.0, gt=0)
     default_agent: str = Field(default="assistant", min_length=1)
+    subscribe_max_batch: int = Field(
+        default=256,
+        ge=0,
+        le=65536,
+        description="events the bridge may send per Subscribe message (SubscribeRequest.max_batch); 0/1 = one",
+    )
+    max_start_runs_in_flight: int = Field(
+        default=256,
+        gt=0,
+        description="run.start calls in flight on this gateway; more are answered resource_exhausted at once",
+    )
 
     @field_validator("attestation_keys")
     @classmethod

@@ -35,6 +35,17 @@ def item(ev: event_pb2.RunEvent) -> bridge_pb2.SubscribeResponse:
     return bridge_pb2.SubscribeResponse(event=ev)
 
 
+def batch(*events: event_pb2.RunEvent) -> bridge_pb2.SubscribeResponse:
+    """One stream message with several events (``SubscribeResponse.events``)."""
+    return bridge_pb2.SubscribeResponse(events=bridge_pb2.EventBatch(events=events))
+
+
+def gap(requested_after: str, oldest_event_id: str) -> bridge_pb2.SubscribeResponse:
+    return bridge_pb2.SubscribeResponse(
+        gap=bridge_pb2.Gap(requested_after=requested_after, oldest_event_id=oldest_event_id)
+    )
+
+
 def replay_complete(n: int = 0, resume_after: str = "") -> bridge_pb2.SubscribeResponse:
     return bridge_pb2.SubscribeResponse(
         replay_complete=bridge_pb2.ReplayComplete(replayed=n, resume_after=resume_after)
@@ -48,6 +59,7 @@ class ScriptedBridge(bridge_pb2_grpc.BridgeServiceServicer):
         self._scripts = scripts
         self._delay_s = delay_s
         self.afters: list[str] = []
+        self.max_batches: list[int] = []
         # Loop time at which each stream's first item was sent.
         self.first_item_at: list[float] = []
 
@@ -56,6 +68,7 @@ class ScriptedBridge(bridge_pb2_grpc.BridgeServiceServicer):
     ) -> AsyncIterator[bridge_pb2.SubscribeResponse]:
         n = len(self.afters)
         self.afters.append(request.after)
+        self.max_batches.append(request.max_batch)
         if callable(self._scripts):
             items, status = self._scripts(n)
         else:
