@@ -8,6 +8,7 @@ attestor) forged or expired identities with ``UNAUTHENTICATED``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from runwire.common.v1 import context_pb2
@@ -60,6 +61,7 @@ ID_FIELDS = (
 )
 MAX_OPERATION_DEPTH = 10
 MAX_ID_LENGTH = 256
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def id_problem(value: str) -> str | None:
@@ -71,7 +73,7 @@ def id_problem(value: str) -> str | None:
         return "must not have leading or trailing white space"
     if len(value) > MAX_ID_LENGTH:
         return f"must be at most {MAX_ID_LENGTH} characters"
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if CONTROL_CHARACTER.search(value):
         return "must not contain control characters"
     lowered = value.lower()
     if lowered in PLACEHOLDER_IDS:

@@ -40,6 +40,18 @@ def test_long_ids_with_a_placeholder_prefix_are_real_ids(attestor: ContextAttest
     validate_context(ctx, attestor=attestor)
 
 
+@pytest.mark.parametrize("char", ["\x00", "\n", "\x1f", "\x7f"])
+def test_ids_with_control_characters_are_rejected(attestor: ContextAttestor, char: str) -> None:
+    ctx = _ctx(attestor, thread_id=f"thread_7b2d{char}9c0e")
+    with pytest.raises(InvalidArgument, match="user_context.thread_id must not contain control characters"):
+        validate_context(ctx, attestor=attestor)
+
+
+def test_ids_with_other_characters_are_accepted(attestor: ContextAttestor) -> None:
+    ctx = _ctx(attestor, thread_id="thread_7b2d ~\x80\u00e9\U0001f600")
+    assert validate_context(ctx, attestor=attestor) is ctx
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_missing_or_blank_user_id_is_rejected(attestor: ContextAttestor, value: str) -> None:
     ctx = context_pb2.UserContext(user_id=value)
