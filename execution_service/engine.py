@@ -5,9 +5,10 @@ its own emitter, dispatcher and cancellation signal; it shares nothing with
 other runs except the immutable catalog and the process's channels. It moves
 the run through the registry (``starting → running → completing →
 completed``, or ``failed`` / ``timeout`` / ``cancelled`` / ``dead``) in as
-few calls as the contract allows: a run is usually created ``starting``
-(``CreateRun.start``) and completes through ``completing`` in one call
-(``TransitionRun.through_completing``), so a run costs three registry writes.
+few calls as the contract allows: a run is usually created ``running``
+(``CreateRun.initial_state``; a queued run is created ``pending``) and
+completes through ``completing`` in one call
+(``TransitionRun.through_completing``), so a run costs two registry writes.
 It heartbeats the run while it lives (queued runs included), and enforces the
 execution timeout and the cancel grace period.
 
@@ -122,8 +123,9 @@ class RunEngine:
             default_timeout_s=config.tool_timeout_s,
             log=log,
         )
-        # The registry creates a run STARTING when it need not queue (CreateRun.start).
-        self._created_starting = run.state == run_pb2.RUN_STATE_STARTING
+        # The state the registry created the run in (CreateRun.initial_state): PENDING when
+        # it queues behind its thread (or the registry predates initial_state).
+        self._created_state = run.state
         self._external: run_pb2.Run | None = None  # the run as it ended elsewhere
         self._shutdown_within_s: float | None = None  # set when the executor shuts down
         self._hurry = asyncio.Event()
@@ -187,14 +189,15 @@ class RunEngine:
             self._finished.set()
 
     async def _lifecycle(self) -> Outcome:
-        if not self._created_starting:
+        if self._created_state == run_pb2.RUN_STATE_PENDING:
             ended = await self._advance(run_pb2.RUN_STATE_STARTING)
             if ended is not None:
                 return ended
         await self._emit_started()
-        ended = await self._advance(run_pb2.RUN_STATE_RUNNING)
-        if ended is not None:
-            return ended
+        if self._created_state != run_pb2.RUN_STATE_RUNNING:
+            ended = await self._advance(run_pb2.RUN_STATE_RUNNING)
+            if ended is not None:
+                return ended
         return await self._run_agent()
 
     async def _advance(self, state: State) -> Outcome | None:

@@ -78,7 +78,7 @@ class RegistryPort(Protocol):
         multitask_strategy: run_pb2.MultitaskStrategy.ValueType,
         executor_id: str,
         timeout_seconds: int,
-        start: bool = False,
+        initial_state: run_pb2.RunState.ValueType = run_pb2.RUN_STATE_PENDING,
     ) -> CreatedRun: ...
 
     async def transition(
@@ -152,7 +152,7 @@ class GrpcRegistry(_Peer):
         multitask_strategy: run_pb2.MultitaskStrategy.ValueType,
         executor_id: str,
         timeout_seconds: int,
-        start: bool = False,
+        initial_state: run_pb2.RunState.ValueType = run_pb2.RUN_STATE_PENDING,
     ) -> CreatedRun:
         request = registry_pb2.CreateRunRequest(
             user_context=self._mint(ctx),
@@ -161,7 +161,7 @@ class GrpcRegistry(_Peer):
             multitask_strategy=multitask_strategy,
             executor_id=executor_id,
             timeout_seconds=timeout_seconds,
-            start=start,
+            initial_state=initial_state,
         )
         response = await self._call(lambda t: self._stub.CreateRun(request, timeout=t))
         return CreatedRun(run=response.run, interrupted=tuple(response.interrupted_runs))

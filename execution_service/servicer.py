@@ -147,7 +147,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             multitask_strategy=request.multitask_strategy,
             executor_id=self._settings.executor_id,
             timeout_seconds=max(1, round(timeout_s)),
-            start=True,  # created STARTING unless it queues behind its thread: one round trip less
+            # Created RUNNING unless it queues behind its thread: two round trips less.
+            initial_state=run_pb2.RUN_STATE_RUNNING,
         )
         run = created.run
         run_ctx = with_run_id(ctx, run.run_id)

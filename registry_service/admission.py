@@ -24,9 +24,13 @@ takes run rows only and skips locked ones, so none of these can deadlock.
 A run admitted on a busy thread with ``enqueue`` is stored with ``queued``
 set; every other run is admitted on a thread without live runs (or with them
 just interrupted), so nothing can be ahead of it and its start needs no
-thread check. Such a run may be created already ``starting`` (``start``):
-the row is inserted as ``pending`` followed by ``pending → starting`` would
-leave it (``version`` 2, ``started_at`` set).
+thread check. Such a run may be created further along (``initial_state``):
+``starting`` is inserted as ``pending`` followed by ``pending → starting``
+would leave it (``version`` 2, ``started_at`` set), ``running`` as those
+followed by ``starting → running`` would (``version`` 3), every step at the
+same ``now``. A queued run is always inserted ``pending``; with ``interrupt``
+the thread's live runs are cancelled first, then the new run is inserted in
+its initial state.
 
 The common case — the thread has no live run and the user is under the
 quota — is one statement after the lock: ``INSERT … SELECT … WHERE`` both
@@ -60,10 +64,16 @@ from registry_service.states import (
     LIVE_STATES,
     PENDING,
     REJECT,
+    RUNNING,
     STARTING,
 )
-from runwire_common.errors import FailedPrecondition, ResourceExhausted
+from runwire_common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from runwire_common.ids import new_id
+
+# initial state → the transitions that take a new pending run there, in order (each one counted).
+INITIAL_STEPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {PENDING: (), STARTING: (STARTING,), RUNNING: (STARTING, RUNNING)}
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,15 @@ class NewRun:
     multitask_strategy: str = REJECT
     executor_id: str = ""
     timeout_seconds: int = 0
-    # Create the run already ``starting`` unless it is queued behind a live run of its thread.
-    start: bool = False
+    # ``pending``, ``starting`` or ``running``: the state the run is created in (see INITIAL_STEPS),
+    # unless it is queued behind a live run of its thread, which is always created ``pending``.
+    initial_state: str = PENDING
+
+    def __post_init__(self) -> None:
+        if self.initial_state not in INITIAL_STEPS:
+            raise InvalidArgument(
+                f"initial_state must be one of {', '.join(INITIAL_STEPS)}, not {self.initial_state}"
+            )
 
 
 @dataclass(frozen=True)
@@ -150,10 +167,16 @@ def live_runs(connection: Connection, user_id: str) -> list[LiveRun]:
 
 @dataclass(frozen=True)
 class Admission:
-    """The admitted run and, with ``interrupt``, the runs it cancelled to make room."""
+    """The admitted run, the states it entered after ``pending`` and, with ``interrupt``, the runs it cancelled.
+
+    ``entered`` is empty for a run created ``pending`` (queued ones included),
+    ``("starting",)`` or ``("starting", "running")`` for one created further
+    along: the transitions ``TransitionRun`` would have made, to be counted alike.
+    """
 
     run: Row[Any]
     interrupted: list[Row[Any]] = field(default_factory=list)
+    entered: tuple[str, ...] = ()
 
 
 def _refuse_busy_thread(request: NewRun, busy: LiveRun) -> FailedPrecondition:
@@ -190,26 +213,34 @@ def interrupt_thread(
     return sorted(cancelled, key=lambda run: (run.created_at, run.run_id))
 
 
+def _steps(request: NewRun, *, queued: bool) -> tuple[str, ...]:
+    """The transitions the new run is created through: none for a queued run (it waits ``pending``)."""
+    return () if queued else INITIAL_STEPS[request.initial_state]
+
+
 def _new_run_values(request: NewRun, *, run_id: str, queued: bool, now: datetime) -> dict[str, Any]:
-    """The new run's columns; a run that is not queued and asked to ``start`` is already ``starting``."""
-    starting = request.start and not queued
+    """The new run's columns: ``pending`` (version 1) moved through :func:`_steps` at ``now``.
+
+    Each step counts one ``version``; ``starting`` sets ``started_at`` (as the
+    transition does), ``running`` nothing more (see :mod:`registry_service.states`).
+    """
+    steps = _steps(request, queued=queued)
     return {
         "run_id": run_id,
         "user_id": request.user_id,
         "tenant_id": request.tenant_id,
         "thread_id": request.thread_id,
         "agent": request.agent,
-        # pending (version 1), or as pending → starting would leave it.
-        "state": STARTING if starting else PENDING,
+        "state": steps[-1] if steps else PENDING,
         "created_at": now,
         "updated_at": now,
-        "started_at": now if starting else None,
+        "started_at": now if STARTING in steps else None,
         "finished_at": None,
         "error_code": None,
         "error_message": None,
         "result_json": None,
         "input_json": request.input_json,
-        "version": 2 if starting else 1,
+        "version": 1 + len(steps),
         "executor_id": request.executor_id,
         "cancel_requested": False,
         "multitask_strategy": request.multitask_strategy,
@@ -220,7 +251,7 @@ def _new_run_values(request: NewRun, *, run_id: str, queued: bool, now: datetime
 
 
 def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, now: datetime) -> Admission:
-    """Admit ``request`` as a new ``pending`` (or, with ``start``, ``starting``) run, or raise why not.
+    """Admit ``request`` as a new run in its ``initial_state`` (queued: ``pending``), or raise why not.
 
     On a busy thread: ``reject`` refuses, ``enqueue`` admits the run as a
     queued ``pending`` run (it may start once the runs before it have ended,
@@ -237,7 +268,7 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
         STATEMENTS["admit_on_free_thread"], {**values, "max_live_runs": max_live_runs}
     ).one_or_none()
     if admitted is not None:
-        return Admission(run=admitted)
+        return Admission(run=admitted, entered=_steps(request, queued=False))
     # The thread is busy or the quota reached: decide from the live runs (still under the lock).
     live = live_runs(connection, request.user_id)
     on_thread = [run for run in live if run.thread_id == request.thread_id]
@@ -255,6 +286,11 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
         interrupted = interrupt_thread(
             connection, user_id=request.user_id, thread_id=request.thread_id, now=now
         )
-    if on_thread and request.multitask_strategy == ENQUEUE:
+    queued = bool(on_thread) and request.multitask_strategy == ENQUEUE
+    if queued:
         values = _new_run_values(request, run_id=run_id, queued=True, now=now)
-    return Admission(run=connection.execute(STATEMENTS["insert_run"], values).one(), interrupted=interrupted)
+    return Admission(
+        run=connection.execute(STATEMENTS["insert_run"], values).one(),
+        interrupted=interrupted,
+        entered=_steps(request, queued=queued),
+    )

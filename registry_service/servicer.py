@@ -32,7 +32,6 @@ from registry_service.runs import (
     transition_run,
     try_transition,
 )
-from registry_service.states import STARTING
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
@@ -80,14 +79,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise
         record = admitted.run
         self._metrics.runs_created.labels(strategy=str(record.multitask_strategy)).inc()
-        if record.state == STARTING:  # created with start: counted as CreateRun + TransitionRun would be
-            self._metrics.transitions.labels(to_state=STARTING).inc()
+        # Created further along than pending: each step counted as the TransitionRun it saved.
+        for state in admitted.entered:
+            self._metrics.transitions.labels(to_state=state).inc()
         if admitted.interrupted or log.isEnabledFor(logging.DEBUG):
             bound = bind(log, ctx, run_id=record.run_id)
             for interrupted in admitted.interrupted:
                 bound.info("run interrupted", extra={"interrupted_run_id": interrupted.run_id})
             bound.debug("run created", extra={"agent": record.agent, "strategy": record.multitask_strategy})
-            if record.state == STARTING:
+            if admitted.entered:
                 bound.debug("run transitioned", extra={"state": record.state, "version": record.version})
         return registry_pb2.CreateRunResponse(
             run=run_message(record), interrupted_runs=[run_message(r) for r in admitted.interrupted]

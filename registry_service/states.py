@@ -31,6 +31,11 @@ with ``ABORTED`` (wait and retry, the run stays ``pending``) while another run
 of the same thread is ``starting``, ``running`` or ``completing``, or while an
 older ``pending`` run of the thread waits (queued runs start in FIFO order).
 
+``CreateRun`` with ``initial_state`` ``starting`` or ``running`` stores a run
+that needs no thread check exactly as ``pending → starting`` (and then
+``starting → running``) would leave it, every step counted (see
+:mod:`registry_service.admission`).
+
 The registry itself moves runs in two places, with the same columns as a
 transition: ``CreateRun`` with the ``interrupt`` strategy moves the thread's
 live runs to ``cancelled`` (error code ``interrupted``), and the death

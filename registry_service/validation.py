@@ -8,17 +8,30 @@ field, before any database work.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from registry_service.admission import NewRun
 from registry_service.convert import state_from_message, strategy_from_message
 from registry_service.models import AGENT_LENGTH, ERROR_CODE_LENGTH, ID_LENGTH
 from registry_service.runs import RunError, Transition
-from runwire.common.v1 import context_pb2
+from registry_service.states import PENDING, RUNNING, STARTING
+from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2
 from runwire_common.context import id_problem
 from runwire_common.errors import InvalidArgument
 
 MAX_ERROR_MESSAGE_LENGTH = 4096
+
+# CreateRunRequest.initial_state → the state a run admitted without waiting is created in.
+INITIAL_STATES: Mapping[int, str] = MappingProxyType(
+    {
+        run_pb2.RUN_STATE_UNSPECIFIED: PENDING,
+        run_pb2.RUN_STATE_PENDING: PENDING,
+        run_pb2.RUN_STATE_STARTING: STARTING,
+        run_pb2.RUN_STATE_RUNNING: RUNNING,
+    }
+)
 
 
 def _json(text: str, *, field: str) -> object:
@@ -32,6 +45,17 @@ def _bounded(value: str, *, field: str, limit: int) -> str:
     if len(value) > limit:
         raise InvalidArgument(f"{field} must be at most {limit} characters")
     return value
+
+
+def initial_state(value: int) -> str:
+    """``CreateRunRequest.initial_state`` → ``pending``, ``starting`` or ``running``; else ``INVALID_ARGUMENT``."""
+    state = INITIAL_STATES.get(int(value))
+    if state is None:
+        names = [run_pb2.RunState.Name(run_pb2.RunState.ValueType(v)) for v in INITIAL_STATES]
+        known = int(value) in run_pb2.RunState.values()
+        given = run_pb2.RunState.Name(run_pb2.RunState.ValueType(value)) if known else str(value)
+        raise InvalidArgument(f"initial_state must be {', '.join(names[:-1])} or {names[-1]}, not {given}")
+    return state
 
 
 def new_run(request: registry_pb2.CreateRunRequest, ctx: context_pb2.UserContext) -> NewRun:
@@ -53,7 +77,7 @@ def new_run(request: registry_pb2.CreateRunRequest, ctx: context_pb2.UserContext
         multitask_strategy=strategy_from_message(request.multitask_strategy),
         executor_id=_bounded(request.executor_id, field="executor_id", limit=ID_LENGTH),
         timeout_seconds=request.timeout_seconds,
-        start=request.start,
+        initial_state=initial_state(request.initial_state),
     )
 
 

@@ -53,7 +53,7 @@ class FakeRegistry:
         multitask_strategy: int,
         executor_id: str,
         timeout_seconds: int,
-        start: bool = False,
+        initial_state: int = run_pb2.RUN_STATE_PENDING,
     ) -> CreatedRun:
         live = [
             r for r in self.runs.values() if r.thread_id == ctx.thread_id and r.state in names.LIVE_STATES
@@ -80,10 +80,12 @@ class FakeRegistry:
             multitask_strategy=multitask_strategy,  # type: ignore[arg-type]
         )
         self.runs[run.run_id] = run
-        if start and not (live and multitask_strategy == run_pb2.MULTITASK_STRATEGY_ENQUEUE):
-            run.state = run_pb2.RUN_STATE_STARTING
+        queued = live and multitask_strategy == run_pb2.MULTITASK_STRATEGY_ENQUEUE
+        steps = (run_pb2.RUN_STATE_STARTING, run_pb2.RUN_STATE_RUNNING)
+        for step in steps[: steps.index(initial_state) + 1] if initial_state in steps and not queued else ():
+            run.state = step
             run.version += 1
-            self.transitions.append((run.run_id, "starting"))
+            self.transitions.append((run.run_id, names.state_name(step)))
         return CreatedRun(run=self._copy(run), interrupted=tuple(interrupted))
 
     def _get(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
@@ -232,7 +234,7 @@ class Harness:
         user: str | None = None,
         thread: str | None = None,
         strategy: int = 0,
-        start: bool = True,
+        initial_state: int = run_pb2.RUN_STATE_RUNNING,
     ) -> RunEngine:
         spec = self.catalog.agent(agent)
         spec.check_input(agent_input)
@@ -249,7 +251,7 @@ class Harness:
             multitask_strategy=strategy,
             executor_id=self.config.executor_id,
             timeout_seconds=int(timeout_s),
-            start=start,
+            initial_state=initial_state,
         )
         run = created.run
         ctx.run_id = run.run_id

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +19,16 @@ from execution_service.catalog import AgentCatalog
 from execution_service.settings import ExecutionSettings
 from registry_service.app import running_service as running_registry
 from registry_service.settings import RegistrySettings
-from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
-from runwire.common.v1 import context_pb2, event_pb2, run_pb2
+from runwire.bridge.v1 import bridge_pb2_grpc
+from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
-from runwire_common import names
 from runwire_common.server import GrpcServer
+from tests.support.watcher import Watcher, watching
 
 CALL_TIMEOUT_S = 10.0
 EVENT_TIMEOUT_S = 10.0
-
-
-@dataclass
-class Watcher:
-    """One ``Subscribe`` stream of a user, collecting its events in the background."""
-
-    events: list[event_pb2.RunEvent] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def of(self, run_id: str) -> list[event_pb2.RunEvent]:
-        return [e for e in self.events if e.run_id == run_id]
-
-    async def until_terminal(self, run_id: str) -> list[event_pb2.RunEvent]:
-        async with asyncio.timeout(EVENT_TIMEOUT_S):
-            while not any(e.type in names.TERMINAL_EVENT_TYPES for e in self.of(run_id)):
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.sleep(0.05)  # anything wrongly sent after the terminal event shows up too
-        return self.of(run_id)
-
-    async def until(self, run_id: str, event_type: str) -> None:
-        async with asyncio.timeout(EVENT_TIMEOUT_S):
-            while not any(e.type == event_type for e in self.of(run_id)):
-                self.changed.clear()
-                await self.changed.wait()
+STRAY_WINDOW_S = 0.05
 
 
 @dataclass
@@ -104,33 +78,15 @@ class System:
         )
         return response.run
 
-    @asynccontextmanager
-    async def watch(self, user_id: str) -> AsyncIterator[Watcher]:
-        """Subscribe as ``user_id`` (live events only) and collect in the background."""
-        watcher = Watcher()
-        call = self.bridge.Subscribe(
-            bridge_pb2.SubscribeRequest(user_context=self.make_context(user_id), after="")
+    def watch(self, user_id: str) -> AbstractAsyncContextManager[Watcher]:
+        """Subscribe as ``user_id`` (live events only) and collect in the background.
+
+        ``until_terminal`` waits 50 ms more, so events wrongly sent after the
+        terminal event show up in its result.
+        """
+        return watching(
+            self.bridge, self.make_context(user_id), timeout_s=EVENT_TIMEOUT_S, settle_s=STRAY_WINDOW_S
         )
-        ready = asyncio.Event()
-
-        async def pump() -> None:
-            async for item in call:
-                if item.HasField("replay_complete"):
-                    ready.set()
-                elif item.HasField("event"):
-                    watcher.events.append(item.event)
-                    watcher.changed.set()
-
-        task = asyncio.create_task(pump())
-        try:
-            async with asyncio.timeout(EVENT_TIMEOUT_S):
-                await ready.wait()
-            yield watcher
-        finally:
-            call.cancel()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await task
 
 
 @asynccontextmanager

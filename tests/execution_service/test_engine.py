@@ -126,20 +126,23 @@ def lifecycle_of(h: Harness, run_id: str) -> list[str]:
     return [s for r, s in h.registry.transitions if r == run_id]
 
 
-async def test_a_run_created_starting_completes_in_two_more_registry_writes() -> None:
+@pytest.mark.parametrize(
+    ("initial_state", "calls"),
+    [
+        (run_pb2.RUN_STATE_RUNNING, 1),  # completed through completing
+        (run_pb2.RUN_STATE_STARTING, 2),  # running; completed through completing
+        (run_pb2.RUN_STATE_PENDING, 3),  # starting; running; completed through completing
+    ],
+)
+async def test_the_engine_takes_only_the_steps_the_registry_has_not_taken(
+    initial_state: int, calls: int
+) -> None:
     h = Harness()
-    run_id = await h.run("scripted", PARTIALS)
+    run_id = await h.run("scripted", PARTIALS, initial_state=initial_state)
     assert lifecycle_of(h, run_id) == FULL_LIFECYCLE
-    assert h.registry.transition_calls == 2  # running; completed through completing
+    assert h.registry.transition_calls == calls
     assert h.state(run_id) == "completed"
-    assert h.bridge.types(run_id)[-1] == "agent_completed"
-
-
-async def test_a_run_created_pending_is_moved_to_starting_by_its_engine() -> None:
-    h = Harness()
-    run_id = await h.run("scripted", PARTIALS, start=False)
-    assert lifecycle_of(h, run_id) == FULL_LIFECYCLE
-    assert h.registry.transition_calls == 3
+    assert h.bridge.types(run_id) == ["agent_started", "partial_result", "partial_result", "agent_completed"]
 
 
 async def test_a_registry_without_through_completing_still_sees_every_step() -> None:
@@ -362,3 +365,11 @@ async def test_publishing_batches_pending_events_in_one_call() -> None:
     run_id = await h.run("scripted", {"steps": steps})
     assert len(h.bridge.of(run_id)) == 52
     assert h.bridge.calls < 52
+
+
+async def test_agent_started_and_a_burst_of_agent_events_share_one_publish_call() -> None:
+    h = Harness()
+    run_id = await h.run("scripted", {"steps": [{"partial": str(i)} for i in range(18)]})
+    assert len(h.bridge.of(run_id)) == 20
+    # agent_started with the 18 partials, then the terminal event after the registry write.
+    assert h.bridge.calls == 2

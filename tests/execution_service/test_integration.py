@@ -78,7 +78,7 @@ async def test_a_scripted_run_streams_its_events_to_its_owner_and_completes(syst
     }
     async with system.watch(ctx.user_id) as watcher:
         run = await system.start(ctx, "scripted", script)
-        assert run.state == run_pb2.RUN_STATE_STARTING and run.run_id and run.thread_id == ctx.thread_id
+        assert run.state == run_pb2.RUN_STATE_RUNNING and run.run_id and run.thread_id == ctx.thread_id
         events = await watcher.until_terminal(run.run_id)
     assert_envelopes(events, run)
     assert [e.type for e in events] == [

@@ -30,7 +30,8 @@ from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire_common import names
 from runwire_common.ids import new_id
 from tests.conftest import ContextFactory
-from tests.execution_service.system import CALL_TIMEOUT_S, System, Watcher, running_system
+from tests.execution_service.system import CALL_TIMEOUT_S, System, running_system
+from tests.support.watcher import Watcher
 
 CANCEL_GRACE_S = 1.0
 SLEEPY = {"steps": [{"think": "working"}, {"sleep_ms": 20_000}]}

@@ -9,12 +9,11 @@ one connection. Everything here is test plumbing; the properties live in the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,14 @@ from gateway.server import GatewayServer
 from gateway.settings import GatewaySettings
 from registry_service.app import running_service as running_registry
 from registry_service.settings import RegistrySettings
-from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
-from runwire.common.v1 import context_pb2, event_pb2
+from runwire.bridge.v1 import bridge_pb2_grpc
+from runwire.common.v1 import context_pb2
 from runwire.execution.v1 import execution_pb2_grpc
 from runwire.registry.v1 import registry_pb2_grpc
 from runwire_common.ids import new_id
 from runwire_common.server import GrpcServer
+from tests.support.watcher import Watcher
+from tests.support.watcher import watching as watch_bridge
 
 JWT_SECRET = "hostile-test-secret-" + "h" * 40
 # Every reply a well-formed request can get, and every error code of the protocol (brief §6).
@@ -72,6 +73,7 @@ EVENT_TYPES = frozenset(
 )
 TERMINAL_EVENT_TYPES = frozenset({"agent_completed", "agent_error", "agent_cancelled", "agent_death"})
 REPLY_TIMEOUT_S = 5.0
+WATCH_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -189,57 +191,6 @@ async def running_stack(data_dir: Path, key_spec: str, **gateway_overrides: Any)
         )
 
 
-@dataclass
-class Watcher:
-    """One live ``Subscribe`` stream of a user, collecting its events in the background."""
-
-    events: list[event_pb2.RunEvent] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def of(self, run_id: str) -> list[event_pb2.RunEvent]:
-        return [e for e in self.events if e.run_id == run_id]
-
-    async def until_terminal(self, run_id: str, *, timeout_s: float = 15.0) -> list[event_pb2.RunEvent]:
-        """The run's events up to its terminal event (check ``after_terminal`` later for strays)."""
-        async with asyncio.timeout(timeout_s):
-            while not any(e.type in TERMINAL_EVENT_TYPES for e in self.of(run_id)):
-                self.changed.clear()
-                await self.changed.wait()
-        return self.of(run_id)
-
-    def after_terminal(self) -> list[event_pb2.RunEvent]:
-        """Events published for a run after its terminal event (there must be none)."""
-        ended: set[str] = set()
-        strays: list[event_pb2.RunEvent] = []
-        for e in self.events:
-            if e.run_id in ended:
-                strays.append(e)
-            elif e.type in TERMINAL_EVENT_TYPES:
-                ended.add(e.run_id)
-        return strays
-
-
-@asynccontextmanager
-async def watching(stack: Stack, ctx: context_pb2.UserContext) -> AsyncIterator[Watcher]:
+def watching(stack: Stack, ctx: context_pb2.UserContext) -> AbstractAsyncContextManager[Watcher]:
     """Subscribe (live only) with ``ctx`` and collect events until the block ends."""
-    watcher = Watcher()
-    call = stack.bridge.Subscribe(bridge_pb2.SubscribeRequest(user_context=ctx))
-    ready = asyncio.Event()
-
-    async def pump() -> None:
-        async for item in call:
-            if item.HasField("replay_complete"):
-                ready.set()
-            elif item.HasField("event"):
-                watcher.events.append(item.event)
-                watcher.changed.set()
-
-    task = asyncio.create_task(pump())
-    try:
-        await asyncio.wait_for(ready.wait(), REPLY_TIMEOUT_S)
-        yield watcher
-    finally:
-        call.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-            await task
+    return watch_bridge(stack.bridge, ctx, timeout_s=WATCH_TIMEOUT_S)

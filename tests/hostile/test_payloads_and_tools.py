@@ -25,8 +25,9 @@ from runwire.common.v1 import context_pb2, event_pb2
 from runwire.execution.v1 import execution_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
-from tests.hostile.harness import REPLY_TIMEOUT_S, TERMINAL_EVENT_TYPES, Stack, Watcher, watching
+from tests.hostile.harness import REPLY_TIMEOUT_S, TERMINAL_EVENT_TYPES, Stack, watching
 from tests.hostile.strategies import JSON_VALUES, hostile_text
+from tests.support.watcher import Watcher
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),

@@ -64,7 +64,7 @@ class Registry:
         strategy: int = run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
         executor_id: str = "executor-a",
         timeout_seconds: int = 0,
-        start: bool = False,
+        initial_state: int = run_pb2.RUN_STATE_UNSPECIFIED,
     ) -> run_pb2.Run:
         ctx = self.make_context(user, thread_id=thread_id or new_id("thread"))
         response = await self.stub.CreateRun(
@@ -75,7 +75,7 @@ class Registry:
                 multitask_strategy=strategy,  # type: ignore[arg-type]
                 executor_id=executor_id,
                 timeout_seconds=timeout_seconds,
-                start=start,
+                initial_state=initial_state,  # type: ignore[arg-type]
             ),
             timeout=CALL_TIMEOUT_S,
         )
@@ -107,6 +107,14 @@ class Registry:
             timeout=CALL_TIMEOUT_S,
         )
         return response.run
+
+    async def list_thread(self, user: str, thread_id: str) -> list[run_pb2.Run]:
+        """Every run of ``user`` on ``thread_id``, newest first."""
+        response = await self.stub.ListRuns(
+            registry_pb2.ListRunsRequest(user_context=self.make_context(user), thread_id=thread_id),
+            timeout=CALL_TIMEOUT_S,
+        )
+        return list(response.runs)
 
     async def get(self, run: run_pb2.Run, *, user: str | None = None) -> run_pb2.Run:
         response = await self.stub.GetRun(

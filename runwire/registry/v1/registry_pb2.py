@@ -26,7 +26,7 @@ from runwire.common.v1 import context_pb2 as runwire_dot_common_dot_v1_dot_conte
 from runwire.common.v1 import run_pb2 as runwire_dot_common_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"runwire/registry/v1/registry.proto\x12\x13runwire.registry.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1brunwire/common/v1/run.proto\"\xea\x01\n\x10\x43reateRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12@\n\x12multitask_strategy\x18\x04 \x01(\x0e\x32$.runwire.common.v1.MultitaskStrategy\x12\x13\n\x0b\x65xecutor_id\x18\x05 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x05\x12\r\n\x05start\x18\x07 \x01(\x08\"j\n\x11\x43reateRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\x12\x30\n\x10interrupted_runs\x18\x02 \x03(\x0b\x32\x16.runwire.common.v1.Run\"\xf2\x01\n\x14TransitionRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12-\n\x08to_state\x18\x02 \x01(\x0e\x32\x1b.runwire.common.v1.RunState\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.runwire.common.v1.RunError\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x1a\n\x12through_completing\x18\x06 \x01(\x08\"<\n\x15TransitionRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"]\n\x10HeartbeatRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x13\n\x0b\x65xecutor_id\x18\x02 \x01(\t\"8\n\x11HeartbeatResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"E\n\rGetRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\"5\n\x0eGetRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"\xad\x01\n\x0fListRunsRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.runwire.common.v1.RunState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.runwire.common.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xdd\x03\n\x0fRegistryService\x12Z\n\tCreateRun\x12%.runwire.registry.v1.CreateRunRequest\x1a&.runwire.registry.v1.CreateRunResponse\x12\x66\n\rTransitionRun\x12).runwire.registry.v1.TransitionRunRequest\x1a*.runwire.registry.v1.TransitionRunResponse\x12Z\n\tHeartbeat\x12%.runwire.registry.v1.HeartbeatRequest\x1a&.runwire.registry.v1.HeartbeatResponse\x12Q\n\x06GetRun\x12\".runwire.registry.v1.GetRunRequest\x1a#.runwire.registry.v1.GetRunResponse\x12W\n\x08ListRuns\x12$.runwire.registry.v1.ListRunsRequest\x1a%.runwire.registry.v1.ListRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"runwire/registry/v1/registry.proto\x12\x13runwire.registry.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1brunwire/common/v1/run.proto\"\x8f\x02\n\x10\x43reateRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12@\n\x12multitask_strategy\x18\x04 \x01(\x0e\x32$.runwire.common.v1.MultitaskStrategy\x12\x13\n\x0b\x65xecutor_id\x18\x05 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x05\x12\x32\n\rinitial_state\x18\x07 \x01(\x0e\x32\x1b.runwire.common.v1.RunState\"j\n\x11\x43reateRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\x12\x30\n\x10interrupted_runs\x18\x02 \x03(\x0b\x32\x16.runwire.common.v1.Run\"\xf2\x01\n\x14TransitionRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12-\n\x08to_state\x18\x02 \x01(\x0e\x32\x1b.runwire.common.v1.RunState\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.runwire.common.v1.RunError\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x1a\n\x12through_completing\x18\x06 \x01(\x08\"<\n\x15TransitionRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"]\n\x10HeartbeatRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x13\n\x0b\x65xecutor_id\x18\x02 \x01(\t\"8\n\x11HeartbeatResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"E\n\rGetRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\"5\n\x0eGetRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"\xad\x01\n\x0fListRunsRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.runwire.common.v1.RunState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.runwire.common.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xdd\x03\n\x0fRegistryService\x12Z\n\tCreateRun\x12%.runwire.registry.v1.CreateRunRequest\x1a&.runwire.registry.v1.CreateRunResponse\x12\x66\n\rTransitionRun\x12).runwire.registry.v1.TransitionRunRequest\x1a*.runwire.registry.v1.TransitionRunResponse\x12Z\n\tHeartbeat\x12%.runwire.registry.v1.HeartbeatRequest\x1a&.runwire.registry.v1.HeartbeatResponse\x12Q\n\x06GetRun\x12\".runwire.registry.v1.GetRunRequest\x1a#.runwire.registry.v1.GetRunResponse\x12W\n\x08ListRuns\x12$.runwire.registry.v1.ListRunsRequest\x1a%.runwire.registry.v1.ListRunsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runwire.registry.v1.registr
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATERUNREQUEST']._serialized_start=122
-  _globals['_CREATERUNREQUEST']._serialized_end=356
-  _globals['_CREATERUNRESPONSE']._serialized_start=358
-  _globals['_CREATERUNRESPONSE']._serialized_end=464
-  _globals['_TRANSITIONRUNREQUEST']._serialized_start=467
-  _globals['_TRANSITIONRUNREQUEST']._serialized_end=709
-  _globals['_TRANSITIONRUNRESPONSE']._serialized_start=711
-  _globals['_TRANSITIONRUNRESPONSE']._serialized_end=771
-  _globals['_HEARTBEATREQUEST']._serialized_start=773
-  _globals['_HEARTBEATREQUEST']._serialized_end=866
-  _globals['_HEARTBEATRESPONSE']._serialized_start=868
-  _globals['_HEARTBEATRESPONSE']._serialized_end=924
-  _globals['_GETRUNREQUEST']._serialized_start=926
-  _globals['_GETRUNREQUEST']._serialized_end=995
-  _globals['_GETRUNRESPONSE']._serialized_start=997
-  _globals['_GETRUNRESPONSE']._serialized_end=1050
-  _globals['_LISTRUNSREQUEST']._serialized_start=1053
-  _globals['_LISTRUNSREQUEST']._serialized_end=1226
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1228
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1309
-  _globals['_REGISTRYSERVICE']._serialized_start=1312
-  _globals['_REGISTRYSERVICE']._serialized_end=1789
+  _globals['_CREATERUNREQUEST']._serialized_end=393
+  _globals['_CREATERUNRESPONSE']._serialized_start=395
+  _globals['_CREATERUNRESPONSE']._serialized_end=501
+  _globals['_TRANSITIONRUNREQUEST']._serialized_start=504
+  _globals['_TRANSITIONRUNREQUEST']._serialized_end=746
+  _globals['_TRANSITIONRUNRESPONSE']._serialized_start=748
+  _globals['_TRANSITIONRUNRESPONSE']._serialized_end=808
+  _globals['_HEARTBEATREQUEST']._serialized_start=810
+  _globals['_HEARTBEATREQUEST']._serialized_end=903
+  _globals['_HEARTBEATRESPONSE']._serialized_start=905
+  _globals['_HEARTBEATRESPONSE']._serialized_end=961
+  _globals['_GETRUNREQUEST']._serialized_start=963
+  _globals['_GETRUNREQUEST']._serialized_end=1032
+  _globals['_GETRUNRESPONSE']._serialized_start=1034
+  _globals['_GETRUNRESPONSE']._serialized_end=1087
+  _globals['_LISTRUNSREQUEST']._serialized_start=1090
+  _globals['_LISTRUNSREQUEST']._serialized_end=1263
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1265
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1346
+  _globals['_REGISTRYSERVICE']._serialized_start=1349
+  _globals['_REGISTRYSERVICE']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,7 @@ class CreateRunRequest(_message.Message):
     MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
-    START_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     input_json: _builtins.str
     """The run's input as a JSON object."""
@@ -39,11 +39,14 @@ class CreateRunRequest(_message.Message):
     """The execution replica that will run it."""
     timeout_seconds: _builtins.int
     """Execution timeout in seconds (0 = the agent's default)."""
-    start: _builtins.bool
-    """When true, a run admitted without waiting for its thread is created
-    already STARTING: the same as CreateRun followed by TransitionRun(STARTING)
-    in one transaction, saving the executor a round trip. A run that waits
-    behind another run of its thread (multitask ENQUEUE) stays PENDING.
+    initial_state: _run_pb2.RunState.ValueType
+    """RUN_STATE_UNSPECIFIED or PENDING (the default): the run is created
+    PENDING. STARTING or RUNNING: a run admitted without waiting for its
+    thread is created in that state, exactly as if TransitionRun had taken it
+    there one step at a time in the same transaction (every step counted; the
+    version is 2 or 3), saving the executor round trips. A run that waits
+    behind another run of its thread (multitask ENQUEUE) stays PENDING. Any
+    other state is INVALID_ARGUMENT.
     """
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext: ...
@@ -56,11 +59,11 @@ class CreateRunRequest(_message.Message):
         multitask_strategy: _run_pb2.MultitaskStrategy.ValueType = ...,
         executor_id: _builtins.str = ...,
         timeout_seconds: _builtins.int = ...,
-        start: _builtins.bool = ...,
+        initial_state: _run_pb2.RunState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_id", b"executor_id", "input_json", b"input_json", "multitask_strategy", b"multitask_strategy", "start", b"start", "timeout_seconds", b"timeout_seconds", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_id", b"executor_id", "initial_state", b"initial_state", "input_json", b"input_json", "multitask_strategy", b"multitask_strategy", "timeout_seconds", b"timeout_seconds", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
