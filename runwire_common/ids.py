@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
+import secrets
 
 
 def new_id(prefix: str) -> str:
     """``run_`` + 32 hex digits; long enough never to look like a placeholder."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{secrets.token_hex(16)}"
