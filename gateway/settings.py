@@ -76,7 +76,7 @@ class GatewaySettings(BaseSettings):
         description="events the bridge may send per Subscribe message (SubscribeRequest.max_batch); 0/1 = one",
     )
     max_start_runs_in_flight: int = Field(
-        default=256,
+        default=1024,
         gt=0,
         description="run.start calls in flight on this gateway; more are answered resource_exhausted at once",
     )
