@@ -89,9 +89,13 @@ class ScriptedBridge(bridge_pb2_grpc.BridgeServiceServicer):
 
 
 @asynccontextmanager
-async def serving(servicer: ScriptedBridge) -> AsyncIterator[str]:
+async def serving(
+    servicer: Any,
+    add: Callable[[Any, grpc.aio.Server], None] = bridge_pb2_grpc.add_BridgeServiceServicer_to_server,
+) -> AsyncIterator[str]:
+    """A real gRPC server on a loopback port with ``servicer`` (a bridge unless ``add`` says otherwise)."""
     server = grpc.aio.server()
-    bridge_pb2_grpc.add_BridgeServiceServicer_to_server(servicer, server)
+    add(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from runwire.common.v1 import run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
+from tests.gateway import fakes
 from tests.gateway.conftest import GatewayFactory, TokenFactory, open_ws, recv_json
 from tests.gateway.test_events import ALICE, BOB
 
@@ -34,18 +33,6 @@ class SlowExecution(execution_pb2_grpc.ExecutionServiceServicer):
         return execution_pb2.StartRunResponse(run=run)
 
 
-@asynccontextmanager
-async def serving(servicer: SlowExecution) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    execution_pb2_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
-
-
 def start(frame_id: str) -> str:
     return json.dumps({"type": "run.start", "id": frame_id, "agent": "scripted", "input": {}})
 
@@ -54,7 +41,7 @@ async def test_a_run_start_beyond_the_gateways_in_flight_bound_is_resource_exhau
     start_gateway: GatewayFactory, make_token: TokenFactory
 ) -> None:
     execution = SlowExecution()
-    async with serving(execution) as target:
+    async with fakes.serving(execution, execution_pb2_grpc.add_ExecutionServiceServicer_to_server) as target:
         server = await start_gateway(execution_target=target, max_start_runs_in_flight=1)
         async with open_ws(server, make_token(ALICE)) as alice, open_ws(server, make_token(BOB)) as bob:
             await recv_json(alice)
