@@ -61,6 +61,8 @@ class AgentSpec:
 
     def check_input(self, value: Any) -> None:
         """Raise :class:`InvalidArgument` unless ``value`` matches the input schema."""
+        if isinstance(value, Mapping) and self.agent_class.accepts_input(value):
+            return
         problem = schema_problem(self.validator, value)
         if problem is not None:
             raise InvalidArgument(f"input does not match the schema of agent {self.name!r}: {problem}")

@@ -187,6 +187,16 @@ class Agent(abc.ABC):
     tools: ClassVar[tuple[str, ...]] = ()
     timeout_s: ClassVar[float | None] = None
 
+    @classmethod
+    def accepts_input(cls, value: Mapping[str, Any]) -> bool:
+        """An optional fast path of input validation, for agents whose schema is costly to check.
+
+        Return ``True`` only for inputs ``input_schema`` certainly accepts;
+        ``False`` means "not sure", and the input is then checked against the
+        schema (which also explains what is wrong). The default is never sure.
+        """
+        return False
+
     @abc.abstractmethod
     async def run(self, ctx: RunContext) -> AgentResult:
         """Do the work of one run and return its result."""

@@ -7,13 +7,15 @@ of five step schemas (see ``execution_service/builtins/scripted.py``); the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from execution_service.builtins.scripted import INPUT_SCHEMA, MAX_SLEEP_MS, MAX_STEPS
+from bench.config import scripted_input
+from execution_service.builtins.scripted import INPUT_SCHEMA, MAX_SLEEP_MS, MAX_STEPS, ScriptedAgent
 from execution_service.catalog import AgentCatalog
 from execution_service.schemas import compile_schema, schema_problem
 from runwire_common.errors import InvalidArgument
@@ -191,8 +193,11 @@ INVALID_STEPS: list[Any] = [
 
 
 def same_verdict(instance: Any) -> None:
+    """The schema agrees with the reference, and the fast path never accepts what it refuses."""
     assert CURRENT.is_valid(instance) is REFERENCE.is_valid(instance), instance
     assert (schema_problem(CURRENT, instance) is None) is REFERENCE.is_valid(instance), instance
+    if isinstance(instance, dict) and ScriptedAgent.accepts_input(instance):
+        assert REFERENCE.is_valid(instance), instance
 
 
 @pytest.mark.parametrize("step", VALID_STEPS)
@@ -250,3 +255,53 @@ def test_a_refused_step_is_explained_by_what_is_wrong_with_it(step: Any, message
     with pytest.raises(InvalidArgument) as raised:
         spec.check_input({"steps": [step]})
     assert raised.value.message == f"input does not match the schema of agent 'scripted': {message}"
+
+
+PLAIN_SCRIPTS: list[dict[str, Any]] = [
+    json.loads(scripted_input(20, 64)),  # what the benchmark sends
+    json.loads(scripted_input(20, 64, sleep_ms=100)),
+    {"steps": []},
+    {"steps": [], "result": "done"},
+    {
+        "steps": [
+            {"think": "plan", "step": "one", "progress": 0.5},
+            {"think": "again", "progress": 1},
+            {"tool": "calculator", "args": {"expression": "1+1"}},
+            {"tool": "clock"},
+            {"partial": "p"},
+            {"sleep_ms": 0},
+            {"sleep_ms": MAX_SLEEP_MS},
+            {"fail": "boom", "code": "agent_failed"},
+        ],
+        "result": "r",
+    },
+]
+
+
+@pytest.mark.parametrize("script", PLAIN_SCRIPTS)
+def test_plain_valid_scripts_take_the_fast_path(script: dict[str, Any]) -> None:
+    assert REFERENCE.is_valid(script)
+    assert ScriptedAgent.accepts_input(script)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        {"steps": [{"sleep_ms": 5.0}]},  # valid, but left to the schema
+        {"steps": [{"sleep_ms": True}]},
+        {"steps": [{"progress": 0.5, "think": "x"}, {"think": "y", "progress": float("nan")}]},
+        {"steps": [{"partial": "x"}] * (MAX_STEPS + 1)},
+        {"steps": [{"partial": "x"}], "other": 1},
+        {"steps": "nope"},
+        {"result": "no steps"},
+    ],
+)
+def test_unusual_scripts_are_left_to_the_schema(script: dict[str, Any]) -> None:
+    assert not ScriptedAgent.accepts_input(script)
+    same_verdict(script)
+
+
+def test_check_input_still_explains_a_refused_script() -> None:
+    spec = AgentCatalog.discover(entry_points=False).agent("scripted")
+    with pytest.raises(InvalidArgument, match="sleep_ms"):
+        spec.check_input({"steps": [{"sleep_ms": -1}]})
