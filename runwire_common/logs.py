@@ -40,6 +40,13 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Route the root logger to stdout as JSON lines. Called once by ``__main__``."""
+    # Records need no caller, thread or process details (the JSON lines never show
+    # them); skipping them is the logging module's documented optimisation and
+    # saves a stack walk per record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
