@@ -38,6 +38,7 @@ from runwire_common import names
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import InvalidArgument, Unavailable
+from runwire_common.jsontext import may_hold_surrogates
 from runwire_common.logs import bind
 from runwire_common.servicer import unary
 
@@ -62,12 +63,13 @@ def parse_input(input_json: str) -> dict[str, Any]:
         raise InvalidArgument("input_json is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument("input_json must be a JSON object")
-    try:
-        # Valid JSON may still escape a lone UTF-16 surrogate ("\\ud800"), which no
-        # event could carry: refuse it here rather than fail the run later.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument("input_json contains an unpaired surrogate escape") from None
+    if may_hold_surrogates(input_json):
+        try:
+            # Valid JSON may still escape a lone UTF-16 surrogate ("\\ud800"), which no
+            # event could carry: refuse it here rather than fail the run later.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument("input_json contains an unpaired surrogate escape") from None
     return value
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from runwire.common.v1 import run_pb2
 from runwire_common.context import id_problem
+from runwire_common.jsontext import may_hold_surrogates
 from runwire_common.names import STATES_BY_NAME
 
 ClientId = str | int | float
@@ -128,7 +129,7 @@ def parse_frame(message: str | bytes, *, max_frame_bytes: int, default_agent: st
         raise FrameError(INVALID_MESSAGE, "frame is not valid JSON") from exc
     if not isinstance(frame, dict):
         raise FrameError(INVALID_MESSAGE, "frame must be a JSON object")
-    if _has_lone_surrogate(frame):
+    if may_hold_surrogates(message) and _has_lone_surrogate(frame):
         # Valid JSON syntax, but not Unicode text (RFC 8259 §8.2): it cannot be encoded
         # again, neither into a reply nor into a request to the services.
         raise FrameError(

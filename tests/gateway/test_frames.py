@@ -82,6 +82,7 @@ MALFORMED: list[tuple[str, str | bytes, str]] = [
     # Valid JSON syntax whose value the gateway could neither echo nor forward.
     ("a lone surrogate in the id", '{"type": "ping", "id": "\\ud800"}', "invalid_message"),
     ("a lone surrogate in the type", '{"type": "x\\udfff", "id": "\\udc00"}', "invalid_message"),
+    ("an upper-case lone surrogate escape", '{"type": "ping", "id": "\\uDBFF"}', "invalid_message"),
     (
         "a lone surrogate in the input",
         '{"type": "run.start", "id": "1", "agent": "scripted", "input": {"x": "\\ud800"}}',
