@@ -53,6 +53,9 @@ class ClientSpec:
     runs_per_user: int = 1
     expected_events: int = 0
     run_timeout_s: float = 60.0
+    # Client i of n waits start_spread_s * i / n before its first run (a steady load
+    # instead of every client starting at once).
+    start_spread_s: float = 0.0
     connect_concurrency: int = 100
     connect_timeout_s: float = 60.0
 
@@ -136,6 +139,8 @@ async def _client_load(spec: ClientSpec, index: int, conn: ClientConnection, rec
     """
     result = rec.result
     head = f'{{"type":"run.start","agent":"{spec.agent}","input":{spec.input_json},"id":"'
+    if spec.start_spread_s:
+        await asyncio.sleep(spec.start_spread_s * index / max(1, len(spec.users)))
     for run in range(spec.runs_per_user):
         frame = f'{head}u{index}r{run}"}}'
         accepted = done = False

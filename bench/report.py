@@ -166,6 +166,9 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
             "",
             f"## Paced: {paced['users']} users each receiving {paced['events_per_s_per_user']:g} events/s",
             "",
+            f"Users' first runs start spread evenly over {paced.get('start_spread_s', 0):g} s (one run), "
+            "so the load is steady rather than every run starting in one burst.",
+            "",
             *_load_table([paced]),
         ]
     stab = results.get("stability") or {}

@@ -35,6 +35,7 @@ def measure_load(
     input_json: str,
     expected_events: int,
     drivers: int,
+    start_spread_s: float = 0.0,
 ) -> dict[str, Any]:
     """``users`` clients each doing ``runs_per_user`` runs back to back.
 
@@ -49,6 +50,7 @@ def measure_load(
         input_json=input_json,
         runs_per_user=runs_per_user,
         expected_events=expected_events,
+        start_spread_s=start_spread_s,
     )
     before: list[procstats.Sample] = []
     result = run_load(spec, drivers, on_ready=[lambda: before.append(procstats.sample(pids))])
@@ -97,16 +99,20 @@ def paced(
     """``paced_users`` users each receiving ``paced_rate`` events/s (partials with ``sleep_ms`` between).
 
     The figure that matters is delivery latency p99 under a steady, moderate
-    load rather than a saturating one.
+    load rather than a saturating one. So that the load is steady, the users'
+    first runs start spread evenly over one run's duration instead of all at
+    once (which would make every run start in one burst, run after run).
     """
     sleep_ms = round(1000 / cfg.paced_rate)
     input_json = scripted_input(cfg.events_per_run, cfg.payload_bytes, sleep_ms=sleep_ms)
+    run_s = max(0, cfg.events_per_run - 3) * sleep_ms / 1000  # the sleeps between partials
     common: dict[str, Any] = {
         "users": cfg.paced_users,
         "runs_per_user": cfg.paced_runs,
         "input_json": input_json,
         "expected_events": cfg.events_per_run,
         "drivers": 1,
+        "start_spread_s": run_s,
     }
     baseline = measure_load(base[0], None, base[1], **common)
     runwire = measure_load(rw[0], rw[1], rw[2], **common)
@@ -114,6 +120,7 @@ def paced(
         "users": cfg.paced_users,
         "events_per_s_per_user": cfg.paced_rate,
         "sleep_ms": sleep_ms,
+        "start_spread_s": run_s,
         "runwire": runwire,
         "baseline": baseline,
         "ratio": compare(runwire, baseline),
