@@ -14,6 +14,9 @@ class BridgeMetrics:
             ["outcome"],
             registry=target,
         )
+        # The two outcomes, bound once: labels() is a locked dict lookup, paid per Publish.
+        self.events_stored = self.events_published.labels(outcome="stored")
+        self.events_ignored = self.events_published.labels(outcome="ignored")
         self.events_delivered = Counter(
             "runwire_bridge_events_delivered", "Events written to Subscribe streams", registry=target
         )

@@ -68,8 +68,9 @@ class BridgeServicer:
         events = prepare_events(request.events, ctx, limits=self._limits)
         result = await self._bus.publish(ctx.user_id, events)
         stored = sum(1 for event_id in result.event_ids if event_id)
-        self._metrics.events_published.labels(outcome="stored").inc(stored)
-        self._metrics.events_published.labels(outcome="ignored").inc(len(result.event_ids) - stored)
+        self._metrics.events_stored.inc(stored)
+        if stored < len(result.event_ids):
+            self._metrics.events_ignored.inc(len(result.event_ids) - stored)
         return bridge_pb2.PublishResponse(event_ids=result.event_ids, seqs=result.seqs)
 
     @server_stream

@@ -26,3 +26,19 @@ class RegistryMetrics:
         self.death_notices = Counter(
             "runwire_registry_death_notices", "agent_death notices by outcome", ["outcome"], registry=target
         )
+        # Labelled children by label value: prometheus_client's labels() validates and locks on
+        # every call, and the hot path counts three to five of them per run.
+        self._children: dict[tuple[int, str], Counter] = {}
+
+    def _child(self, counter: Counter, value: str) -> Counter:
+        key = (id(counter), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(value)
+        return child
+
+    def count_created(self, strategy: str) -> None:
+        self._child(self.runs_created, strategy).inc()
+
+    def count_transition(self, to_state: str) -> None:
+        self._child(self.transitions, to_state).inc()

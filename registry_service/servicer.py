@@ -78,10 +78,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             self._metrics.runs_refused.labels(code=refused.code.name.lower()).inc()
             raise
         record = admitted.run
-        self._metrics.runs_created.labels(strategy=str(record.multitask_strategy)).inc()
+        self._metrics.count_created(str(record.multitask_strategy))
         # Created further along than pending: each step counted as the TransitionRun it saved.
         for state in admitted.entered:
-            self._metrics.transitions.labels(to_state=state).inc()
+            self._metrics.count_transition(state)
         if admitted.interrupted or log.isEnabledFor(logging.DEBUG):
             bound = bind(log, ctx, run_id=record.run_id)
             for interrupted in admitted.interrupted:
@@ -117,7 +117,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
             entered = (str(record.state),)
         for state in entered:
-            self._metrics.transitions.labels(to_state=state).inc()
+            self._metrics.count_transition(state)
         if log.isEnabledFor(logging.DEBUG):
             bind(log, ctx).debug("run transitioned", extra={"state": record.state, "version": record.version})
         return registry_pb2.TransitionRunResponse(run=run_message(record))
