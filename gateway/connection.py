@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway import frames
@@ -102,20 +101,20 @@ class Session:
 
     def __init__(
         self,
-        websocket: ServerConnection,
+        websocket: GatewayConnection,
         identity: Identity,
         *,
         settings: GatewaySettings,
         backends: Backends,
         attestor: ContextAttestor,
         stats: GatewayStats,
+        policy: PumpPolicy,
+        start_runs: InFlightLimit,
         after: str = "",
         telemetry: Telemetry | None = None,
-        policy: PumpPolicy | None = None,
-        start_runs: InFlightLimit | None = None,
     ) -> None:
-        # The shared objects (settings, policy, limits, telemetry) are the gateway's,
-        # passed by reference: nothing per connection is copied from them.
+        # The shared objects (settings, policy, the run.start bound, telemetry) are the
+        # gateway's, passed by reference: nothing per connection is copied from them.
         self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._ws = websocket
         self.identity = identity
@@ -123,10 +122,8 @@ class Session:
         self._backends = backends
         self._stats = stats
         self._after = after
-        self._policy = policy if policy is not None else pump_policy(settings)
-        self._start_runs = (
-            start_runs if start_runs is not None else InFlightLimit(settings.max_start_runs_in_flight)
-        )
+        self._policy = policy
+        self._start_runs = start_runs
         self.connection_id = new_id("conn")
         self._minter = ContextMinter(
             attestor, identity, connection_id=self.connection_id, ttl_s=settings.context_ttl_s
@@ -175,11 +172,7 @@ class Session:
     async def send_many(self, texts: Sequence[str]) -> None:
         """Send several frames in order with one write and one drain."""
         async with self._send_lock:
-            if isinstance(self._ws, GatewayConnection):
-                await self._ws.send_texts(texts)
-            else:  # pragma: no cover - the server always creates GatewayConnection
-                for text in texts:
-                    await self._ws.send(text)
+            await self._ws.send_texts(texts)
 
     # -- client frames -------------------------------------------------------
 
