@@ -23,7 +23,7 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
 )
 EXPECTED_METHODS = {
     "runwire.execution.v1.ExecutionService": {"StartRun", "CancelRun", "ListAgents"},
-    "runwire.bridge.v1.BridgeService": {"Publish", "Subscribe"},
+    "runwire.bridge.v1.BridgeService": {"Publish", "Subscribe", "Fabric", "PublishStream"},
     "runwire.registry.v1.RegistryService": {
         "CreateRun",
         "TransitionRun",

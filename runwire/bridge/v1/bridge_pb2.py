@@ -26,7 +26,7 @@ from runwire.common.v1 import context_pb2 as runwire_dot_common_dot_v1_dot_conte
 from runwire.common.v1 import event_pb2 as runwire_dot_common_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunwire/bridge/v1/bridge.proto\x12\x11runwire.bridge.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1drunwire/common/v1/event.proto\"s\n\x0ePublishRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent\"2\n\x0fPublishResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x03\"j\n\x10SubscribeRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\x05\"7\n\x03Gap\x12\x17\n\x0frequested_after\x18\x01 \x01(\t\x12\x17\n\x0foldest_event_id\x18\x02 \x01(\t\"8\n\x0eReplayComplete\x12\x10\n\x08replayed\x18\x01 \x01(\x03\x12\x14\n\x0cresume_after\x18\x02 \x01(\t\"\xdf\x01\n\x11SubscribeResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.runwire.common.v1.RunEventH\x00\x12%\n\x03gap\x18\x02 \x01(\x0b\x32\x16.runwire.bridge.v1.GapH\x00\x12<\n\x0freplay_complete\x18\x03 \x01(\x0b\x32!.runwire.bridge.v1.ReplayCompleteH\x00\x12/\n\x06\x65vents\x18\x04 \x01(\x0b\x32\x1d.runwire.bridge.v1.EventBatchH\x00\x42\x06\n\x04item\"9\n\nEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent2\xbb\x01\n\rBridgeService\x12P\n\x07Publish\x12!.runwire.bridge.v1.PublishRequest\x1a\".runwire.bridge.v1.PublishResponse\x12X\n\tSubscribe\x12#.runwire.bridge.v1.SubscribeRequest\x1a$.runwire.bridge.v1.SubscribeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunwire/bridge/v1/bridge.proto\x12\x11runwire.bridge.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1drunwire/common/v1/event.proto\"s\n\x0ePublishRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent\"2\n\x0fPublishResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x03\"j\n\x10SubscribeRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\x05\"7\n\x03Gap\x12\x17\n\x0frequested_after\x18\x01 \x01(\t\x12\x17\n\x0foldest_event_id\x18\x02 \x01(\t\"8\n\x0eReplayComplete\x12\x10\n\x08replayed\x18\x01 \x01(\x03\x12\x14\n\x0cresume_after\x18\x02 \x01(\t\"\xdf\x01\n\x11SubscribeResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.runwire.common.v1.RunEventH\x00\x12%\n\x03gap\x18\x02 \x01(\x0b\x32\x16.runwire.bridge.v1.GapH\x00\x12<\n\x0freplay_complete\x18\x03 \x01(\x0b\x32!.runwire.bridge.v1.ReplayCompleteH\x00\x12/\n\x06\x65vents\x18\x04 \x01(\x0b\x32\x1d.runwire.bridge.v1.EventBatchH\x00\x42\x06\n\x04item\"9\n\nEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent\"\xdd\x01\n\rFabricRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12+\n\x03\x61\x64\x64\x18\x02 \x01(\x0b\x32\x1c.runwire.bridge.v1.FabricAddH\x00\x12\x31\n\x06remove\x18\x03 \x01(\x0b\x32\x1f.runwire.bridge.v1.FabricRemoveH\x00\x12\x30\n\x07\x63redits\x18\x04 \x03(\x0b\x32\x1f.runwire.bridge.v1.FabricCreditB\x04\n\x02op\"^\n\tFabricAdd\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\x04\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\x05\x12\x16\n\x0einitial_credit\x18\x04 \x01(\x05\"\'\n\x0c\x46\x61\x62ricRemove\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\x04\"7\n\x0c\x46\x61\x62ricCredit\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\">\n\x0e\x46\x61\x62ricResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.runwire.bridge.v1.FabricItem\"\xf4\x01\n\nFabricItem\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\x04\x12/\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x1d.runwire.bridge.v1.EventBatchH\x00\x12%\n\x03gap\x18\x03 \x01(\x0b\x32\x16.runwire.bridge.v1.GapH\x00\x12<\n\x0freplay_complete\x18\x04 \x01(\x0b\x32!.runwire.bridge.v1.ReplayCompleteH\x00\x12/\n\x05\x65nded\x18\x05 \x01(\x0b\x32\x1e.runwire.bridge.v1.FabricEndedH\x00\x42\x06\n\x04item\"<\n\x0b\x46\x61\x62ricEnded\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"\x8b\x01\n\x14PublishStreamRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.runwire.common.v1.RunEvent\"i\n\x15PublishStreamResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x11\n\tevent_ids\x18\x02 \x03(\t\x12\x0c\n\x04seqs\x18\x03 \x03(\x03\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t2\xf6\x02\n\rBridgeService\x12P\n\x07Publish\x12!.runwire.bridge.v1.PublishRequest\x1a\".runwire.bridge.v1.PublishResponse\x12X\n\tSubscribe\x12#.runwire.bridge.v1.SubscribeRequest\x1a$.runwire.bridge.v1.SubscribeResponse0\x01\x12Q\n\x06\x46\x61\x62ric\x12 .runwire.bridge.v1.FabricRequest\x1a!.runwire.bridge.v1.FabricResponse(\x01\x30\x01\x12\x66\n\rPublishStream\x12\'.runwire.bridge.v1.PublishStreamRequest\x1a(.runwire.bridge.v1.PublishStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBERESPONSE']._serialized_end=733
   _globals['_EVENTBATCH']._serialized_start=735
   _globals['_EVENTBATCH']._serialized_end=792
-  _globals['_BRIDGESERVICE']._serialized_start=795
-  _globals['_BRIDGESERVICE']._serialized_end=982
+  _globals['_FABRICREQUEST']._serialized_start=795
+  _globals['_FABRICREQUEST']._serialized_end=1016
+  _globals['_FABRICADD']._serialized_start=1018
+  _globals['_FABRICADD']._serialized_end=1112
+  _globals['_FABRICREMOVE']._serialized_start=1114
+  _globals['_FABRICREMOVE']._serialized_end=1153
+  _globals['_FABRICCREDIT']._serialized_start=1155
+  _globals['_FABRICCREDIT']._serialized_end=1210
+  _globals['_FABRICRESPONSE']._serialized_start=1212
+  _globals['_FABRICRESPONSE']._serialized_end=1274
+  _globals['_FABRICITEM']._serialized_start=1277
+  _globals['_FABRICITEM']._serialized_end=1521
+  _globals['_FABRICENDED']._serialized_start=1523
+  _globals['_FABRICENDED']._serialized_end=1583
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=1586
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=1725
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=1727
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=1832
+  _globals['_BRIDGESERVICE']._serialized_start=1835
+  _globals['_BRIDGESERVICE']._serialized_end=2209
 # @@protoc_insertion_point(module_scope)

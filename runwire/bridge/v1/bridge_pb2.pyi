@@ -218,3 +218,288 @@ class EventBatch(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
+
+@_typing.final
+class FabricRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CONTEXT_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_context(self) -> _context_pb2.UserContext:
+        """The user this message concerns. For `add`: that user's attested context,
+        verified like Subscribe's (a forged, expired or unattested context ends
+        the subscription with UNAUTHENTICATED). For `remove`: user_id must be the
+        subscription's owner. May be empty on a message that only grants credit.
+        """
+
+    @_builtins.property
+    def add(self) -> Global___FabricAdd: ...
+    @_builtins.property
+    def remove(self) -> Global___FabricRemove: ...
+    @_builtins.property
+    def credits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FabricCredit]:
+        """Credit for any subscriptions of this stream (a credit-only message
+        carries no op).
+        """
+
+    def __init__(
+        self,
+        *,
+        user_context: _context_pb2.UserContext | None = ...,
+        add: Global___FabricAdd | None = ...,
+        remove: Global___FabricRemove | None = ...,
+        credits: _abc.Iterable[Global___FabricCredit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "op", b"op", "remove", b"remove", "user_context", b"user_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "credits", b"credits", "op", b"op", "remove", b"remove", "user_context", b"user_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["add", "remove"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___FabricRequest: _TypeAlias = FabricRequest  # noqa: Y015
+
+@_typing.final
+class FabricAdd(_message.Message):
+    """FabricAdd opens one subscription: replay after `after`, then live events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    INITIAL_CREDIT_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.int
+    """Chosen by the gateway, unique on this stream while the subscription lives."""
+    after: _builtins.str
+    """Resume after this event_id; empty = live events only."""
+    max_batch: _builtins.int
+    """Events per EventBatch (the bridge may cap it); 0 = the bridge's default."""
+    initial_credit: _builtins.int
+    """Events the bridge may send before further credit; 0 = the bridge's default."""
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.int = ...,
+        after: _builtins.str = ...,
+        max_batch: _builtins.int = ...,
+        initial_credit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "initial_credit", b"initial_credit", "max_batch", b"max_batch", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FabricAdd: _TypeAlias = FabricAdd  # noqa: Y015
+
+@_typing.final
+class FabricRemove(_message.Message):
+    """FabricRemove closes one subscription; the bridge forgets it at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FabricRemove: _TypeAlias = FabricRemove  # noqa: Y015
+
+@_typing.final
+class FabricCredit(_message.Message):
+    """FabricCredit allows the bridge to send `events` more events of one subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.int
+    events: _builtins.int
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.int = ...,
+        events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FabricCredit: _TypeAlias = FabricCredit  # noqa: Y015
+
+@_typing.final
+class FabricResponse(_message.Message):
+    """FabricResponse carries items of any subscriptions of the stream, each
+    subscription's in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FabricItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___FabricItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FabricResponse: _TypeAlias = FabricResponse  # noqa: Y015
+
+@_typing.final
+class FabricItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    REPLAY_COMPLETE_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.int
+    @_builtins.property
+    def events(self) -> Global___EventBatch: ...
+    @_builtins.property
+    def gap(self) -> Global___Gap: ...
+    @_builtins.property
+    def replay_complete(self) -> Global___ReplayComplete: ...
+    @_builtins.property
+    def ended(self) -> Global___FabricEnded: ...
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.int = ...,
+        events: Global___EventBatch | None = ...,
+        gap: Global___Gap | None = ...,
+        replay_complete: Global___ReplayComplete | None = ...,
+        ended: Global___FabricEnded | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "events", b"events", "gap", b"gap", "item", b"item", "replay_complete", b"replay_complete"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "events", b"events", "gap", b"gap", "item", b"item", "replay_complete", b"replay_complete", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["events", "gap", "replay_complete", "ended"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___FabricItem: _TypeAlias = FabricItem  # noqa: Y015
+
+@_typing.final
+class FabricEnded(_message.Message):
+    """FabricEnded says a subscription is over; the bridge has forgotten it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code that Subscribe would have ended with:
+    RESOURCE_EXHAUSTED (fell behind), UNAVAILABLE (draining, store lost),
+    UNAUTHENTICATED, INVALID_ARGUMENT (a bad cursor or request), ...
+    """
+    message: _builtins.str
+    cursor: _builtins.str
+    """Resume from here (empty when no event was delivered and none requested)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "cursor", b"cursor", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FabricEnded: _TypeAlias = FabricEnded  # noqa: Y015
+
+@_typing.final
+class PublishStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CONTEXT_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """Chosen by the sender, echoed in the acknowledgement."""
+    @_builtins.property
+    def user_context(self) -> _context_pb2.UserContext:
+        """The owner of every event of this batch, attested."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.RunEvent]: ...
+    def __init__(
+        self,
+        *,
+        user_context: _context_pb2.UserContext | None = ...,
+        batch_id: _builtins.int = ...,
+        events: _abc.Iterable[_event_pb2.RunEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events", "user_context", b"user_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishStreamRequest: _TypeAlias = PublishStreamRequest  # noqa: Y015
+
+@_typing.final
+class PublishStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    SEQS_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    code: _builtins.int
+    """A gRPC status code: 0 = stored (fenced); otherwise the batch was refused
+    whole (INVALID_ARGUMENT, UNAUTHENTICATED) or could not be stored now
+    (UNAVAILABLE: resend it) and `message` says why.
+    """
+    message: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As in PublishResponse, when code is 0 (OK)."""
+
+    @_builtins.property
+    def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        seqs: _abc.Iterable[_builtins.int] | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "code", b"code", "event_ids", b"event_ids", "message", b"message", "seqs", b"seqs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishStreamResponse: _TypeAlias = PublishStreamResponse  # noqa: Y015

@@ -46,6 +46,16 @@ class BridgeServiceStub:
                 request_serializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.Fabric = channel.stream_stream(
+                '/runwire.bridge.v1.BridgeService/Fabric',
+                request_serializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.FabricRequest.SerializeToString,
+                response_deserializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.FabricResponse.FromString,
+                _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/runwire.bridge.v1.BridgeService/PublishStream',
+                request_serializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -74,6 +84,31 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fabric(self, request_iterator, context):
+        """The event fabric of one gateway process: many users' subscriptions
+        multiplexed over one long-lived stream. The gateway adds a subscription
+        (FabricRequest.add, with that user's attested context and resume cursor)
+        when the user's first connection opens and removes it when the last one
+        closes; every response item names the subscription it belongs to. Each
+        subscription has its own credit (events the bridge may send before the
+        gateway grants more), so one slow user never stalls the stream. A
+        subscription that is refused, falls too far behind or is drained ends on
+        its own (FabricItem.ended, with its resume cursor); the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishStream(self, request_iterator, context):
+        """The publishing stream of one execution process: batches of events of any
+        users, each with its owner's attested context, acknowledged one by one
+        (PublishStreamResponse.batch_id) with the same fencing as Publish, so a
+        batch resent after a broken stream is stored once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +121,16 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.SubscribeRequest.FromString,
                     response_serializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Fabric': grpc.stream_stream_rpc_method_handler(
+                    servicer.Fabric,
+                    request_deserializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.FabricRequest.FromString,
+                    response_serializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.FabricResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.PublishStreamRequest.FromString,
+                    response_serializer=runwire_dot_bridge_dot_v1_dot_bridge__pb2.PublishStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +189,60 @@ class BridgeService:
             '/runwire.bridge.v1.BridgeService/Subscribe',
             runwire_dot_bridge_dot_v1_dot_bridge__pb2.SubscribeRequest.SerializeToString,
             runwire_dot_bridge_dot_v1_dot_bridge__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fabric(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/runwire.bridge.v1.BridgeService/Fabric',
+            runwire_dot_bridge_dot_v1_dot_bridge__pb2.FabricRequest.SerializeToString,
+            runwire_dot_bridge_dot_v1_dot_bridge__pb2.FabricResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/runwire.bridge.v1.BridgeService/PublishStream',
+            runwire_dot_bridge_dot_v1_dot_bridge__pb2.PublishStreamRequest.SerializeToString,
+            runwire_dot_bridge_dot_v1_dot_bridge__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,23 @@ class BridgeServiceStub:
     A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
     and resumes from its last event_id.
     """
+    Fabric: _grpc.StreamStreamMultiCallable[_bridge_pb2.FabricRequest, _bridge_pb2.FabricResponse]
+    """The event fabric of one gateway process: many users' subscriptions
+    multiplexed over one long-lived stream. The gateway adds a subscription
+    (FabricRequest.add, with that user's attested context and resume cursor)
+    when the user's first connection opens and removes it when the last one
+    closes; every response item names the subscription it belongs to. Each
+    subscription has its own credit (events the bridge may send before the
+    gateway grants more), so one slow user never stalls the stream. A
+    subscription that is refused, falls too far behind or is drained ends on
+    its own (FabricItem.ended, with its resume cursor); the stream goes on.
+    """
+    PublishStream: _grpc.StreamStreamMultiCallable[_bridge_pb2.PublishStreamRequest, _bridge_pb2.PublishStreamResponse]
+    """The publishing stream of one execution process: batches of events of any
+    users, each with its owner's attested context, acknowledged one by one
+    (PublishStreamResponse.batch_id) with the same fencing as Publish, so a
+    batch resent after a broken stream is stored once.
+    """
 
 @_typing.type_check_only
 class BridgeServiceAsyncStub(BridgeServiceStub):
@@ -68,6 +85,23 @@ class BridgeServiceAsyncStub(BridgeServiceStub):
     """Replays the caller's events after `after`, then streams live ones.
     A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
     and resumes from its last event_id.
+    """
+    Fabric: _aio.StreamStreamMultiCallable[_bridge_pb2.FabricRequest, _bridge_pb2.FabricResponse]  # type: ignore[assignment]
+    """The event fabric of one gateway process: many users' subscriptions
+    multiplexed over one long-lived stream. The gateway adds a subscription
+    (FabricRequest.add, with that user's attested context and resume cursor)
+    when the user's first connection opens and removes it when the last one
+    closes; every response item names the subscription it belongs to. Each
+    subscription has its own credit (events the bridge may send before the
+    gateway grants more), so one slow user never stalls the stream. A
+    subscription that is refused, falls too far behind or is drained ends on
+    its own (FabricItem.ended, with its resume cursor); the stream goes on.
+    """
+    PublishStream: _aio.StreamStreamMultiCallable[_bridge_pb2.PublishStreamRequest, _bridge_pb2.PublishStreamResponse]  # type: ignore[assignment]
+    """The publishing stream of one execution process: batches of events of any
+    users, each with its owner's attested context, acknowledged one by one
+    (PublishStreamResponse.batch_id) with the same fencing as Publish, so a
+    batch resent after a broken stream is stored once.
     """
 
 class BridgeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +132,35 @@ class BridgeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replays the caller's events after `after`, then streams live ones.
         A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
         and resumes from its last event_id.
+        """
+
+    @_abc_1.abstractmethod
+    def Fabric(
+        self,
+        request_iterator: _MaybeAsyncIterator[_bridge_pb2.FabricRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_bridge_pb2.FabricResponse], _abc.AsyncIterator[_bridge_pb2.FabricResponse]]:
+        """The event fabric of one gateway process: many users' subscriptions
+        multiplexed over one long-lived stream. The gateway adds a subscription
+        (FabricRequest.add, with that user's attested context and resume cursor)
+        when the user's first connection opens and removes it when the last one
+        closes; every response item names the subscription it belongs to. Each
+        subscription has its own credit (events the bridge may send before the
+        gateway grants more), so one slow user never stalls the stream. A
+        subscription that is refused, falls too far behind or is drained ends on
+        its own (FabricItem.ended, with its resume cursor); the stream goes on.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_bridge_pb2.PublishStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_bridge_pb2.PublishStreamResponse], _abc.AsyncIterator[_bridge_pb2.PublishStreamResponse]]:
+        """The publishing stream of one execution process: batches of events of any
+        users, each with its owner's attested context, acknowledged one by one
+        (PublishStreamResponse.batch_id) with the same fencing as Publish, so a
+        batch resent after a broken stream is stored once.
         """
 
 def add_BridgeServiceServicer_to_server(servicer: BridgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
