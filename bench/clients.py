@@ -14,7 +14,12 @@ as soon as the previous run's terminal event arrived) and records:
 
 In ``idle`` mode the clients only connect and authenticate, wait until the
 coordinator releases them, and then prove the connection is still usable with
-one application ``ping`` → ``pong``.
+one application ``ping`` → ``pong`` — every connection, or every
+``ping_every``-th one (a sample spread over all of them) when very many are held.
+Idle clients may each connect from a given loopback source address
+(``sources``): one address has only about 28k ephemeral ports towards one
+gateway port, so 50,000 connections need two or more (127.0.0.2, … are on
+loopback too).
 
 The coordinator (:mod:`bench.driver`) runs this in separate processes and merges
 the results; this module runs inside such a process.
@@ -26,11 +31,13 @@ import asyncio
 import contextlib
 import json
 import resource
+import socket
 import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -38,6 +45,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from bench.stats import parse_rfc3339
 
 TERMINAL = frozenset({"agent_completed", "agent_error", "agent_cancelled", "agent_death"})
+# Linux: pick the source port at connect() (unique per 4-tuple), not at bind() (unique per address).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class ClientSpec:
     start_spread_s: float = 0.0
     connect_concurrency: int = 100
     connect_timeout_s: float = 60.0
+    # Source address of each user's connection (same order as ``users``); empty: the default.
+    sources: tuple[str, ...] = ()
+    # Idle mode: every ``ping_every``-th connection of this process sends the final ping.
+    ping_every: int = 1
 
 
 @dataclass
@@ -80,6 +93,7 @@ class ClientResult:
     t_first_send: float = 0.0
     t_last_event: float = 0.0
     cpu_s: float = 0.0
+    pinged: int = 0
     alive: int = 0
 
 
@@ -88,7 +102,25 @@ def _cpu_now() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _open(spec: ClientSpec, user: str, gate: asyncio.Semaphore) -> ClientConnection:
+async def _socket_from(source: str, url: str, timeout_s: float) -> socket.socket:
+    """A TCP connection to ``url``'s host and port from the address ``source``."""
+    parsed = urlparse(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, target), timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _open(
+    spec: ClientSpec, user: str, gate: asyncio.Semaphore, source: str | None = None
+) -> ClientConnection:
     headers: dict[str, str] = {}
     if spec.jwt_secret is not None:
         from runwire_cli.tokens import mint_token
@@ -98,6 +130,9 @@ async def _open(spec: ClientSpec, user: str, gate: asyncio.Semaphore) -> ClientC
     for attempt in range(4):
         async with gate:
             try:
+                extra: dict[str, Any] = {}
+                if source is not None:
+                    extra["sock"] = await _socket_from(source, spec.url, spec.connect_timeout_s)
                 conn = await connect(
                     spec.url,
                     additional_headers=headers,
@@ -105,6 +140,7 @@ async def _open(spec: ClientSpec, user: str, gate: asyncio.Semaphore) -> ClientC
                     open_timeout=spec.connect_timeout_s,
                     ping_interval=None,
                     max_size=1 << 22,
+                    **extra,
                 )
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 last = exc
@@ -204,7 +240,11 @@ async def _client_ping(conn: ClientConnection) -> bool:
 async def connect_all(spec: ClientSpec, rec: _Recorder) -> list[tuple[int, ClientConnection]]:
     """Open one connection per user; failures are counted, not raised."""
     gate = asyncio.Semaphore(spec.connect_concurrency)
-    outcomes = await asyncio.gather(*(_open(spec, user, gate) for user in spec.users), return_exceptions=True)
+    sources: tuple[str | None, ...] = spec.sources or (None,) * len(spec.users)
+    outcomes = await asyncio.gather(
+        *(_open(spec, user, gate, source) for user, source in zip(spec.users, sources, strict=True)),
+        return_exceptions=True,
+    )
     conns: list[tuple[int, ClientConnection]] = []
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
@@ -232,7 +272,9 @@ async def drive(spec: ClientSpec, wait_for_go: Any, report_ready: Any) -> Client
     if spec.mode == "load":
         await asyncio.gather(*(_client_load(spec, i, conn, rec) for i, conn in conns))
     else:
-        alive = await asyncio.gather(*(_client_ping(conn) for _, conn in conns))
+        sampled = conns[:: max(1, spec.ping_every)]
+        alive = await asyncio.gather(*(_client_ping(conn) for _, conn in sampled))
+        rec.result.pinged = len(sampled)
         rec.result.alive = sum(alive)
     rec.result.cpu_s = _cpu_now() - cpu0
     rec.result.run_errors = dict(rec.errors)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("load", "paced", "stability", "idle", "registry")
+SECTIONS = ("load", "paced", "stability", "idle", "registry", "prod")
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,23 @@ class BenchConfig:
     stability_users: int = 100
     stability_runs: int = 1000
     idle_counts: tuple[int, ...] = (1000, 10000)
+    # Idle pings: every held connection answers one when at most this many are held in all,
+    # otherwise `idle_ping_sample` connections spread evenly over all of them.
+    idle_ping_all_max: int = 10_000
+    idle_ping_sample: int = 300
+    # Each loopback source address (127.0.0.1, 127.0.0.2, …) has about 28k ephemeral ports
+    # towards one gateway port; idle connections are spread so none carries more than this.
+    idle_per_source: int = 20_000
     registry_callers: int = 32
     registry_duration_s: float = 5.0
-    postgres_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    postgres_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    postgres_database: str = "runwire_bench"  # created and dropped by every run; never `test`
+    # The production configuration (`prod`): Redis bridge backend + PostgreSQL registry.
+    prod_users: tuple[int, ...] = (100, 1000)
+    prod_idle_counts: tuple[int, ...] = (1000, 10000)
+    redis_url: str = "redis://127.0.0.1:6379/14"  # a DB number of its own; tests use 0
+    redis_key_prefix: str = "runwire-bench"  # every key and Pub/Sub channel of the bridge
+    redis_poll_s: float = 1.0  # CLIENT LIST / INFO readings while a measurement runs
     out: Path = Path("bench/results")
     skip: frozenset[str] = frozenset()
     profile: bool = False
@@ -54,6 +68,12 @@ class BenchConfig:
             "stability_users": 4,
             "stability_runs": 8,
             "idle_counts": (10, 30),
+            "idle_ping_all_max": 20,  # 30 held: the sampled ping check runs too
+            "idle_ping_sample": 7,
+            "idle_per_source": 16,  # 30 held: two source addresses
+            "prod_users": (4,),
+            "prod_idle_counts": (10,),
+            "redis_poll_s": 0.2,
             "registry_callers": 4,
             "registry_duration_s": 1.0,
             "smoke": True,

@@ -88,6 +88,7 @@ class FleetResult(ClientResult):
         self.accepted_s.extend(part.accepted_s)
         self.delivery_s.extend(part.delivery_s)
         self.driver_cpu_s.append(part.cpu_s)
+        self.pinged += part.pinged
         self.alive += part.alive
 
 
@@ -114,7 +115,11 @@ class Fleet:
     def start(self) -> None:
         users = self._spec.users
         for index in range(self._n):
-            part = replace(self._spec, users=tuple(users[index :: self._n]))
+            part = replace(
+                self._spec,
+                users=tuple(users[index :: self._n]),
+                sources=tuple(self._spec.sources[index :: self._n]),
+            )
             proc = self._ctx.Process(
                 target=_process_main,
                 args=(part, self._ready, self._go, self._results, index),

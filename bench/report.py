@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.stats import ratio
+
 KB_PER_MB = 1024
+PROD = "Redis + PostgreSQL"
 
 
 def _load_at(results: Mapping[str, Any], users: int) -> Mapping[str, Any] | None:
@@ -53,9 +56,13 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         detail = ", ".join(f"{s['gateway_kb_per_connection']:.1f} KB at {s['connections']:,}" for s in steps)
         out.append(_target(name, (worst <= 30) if sized else None, detail))
         held, alive = idle["held"], idle["alive_after_hold"]
+        pinged = idle.get("pinged", held)
         wanted = max(s["wanted"] for s in steps)
-        detail = f"{alive:,} of {wanted:,} connected and answering ping"
-        out.append(_target(held_name, (held == alive == wanted) if wanted >= 10000 else None, detail))
+        answered = alive == pinged > 0
+        sample = "" if pinged == held else f" (a sample of {pinged:,})"
+        detail = f"{held:,} of {wanted:,} connected; {alive:,} of {pinged:,} answered ping{sample}"
+        met = held == wanted and answered if wanted >= 10000 else None
+        out.append(_target(held_name, met, detail))
     else:
         out.append(_target(name, None, "not measured"))
         out.append(_target(held_name, None, "not measured"))
@@ -83,7 +90,7 @@ def _lat(block: Mapping[str, Any]) -> str:
     return f"{block['p50_ms']:.1f} / {block['p99_ms']:.1f} / {block['max_ms']:.0f}"
 
 
-def _load_table(rows: list[Mapping[str, Any]]) -> list[str]:
+def _load_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = [
         "| users | runs | Runwire events/s | baseline events/s | ratio | accepted p50 / p99 / max ms (Runwire) "
         "| (baseline) | delivery p50 / p99 / max ms (Runwire) | (baseline) | delivery p99 ratio | failed runs R / B | missing / dup / stray events R "
@@ -110,7 +117,7 @@ def _load_table(rows: list[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def _resource_table(rows: list[Mapping[str, Any]]) -> list[str]:
+def _resource_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     names = sorted({n for row in rows for n in row["runwire"]["service_cpu_s"]})
     base_names = sorted({n for row in rows for n in row["baseline"]["service_cpu_s"]})
     head = " | ".join(f"{n} CPU s / peak MB" for n in names + base_names)
@@ -128,6 +135,158 @@ def _resource_table(rows: list[Mapping[str, Any]]) -> list[str]:
         per_event = f"{row['runwire']['service_cpu_ms_per_event']:.3f} / {row['baseline']['service_cpu_ms_per_event']:.3f}"
         out.append(f"| {row['users']} | " + " | ".join(cells) + f" | {per_event} |")
     return out
+
+
+def annotate(results: dict[str, Any]) -> None:
+    """Ratios of the production configuration to the in-memory one at the same size (``vs_memory``)."""
+    memory_load = {row["users"]: row for row in results.get("load", []) if "runwire" in row}
+    for row in _prod_rows(results):
+        mem = memory_load.get(row["users"])
+        if mem is None:
+            continue
+        prod_rw, mem_rw = row["runwire"], mem["runwire"]
+        row["vs_memory"] = {
+            "events_per_s": ratio(prod_rw["events_per_s"], mem_rw["events_per_s"]),
+            "delivery_latency.p99_ms": ratio(
+                prod_rw["delivery_latency"]["p99_ms"], mem_rw["delivery_latency"]["p99_ms"]
+            ),
+            "accepted_latency.p99_ms": ratio(
+                prod_rw["accepted_latency"]["p99_ms"], mem_rw["accepted_latency"]["p99_ms"]
+            ),
+        }
+    memory_idle = {s["wanted"]: s for s in (results.get("idle") or {}).get("steps", [])}
+    for step in (results.get("prod_idle") or {}).get("steps", []):
+        mem = memory_idle.get(step["wanted"])
+        if mem is not None:
+            step["vs_memory"] = {
+                key: ratio(step[key], mem[key])
+                for key in (
+                    "gateway_kb_per_connection",
+                    "bridge_kb_per_connection",
+                    "total_kb_per_connection",
+                )
+                if key in mem
+            }
+
+
+def _prod_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = results.get("prod_load")
+    return [r for r in rows if "runwire" in r] if isinstance(rows, list) else []
+
+
+def _three(block: Mapping[str, Any], key: str) -> str:
+    """``before / peak / after`` of one Redis reading key."""
+    return " / ".join(_fmt(block.get(phase, {}).get(key)) for phase in ("before", "peak", "after"))
+
+
+def _kb_per_conn(step: Mapping[str, Any]) -> str:
+    gateway, bridge = step["gateway_kb_per_connection"], step["bridge_kb_per_connection"]
+    total = step.get("total_kb_per_connection", round(gateway + bridge, 2))
+    return f"{gateway:.1f} | {bridge:.1f} | {total:.1f}"
+
+
+def _idle_table(idle: Mapping[str, Any], *, redis: bool) -> list[str]:
+    head = "| connections | connect time s | gateway RSS MB | bridge RSS MB | gateway KB/conn | bridge KB/conn | sum KB/conn |"
+    rule = "|---:|---:|---:|---:|---:|---:|---:|"
+    if redis:
+        head += " sum vs in-memory | Redis connected_clients | bridge's Redis clients |"
+        rule += "---:|---:|---:|"
+    out = [head + " failed |", rule + "---:|"]
+    for s in idle["steps"]:
+        line = (
+            f"| {s['connections']:,} | {s['connect_s']} | {s['rss_kb']['gateway'] / KB_PER_MB:.1f} "
+            f"| {s['rss_kb']['bridge'] / KB_PER_MB:.1f} | {_kb_per_conn(s)} |"
+        )
+        if redis:
+            vs = (s.get("vs_memory") or {}).get("total_kb_per_connection")
+            reading = s.get("redis", {})
+            line += (
+                f" {_fmt(vs, 2)}{'x' if vs is not None else ''} | {_fmt(reading.get('connected_clients'))} "
+                f"| {_fmt(reading.get('bridge_clients'))} |"
+            )
+        out.append(line + f" {s['connect_failed']} |")
+    pinged = idle.get("pinged", idle["held"])
+    sample = (
+        ""
+        if pinged == idle["held"]
+        else f" (a sample: every {idle.get('ping_every', 1)}th connection of each driver process)"
+    )
+    sources = idle.get("source_addresses") or {}
+    out.append(
+        f"\nRSS before: gateway {idle['rss_before_kb']['gateway'] / KB_PER_MB:.1f} MB, "
+        f"bridge {idle['rss_before_kb']['bridge'] / KB_PER_MB:.1f} MB; peak: gateway "
+        f"{idle.get('gateway_peak_rss_kb', 0) / KB_PER_MB:.1f} MB, bridge {idle.get('bridge_peak_rss_kb', 0) / KB_PER_MB:.1f} MB. "
+        f"{idle['alive_after_hold']:,} of {pinged:,} pinged connections answered a ping after the hold{sample}."
+        + (
+            " Source addresses: " + ", ".join(f"{a} ({n:,})" for a, n in sources.items()) + "."
+            if len(sources) > 1
+            else ""
+        )
+    )
+    if idle.get("connect_errors"):
+        out.append(f"Connect errors (first): {'; '.join(idle['connect_errors'])}")
+    return out
+
+
+def _prod_sections(results: Mapping[str, Any]) -> list[str]:
+    prod_meta = results["meta"].get("prod") or {}
+    rows = _prod_rows(results)
+    idle = results.get("prod_idle") or {}
+    if not rows and not idle.get("steps") and not prod_meta.get("skipped"):
+        return []
+    lines = [
+        "",
+        f"## Production configuration: {PROD}",
+        "",
+        f"`runwire up --redis-url {prod_meta.get('redis_url')} --database-url postgresql+asyncpg://…/"
+        f"{prod_meta.get('postgres_database')}`: the bridge on Redis (key prefix "
+        f"`{prod_meta.get('redis_key_prefix')}`), the registry on a PostgreSQL database created for each "
+        "system and dropped after it. Redis `connected_clients` (INFO clients) counts every client of the "
+        "server, this benchmark's probe included; *bridge's Redis clients* are the CLIENT LIST entries named "
+        "`runwire-bridge.<prefix>.<bridge pid>`. Readings: before the clients connect / at the peak / after "
+        "they closed.",
+    ]
+    if prod_meta.get("skipped"):
+        lines += ["", f"**Skipped: {prod_meta['skipped']}.**"]
+    if rows:
+        lines += ["", f"### Load ({PROD}): events delivered to clients", "", *_load_table(rows)]
+        lines += [
+            "",
+            f"### Load ({PROD}): against the in-memory configuration, and Redis",
+            "",
+            "| users | events/s | vs in-memory | delivery p99 ms | vs in-memory | accepted p99 ms | vs in-memory "
+            "| Redis connected_clients before / peak / after | bridge's Redis clients before / peak / after "
+            "| Redis CPU s | Redis used memory MB (peak) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
+        ]
+        for row in rows:
+            rw, vs, redis = row["runwire"], row.get("vs_memory") or {}, row["runwire"].get("redis") or {}
+            peak_mem = (redis.get("peak") or {}).get("used_memory_kb")
+            lines.append(
+                f"| {row['users']} | {rw['events_per_s']:,.0f} | {_fmt(vs.get('events_per_s'), 2)}x "
+                f"| {rw['delivery_latency']['p99_ms']:.1f} | {_fmt(vs.get('delivery_latency.p99_ms'), 2)}x "
+                f"| {rw['accepted_latency']['p99_ms']:.1f} | {_fmt(vs.get('accepted_latency.p99_ms'), 2)}x "
+                f"| {_three(redis, 'connected_clients')} | {_three(redis, 'bridge_clients')} "
+                f"| {_fmt(rw.get('redis_cpu_s'), 2)} | {_fmt(peak_mem / KB_PER_MB if peak_mem else None)} |"
+            )
+        lines += [
+            "",
+            f"### CPU and peak RSS per process during each load ({PROD})",
+            "",
+            *_resource_table(rows),
+        ]
+    if idle.get("steps"):
+        redis = idle.get("redis") or {}
+        lines += [
+            "",
+            f"## Idle authenticated connections ({PROD}, one gateway, one bridge)",
+            "",
+            *_idle_table(idle, redis=True),
+            "",
+            f"Redis connected_clients before / peak / after: {_three(redis, 'connected_clients')}; "
+            f"the bridge's Redis clients: {_three(redis, 'bridge_clients')}.",
+        ]
+    return lines
 
 
 def markdown(results: Mapping[str, Any], chart_name: str) -> str:
@@ -182,20 +341,9 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
             )
     idle = results.get("idle") or {}
     if idle.get("steps"):
-        lines += ["", "## Idle authenticated connections (one gateway)", ""]
-        lines += [
-            "| connections | connect time s | gateway RSS MB | gateway KB/conn | bridge KB/conn | failed |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        for s in idle["steps"]:
-            lines.append(
-                f"| {s['connections']:,} | {s['connect_s']} | {s['rss_kb']['gateway'] / KB_PER_MB:.1f} "
-                f"| {s['gateway_kb_per_connection']:.1f} | {s['bridge_kb_per_connection']:.1f} | {s['connect_failed']} |"
-            )
-        lines.append(
-            f"\nGateway RSS before: {idle['rss_before_kb']['gateway'] / KB_PER_MB:.1f} MB; "
-            f"{idle['alive_after_hold']:,} of {idle['held']:,} connections answered a ping after the hold."
-        )
+        lines += ["", "## Idle authenticated connections (one gateway, in-memory bridge)", ""]
+        lines += _idle_table(idle, redis=False)
+    lines += _prod_sections(results)
     reg = results.get("registry") or {}
     if reg:
         lines += ["", "## Registry: CreateRun + 4 transitions per run, through gRPC", ""]
@@ -254,23 +402,31 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return
-    for side, color, marker in (("runwire", "tab:blue", "o"), ("baseline", "tab:orange", "s")):
-        left.plot(users, [r[side]["events_per_s"] for r in rows], marker=marker, color=color, label=side)
+    prod = _prod_rows(results)
+    series = [
+        (rows, "runwire", "runwire", "tab:blue", "o"),
+        (rows, "baseline", "baseline", "tab:orange", "s"),
+    ]
+    if prod:
+        series.append((prod, "runwire", f"runwire ({PROD})", "tab:green", "^"))
+    for group, side, label, color, marker in series:
+        xs = [r["users"] for r in group]
+        left.plot(xs, [r[side]["events_per_s"] for r in group], marker=marker, color=color, label=label)
         right.plot(
-            users,
-            [r[side]["delivery_latency"]["p99_ms"] for r in rows],
+            xs,
+            [r[side]["delivery_latency"]["p99_ms"] for r in group],
             marker=marker,
             color=color,
-            label=f"{side}: event delivery p99",
+            label=f"{label}: event delivery p99",
         )
         right.plot(
-            users,
-            [r[side]["accepted_latency"]["p99_ms"] for r in rows],
+            xs,
+            [r[side]["accepted_latency"]["p99_ms"] for r in group],
             marker=marker,
             color=color,
             linestyle="--",
             alpha=0.6,
-            label=f"{side}: run.accepted p99",
+            label=f"{label}: run.accepted p99",
         )
     for ax, title, ylabel in (
         (left, "End-to-end events/s delivered to clients", "events/s"),
@@ -295,6 +451,7 @@ def write(results: dict[str, Any], out_root: Path, stamp: str) -> Path:
     """Write the run's folder and refresh the ``latest.*`` copies; return the folder."""
     folder = out_root / stamp
     folder.mkdir(parents=True, exist_ok=True)
+    annotate(results)
     results["targets"] = targets(results)
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (folder / "results.md").write_text(markdown(results, "chart.png"))

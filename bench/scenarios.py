@@ -5,18 +5,26 @@ Every function takes running systems and returns a JSON-ready dict. CPU seconds
 of each service are the difference of ``/proc/<pid>/stat`` readings taken when
 every client is connected and when the last one finished; RSS figures are
 ``VmRSS`` (now) and ``VmHWM`` (peak since start) in KiB.
+
+On the production configuration (Redis bridge backend) a :class:`RedisProbe`
+adds Redis readings — ``connected_clients`` and the bridge's own connections —
+before, at the peak and after each measurement (see :mod:`bench.redisstats`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bench import procstats
 from bench.clients import ClientSpec
 from bench.config import BenchConfig, scripted_input
 from bench.driver import Fleet, run_load
+from bench.redisstats import Peak, RedisProbe, phases
 from bench.stats import ratio
 from runwire_common.ids import new_id
 
@@ -36,11 +44,16 @@ def measure_load(
     expected_events: int,
     drivers: int,
     start_spread_s: float = 0.0,
+    redis: RedisProbe | None = None,
+    settle_s: float = 0.0,
 ) -> dict[str, Any]:
     """``users`` clients each doing ``runs_per_user`` runs back to back.
 
     ``events_per_s`` is every event frame clients received divided by the time
-    from the common start to the last event's arrival.
+    from the common start to the last event's arrival. With ``redis``: Redis
+    readings before the clients connect, at the peak (polled during connect and
+    load) and ``settle_s`` after they closed; ``redis_cpu_s`` is the Redis
+    server's CPU over the same span as ``service_cpu_s``.
     """
     spec = ClientSpec(
         url=url,
@@ -53,8 +66,15 @@ def measure_load(
         start_spread_s=start_spread_s,
     )
     before: list[procstats.Sample] = []
-    result = run_load(spec, drivers, on_ready=[lambda: before.append(procstats.sample(pids))])
-    after = procstats.sample(pids)
+    redis_at_go: list[dict[str, Any]] = []
+    hooks = [lambda: before.append(procstats.sample(pids))]
+    if redis is not None:
+        hooks.append(lambda: redis_at_go.append(redis.reading()))
+    redis_before = redis.reading() if redis is not None else {}
+    with _polling(redis) as peak:
+        result = run_load(spec, drivers, on_ready=hooks)
+        after = procstats.sample(pids)
+        redis_at_end = redis.reading() if redis is not None else {}
     summary = result.summary()
     cpu = procstats.cpu_delta(before[0], after)
     summary["runs_per_user"] = runs_per_user
@@ -64,7 +84,20 @@ def measure_load(
     )
     summary["service_rss_kb"] = dict(after.rss_kb)
     summary["service_peak_rss_kb"] = {name: procstats.peak_rss_kb(pid) for name, pid in pids.items()}
+    if redis is not None:
+        _settle(settle_s)
+        summary["redis"] = phases(redis_before, peak, redis.reading())
+        summary["redis_cpu_s"] = round(redis_at_end["cpu_s"] - redis_at_go[0]["cpu_s"], 3)
     return summary
+
+
+@contextlib.contextmanager
+def _polling(redis: RedisProbe | None) -> Iterator[Peak]:
+    if redis is None:
+        yield Peak()
+        return
+    with redis.polling() as peak:
+        yield peak
 
 
 def compare(runwire: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,7 +110,12 @@ def compare(runwire: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str
 
 
 def load_pair(
-    cfg: BenchConfig, users: int, rw: tuple[str, str, Mapping[str, int]], base: tuple[str, Mapping[str, int]]
+    cfg: BenchConfig,
+    users: int,
+    rw: tuple[str, str, Mapping[str, int]],
+    base: tuple[str, Mapping[str, int]],
+    *,
+    redis: RedisProbe | None = None,
 ) -> dict[str, Any]:
     """The baseline, then Runwire, at the same client count and the same script."""
     input_json = scripted_input(cfg.events_per_run, cfg.payload_bytes)
@@ -89,7 +127,7 @@ def load_pair(
         "drivers": cfg.drivers_for(users),
     }
     baseline = measure_load(base[0], None, base[1], **common)
-    runwire = measure_load(rw[0], rw[1], rw[2], **common)
+    runwire = measure_load(rw[0], rw[1], rw[2], **common, redis=redis, settle_s=cfg.settle_s)
     return {"users": users, "runwire": runwire, "baseline": baseline, "ratio": compare(runwire, baseline)}
 
 
@@ -172,57 +210,119 @@ def stability(cfg: BenchConfig, url: str, jwt_secret: str, pids: Mapping[str, in
     }
 
 
-def idle(cfg: BenchConfig, url: str, jwt_secret: str, pids: Mapping[str, int]) -> dict[str, Any]:
-    """Gateway memory per idle authenticated connection, cumulatively at each count of ``idle_counts``.
+def _sources(extra: int, used: Counter[str], per_source: int) -> tuple[str, ...]:
+    """Loopback source addresses for ``extra`` more connections, at most ``per_source`` on each.
 
-    Each connection is a distinct user (so the per-user connection limit does
-    not apply) that completed the handshake with a JWT and received
-    ``connected``; the gateway holds one bridge ``Subscribe`` stream for each.
-    KiB per connection = (gateway RSS with N connections - RSS before) / N.
-    At the end every connection sends one ``ping`` and must get its ``pong``.
+    ``used`` (connections already held per address) is updated. Each driver
+    process takes every n-th user, so it gets its share of every address.
     """
+    plan: list[str] = []
+    for octet in range(1, 255):
+        address = f"127.0.0.{octet}"
+        take = min(per_source - used[address], extra - len(plan))
+        if take > 0:
+            plan += [address] * take
+            used[address] += take
+        if len(plan) == extra:
+            return tuple(plan)
+    raise ValueError(f"{extra} more connections need more than 254 source addresses")
+
+
+def idle_drivers(extra: int) -> int:
+    """Driver processes for ``extra`` idle connections: about 10,000 each, 4 from 2,000 on."""
+    return 1 if extra < 2000 else max(4, math.ceil(extra / 10_000))
+
+
+def idle(
+    cfg: BenchConfig,
+    url: str,
+    jwt_secret: str,
+    pids: Mapping[str, int],
+    *,
+    counts: tuple[int, ...] | None = None,
+    redis: RedisProbe | None = None,
+) -> dict[str, Any]:
+    """Gateway and bridge memory per idle authenticated connection, cumulatively at each count.
+
+    ``counts`` defaults to ``cfg.idle_counts``. Each connection is a distinct
+    user (so the per-user connection limit does not apply) that completed the
+    handshake with a JWT and received ``connected``; the gateway holds one
+    bridge subscription for each. KiB per connection = (RSS with N
+    connections - RSS before) / N, for the gateway, the bridge and both.
+    Connections come from loopback source addresses 127.0.0.1, 127.0.0.2, …,
+    at most ``cfg.idle_per_source`` each (one address has ~28k ports towards
+    the gateway's port). At the end every connection sends one ``ping`` and
+    must get its ``pong`` — or, above ``cfg.idle_ping_all_max`` connections,
+    about ``cfg.idle_ping_sample`` connections spread evenly over all of them.
+    With ``redis``: Redis readings before, at every step, at the peak and after
+    every connection closed.
+    """
+    counts = tuple(sorted(counts or cfg.idle_counts))
+    ping_every = 1 if counts[-1] <= cfg.idle_ping_all_max else math.ceil(counts[-1] / cfg.idle_ping_sample)
     _settle(cfg.settle_s)
     before = procstats.sample(pids).rss_kb
+    redis_before = redis.reading() if redis is not None else {}
     fleets: list[Fleet] = []
     steps: list[dict[str, Any]] = []
+    used: Counter[str] = Counter()
     held = 0
-    try:
-        for count in sorted(cfg.idle_counts):
-            extra = count - held
-            spec = ClientSpec(url=url, users=_users(extra), jwt_secret=jwt_secret, mode="idle")
-            fleet = Fleet(spec, 1 if extra < 2000 else 4)
-            fleets.append(fleet)
-            started = time.monotonic()
-            fleet.start()
-            connect_s = time.monotonic() - started
-            held += fleet.connected
-            _settle(cfg.settle_s)
-            rss = procstats.sample(pids).rss_kb
-            steps.append(
-                {
+    results = []
+    with _polling(redis) as peak:
+        try:
+            for count in counts:
+                extra = count - held
+                spec = ClientSpec(
+                    url=url,
+                    users=_users(extra),
+                    jwt_secret=jwt_secret,
+                    mode="idle",
+                    sources=_sources(extra, used, cfg.idle_per_source),
+                    ping_every=ping_every,
+                )
+                fleet = Fleet(spec, idle_drivers(extra))
+                fleets.append(fleet)
+                started = time.monotonic()
+                fleet.start()
+                connect_s = time.monotonic() - started
+                held += fleet.connected
+                _settle(cfg.settle_s)
+                rss = procstats.sample(pids).rss_kb
+                per_conn = {
+                    name: round((rss[name] - before[name]) / max(1, held), 2)
+                    for name in ("gateway", "bridge")
+                }
+                step: dict[str, Any] = {
                     "connections": held,
                     "wanted": count,
                     "connect_failed": fleet.connect_failed,
                     "connect_s": round(connect_s, 2),
                     "rss_kb": dict(rss),
-                    "gateway_kb_per_connection": round(
-                        (rss["gateway"] - before["gateway"]) / max(1, held), 2
-                    ),
-                    "bridge_kb_per_connection": round((rss["bridge"] - before["bridge"]) / max(1, held), 2),
+                    "gateway_kb_per_connection": per_conn["gateway"],
+                    "bridge_kb_per_connection": per_conn["bridge"],
+                    "total_kb_per_connection": round(per_conn["gateway"] + per_conn["bridge"], 2),
                 }
-            )
-        for fleet in fleets:
-            fleet.go()
-        results = [fleet.finish() for fleet in fleets]
-    finally:
-        for fleet in fleets:
-            fleet.close()
-    alive = sum(r.alive for r in results)
-    return {
+                if redis is not None:
+                    step["redis"] = redis.reading()
+                steps.append(step)
+            for fleet in fleets:
+                fleet.go()
+            results = [fleet.finish() for fleet in fleets]
+        finally:
+            for fleet in fleets:
+                fleet.close()
+    out: dict[str, Any] = {
         "rss_before_kb": dict(before),
         "steps": steps,
         "held": held,
-        "alive_after_hold": alive,
+        "ping_every": ping_every,
+        "pinged": sum(r.pinged for r in results),
+        "alive_after_hold": sum(r.alive for r in results),
+        "source_addresses": dict(sorted(used.items())),
         "connect_errors": [e for r in results for e in r.connect_errors][:3],
         "gateway_peak_rss_kb": procstats.peak_rss_kb(pids["gateway"]),
+        "bridge_peak_rss_kb": procstats.peak_rss_kb(pids["bridge"]),
     }
+    if redis is not None:
+        _settle(cfg.settle_s)
+        out["redis"] = phases(redis_before, peak, redis.reading())
+    return out

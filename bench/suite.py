@@ -9,6 +9,14 @@
    (``--smoke`` runs 4 and 5 on the first Runwire instead, to save start-up time.)
 6. ``registry`` — the registry alone on SQLite, then on a dedicated PostgreSQL database.
 
+The production configuration (``prod``: Redis bridge backend, PostgreSQL
+registry; see :func:`bench.systems.runwire_production`) is measured in the same
+run: ``prod_load`` right after 1-3, against the same still-running baseline
+chain (baseline, then Runwire, at each of ``prod_users``), and ``prod_idle``
+on a fresh production system after 5 (``--smoke``: on the ``prod_load`` system).
+Each production system gets a freshly created PostgreSQL database and a
+cleared Redis key prefix.
+
 A failing section is recorded under ``errors`` and the run goes on.
 """
 
@@ -76,10 +84,12 @@ def _section(results: dict[str, Any], name: str, body: Callable[[], Any]) -> Non
     print(f"[bench] {name} done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
 
 
-def _reachable(url: str) -> bool:
+def _reachable(url: str, default_port: int = 5432) -> bool:
     parsed = urlparse(url.replace("+asyncpg", ""))
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), timeout=1):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1
+        ):
             return True
     except OSError:
         return False
@@ -93,8 +103,83 @@ def _main_system(cfg: BenchConfig, work: Path, results: dict[str, Any], out_fold
             with systems.runwire(work / "runwire") as rw:
                 baseline_started.result()
                 _measure_main(cfg, rw, chain, results, out_folder)
+            if _prod_wanted(cfg, results, "load") or (
+                not cfg.fresh_systems and _prod_wanted(cfg, results, "idle")
+            ):
+                _section(results, "prod_load", lambda: _prod_main(cfg, work, chain, results))
+                if results.get("prod_load") is None:
+                    results.pop("prod_load", None)
     finally:
         chain.stop()
+
+
+def _prod_unavailable(cfg: BenchConfig) -> str | None:
+    """Why the production configuration cannot be measured here, or ``None``."""
+    missing = [
+        f"{name} not reachable at {url}"
+        for name, url, port in (("Redis", cfg.redis_url, 6379), ("PostgreSQL", cfg.postgres_url, 5432))
+        if not _reachable(url, port)
+    ]
+    return "; ".join(missing) or None
+
+
+def _prod_wanted(cfg: BenchConfig, results: dict[str, Any], part: str) -> bool:
+    """Whether ``part`` (load or idle) of the production configuration runs; records a skip reason."""
+    if "prod" in cfg.skip or part in cfg.skip:
+        return False
+    prod = results["meta"]["prod"]
+    if "skipped" not in prod:
+        reason = _prod_unavailable(cfg)
+        prod["skipped"] = reason
+        if reason:
+            print(f"[bench] production configuration skipped: {reason}", file=sys.stderr, flush=True)
+    return prod["skipped"] is None
+
+
+def _production(cfg: BenchConfig, data_dir: Path) -> contextlib.AbstractContextManager[systems.Production]:
+    return systems.runwire_production(
+        data_dir,
+        admin_url=cfg.postgres_url,
+        database=cfg.postgres_database,
+        redis_url=cfg.redis_url,
+        key_prefix=cfg.redis_key_prefix,
+        poll_s=cfg.redis_poll_s,
+    )
+
+
+def _prod_main(
+    cfg: BenchConfig, work: Path, chain: BaselineChain, results: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """Load on the production configuration (baseline, then Runwire, at each of ``prod_users``).
+
+    In smoke runs the production idle measurement runs on this system too.
+    """
+    with _production(cfg, work / "prod") as prod:
+        rw = prod.runwire
+        rows: list[dict[str, Any]] | None = None
+        if "load" not in cfg.skip:
+            rows = []
+            for users in cfg.prod_users:
+                print(f"[bench]   production load at {users} users", file=sys.stderr, flush=True)
+                rows.append(
+                    scenarios.load_pair(
+                        cfg,
+                        users,
+                        (rw.url, rw.jwt_secret, rw.pids()),
+                        (chain.url, chain.pids),
+                        redis=prod.redis,
+                    )
+                )
+        if not cfg.fresh_systems and "idle" not in cfg.skip:
+            _section(results, "prod_idle", lambda: _prod_idle_on(cfg, prod))
+    return rows
+
+
+def _prod_idle_on(cfg: BenchConfig, prod: systems.Production) -> dict[str, Any]:
+    rw = prod.runwire
+    return scenarios.idle(
+        cfg, rw.url, rw.jwt_secret, rw.pids(), counts=cfg.prod_idle_counts, redis=prod.redis
+    )
 
 
 def _measure_main(
@@ -184,7 +269,9 @@ def _registry(cfg: BenchConfig, work: Path) -> dict[str, Any]:
             out["postgresql"] = {"skipped": f"PostgreSQL not reachable at {cfg.postgres_url}"}
         else:
             try:
-                urls["postgresql"] = stack.enter_context(systems.postgres_database(cfg.postgres_url))
+                urls["postgresql"] = stack.enter_context(
+                    systems.postgres_database(cfg.postgres_url, cfg.postgres_database)
+                )
             except Exception as exc:  # noqa: BLE001 - one failed measurement must not stop the others
                 out["postgresql"] = {"error": _brief(exc)}
         # The launcher ties each service to the thread that started it (PR_SET_PDEATHSIG), so the
@@ -224,7 +311,9 @@ def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
     )
-    nofile = raise_nofile_limit(65536)
+    # Every idle connection is a socket in the gateway and one in a driver process; leave room.
+    most_idle = max((*cfg.idle_counts, *cfg.prod_idle_counts))
+    nofile = raise_nofile_limit(max(65536, most_idle + 16384))
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     out_folder = cfg.out / stamp
@@ -241,6 +330,13 @@ def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
             "events_per_run": cfg.events_per_run,
             "payload_bytes": cfg.payload_bytes,
             "skipped": sorted(cfg.skip),
+            "prod": {
+                "redis_url": cfg.redis_url,
+                "redis_key_prefix": cfg.redis_key_prefix,
+                "postgres_database": cfg.postgres_database,
+                "users": list(cfg.prod_users),
+                "idle_counts": list(cfg.prod_idle_counts),
+            },
         }
     }
     work = Path(tempfile.mkdtemp(prefix="runwire-bench-"))
@@ -263,6 +359,13 @@ def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
                     return scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids())
 
             _section(results, "idle", idle)
+        if cfg.fresh_systems and _prod_wanted(cfg, results, "idle"):
+
+            def prod_idle() -> dict[str, Any]:
+                with _production(cfg, work / "prod-idle") as prod:
+                    return _prod_idle_on(cfg, prod)
+
+            _section(results, "prod_idle", prod_idle)
         if "registry" not in cfg.skip:
             _section(results, "registry", lambda: _registry(cfg, work))
     finally:

@@ -5,11 +5,18 @@ Runwire runs as its four service processes through :class:`runwire_cli.cluster.C
 throw-away data folder and two benchmark settings: the per-connection rate
 limit is raised (a load client sends many ``run.start`` frames) and so, for the
 idle-connection measurement, is the connections-per-user limit where asked.
+
+The production configuration (:func:`runwire_production`) is the same launcher
+with ``--redis-url`` and ``--database-url`` (what ``runwire up --redis-url …
+--database-url postgresql+asyncpg://…`` does): the bridge keeps its logs in a
+Redis database of the benchmark's own under a key prefix of its own, and the
+registry uses a PostgreSQL database created for this system and dropped after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+import redis
+
+from bench.redisstats import RedisProbe
 from runwire_cli.cluster import Cluster, ClusterConfig, ServiceProcess
 from runwire_common.attestation import generate_key_spec
 
@@ -43,7 +53,10 @@ class Runwire:
 
 
 def _config(
-    data_dir: Path, database_url: str | None, service_env: Mapping[str, Mapping[str, str]]
+    data_dir: Path,
+    database_url: str | None,
+    service_env: Mapping[str, Mapping[str, str]],
+    redis_url: str | None = None,
 ) -> ClusterConfig:
     return ClusterConfig(
         data_dir=data_dir,
@@ -51,6 +64,7 @@ def _config(
         jwt_secret=secrets.token_urlsafe(48),
         gateway_port=0,
         database_url=database_url,
+        redis_url=redis_url,
         grace_period_s=5,
         service_env=service_env,
     )
@@ -58,10 +72,16 @@ def _config(
 
 @contextmanager
 def runwire(
-    data_dir: Path, *, gateway_env: Mapping[str, str] | None = None, database_url: str | None = None
+    data_dir: Path,
+    *,
+    gateway_env: Mapping[str, str] | None = None,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    bridge_env: Mapping[str, str] | None = None,
 ) -> Iterator[Runwire]:
     """The whole system as processes, exactly as ``runwire up`` starts it."""
-    config = _config(data_dir, database_url, {"gateway": {**BENCH_GATEWAY_ENV, **(gateway_env or {})}})
+    service_env = {"gateway": {**BENCH_GATEWAY_ENV, **(gateway_env or {})}, "bridge": dict(bridge_env or {})}
+    config = _config(data_dir, database_url, service_env, redis_url)
     cluster = Cluster(config)
     cluster.start()
     try:
@@ -129,3 +149,58 @@ def postgres_database(admin_url: str, name: str = "runwire_bench") -> Iterator[s
         yield f"{base}/{name}"
     finally:
         asyncio.run(_admin(admin_url, drop))
+
+
+@dataclass(frozen=True)
+class Production:
+    """Runwire on Redis + PostgreSQL, and a probe of its Redis server."""
+
+    runwire: Runwire
+    redis: RedisProbe
+    database_url: str
+
+
+@contextmanager
+def runwire_production(
+    data_dir: Path,
+    *,
+    admin_url: str,
+    database: str,
+    redis_url: str,
+    key_prefix: str,
+    poll_s: float = 1.0,
+) -> Iterator[Production]:
+    """Runwire with the Redis bridge backend and a fresh PostgreSQL registry database.
+
+    The database ``database`` is dropped and created before the start and
+    dropped after the stop; the Redis keys under ``key_prefix`` in
+    ``redis_url``'s database are deleted before and after.
+    """
+    _clear_keys(redis_url, key_prefix)
+    try:
+        with (
+            postgres_database(admin_url, database) as database_url,
+            runwire(
+                data_dir,
+                database_url=database_url,
+                redis_url=redis_url,
+                bridge_env={"RUNWIRE_BRIDGE_REDIS_KEY_PREFIX": key_prefix},
+            ) as rw,
+        ):
+            probe = RedisProbe(redis_url, [rw.pids()["bridge"]], poll_s=poll_s)
+            try:
+                yield Production(rw, probe, database_url)
+            finally:
+                probe.close()
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            _clear_keys(redis_url, key_prefix)
+
+
+def _clear_keys(redis_url: str, key_prefix: str) -> None:
+    """Delete the benchmark's keys (``key_prefix:*``) in ``redis_url``'s database only."""
+    cleaner = RedisProbe(redis_url, ())
+    try:
+        cleaner.delete_keys(key_prefix)
+    finally:
+        cleaner.close()
