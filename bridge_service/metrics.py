@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from bridge_service.bus import PublishResult
+
 
 class BridgeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -27,3 +29,51 @@ class BridgeMetrics:
             ["code"],
             registry=target,
         )
+        # PublishStream.
+        self.publish_streams = Gauge(
+            "runwire_bridge_publish_streams", "Open PublishStream streams", registry=target
+        )
+        self.publish_stream_batches = Counter(
+            "runwire_bridge_publish_stream_batches",
+            "PublishStream batches acknowledged, by code (ok, or the refusal's status code)",
+            ["code"],
+            registry=target,
+        )
+        # Fabric.
+        self.fabric_streams = Gauge("runwire_bridge_fabric_streams", "Open Fabric streams", registry=target)
+        self.fabric_subscriptions = Gauge(
+            "runwire_bridge_fabric_subscriptions", "Live subscriptions on Fabric streams", registry=target
+        )
+        self.fabric_subscriptions_added = Counter(
+            "runwire_bridge_fabric_subscriptions_added",
+            "Fabric subscriptions accepted (an add that passed validation)",
+            registry=target,
+        )
+        self.fabric_subscriptions_removed = Counter(
+            "runwire_bridge_fabric_subscriptions_removed",
+            "Fabric subscriptions removed by the gateway (FabricRemove)",
+            registry=target,
+        )
+        self.fabric_subscriptions_ended = Counter(
+            "runwire_bridge_fabric_subscriptions_ended",
+            "Fabric subscriptions ended by the bridge (FabricEnded), by code: refused adds,"
+            " fell behind, draining, store lost",
+            ["code"],
+            registry=target,
+        )
+        self.fabric_requests_ignored = Counter(
+            "runwire_bridge_fabric_requests_ignored",
+            "Fabric requests the bridge ignored, by reason (e.g. a remove by another user)",
+            ["reason"],
+            registry=target,
+        )
+        self.fabric_events_delivered = Counter(
+            "runwire_bridge_fabric_events_delivered", "Events written to Fabric streams", registry=target
+        )
+
+    def count_published(self, result: PublishResult) -> None:
+        """Count one stored batch's events by outcome (Publish and PublishStream)."""
+        stored = sum(1 for event_id in result.event_ids if event_id)
+        self.events_stored.inc(stored)
+        if stored < len(result.event_ids):
+            self.events_ignored.inc(len(result.event_ids) - stored)

@@ -10,6 +10,7 @@ become status codes in ``runwire_common.servicer``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -19,6 +20,7 @@ import grpc
 
 from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Events, Gap
 from bridge_service.metrics import BridgeMetrics
+from bridge_service.publish_stream import DEFAULT_MAX_IN_FLIGHT, PublishStream
 from bridge_service.validation import PublishLimits, prepare_events
 from bridge_service.wire import batch_response, event_response
 from runwire.bridge.v1 import bridge_pb2
@@ -51,12 +53,23 @@ class BridgeServicer:
         limits: PublishLimits,
         metrics: BridgeMetrics | None = None,
         max_batch: int = 256,
+        publish_stream_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
         self._attestor = attestor
         self._limits = limits
         self._max_batch = max_batch
+        self._publish_stream_max_in_flight = publish_stream_max_in_flight
+        self._draining = asyncio.Event()
+
+    async def drain(self) -> None:
+        """Start draining the long-lived streams (call before the bus drains).
+
+        ``PublishStream`` stops reading, acknowledges what it read, then ends
+        with ``UNAVAILABLE``.
+        """
+        self._draining.set()
 
     @unary
     async def Publish(
@@ -67,10 +80,7 @@ class BridgeServicer:
         ctx = validate_context(request.user_context, attestor=self._attestor)
         events = prepare_events(request.events, ctx, limits=self._limits)
         result = await self._bus.publish(ctx.user_id, events)
-        stored = sum(1 for event_id in result.event_ids if event_id)
-        self._metrics.events_stored.inc(stored)
-        if stored < len(result.event_ids):
-            self._metrics.events_ignored.inc(len(result.event_ids) - stored)
+        self._metrics.count_published(result)
         return bridge_pb2.PublishResponse(event_ids=result.event_ids, seqs=result.seqs)
 
     @server_stream
@@ -122,6 +132,23 @@ class BridgeServicer:
         finally:
             self._metrics.subscribers.dec()
 
+    @server_stream
+    async def PublishStream(
+        self,
+        requests: AsyncIterator[bridge_pb2.PublishStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[bridge_pb2.PublishStreamResponse]:
+        stream = PublishStream(
+            self._bus,
+            attestor=self._attestor,
+            limits=self._limits,
+            metrics=self._metrics,
+            draining=self._draining,
+            max_in_flight=self._publish_stream_max_in_flight,
+        )
+        async for response in stream.serve(requests):
+            yield response
+
 
 def _serialize_response(response: Response) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
@@ -142,6 +169,11 @@ def register(servicer: BridgeServicer, server: grpc.aio.Server) -> None:
             servicer.Subscribe,
             request_deserializer=bridge_pb2.SubscribeRequest.FromString,
             response_serializer=_serialize_response,
+        ),
+        "PublishStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PublishStream,
+            request_deserializer=bridge_pb2.PublishStreamRequest.FromString,
+            response_serializer=bridge_pb2.PublishStreamResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -36,11 +36,22 @@ def _bounded(message: str) -> str:
     return message[: MAX_DETAILS_CHARS - 1] + "…"
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and details a caller gets for ``exc``.
+
+    For results reported inside a stream (a refused item that does not end
+    the call) as well as for aborts. An unexpected error is logged with its
+    traceback here and becomes ``INTERNAL`` without internals.
+    """
     if isinstance(exc, RunwireError):
-        await context.abort(exc.code, _bounded(exc.message))
+        return exc.code, _bounded(exc.message)
     log.exception("unhandled error in RPC", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    code, details = status_of(exc)
+    await context.abort(code, details)
 
 
 def unary(

@@ -1,0 +1,197 @@
+"""``BridgeService.PublishStream``: one execution process's acknowledged publishing stream.
+
+Each ``PublishStreamRequest`` is a batch of one user's events with that
+user's attested context. A batch goes through exactly what ``Publish`` does
+(:func:`~runwire_common.context.validate_context`,
+:func:`~bridge_service.validation.prepare_events`, ``bus.publish`` and its
+fencing) and is answered by a ``PublishStreamResponse`` with its
+``batch_id``: code 0 and the assigned ids, or the status code and message of
+the refusal (mapped by :func:`runwire_common.servicer.status_of`, the same
+mapping that aborts unary calls). A refused batch never ends the stream.
+
+Order and concurrency: batches of one user are published one after the
+other, in stream order (a *lane* per user, alive while it has work); lanes of
+different users run concurrently, so one slow user or Redis round trip does
+not hold up the others. At most ``max_in_flight`` batches are read and not yet
+acknowledged; beyond that the stream stops reading (HTTP/2 flow control
+pushes back on the sender). Acknowledgements leave in completion order, so
+they may overtake each other across users.
+
+Draining: new batches are no longer read, the batches already read finish
+and are acknowledged, then the stream ends with ``UNAVAILABLE``; the sender
+resends what was not acknowledged to another replica, which the fencing makes
+idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from bridge_service.bus import EventBus
+from bridge_service.metrics import BridgeMetrics
+from bridge_service.validation import PublishLimits, prepare_events
+from runwire.bridge.v1 import bridge_pb2
+from runwire.common.v1 import context_pb2
+from runwire_common.attestation import ContextAttestor
+from runwire_common.context import validate_context
+from runwire_common.errors import Unavailable
+from runwire_common.servicer import status_of
+
+DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_VERIFIED_CONTEXTS = 1024
+
+
+class VerifiedContexts:
+    """Contexts already validated on one stream, by their serialized bytes, until they expire.
+
+    A run publishes many batches with the same context; remembering the
+    verdict saves the HMAC check and the id checks of every later one. An
+    entry is used only up to the context's own ``expires_at`` (without the
+    attestor's clock-skew allowance) and only for byte-identical contexts, so
+    any change to the context — including its MAC — is verified afresh.
+    Refusals are not remembered. Bounded: when full, the oldest entry goes.
+    """
+
+    __slots__ = ("_attestor", "_capacity", "_clock", "_expiry")
+
+    def __init__(
+        self,
+        attestor: ContextAttestor,
+        *,
+        capacity: int = DEFAULT_VERIFIED_CONTEXTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._attestor = attestor
+        self._capacity = max(1, capacity)
+        self._clock = clock
+        self._expiry: dict[bytes, int] = {}
+
+    def validate(self, ctx: context_pb2.UserContext) -> context_pb2.UserContext:
+        """``ctx`` if it is valid (see :func:`validate_context`); raises like it otherwise."""
+        key = ctx.SerializeToString(deterministic=True)
+        expiry = self._expiry.get(key)
+        if expiry is not None and self._clock() <= expiry:
+            return ctx
+        validate_context(ctx, attestor=self._attestor)
+        if expiry is None and len(self._expiry) >= self._capacity:
+            del self._expiry[next(iter(self._expiry))]
+        self._expiry[key] = ctx.expires_at.seconds
+        return ctx
+
+
+class PublishStream:
+    """The state of one ``PublishStream`` call; :meth:`serve` runs it."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        attestor: ContextAttestor,
+        limits: PublishLimits,
+        metrics: BridgeMetrics,
+        draining: asyncio.Event,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        self._bus = bus
+        self._contexts = VerifiedContexts(attestor)
+        self._limits = limits
+        self._metrics = metrics
+        self._draining = draining
+        self._slots = asyncio.Semaphore(max(1, max_in_flight))
+        # Batches waiting or being published, per user; a user's lane exists while it has work.
+        self._lanes: dict[str, deque[bridge_pb2.PublishStreamRequest]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        # Acknowledgements to send; None wakes the writer when reading has stopped.
+        self._out: asyncio.Queue[bridge_pb2.PublishStreamResponse | None] = asyncio.Queue()
+        self._unacknowledged = 0
+        self._reading = True
+        self._read_error: BaseException | None = None
+
+    async def serve(
+        self, requests: AsyncIterator[bridge_pb2.PublishStreamRequest]
+    ) -> AsyncIterator[bridge_pb2.PublishStreamResponse]:
+        """Acknowledge every batch read from ``requests``; end when the sender does, or on draining."""
+        self._metrics.publish_streams.inc()
+        reader = asyncio.create_task(self._read(requests))
+        watcher = asyncio.create_task(self._stop_reading_on_drain(reader))
+        try:
+            while self._reading or self._unacknowledged:
+                response = await self._out.get()
+                if response is None:
+                    continue
+                yield response
+                self._unacknowledged -= 1
+                self._slots.release()
+            if self._read_error is not None:
+                raise self._read_error
+            if self._draining.is_set():
+                raise Unavailable("bridge is draining; resend unacknowledged batches to another replica")
+        finally:
+            self._metrics.publish_streams.dec()
+            tasks = [reader, watcher, *self._workers]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, requests: AsyncIterator[bridge_pb2.PublishStreamRequest]) -> None:
+        try:
+            while not self._draining.is_set():
+                await self._slots.acquire()
+                try:
+                    request = await anext(requests)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                self._unacknowledged += 1
+                self._dispatch(request)
+        except StopAsyncIteration:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported when the stream ends
+            self._read_error = exc
+        finally:
+            self._reading = False
+            self._out.put_nowait(None)
+
+    async def _stop_reading_on_drain(self, reader: asyncio.Task[None]) -> None:
+        await self._draining.wait()
+        # A batch the reader was waiting for is not acknowledged, so its sender resends it.
+        reader.cancel()
+
+    def _dispatch(self, request: bridge_pb2.PublishStreamRequest) -> None:
+        key = request.user_context.user_id
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(request)
+            return
+        lane = self._lanes[key] = deque((request,))
+        worker = asyncio.create_task(self._run_lane(key, lane))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _run_lane(self, key: str, lane: deque[bridge_pb2.PublishStreamRequest]) -> None:
+        try:
+            while lane:
+                response = await self._publish(lane[0])
+                lane.popleft()
+                self._out.put_nowait(response)
+        finally:
+            del self._lanes[key]
+
+    async def _publish(self, request: bridge_pb2.PublishStreamRequest) -> bridge_pb2.PublishStreamResponse:
+        batch_id = request.batch_id
+        try:
+            ctx = self._contexts.validate(request.user_context)
+            events = prepare_events(request.events, ctx, limits=self._limits)
+            result = await self._bus.publish(ctx.user_id, events)
+        except Exception as exc:  # noqa: BLE001 - a refused batch is answered, the stream goes on
+            code, message = status_of(exc)
+            self._metrics.publish_stream_batches.labels(code=code.name.lower()).inc()
+            return bridge_pb2.PublishStreamResponse(batch_id=batch_id, code=code.value[0], message=message)
+        self._metrics.count_published(result)
+        self._metrics.publish_stream_batches.labels(code="ok").inc()
+        return bridge_pb2.PublishStreamResponse(
+            batch_id=batch_id, event_ids=result.event_ids, seqs=result.seqs
+        )

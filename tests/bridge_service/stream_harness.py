@@ -1,0 +1,144 @@
+"""A bridge for the stream tests whose servicer, metrics and bus the test holds.
+
+Composed like :func:`bridge_service.app.running_service`, with the servicer's
+:meth:`~bridge_service.servicer.BridgeServicer.drain` run before the bus's in
+the drain hook, so a test can drain the server and watch the streams end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from bridge_service.app import open_bus
+from bridge_service.bus import BusItem, EventBus, PublishResult, RunEvent
+from bridge_service.metrics import BridgeMetrics
+from bridge_service.servicer import SERVICE_NAME, BridgeServicer, register
+from bridge_service.settings import BridgeSettings
+from bridge_service.validation import PublishLimits
+from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
+from runwire_common.server import GrpcServer, ServiceBinding
+
+READ_TIMEOUT_S = 5.0
+
+
+class GatedBus:
+    """An :class:`EventBus` whose ``publish`` for the users in ``held`` waits until they are released."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.inner = bus
+        self.held: dict[str, asyncio.Event] = {}
+        self.waiting: dict[str, asyncio.Event] = {}
+
+    def hold(self, user_id: str) -> None:
+        self.held[user_id] = asyncio.Event()
+        self.waiting[user_id] = asyncio.Event()
+
+    def release(self, user_id: str) -> None:
+        self.held.pop(user_id).set()
+
+    async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
+        gate = self.held.get(user_id)
+        if gate is not None:
+            self.waiting[user_id].set()
+            await gate.wait()
+        return await self.inner.publish(user_id, events)
+
+    def subscribe(
+        self, user_id: str, *, after: str = "", max_batch: int = 1
+    ) -> AsyncGenerator[BusItem, None]:
+        return self.inner.subscribe(user_id, after=after, max_batch=max_batch)
+
+    def subscriber_count(self, user_id: str) -> int:
+        return self.inner.subscriber_count(user_id)
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@dataclass
+class StreamBridge:
+    server: GrpcServer
+    servicer: BridgeServicer
+    registry: CollectorRegistry
+    bus: GatedBus
+    stub: bridge_pb2_grpc.BridgeServiceAsyncStub
+    drained: bool = False
+
+    async def drain(self) -> None:
+        """Drain the server as SIGTERM would (the servicer first, then the bus)."""
+        self.drained = True
+
+        async def hook() -> None:
+            await self.servicer.drain()
+            await self.bus.drain()
+
+        await self.server.drain(hook)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        return value if value is not None else 0.0
+
+
+@asynccontextmanager
+async def open_stream_bridge(
+    settings: BridgeSettings, **servicer_options: Any
+) -> AsyncIterator[StreamBridge]:
+    registry = CollectorRegistry()
+    async with open_bus(settings) as inner:
+        bus = GatedBus(inner)
+        servicer = BridgeServicer(
+            bus,
+            attestor=settings.attestor(),
+            limits=PublishLimits(
+                max_events=settings.max_events_per_publish, max_payload_bytes=settings.max_payload_bytes
+            ),
+            metrics=BridgeMetrics(registry),
+            max_batch=settings.max_subscribe_batch,
+            **servicer_options,
+        )
+        server = GrpcServer(settings, [ServiceBinding(SERVICE_NAME, functools.partial(register, servicer))])
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                running = StreamBridge(
+                    server, servicer, registry, bus, bridge_pb2_grpc.BridgeServiceStub(channel)
+                )
+                try:
+                    yield running
+                finally:
+                    if not running.drained:
+                        await running.drain()
+        finally:
+            await server.drain()  # a no-op after the drain above; stops the server if the channel failed
+            await bus.close()
+
+
+PublishCall = grpc.aio.StreamStreamCall[bridge_pb2.PublishStreamRequest, bridge_pb2.PublishStreamResponse]
+
+
+async def read_ack(call: PublishCall) -> bridge_pb2.PublishStreamResponse:
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        response = await call.read()
+    assert isinstance(response, bridge_pb2.PublishStreamResponse), f"stream ended: {response!r}"
+    return response
+
+
+async def read_acks(call: PublishCall, count: int) -> dict[int, bridge_pb2.PublishStreamResponse]:
+    """The next ``count`` acknowledgements, by batch_id."""
+    acks: dict[int, bridge_pb2.PublishStreamResponse] = {}
+    for _ in range(count):
+        ack = await read_ack(call)
+        assert ack.batch_id not in acks, f"batch {ack.batch_id} acknowledged twice"
+        acks[ack.batch_id] = ack
+    return acks
