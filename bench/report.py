@@ -385,8 +385,34 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _idle_chart(results: Mapping[str, Any], ax: Any) -> None:
+    """Gateway + bridge KB per idle connection against the connection count, both configurations."""
+    drawn = False
+    for key, label, color in (("idle", "in-memory", "tab:blue"), ("prod_idle", PROD, "tab:green")):
+        steps = (results.get(key) or {}).get("steps") or []
+        if not steps:
+            continue
+        xs = [s["connections"] for s in steps]
+        total = [s.get("total_kb_per_connection", 0.0) for s in steps]
+        gateway = [s["gateway_kb_per_connection"] for s in steps]
+        ax.plot(xs, total, marker="o", color=color, label=f"{label}: gateway + bridge")
+        ax.plot(xs, gateway, marker="o", color=color, linestyle="--", alpha=0.6, label=f"{label}: gateway")
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "idle not measured in this run", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    ax.set_xscale("log")
+    ax.set_xlabel("idle connections held")
+    ax.set_ylabel("KB RSS per connection")
+    ax.set_title("Memory per idle connection")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def chart(results: Mapping[str, Any], path: Path) -> None:
-    """Throughput and p99 latencies against user count, Runwire beside the baseline."""
+    """Throughput and p99 latencies against user count (Runwire, baseline, Redis + PostgreSQL),
+    and memory per idle connection."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -394,11 +420,13 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
 
     rows = [r for r in results.get("load", []) if "runwire" in r]
     users = [r["users"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right, idle_ax) = plt.subplots(1, 3, figsize=(16, 4.2))
+    _idle_chart(results, idle_ax)
     if not rows:
         for ax in (left, right):
             ax.text(0.5, 0.5, "load not measured in this run", ha="center", va="center")
             ax.set_axis_off()
+        fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return
