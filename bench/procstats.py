@@ -73,6 +73,11 @@ def cpu_delta(before: Sample, after: Sample) -> dict[str, float]:
     return {name: round(after.cpu_s[name] - before.cpu_s[name], 3) for name in before.cpu_s}
 
 
+def nofile_limit() -> int:
+    """This process's soft ``RLIMIT_NOFILE`` — what the processes it starts inherit."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def raise_nofile_limit(wanted: int = 65536) -> int:
     """Raise this process's ``RLIMIT_NOFILE`` as far as allowed and return the soft limit.
 

@@ -185,7 +185,16 @@ def _kb_per_conn(step: Mapping[str, Any]) -> str:
     return f"{gateway:.1f} | {bridge:.1f} | {total:.1f}"
 
 
+def _not_measured(idle: Mapping[str, Any]) -> list[str]:
+    return [
+        f"**Not measured: {int(count):,} connections** — {reason}."
+        for count, reason in (idle.get("not_measured") or {}).items()
+    ]
+
+
 def _idle_table(idle: Mapping[str, Any], *, redis: bool) -> list[str]:
+    if not idle.get("steps"):
+        return _not_measured(idle)
     head = "| connections | connect time s | gateway RSS MB | bridge RSS MB | gateway KB/conn | bridge KB/conn | sum KB/conn |"
     rule = "|---:|---:|---:|---:|---:|---:|---:|"
     if redis:
@@ -225,14 +234,14 @@ def _idle_table(idle: Mapping[str, Any], *, redis: bool) -> list[str]:
     )
     if idle.get("connect_errors"):
         out.append(f"Connect errors (first): {'; '.join(idle['connect_errors'])}")
-    return out
+    return out + [f"\n{line}" for line in _not_measured(idle)]
 
 
 def _prod_sections(results: Mapping[str, Any]) -> list[str]:
     prod_meta = results["meta"].get("prod") or {}
     rows = _prod_rows(results)
     idle = results.get("prod_idle") or {}
-    if not rows and not idle.get("steps") and not prod_meta.get("skipped"):
+    if not rows and not idle.get("steps") and not idle.get("not_measured") and not prod_meta.get("skipped"):
         return []
     lines = [
         "",
@@ -275,7 +284,7 @@ def _prod_sections(results: Mapping[str, Any]) -> list[str]:
             "",
             *_resource_table(rows),
         ]
-    if idle.get("steps"):
+    if idle.get("steps") or idle.get("not_measured"):
         redis = idle.get("redis") or {}
         lines += [
             "",
@@ -340,7 +349,7 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
                 f"| {delta / KB_PER_MB:+.1f} | {stab['peak_rss_kb'][name] / KB_PER_MB:.1f} |"
             )
     idle = results.get("idle") or {}
-    if idle.get("steps"):
+    if idle.get("steps") or idle.get("not_measured"):
         lines += ["", "## Idle authenticated connections (one gateway, in-memory bridge)", ""]
         lines += _idle_table(idle, redis=False)
     lines += _prod_sections(results)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,8 @@ from bench.driver import Fleet, run_load
 from bench.redisstats import Peak, RedisProbe, phases
 from bench.stats import ratio
 from runwire_common.ids import new_id
+
+FD_RESERVE = 1024  # descriptors a gateway needs besides its WebSocket connections
 
 
 def _users(count: int) -> tuple[str, ...]:
@@ -228,6 +231,22 @@ def _sources(extra: int, used: Counter[str], per_source: int) -> tuple[str, ...]
     raise ValueError(f"{extra} more connections need more than 254 source addresses")
 
 
+def _progress(step: Mapping[str, Any]) -> None:
+    """One line on stderr per idle step (the large ones take minutes)."""
+    redis = step.get("redis")
+    tail = (
+        f"; Redis connected_clients {redis['connected_clients']:,}, bridge's {redis['bridge_clients']:,}"
+        if redis
+        else ""
+    )
+    print(
+        f"[bench]   idle: {step['connections']:,} of {step['wanted']:,} held in {step['connect_s']} s, "
+        f"gateway + bridge {step['total_kb_per_connection']:.1f} KB per connection{tail}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def idle_drivers(extra: int) -> int:
     """Driver processes for ``extra`` idle connections: about 10,000 each, 4 from 2,000 on."""
     return 1 if extra < 2000 else max(4, math.ceil(extra / 10_000))
@@ -257,7 +276,18 @@ def idle(
     With ``redis``: Redis readings before, at every step, at the peak and after
     every connection closed.
     """
-    counts = tuple(sorted(counts or cfg.idle_counts))
+    wanted = tuple(sorted(counts or cfg.idle_counts))
+    # The gateway inherits this process's RLIMIT_NOFILE: one descriptor per connection, plus its own.
+    nofile = procstats.nofile_limit()
+    counts = tuple(c for c in wanted if c + FD_RESERVE <= nofile)
+    not_measured = {
+        str(c): f"needs RLIMIT_NOFILE >= {c + FD_RESERVE} for the gateway; the limit here is {nofile} "
+        "(raise the hard limit: ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=…)"
+        for c in wanted
+        if c not in counts
+    }
+    if not counts:
+        return {"steps": [], "held": 0, "not_measured": not_measured}
     ping_every = 1 if counts[-1] <= cfg.idle_ping_all_max else math.ceil(counts[-1] / cfg.idle_ping_sample)
     _settle(cfg.settle_s)
     before = procstats.sample(pids).rss_kb
@@ -304,6 +334,7 @@ def idle(
                 if redis is not None:
                     step["redis"] = redis.reading()
                 steps.append(step)
+                _progress(step)
             for fleet in fleets:
                 fleet.go()
             results = [fleet.finish() for fleet in fleets]
@@ -322,6 +353,8 @@ def idle(
         "gateway_peak_rss_kb": procstats.peak_rss_kb(pids["gateway"]),
         "bridge_peak_rss_kb": procstats.peak_rss_kb(pids["bridge"]),
     }
+    if not_measured:
+        out["not_measured"] = not_measured
     if redis is not None:
         _settle(cfg.settle_s)
         out["redis"] = phases(redis_before, peak, redis.reading())

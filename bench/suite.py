@@ -171,15 +171,26 @@ def _prod_main(
                     )
                 )
         if not cfg.fresh_systems and "idle" not in cfg.skip:
-            _section(results, "prod_idle", lambda: _prod_idle_on(cfg, prod))
+            _section(results, "prod_idle", lambda: _prod_idle_on(cfg, prod, results))
     return rows
 
 
-def _prod_idle_on(cfg: BenchConfig, prod: systems.Production) -> dict[str, Any]:
+def _prod_idle_on(cfg: BenchConfig, prod: systems.Production, results: dict[str, Any]) -> dict[str, Any]:
     rw = prod.runwire
-    return scenarios.idle(
-        cfg, rw.url, rw.jwt_secret, rw.pids(), counts=cfg.prod_idle_counts, redis=prod.redis
-    )
+    out = scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids(), counts=cfg.prod_idle_counts, redis=prod.redis)
+    return _idle_checked("prod_idle", out, results)
+
+
+def _idle_checked(name: str, out: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """Connection counts the file-descriptor limit did not allow are an error of the run."""
+    for count, reason in (out.get("not_measured") or {}).items():
+        print(
+            f"[bench]   {name}: {int(count):,} connections not measured: {reason}",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.setdefault("errors", {})[f"{name} {int(count):,}"] = reason
+    return out
 
 
 def _measure_main(
@@ -211,7 +222,11 @@ def _on_system(cfg: BenchConfig, rw: systems.Runwire, results: dict[str, Any]) -
     if "stability" not in cfg.skip:
         _section(results, "stability", lambda: scenarios.stability(cfg, rw.url, rw.jwt_secret, rw.pids()))
     if "idle" not in cfg.skip:
-        _section(results, "idle", lambda: scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids()))
+        _section(
+            results,
+            "idle",
+            lambda: _idle_checked("idle", scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids()), results),
+        )
 
 
 def _profile(cfg: BenchConfig, rw: systems.Runwire, out_folder: Path) -> dict[str, Any]:
@@ -356,14 +371,16 @@ def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
 
             def idle() -> dict[str, Any]:
                 with systems.runwire(work / "idle") as rw:
-                    return scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids())
+                    return _idle_checked(
+                        "idle", scenarios.idle(cfg, rw.url, rw.jwt_secret, rw.pids()), results
+                    )
 
             _section(results, "idle", idle)
         if cfg.fresh_systems and _prod_wanted(cfg, results, "idle"):
 
             def prod_idle() -> dict[str, Any]:
                 with _production(cfg, work / "prod-idle") as prod:
-                    return _prod_idle_on(cfg, prod)
+                    return _prod_idle_on(cfg, prod, results)
 
             _section(results, "prod_idle", prod_idle)
         if "registry" not in cfg.skip:
