@@ -19,6 +19,12 @@ from typing import Any
 import grpc
 
 from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Events, Gap
+from bridge_service.fabric import (
+    DEFAULT_INITIAL_CREDIT,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    FabricStream,
+)
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.publish_stream import DEFAULT_MAX_IN_FLIGHT, PublishStream
 from bridge_service.validation import PublishLimits, prepare_events
@@ -54,6 +60,9 @@ class BridgeServicer:
         metrics: BridgeMetrics | None = None,
         max_batch: int = 256,
         publish_stream_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        fabric_initial_credit: int = DEFAULT_INITIAL_CREDIT,
+        fabric_max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        fabric_max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     ) -> None:
         self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
@@ -61,13 +70,18 @@ class BridgeServicer:
         self._limits = limits
         self._max_batch = max_batch
         self._publish_stream_max_in_flight = publish_stream_max_in_flight
+        self._fabric_initial_credit = fabric_initial_credit
+        self._fabric_max_response_bytes = fabric_max_response_bytes
+        self._fabric_max_subscriptions = fabric_max_subscriptions
         self._draining = asyncio.Event()
 
     async def drain(self) -> None:
         """Start draining the long-lived streams (call before the bus drains).
 
         ``PublishStream`` stops reading, acknowledges what it read, then ends
-        with ``UNAVAILABLE``.
+        with ``UNAVAILABLE``. ``Fabric`` ends every subscription with
+        ``UNAVAILABLE`` and its cursor, refuses new ones, then ends with
+        ``UNAVAILABLE``.
         """
         self._draining.set()
 
@@ -149,6 +163,25 @@ class BridgeServicer:
         async for response in stream.serve(requests):
             yield response
 
+    @server_stream
+    async def Fabric(
+        self,
+        requests: AsyncIterator[bridge_pb2.FabricRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[bytes]:
+        stream = FabricStream(
+            self._bus,
+            attestor=self._attestor,
+            metrics=self._metrics,
+            draining=self._draining,
+            max_batch=self._max_batch,
+            initial_credit=self._fabric_initial_credit,
+            max_response_bytes=self._fabric_max_response_bytes,
+            max_subscriptions=self._fabric_max_subscriptions,
+        )
+        async for response in stream.serve(requests):
+            yield response
+
 
 def _serialize_response(response: Response) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
@@ -157,7 +190,8 @@ def _serialize_response(response: Response) -> bytes:
 def register(servicer: BridgeServicer, server: grpc.aio.Server) -> None:
     """Host ``servicer`` like the generated ``add_BridgeServiceServicer_to_server``.
 
-    The one difference: ``Subscribe`` responses may be pre-serialized bytes.
+    The one difference: ``Subscribe`` responses may be pre-serialized bytes,
+    and ``Fabric`` responses always are.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
@@ -168,6 +202,11 @@ def register(servicer: BridgeServicer, server: grpc.aio.Server) -> None:
         "Subscribe": grpc.unary_stream_rpc_method_handler(
             servicer.Subscribe,
             request_deserializer=bridge_pb2.SubscribeRequest.FromString,
+            response_serializer=_serialize_response,
+        ),
+        "Fabric": grpc.stream_stream_rpc_method_handler(
+            servicer.Fabric,
+            request_deserializer=bridge_pb2.FabricRequest.FromString,
             response_serializer=_serialize_response,
         ),
         "PublishStream": grpc.stream_stream_rpc_method_handler(

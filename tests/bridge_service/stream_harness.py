@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from bridge_service.servicer import SERVICE_NAME, BridgeServicer, register
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
+from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.server import GrpcServer, ServiceBinding
 
 READ_TIMEOUT_S = 5.0
@@ -142,3 +144,110 @@ async def read_acks(call: PublishCall, count: int) -> dict[int, bridge_pb2.Publi
         assert ack.batch_id not in acks, f"batch {ack.batch_id} acknowledged twice"
         acks[ack.batch_id] = ack
     return acks
+
+
+FabricCall = grpc.aio.StreamStreamCall[bridge_pb2.FabricRequest, bridge_pb2.FabricResponse]
+
+
+class FabricClient:
+    """A gateway's side of one Fabric stream: requests out, items collected per subscription."""
+
+    def __init__(self, stub: bridge_pb2_grpc.BridgeServiceAsyncStub) -> None:
+        self.call: FabricCall = stub.Fabric()
+        self.items: dict[int, list[bridge_pb2.FabricItem]] = defaultdict(list)
+        self.responses: list[bridge_pb2.FabricResponse] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.finished = False
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while (response := await self.call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, bridge_pb2.FabricResponse)
+                self.responses.append(response)
+                for item in response.items:
+                    self.items[item.subscription_id].append(item)
+                self._changed.set()
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self.finished = True
+            self._changed.set()
+
+    async def send(self, request: bridge_pb2.FabricRequest) -> None:
+        await self.call.write(request)
+
+    async def add(
+        self,
+        ctx: context_pb2.UserContext,
+        subscription_id: int,
+        *,
+        after: str = "",
+        max_batch: int = 0,
+        initial_credit: int = 0,
+    ) -> None:
+        add = bridge_pb2.FabricAdd(
+            subscription_id=subscription_id, after=after, max_batch=max_batch, initial_credit=initial_credit
+        )
+        await self.send(bridge_pb2.FabricRequest(user_context=ctx, add=add))
+
+    async def remove(self, ctx: context_pb2.UserContext, subscription_id: int) -> None:
+        remove = bridge_pb2.FabricRemove(subscription_id=subscription_id)
+        await self.send(bridge_pb2.FabricRequest(user_context=ctx, remove=remove))
+
+    async def credit(self, subscription_id: int, events: int) -> None:
+        credit = bridge_pb2.FabricCredit(subscription_id=subscription_id, events=events)
+        await self.send(bridge_pb2.FabricRequest(credits=[credit]))
+
+    async def wait_until(self, done: Callable[[], bool], what: str = "condition") -> None:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            while not done():
+                if self.finished:
+                    raise AssertionError(f"the stream ended ({self.error!r}) before {what}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    def events(self, subscription_id: int) -> list[event_pb2.RunEvent]:
+        return [
+            e for item in self.items[subscription_id] if item.HasField("events") for e in item.events.events
+        ]
+
+    def kinds(self, subscription_id: int) -> list[str]:
+        return [str(item.WhichOneof("item")) for item in self.items[subscription_id]]
+
+    def ended(self, subscription_id: int) -> bridge_pb2.FabricEnded | None:
+        ended = [item.ended for item in self.items[subscription_id] if item.HasField("ended")]
+        assert len(ended) <= 1, f"subscription {subscription_id} ended twice"
+        return ended[0] if ended else None
+
+    def replay_complete(self, subscription_id: int) -> bridge_pb2.ReplayComplete | None:
+        done = [
+            item.replay_complete for item in self.items[subscription_id] if item.HasField("replay_complete")
+        ]
+        return done[0] if done else None
+
+    async def wait_for_events(self, subscription_id: int, count: int) -> list[event_pb2.RunEvent]:
+        await self.wait_until(lambda: len(self.events(subscription_id)) >= count, f"{count} events")
+        return self.events(subscription_id)
+
+    async def wait_for_replay(self, subscription_id: int) -> bridge_pb2.ReplayComplete:
+        await self.wait_until(lambda: self.replay_complete(subscription_id) is not None, "replay_complete")
+        done = self.replay_complete(subscription_id)
+        assert done is not None
+        return done
+
+    async def wait_for_end(self, subscription_id: int) -> bridge_pb2.FabricEnded:
+        await self.wait_until(lambda: self.ended(subscription_id) is not None, f"{subscription_id} ended")
+        ended = self.ended(subscription_id)
+        assert ended is not None
+        return ended
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def code_of(status: grpc.StatusCode) -> int:
+    number: int = status.value[0]
+    return number

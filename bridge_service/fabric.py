@@ -1,0 +1,439 @@
+"""``BridgeService.Fabric``: many users' subscriptions multiplexed over one gateway stream.
+
+One :class:`FabricStream` per call. The gateway's requests are applied in
+order by one reader; each live subscription is one small task (its *pump*)
+that pulls items from its own ``bus.subscribe`` generator and queues them,
+already serialized, for the stream's one writer.
+
+Requests:
+
+* ``add`` — the context is validated like Subscribe's; a refused add is
+  answered with ``ended`` for its ``subscription_id`` (``INVALID_ARGUMENT``
+  for bad ids, a negative ``max_batch``/``initial_credit`` or a bad cursor;
+  ``UNAUTHENTICATED`` for a forged, expired or unattested context;
+  ``RESOURCE_EXHAUSTED`` beyond ``max_subscriptions``; ``UNAVAILABLE`` while
+  draining). An add whose ``subscription_id`` is already live on the stream
+  is refused with ``ended{INVALID_ARGUMENT}`` naming the duplicate, and the
+  live subscription is left exactly as it was: that ``ended`` answers the
+  refused add, not the live one (which still needs its ``remove``).
+* ``remove`` — ``user_context.user_id`` must be the subscription's owner;
+  otherwise the request is ignored (logged, and counted in
+  ``runwire_bridge_fabric_requests_ignored``), because answering ``ended``
+  would tell the gateway that a subscription which is still live is over.
+  An unknown id (the subscription already ended) is ignored quietly. A
+  removed subscription's bus generator is closed at once (its pump is
+  cancelled, and the generator unregisters as it unwinds), and items of it
+  still waiting for the writer are dropped, so nothing of it is sent after
+  the remove — not even under a reused ``subscription_id``.
+* ``credits`` — applied after the message's ``op``; credit for an unknown id
+  is ignored, non-positive credit is ignored.
+
+Credit: a subscription may be sent ``initial_credit`` events (default
+:data:`DEFAULT_INITIAL_CREDIT`) plus what the gateway grants later. Without
+credit its pump stops pulling from the bus, so its bounded bus queue fills
+and the bus ends it with ``SubscriberOverflow`` → ``ended{RESOURCE_EXHAUSTED,
+cursor}``; other subscriptions are not affected. When a pulled batch is
+larger than the remaining credit, the rest waits in the pump for credit, and
+the ``cursor`` reported on an ending is then the last event actually sent.
+
+Writing: one writer per stream sends at once when idle and puts everything
+that became ready while the previous write was in flight into the next
+``FabricResponse``, up to ``max_response_bytes`` (an event batch larger than
+that is split; one event always fits). No timer. Events are framed around
+their stored bytes (never parsed).
+
+End of the stream: when the gateway half-closes, every subscription is
+removed and the stream ends with OK. On draining (the servicer's drain, or a
+subscription ended by the bus's drain) every subscription ends with
+``UNAVAILABLE`` and its cursor, new adds are refused, and once those items are
+written the stream ends with ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+
+import grpc
+
+from bridge_service import wire
+from bridge_service.bus import (
+    SUBSCRIPTION_ENDINGS,
+    BackendUnavailable,
+    BusDraining,
+    BusItem,
+    EventBus,
+    Events,
+    Gap,
+    SubscriberOverflow,
+)
+from bridge_service.event_ids import EventId
+from bridge_service.metrics import BridgeMetrics
+from runwire.bridge.v1 import bridge_pb2
+from runwire.common.v1 import context_pb2
+from runwire_common.attestation import ContextAttestor
+from runwire_common.context import validate_context
+from runwire_common.errors import InvalidArgument, ResourceExhausted, RunwireError, Unavailable
+from runwire_common.servicer import status_of
+
+log = logging.getLogger("runwire.bridge.fabric")
+
+DEFAULT_INITIAL_CREDIT = 512
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+DEFAULT_MAX_SUBSCRIPTIONS = 100_000
+MAX_CREDIT = 2**31 - 1  # a subscription's outstanding credit saturates here
+
+# Tags (field number << 3 | wire type 2, or 0 for the varint id).
+_RESPONSE_ITEM = bytes((1 << 3 | 2,))  # FabricResponse.items
+_ITEM_ID = bytes((1 << 3 | 0,))  # FabricItem.subscription_id
+_BATCH_EVENT = bytes((1 << 3 | 2,))  # EventBatch.events
+_FRAMING_PER_EVENT = 6  # tag and length of one event inside a batch, generously
+
+
+class _Subscription:
+    """One live subscription of a stream: kept small, a gateway holds one per connected user."""
+
+    __slots__ = ("credit", "cursor", "ended", "held", "id", "removed", "stream", "task", "user_id", "waiter")
+
+    def __init__(
+        self, stream: FabricStream, subscription_id: int, user_id: str, credit: int, cursor: str
+    ) -> None:
+        self.stream = stream
+        self.id = subscription_id
+        self.user_id = user_id
+        self.credit = credit
+        # Where the gateway resumes: the last event sent, or the requested cursor / resume_after.
+        self.cursor: EventId | str = cursor
+        self.held = False  # part of a pulled batch waits for credit: the bus's cursor is ahead of ours
+        self.removed = False  # the gateway removed it (or the stream is closing): send nothing more
+        self.ended = False  # its ended item is queued
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def grant(self, events: int) -> None:
+        self.credit = min(self.credit + events, MAX_CREDIT)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __call__(self, task: asyncio.Task[None]) -> None:
+        # The pump's done callback (the subscription itself, so no closure per subscription). A
+        # callback rather than the pump's ``finally``: a task cancelled before it first ran never
+        # enters its coroutine.
+        self.stream._finished(self, task)
+
+
+class FabricStream:
+    """The state of one ``Fabric`` call; :meth:`serve` runs it and yields serialized responses."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        attestor: ContextAttestor,
+        metrics: BridgeMetrics,
+        draining: asyncio.Event,
+        max_batch: int = 256,
+        initial_credit: int = DEFAULT_INITIAL_CREDIT,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+    ) -> None:
+        self._bus = bus
+        self._attestor = attestor
+        self._metrics = metrics
+        self._server_draining = draining
+        self._max_batch = max(1, max_batch)
+        self._initial_credit = max(1, initial_credit)
+        self._max_response_bytes = max(1, max_response_bytes)
+        self._max_subscriptions = max_subscriptions
+        self._subscriptions: dict[int, _Subscription] = {}
+        # Framed FabricResponse.items entries waiting for the writer, with their
+        # subscription (None: the answer to a refused add, always sent).
+        self._ready: list[tuple[_Subscription | None, bytes]] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._reading = True
+        self._draining = False
+        self._read_error: BaseException | None = None
+
+    async def serve(self, requests: AsyncIterator[bridge_pb2.FabricRequest]) -> AsyncIterator[bytes]:
+        """Apply ``requests``; yield each ``FabricResponse`` as bytes until the stream is over."""
+        self._metrics.fabric_streams.inc()
+        reader = asyncio.create_task(self._read(requests))
+        watcher = asyncio.create_task(self._drain_with_server())
+        try:
+            while True:
+                if self._ready:
+                    response = self._take_response()
+                    if response:
+                        yield response
+                    continue
+                if self._subscriptions or (self._reading and not self._draining):
+                    await self._sleep()
+                    continue
+                break
+            if self._read_error is not None:
+                raise self._read_error
+            if self._draining:
+                raise Unavailable("bridge is draining; resume every subscription on another replica")
+        finally:
+            self._metrics.fabric_streams.dec()
+            reader.cancel()
+            watcher.cancel()
+            tasks = [reader, watcher]
+            for subscription in self._subscriptions.values():
+                subscription.removed = True
+                if subscription.task is not None:
+                    subscription.task.cancel()
+                    tasks.append(subscription.task)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # The writer.
+
+    async def _sleep(self) -> None:
+        waiter = self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._wake = None
+
+    def _wakeup(self) -> None:
+        waiter = self._wake
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _queue(self, subscription: _Subscription | None, entry: bytes) -> None:
+        self._ready.append((subscription, entry))
+        self._wakeup()
+
+    def _take_response(self) -> bytes:
+        """One FabricResponse of the ready items (oldest first, within the size cap)."""
+        ready = self._ready
+        limit = self._max_response_bytes
+        parts: list[bytes] = []
+        size = 0
+        taken = 0
+        for subscription, entry in ready:
+            if size and size + len(entry) > limit:
+                break
+            taken += 1
+            if subscription is not None and subscription.removed:
+                continue
+            parts.append(entry)
+            size += len(entry)
+        del ready[:taken]
+        return b"".join(parts)
+
+    # The reader.
+
+    async def _read(self, requests: AsyncIterator[bridge_pb2.FabricRequest]) -> None:
+        try:
+            async for request in requests:
+                self._apply(request)
+        except Exception as exc:  # noqa: BLE001 - reported when the stream ends
+            self._read_error = exc
+        finally:
+            self._reading = False
+            # A half-closed stream is over: nobody will remove these subscriptions.
+            for subscription in tuple(self._subscriptions.values()):
+                self._stop(subscription)
+            self._wakeup()
+
+    def _apply(self, request: bridge_pb2.FabricRequest) -> None:
+        op = request.WhichOneof("op")
+        if op == "add":
+            self._add(request.user_context, request.add)
+        elif op == "remove":
+            self._remove(request.user_context, request.remove.subscription_id)
+        for credit in request.credits:
+            subscription = self._subscriptions.get(credit.subscription_id)
+            if subscription is not None and credit.events > 0:
+                subscription.grant(credit.events)
+
+    def _add(self, ctx: context_pb2.UserContext, add: bridge_pb2.FabricAdd) -> None:
+        subscription_id = add.subscription_id
+        try:
+            if subscription_id in self._subscriptions:
+                raise InvalidArgument(
+                    f"subscription_id {subscription_id} is already live on this stream; this add is"
+                    " refused and the live subscription goes on"
+                )
+            if self._draining:
+                raise Unavailable("bridge is draining; add the subscription on another replica")
+            if add.max_batch < 0 or add.initial_credit < 0:
+                raise InvalidArgument("add.max_batch and add.initial_credit must not be negative")
+            if len(self._subscriptions) >= self._max_subscriptions:
+                raise ResourceExhausted(f"at most {self._max_subscriptions} subscriptions per Fabric stream")
+            validate_context(ctx, attestor=self._attestor)
+        except RunwireError as exc:
+            self._refuse(subscription_id, exc, cursor=add.after)
+            return
+        max_batch = min(add.max_batch, self._max_batch) if add.max_batch else self._max_batch
+        credit = add.initial_credit or self._initial_credit
+        subscription = _Subscription(self, subscription_id, ctx.user_id, credit, add.after)
+        self._subscriptions[subscription_id] = subscription
+        items = self._bus.subscribe(ctx.user_id, after=add.after, max_batch=max_batch)
+        task = subscription.task = asyncio.create_task(self._pump(subscription, items))
+        task.add_done_callback(subscription)
+        self._metrics.fabric_subscriptions.inc()
+        self._metrics.fabric_subscriptions_added.inc()
+
+    def _remove(self, ctx: context_pb2.UserContext, subscription_id: int) -> None:
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is None:
+            return  # it already ended (its ended item may be on its way)
+        if ctx.user_id != subscription.user_id:
+            self._metrics.fabric_requests_ignored.labels(reason="remove_not_owner").inc()
+            log.warning(
+                "fabric remove by another user ignored",
+                extra={"subscription_id": subscription_id, "user_id": ctx.user_id[:100]},
+            )
+            return
+        self._metrics.fabric_subscriptions_removed.inc()
+        self._stop(subscription)
+
+    def _stop(self, subscription: _Subscription) -> None:
+        """Forget ``subscription`` now and close its bus subscription; nothing more of it is sent."""
+        subscription.removed = True
+        if self._subscriptions.get(subscription.id) is subscription:
+            del self._subscriptions[subscription.id]
+        if subscription.task is not None:
+            subscription.task.cancel()
+
+    def _refuse(self, subscription_id: int, exc: BaseException, *, cursor: str) -> None:
+        code, message = status_of(exc)
+        self._metrics.fabric_subscriptions_ended.labels(code=code.name.lower()).inc()
+        self._queue(None, _ended(subscription_id, code, message, cursor))
+
+    # Draining.
+
+    async def _drain_with_server(self) -> None:
+        await self._server_draining.wait()
+        self._drain()
+
+    def _drain(self) -> None:
+        """End every subscription with UNAVAILABLE and its cursor; the stream ends after them."""
+        if self._draining:
+            return
+        self._draining = True
+        for subscription in self._subscriptions.values():
+            if subscription.task is not None:
+                subscription.task.cancel()
+        self._wakeup()
+
+    # One subscription.
+
+    async def _pump(self, subscription: _Subscription, items: AsyncGenerator[BusItem, None]) -> None:
+        try:
+            async with aclosing(items):
+                while True:
+                    if subscription.credit <= 0:
+                        await self._wait_for_credit(subscription)
+                    item = await anext(items)
+                    if isinstance(item, Events):
+                        await self._forward(subscription, item)
+                    elif isinstance(item, Gap):
+                        gap = bridge_pb2.Gap(
+                            requested_after=item.requested_after, oldest_event_id=item.oldest_event_id
+                        )
+                        self._queue(subscription, _item(subscription.id, 3, gap.SerializeToString()))
+                    else:
+                        subscription.cursor = item.resume_after
+                        done = bridge_pb2.ReplayComplete(
+                            replayed=item.replayed, resume_after=item.resume_after
+                        )
+                        self._queue(subscription, _item(subscription.id, 4, done.SerializeToString()))
+        except SUBSCRIPTION_ENDINGS as exc:
+            if isinstance(exc, BusDraining):
+                self._drain()  # the bus is draining: so is every other subscription of the stream
+            self._end(subscription, _at(exc, str(subscription.cursor)) if subscription.held else exc)
+        except Exception as exc:  # noqa: BLE001 - a bad cursor, a failing backend: this subscription only
+            self._end(subscription, exc)
+
+    def _finished(self, subscription: _Subscription, task: asyncio.Task[None]) -> None:
+        """The pump of ``subscription`` is over: forget it (ending it if the drain cancelled it)."""
+        if task.cancelled() and self._draining and not subscription.removed and not subscription.ended:
+            self._end(subscription, BusDraining(str(subscription.cursor)))
+        if self._subscriptions.get(subscription.id) is subscription:
+            del self._subscriptions[subscription.id]
+        self._metrics.fabric_subscriptions.dec()
+        self._wakeup()
+
+    async def _wait_for_credit(self, subscription: _Subscription) -> None:
+        while subscription.credit <= 0:
+            waiter = subscription.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                subscription.waiter = None
+
+    async def _forward(self, subscription: _Subscription, item: Events) -> None:
+        """Queue ``item``'s events as credit allows, waiting for credit for the rest."""
+        bodies = item.wire
+        start, count = 0, len(bodies)
+        while start < count:
+            if subscription.credit <= 0:
+                subscription.held = True
+                await self._wait_for_credit(subscription)
+            end = min(count, start + subscription.credit)
+            chunk = bodies if start == 0 and end == count else bodies[start:end]
+            subscription.credit -= end - start
+            for entry in _event_items(subscription.id, chunk, self._max_response_bytes):
+                self._queue(subscription, entry)
+            subscription.cursor = item.last if end == count else wire.stored_event_id(chunk[-1])
+            start = end
+        subscription.held = False
+        self._metrics.fabric_events_delivered.inc(count)
+
+    def _end(self, subscription: _Subscription, exc: BaseException) -> None:
+        subscription.ended = True
+        code, message = status_of(exc)
+        cursor = "" if code is grpc.StatusCode.INVALID_ARGUMENT else str(subscription.cursor)
+        self._metrics.fabric_subscriptions_ended.labels(code=code.name.lower()).inc()
+        if code is not grpc.StatusCode.RESOURCE_EXHAUSTED and code is not grpc.StatusCode.UNAVAILABLE:
+            log.info(
+                "fabric subscription ended",
+                extra={
+                    "subscription_id": subscription.id,
+                    "user_id": subscription.user_id,
+                    "reason": message,
+                },
+            )
+        self._queue(subscription, _ended(subscription.id, code, message, cursor))
+
+
+def _at(exc: RunwireError, cursor: str) -> RunwireError:
+    """``exc`` (a subscription ending) with ``cursor`` instead of the bus's, which ran ahead of the sent events."""
+    if isinstance(exc, SubscriberOverflow):
+        return SubscriberOverflow(cursor)
+    if isinstance(exc, BusDraining):
+        return BusDraining(cursor)
+    return BackendUnavailable(cursor)
+
+
+def _item(subscription_id: int, field: int, body: bytes) -> bytes:
+    """A framed ``FabricResponse.items`` entry: ``subscription_id`` and one serialized ``item`` field."""
+    item = _ITEM_ID + wire.varint(subscription_id) + bytes((field << 3 | 2,)) + wire.varint(len(body)) + body
+    return _RESPONSE_ITEM + wire.varint(len(item)) + item
+
+
+def _ended(subscription_id: int, code: grpc.StatusCode, message: str, cursor: str) -> bytes:
+    ended = bridge_pb2.FabricEnded(code=code.value[0], message=message, cursor=cursor)
+    return _item(subscription_id, 5, ended.SerializeToString())
+
+
+def _event_items(subscription_id: int, bodies: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """``bodies`` (stored events) as framed ``events`` items of at most about ``max_bytes`` each."""
+    items: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for body in bodies:
+        if batch and size + len(body) + _FRAMING_PER_EVENT > max_bytes:
+            items.append(_item(subscription_id, 2, b"".join(batch)))
+            batch, size = [], 0
+        batch.append(_BATCH_EVENT + wire.varint(len(body)) + body)
+        size += len(body) + _FRAMING_PER_EVENT
+    if batch:
+        items.append(_item(subscription_id, 2, b"".join(batch)))
+    return items
