@@ -243,6 +243,8 @@ def _prod_sections(results: Mapping[str, Any]) -> list[str]:
     idle = results.get("prod_idle") or {}
     if not rows and not idle.get("steps") and not idle.get("not_measured") and not prod_meta.get("skipped"):
         return []
+    if prod_meta.get("skipped"):
+        return ["", f"## Production configuration: {PROD}", "", f"**Skipped: {prod_meta['skipped']}.**"]
     lines = [
         "",
         f"## Production configuration: {PROD}",
@@ -255,8 +257,6 @@ def _prod_sections(results: Mapping[str, Any]) -> list[str]:
         "`runwire-bridge.<prefix>.<bridge pid>`. Readings: before the clients connect / at the peak / after "
         "they closed.",
     ]
-    if prod_meta.get("skipped"):
-        lines += ["", f"**Skipped: {prod_meta['skipped']}.**"]
     if rows:
         lines += ["", f"### Load ({PROD}): events delivered to clients", "", *_load_table(rows)]
         lines += [

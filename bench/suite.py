@@ -351,6 +351,7 @@ def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
                 "postgres_database": cfg.postgres_database,
                 "users": list(cfg.prod_users),
                 "idle_counts": list(cfg.prod_idle_counts),
+                **({"skipped": "--skip-prod"} if "prod" in cfg.skip else {}),
             },
         }
     }
