@@ -265,7 +265,7 @@ def _prod_sections(results: Mapping[str, Any]) -> list[str]:
             "",
             "| users | events/s | vs in-memory | delivery p99 ms | vs in-memory | accepted p99 ms | vs in-memory "
             "| Redis connected_clients before / peak / after | bridge's Redis clients before / peak / after "
-            "| Redis CPU s | Redis used memory MB (peak) |",
+            "| Redis CPU s | Redis used memory MB at the peak |",
             "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
         ]
         for row in rows:
