@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
 
 import grpc
 
@@ -326,7 +325,7 @@ class FabricStream:
 
     async def _pump(self, subscription: _Subscription, items: AsyncGenerator[BusItem, None]) -> None:
         try:
-            async with aclosing(items):
+            try:
                 while True:
                     if subscription.credit <= 0:
                         await self._wait_for_credit(subscription)
@@ -344,6 +343,10 @@ class FabricStream:
                             replayed=item.replayed, resume_after=item.resume_after
                         )
                         self._queue(subscription, _item(subscription.id, 4, done.SerializeToString()))
+            finally:
+                # What contextlib.aclosing does, without an object per subscription: the bus
+                # unregisters the subscription now, also when the pump is cancelled (remove).
+                await items.aclose()
         except SUBSCRIPTION_ENDINGS as exc:
             if isinstance(exc, BusDraining):
                 self._drain()  # the bus is draining: so is every other subscription of the stream
