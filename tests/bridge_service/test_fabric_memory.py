@@ -23,7 +23,7 @@ from runwire_common.attestation import ContextAttestor, generate_key_spec
 
 SUBSCRIPTIONS = 10_000
 # The budget is 20 KB per idle connection for the bridge and the gateway together.
-MAX_BYTES_PER_SUBSCRIPTION = 4_096
+MAX_BYTES_PER_SUBSCRIPTION = 6_144
 
 
 async def _requests(
