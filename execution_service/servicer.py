@@ -37,12 +37,11 @@ from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire_common import names
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
-from runwire_common.errors import InvalidArgument, Unavailable
+from runwire_common.errors import InvalidArgument, Unavailable, bounded_detail
 from runwire_common.jsontext import may_hold_surrogates
 from runwire_common.logs import bind
 from runwire_common.servicer import unary
 
-MAX_REASON_CHARS = 500
 DEFAULT_CANCEL_REASON = "cancelled by user"
 INTERRUPT_REASON = "interrupted by a newer run on this thread"
 # Kept free at the end of a call's deadline to answer it.
@@ -210,7 +209,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: execution_pb2.CancelRunRequest, context: Context
     ) -> execution_pb2.CancelRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
-        reason = request.reason.strip()[:MAX_REASON_CHARS] or DEFAULT_CANCEL_REASON
+        reason = bounded_detail(request.reason.strip()) or DEFAULT_CANCEL_REASON
         engine = self._supervisor.find(ctx.run_id, user_id=ctx.user_id)
         if engine is not None:
             # Runs here: the engine records `cancelled` and announces agent_cancelled itself.

@@ -6,31 +6,12 @@ values coming from a caller are rejected here with ``INVALID_ARGUMENT``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from types import MappingProxyType
 from typing import Protocol
 
-from registry_service.states import ENQUEUE, INTERRUPT, REJECT
 from runwire.common.v1 import run_pb2
 from runwire_common.errors import InvalidArgument
-from runwire_common.names import STATE_NAMES, STATES_BY_NAME
-
-STRATEGY_NAMES: Mapping[int, str] = MappingProxyType(
-    {
-        run_pb2.MULTITASK_STRATEGY_UNSPECIFIED: REJECT,
-        run_pb2.MULTITASK_STRATEGY_REJECT: REJECT,
-        run_pb2.MULTITASK_STRATEGY_ENQUEUE: ENQUEUE,
-        run_pb2.MULTITASK_STRATEGY_INTERRUPT: INTERRUPT,
-    }
-)
-STRATEGIES_BY_NAME: Mapping[str, run_pb2.MultitaskStrategy.ValueType] = MappingProxyType(
-    {
-        REJECT: run_pb2.MULTITASK_STRATEGY_REJECT,
-        ENQUEUE: run_pb2.MULTITASK_STRATEGY_ENQUEUE,
-        INTERRUPT: run_pb2.MULTITASK_STRATEGY_INTERRUPT,
-    }
-)
+from runwire_common.names import MULTITASK_STRATEGIES, STATE_NAMES, STATES_BY_NAME, STRATEGY_NAMES
 
 
 def state_from_message(value: int, *, field: str) -> str:
@@ -106,7 +87,7 @@ def run_message(record: RunFields) -> run_pb2.Run:
         version=record.version,
         executor_id=record.executor_id,
         cancel_requested=record.cancel_requested,
-        multitask_strategy=STRATEGIES_BY_NAME[record.multitask_strategy],
+        multitask_strategy=MULTITASK_STRATEGIES[record.multitask_strategy],
         timeout_seconds=record.timeout_seconds,
     )
     # Stored times are aware UTC datetimes (models.UTCDateTime): straight into the fields.

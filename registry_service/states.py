@@ -48,20 +48,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-PENDING = "pending"
-STARTING = "starting"
-RUNNING = "running"
-COMPLETING = "completing"
-COMPLETED = "completed"
-FAILED = "failed"
-TIMEOUT = "timeout"
-CANCELLED = "cancelled"
-DEAD = "dead"
+from runwire.common.v1 import run_pb2
+from runwire_common import names
+from runwire_common.names import LIVE_STATE_NAMES, STATE_NAMES, STRATEGY_NAMES, TERMINAL_STATE_NAMES
 
-LIVE_STATES = (PENDING, STARTING, RUNNING, COMPLETING)
-TERMINAL_STATES = (COMPLETED, FAILED, TIMEOUT, CANCELLED, DEAD)
+PENDING = STATE_NAMES[run_pb2.RUN_STATE_PENDING]
+STARTING = STATE_NAMES[run_pb2.RUN_STATE_STARTING]
+RUNNING = STATE_NAMES[run_pb2.RUN_STATE_RUNNING]
+COMPLETING = STATE_NAMES[run_pb2.RUN_STATE_COMPLETING]
+COMPLETED = STATE_NAMES[run_pb2.RUN_STATE_COMPLETED]
+FAILED = STATE_NAMES[run_pb2.RUN_STATE_FAILED]
+TIMEOUT = STATE_NAMES[run_pb2.RUN_STATE_TIMEOUT]
+CANCELLED = STATE_NAMES[run_pb2.RUN_STATE_CANCELLED]
+DEAD = STATE_NAMES[run_pb2.RUN_STATE_DEAD]
+
+LIVE_STATES = LIVE_STATE_NAMES
+TERMINAL_STATES = TERMINAL_STATE_NAMES
 ALL_STATES = LIVE_STATES + TERMINAL_STATES
-FAILURE_STATES = (FAILED, TIMEOUT, CANCELLED, DEAD)
+FAILURE_STATES = tuple(state for state in TERMINAL_STATES if state != COMPLETED)
 RESULT_STATES = (COMPLETING, COMPLETED)
 
 ALLOWED_SOURCES: Mapping[str, frozenset[str]] = MappingProxyType(
@@ -97,10 +101,11 @@ INTERRUPTED_MESSAGE = "the run was interrupted by a newer run started on its thr
 # A pending run may only start while no run of its thread is past pending.
 ACTIVE_STATES = (STARTING, RUNNING, COMPLETING)
 
-REJECT = "reject"
-ENQUEUE = "enqueue"
-INTERRUPT = "interrupt"
-MULTITASK_STRATEGIES = (REJECT, ENQUEUE, INTERRUPT)
+# Strategies are stored by name; the names come from the one map in runwire_common.names.
+REJECT = STRATEGY_NAMES[run_pb2.MULTITASK_STRATEGY_REJECT]
+ENQUEUE = STRATEGY_NAMES[run_pb2.MULTITASK_STRATEGY_ENQUEUE]
+INTERRUPT = STRATEGY_NAMES[run_pb2.MULTITASK_STRATEGY_INTERRUPT]
+MULTITASK_STRATEGIES = tuple(names.MULTITASK_STRATEGIES)
 
 
 def is_legal(source: str, target: str) -> bool:

@@ -9,6 +9,18 @@ from __future__ import annotations
 
 import grpc
 
+# The one cap on error details: status details travel in HTTP/2 headers (8 KiB by
+# default) and error messages reach end users, and both may echo user input. Every
+# service and the gateway cut details (and texts recorded as a run's error) to this.
+MAX_DETAIL_CHARS = 300
+
+
+def bounded_detail(message: str) -> str:
+    """``message``, cut to :data:`MAX_DETAIL_CHARS` (with "…" when it was longer)."""
+    if len(message) <= MAX_DETAIL_CHARS:
+        return message
+    return message[: MAX_DETAIL_CHARS - 1] + "…"
+
 
 class RunwireError(Exception):
     """Base of every error that is meant to reach a caller."""

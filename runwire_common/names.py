@@ -33,6 +33,8 @@ EVENT_TYPES = frozenset(
 TERMINAL_EVENT_TYPES = frozenset({AGENT_COMPLETED, AGENT_ERROR, AGENT_CANCELLED, AGENT_DEATH})
 
 RunState = run_pb2.RunState
+# The one definition of which run states are live and which are terminal; the registry
+# stores states by name (LIVE_STATE_NAMES / TERMINAL_STATE_NAMES), everyone else by value.
 LIVE_STATES = frozenset(
     {
         run_pb2.RUN_STATE_PENDING,
@@ -59,6 +61,23 @@ STATE_NAMES: Mapping[int, str] = MappingProxyType(
     }
 )
 STATES_BY_NAME: Mapping[str, int] = MappingProxyType({name: value for value, name in STATE_NAMES.items()})
+# By name, in the contract's order (pending … completing, completed … dead).
+LIVE_STATE_NAMES: tuple[str, ...] = tuple(STATE_NAMES[s] for s in sorted(LIVE_STATES))
+TERMINAL_STATE_NAMES: tuple[str, ...] = tuple(STATE_NAMES[s] for s in sorted(TERMINAL_STATES))
+
+# The one map of multitask strategies: the name a client or a record uses → the contract's
+# value. MULTITASK_STRATEGY_UNSPECIFIED means "reject" (see STRATEGY_NAMES).
+MULTITASK_STRATEGIES: Mapping[str, run_pb2.MultitaskStrategy.ValueType] = MappingProxyType(
+    {
+        "reject": run_pb2.MULTITASK_STRATEGY_REJECT,
+        "enqueue": run_pb2.MULTITASK_STRATEGY_ENQUEUE,
+        "interrupt": run_pb2.MULTITASK_STRATEGY_INTERRUPT,
+    }
+)
+STRATEGY_NAMES: Mapping[int, str] = MappingProxyType(
+    {run_pb2.MULTITASK_STRATEGY_UNSPECIFIED: "reject"}
+    | {value: name for name, value in MULTITASK_STRATEGIES.items()}
+)
 
 
 def state_name(state: int) -> str:

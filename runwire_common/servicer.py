@@ -16,24 +16,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from runwire_common.errors import RunwireError
+from runwire_common.errors import RunwireError, bounded_detail
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Self = TypeVar("Self")
 
 log = logging.getLogger("runwire.servicer")
-
-
-# Status details travel in HTTP/2 headers (8 KiB by default); a message that
-# echoes user input must never overflow them and turn into a transport error.
-MAX_DETAILS_CHARS = 1000
-
-
-def _bounded(message: str) -> str:
-    if len(message) <= MAX_DETAILS_CHARS:
-        return message
-    return message[: MAX_DETAILS_CHARS - 1] + "…"
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -44,7 +33,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     traceback here and becomes ``INTERNAL`` without internals.
     """
     if isinstance(exc, RunwireError):
-        return exc.code, _bounded(exc.message)
+        return exc.code, bounded_detail(exc.message)
     log.exception("unhandled error in RPC", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 
