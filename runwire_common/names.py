@@ -75,8 +75,8 @@ MULTITASK_STRATEGIES: Mapping[str, run_pb2.MultitaskStrategy.ValueType] = Mappin
     }
 )
 STRATEGY_NAMES: Mapping[int, str] = MappingProxyType(
-    {run_pb2.MULTITASK_STRATEGY_UNSPECIFIED: "reject"}
-    | {value: name for name, value in MULTITASK_STRATEGIES.items()}
+    {int(run_pb2.MULTITASK_STRATEGY_UNSPECIFIED): "reject"}
+    | {int(value): name for name, value in MULTITASK_STRATEGIES.items()}
 )
 
 
