@@ -70,6 +70,7 @@ from bridge_service.bus import (
 )
 from bridge_service.event_ids import EventId
 from bridge_service.metrics import BridgeMetrics
+from bridge_service.validation import read_failure
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
@@ -231,7 +232,7 @@ class FabricStream:
             async for request in requests:
                 self._apply(request)
         except Exception as exc:  # noqa: BLE001 - reported when the stream ends
-            self._read_error = exc
+            self._read_error = read_failure(exc, message="FabricRequest")
         finally:
             self._reading = False
             # A half-closed stream is over: nobody will remove these subscriptions.

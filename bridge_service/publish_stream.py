@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 
 from bridge_service.bus import EventBus
 from bridge_service.metrics import BridgeMetrics
-from bridge_service.validation import PublishLimits, prepare_events
+from bridge_service.validation import PublishLimits, prepare_events, read_failure
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
@@ -150,7 +150,7 @@ class PublishStream:
         except StopAsyncIteration:
             pass
         except Exception as exc:  # noqa: BLE001 - reported when the stream ends
-            self._read_error = exc
+            self._read_error = read_failure(exc, message="PublishStreamRequest")
         finally:
             self._reading = False
             self._out.put_nowait(None)

@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from bridge_service.bus import RunEvent
 from runwire.common.v1 import context_pb2
 from runwire_common.context import id_problem
@@ -89,3 +91,14 @@ def _check_payload(payload_json: str, *, field: str, max_bytes: int) -> None:
         raise InvalidArgument(f"{field} is not valid JSON") from exc
     if not isinstance(payload, dict):
         raise InvalidArgument(f"{field} must be a JSON object")
+
+
+def read_failure(exc: Exception, *, message: str) -> Exception:
+    """The error a stream ends with when reading its next request raised ``exc``.
+
+    A request that does not parse (the stream's ``message`` type) is the
+    caller's fault: ``INVALID_ARGUMENT`` rather than an internal error.
+    """
+    if isinstance(exc, DecodeError):
+        return InvalidArgument(f"a {message} could not be parsed")
+    return exc

@@ -75,6 +75,7 @@ class StreamBridge:
     registry: CollectorRegistry
     bus: GatedBus
     stub: bridge_pb2_grpc.BridgeServiceAsyncStub
+    channel: grpc.aio.Channel
     drained: bool = False
 
     async def drain(self) -> None:
@@ -114,7 +115,7 @@ async def open_stream_bridge(
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
                 running = StreamBridge(
-                    server, servicer, registry, bus, bridge_pb2_grpc.BridgeServiceStub(channel)
+                    server, servicer, registry, bus, bridge_pb2_grpc.BridgeServiceStub(channel), channel
                 )
                 try:
                     yield running

@@ -11,6 +11,8 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
+from runwire.bridge.v1 import bridge_pb2
+
 # -- text -------------------------------------------------------------------
 
 # Every code point, control characters and lone surrogates included (JSON can carry
@@ -279,3 +281,40 @@ def messages(
         return message
 
     return st.tuples(*setters).map(build)
+
+
+# -- the bridge's streams ------------------------------------------------------------
+
+# Mostly a handful of ids, so adds, removes and credits of one sequence meet each other
+# (duplicates, removes of live and of ended subscriptions); sometimes any other uint64
+# except the largest, which the stream tests keep for their witness.
+STREAM_IDS = st.one_of(st.integers(1, 4), st.integers(1, 4), int_values(0, 2**64 - 2))
+
+
+def fabric_requests(hints: StringHints) -> st.SearchStrategy[Message]:
+    """``FabricRequest`` messages with any field values whose subscription ids mostly collide."""
+
+    def fix(request: Message, ids: list[int]) -> Message:
+        assert isinstance(request, bridge_pb2.FabricRequest)
+        if request.HasField("add"):
+            request.add.subscription_id = ids[0]
+        if request.HasField("remove"):
+            request.remove.subscription_id = ids[1]
+        for credit, subscription_id in zip(request.credits, ids[2:], strict=False):
+            credit.subscription_id = subscription_id
+        return request
+
+    generated = messages(bridge_pb2.FabricRequest.DESCRIPTOR, hints)
+    return st.builds(fix, generated, st.lists(STREAM_IDS, min_size=5, max_size=5))
+
+
+def publish_stream_requests(hints: StringHints) -> st.SearchStrategy[Message]:
+    """``PublishStreamRequest`` messages with any field values whose batch ids mostly collide."""
+
+    def fix(request: Message, batch_id: int) -> Message:
+        assert isinstance(request, bridge_pb2.PublishStreamRequest)
+        request.batch_id = batch_id
+        return request
+
+    generated = messages(bridge_pb2.PublishStreamRequest.DESCRIPTOR, hints)
+    return st.builds(fix, generated, STREAM_IDS)
