@@ -31,10 +31,19 @@ Requests:
 Credit: a subscription may be sent ``initial_credit`` events (default
 :data:`DEFAULT_INITIAL_CREDIT`) plus what the gateway grants later. Without
 credit its pump stops pulling from the bus, so its bounded bus queue fills
-and the bus ends it with ``SubscriberOverflow`` → ``ended{RESOURCE_EXHAUSTED,
-cursor}``; other subscriptions are not affected. When a pulled batch is
-larger than the remaining credit, the rest waits in the pump for credit, and
-the ``cursor`` reported on an ending is then the last event actually sent.
+and the bus cuts it off (``SubscriberOverflow``); other subscriptions are not
+affected. The bus reports that ending to whoever pulls next, so the pump
+learns it, and answers ``ended{RESOURCE_EXHAUSTED, cursor}``, once credit
+arrives again; until then the cut-off subscription holds no events. When a
+pulled batch is larger than the remaining credit, the rest waits in the pump
+for credit, and a drain meanwhile reports the last event actually sent as the
+cursor.
+
+Memory: an idle subscription is a small object, its pump task and coroutine,
+and the bus's generator (about 2 KB at the bridge besides the bus's own
+per-user state; see ``tests/bridge_service/test_fabric_memory.py``). A task
+rather than a hand-driven generator: backends may use ``asyncio.timeout``,
+which needs a current task.
 
 Writing: one writer per stream sends at once when idle and puts everything
 that became ready while the previous write was in flight into the next
@@ -60,13 +69,11 @@ import grpc
 from bridge_service import wire
 from bridge_service.bus import (
     SUBSCRIPTION_ENDINGS,
-    BackendUnavailable,
     BusDraining,
     BusItem,
     EventBus,
     Events,
     Gap,
-    SubscriberOverflow,
 )
 from bridge_service.event_ids import EventId
 from bridge_service.metrics import BridgeMetrics
@@ -95,7 +102,7 @@ _FRAMING_PER_EVENT = 6  # tag and length of one event inside a batch, generously
 class _Subscription:
     """One live subscription of a stream: kept small, a gateway holds one per connected user."""
 
-    __slots__ = ("credit", "cursor", "ended", "held", "id", "removed", "stream", "task", "user_id", "waiter")
+    __slots__ = ("credit", "cursor", "ended", "id", "removed", "stream", "task", "user_id", "waiter")
 
     def __init__(
         self, stream: FabricStream, subscription_id: int, user_id: str, credit: int, cursor: str
@@ -106,7 +113,6 @@ class _Subscription:
         self.credit = credit
         # Where the gateway resumes: the last event sent, or the requested cursor / resume_after.
         self.cursor: EventId | str = cursor
-        self.held = False  # part of a pulled batch waits for credit: the bus's cursor is ahead of ours
         self.removed = False  # the gateway removed it (or the stream is closing): send nothing more
         self.ended = False  # its ended item is queued
         self.waiter: asyncio.Future[None] | None = None
@@ -157,7 +163,7 @@ class FabricStream:
         self._draining = False
         self._read_error: BaseException | None = None
 
-    async def serve(self, requests: AsyncIterator[bridge_pb2.FabricRequest]) -> AsyncIterator[bytes]:
+    async def serve(self, requests: AsyncIterator[bridge_pb2.FabricRequest]) -> AsyncGenerator[bytes, None]:
         """Apply ``requests``; yield each ``FabricResponse`` as bytes until the stream is over."""
         self._metrics.fabric_streams.inc()
         reader = asyncio.create_task(self._read(requests))
@@ -351,7 +357,8 @@ class FabricStream:
         except SUBSCRIPTION_ENDINGS as exc:
             if isinstance(exc, BusDraining):
                 self._drain()  # the bus is draining: so is every other subscription of the stream
-            self._end(subscription, _at(exc, str(subscription.cursor)) if subscription.held else exc)
+            # The pump pulls only once everything pulled before was sent, so the bus's cursor is ours.
+            self._end(subscription, exc)
         except Exception as exc:  # noqa: BLE001 - a bad cursor, a failing backend: this subscription only
             self._end(subscription, exc)
 
@@ -378,7 +385,6 @@ class FabricStream:
         start, count = 0, len(bodies)
         while start < count:
             if subscription.credit <= 0:
-                subscription.held = True
                 await self._wait_for_credit(subscription)
             end = min(count, start + subscription.credit)
             chunk = bodies if start == 0 and end == count else bodies[start:end]
@@ -386,9 +392,8 @@ class FabricStream:
             for entry in _event_items(subscription.id, chunk, self._max_response_bytes):
                 self._queue(subscription, entry)
             subscription.cursor = item.last if end == count else wire.stored_event_id(chunk[-1])
+            self._metrics.fabric_events_delivered.inc(end - start)
             start = end
-        subscription.held = False
-        self._metrics.fabric_events_delivered.inc(count)
 
     def _end(self, subscription: _Subscription, exc: BaseException) -> None:
         subscription.ended = True
@@ -405,15 +410,6 @@ class FabricStream:
                 },
             )
         self._queue(subscription, _ended(subscription.id, code, message, cursor))
-
-
-def _at(exc: RunwireError, cursor: str) -> RunwireError:
-    """``exc`` (a subscription ending) with ``cursor`` instead of the bus's, which ran ahead of the sent events."""
-    if isinstance(exc, SubscriberOverflow):
-        return SubscriberOverflow(cursor)
-    if isinstance(exc, BusDraining):
-        return BusDraining(cursor)
-    return BackendUnavailable(cursor)
 
 
 def _item(subscription_id: int, field: int, body: bytes) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ class GatedBus:
         self.inner = bus
         self.held: dict[str, asyncio.Event] = {}
         self.waiting: dict[str, asyncio.Event] = {}
+        self.entered: Counter[str] = Counter()  # publish calls per user, held ones included
 
     def hold(self, user_id: str) -> None:
         self.held[user_id] = asyncio.Event()
@@ -47,6 +48,7 @@ class GatedBus:
         self.held.pop(user_id).set()
 
     async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
+        self.entered[user_id] += 1
         gate = self.held.get(user_id)
         if gate is not None:
             self.waiting[user_id].set()

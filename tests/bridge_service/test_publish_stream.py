@@ -95,6 +95,7 @@ async def test_a_slow_user_does_not_hold_up_another_users_batches(
 
     first = await read_ack(call)
     assert (first.batch_id, first.code) == (3, OK)
+    assert sbridge.bus.entered[slow.user_id] == 1  # batch 2 waits behind batch 1, in stream order
     sbridge.bus.release(slow.user_id)
     acks = await read_acks(call, 2)
     assert [list(acks[b].seqs) for b in (1, 2)] == [[1], [2]]
