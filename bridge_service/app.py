@@ -1,7 +1,8 @@
 """Composition root of the bridge: settings → (Redis client →) bus → servicer → gRPC server.
 
-The Redis backend gets the process's one ``redis.asyncio`` client here; it is
-closed (``aclose``) after the bus, in reverse order of opening.
+The Redis backend gets the process's one ``redis.asyncio`` client here (a
+bounded command pool; the bus adds its fixed set of Pub/Sub connections); it
+is closed (``aclose``) after the bus, in reverse order of opening.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
         )
         return
     client = connect(
-        settings.redis_url, client_name=redis_client_name(settings), timeout_s=settings.call_timeout_s
+        settings.redis_url,
+        client_name=redis_client_name(settings),
+        timeout_s=settings.call_timeout_s,
+        max_connections=settings.redis_max_connections,
     )
     try:
-        yield RedisEventBus(
+        bus = RedisEventBus(
             client,
             key_prefix=settings.redis_key_prefix,
             log_capacity=settings.log_capacity,
@@ -53,7 +57,14 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
             run_state_capacity=settings.run_state_capacity,
             retention_s=settings.retention_s,
             max_batch=settings.max_subscribe_batch,
+            pubsub_shards=settings.redis_pubsub_shards,
+            sharded_pubsub=settings.redis_sharded_pubsub,
+            live_body_max_bytes=settings.redis_live_body_max_bytes,
         )
+        try:
+            yield bus
+        finally:
+            await bus.close()  # its Pub/Sub connections and their tasks (idempotent)
     finally:
         await client.aclose()
 

@@ -8,20 +8,32 @@ layout, id assignment and the Lua scripts are in
 Publish is one Lua script per batch (``EVALSHA``, loaded again when Redis
 lost it): fencing against the user's runs hash, ``XADD … MAXLEN ~
 log_capacity``, ``XTRIM MINID`` for age, run-state bound, expiry, then one
-``PUBLISH`` of the newest id on the user's live channel. It runs atomically,
-so concurrent publishers of one run (on any replicas) are fenced one after
-the other.
+``PUBLISH`` (``SPUBLISH`` in sharded mode) on the user's live channel,
+carrying the stored events themselves when they fit ``live_body_max_bytes``
+(else just the newest id). It runs atomically, so concurrent publishers of
+one run (on any replicas) are fenced one after the other.
 
-Subscribe: ``SUBSCRIBE`` the live channel and wait for the confirmation
+Connections: a bus holds a fixed number of them whatever its subscriber
+count — the client's bounded command pool plus ``pubsub_shards`` shared
+Pub/Sub connections (:mod:`bridge_service.redis_fanout`). A user's channel
+is subscribed on its shard while the user has local subscribers.
+
+Subscribe: register on the live channel and wait for Redis's confirmation
 *first*, then read the log's ``born``/``last`` ids (starting a new
 incarnation when they are gone), then replay with ``XRANGE`` pages after the
-cursor. A reader task then turns each notification into ``XRANGE (fetched
-newest`` and feeds a bounded :class:`~bridge_service.subscriber.SubscriberQueue`,
-fetching only what fits; ids at or below the last replayed one are skipped.
-A subscriber whose queue is full while more than ``subscriber_queue`` further
-events wait in Redis is ended with ``RESOURCE_EXHAUSTED`` and its cursor, as on
-the memory bus (which cuts off at one full queue: Redis holds the second
-queue's worth, so the extra hop's latency does not cut off a fast reader).
+cursor, then follow. While following, the shard's reader hands each live
+message to the channel's subscribers (:meth:`RedisEventBus._dispatch`, no
+task per subscriber): a subscriber whose fetched events end right before the
+message's first event appends the carried events to its bounded
+:class:`~bridge_service.subscriber.SubscriberQueue` (what fits); otherwise
+(it was replaying, its queue was full, the message carried only an id) it
+notes the newest id and its consumer fetches the rest with ``XRANGE``,
+fetching only what fits. Ids at or below the last delivered one are skipped.
+A subscriber with more than two queues' worth of undelivered events (its
+full queue plus more than ``subscriber_queue`` waiting in Redis, as before)
+is ended with ``RESOURCE_EXHAUSTED`` and its cursor, as on the memory bus
+(which cuts off at one full queue: Redis holds the second queue's worth, so
+the extra hop's latency does not cut off a fast reader).
 
 Gap rules (all exact, thanks to consecutive ``n`` in the ids): a cursor gets
 a gap, then every retained event, when the log's keys were gone (expired,
@@ -34,21 +46,20 @@ with ``RESOURCE_EXHAUSTED`` resp. ``UNAVAILABLE`` and its cursor, so the
 resumed subscription reports the gap.
 
 Redis unreachable: ``Publish`` fails with ``UNAVAILABLE`` (the caller retries;
-fencing makes that safe) and a live subscription whose connection breaks
-ends with ``UNAVAILABLE`` naming its cursor. No command is retried here.
+fencing makes that safe). When a shared Pub/Sub connection breaks, every
+subscription on that shard ends with ``UNAVAILABLE`` naming its cursor, and
+the shard connects again for the next subscription. No command is retried here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -65,7 +76,14 @@ from bridge_service.bus import (
     SubscriberOverflow,
 )
 from bridge_service.event_ids import EventId, parse_event_id
-from bridge_service.redis_scripts import OPEN_SCRIPT, PUBLISH_SCRIPT, UserKeys, user_keys
+from bridge_service.redis_fanout import Fanout
+from bridge_service.redis_scripts import (
+    OPEN_SCRIPT,
+    PUBLISH_SCRIPT,
+    UserKeys,
+    parse_live_message,
+    user_keys,
+)
 from bridge_service.subscriber import Entry, SubscriberQueue
 from runwire_common.errors import InvalidArgument, Unavailable
 from runwire_common.names import TERMINAL_EVENT_TYPES
@@ -82,15 +100,21 @@ UNAVAILABLE_ERRORS = (
 )
 PAGE = 256  # events per XRANGE
 CONFIRM_TIMEOUT_S = 5.0  # for the SUBSCRIBE confirmation
-LISTEN_POLL_S = 1.0  # the reader wakes this often (health-check pings, draining)
-BACKLOG_POLL_S = 0.02  # … and this often while events wait in Redis for room in the queue
-HEALTH_CHECK_S = 10  # PING an idle connection before use after this long
+HEALTH_CHECK_S = 10  # PING an idle connection before use (a quiet Pub/Sub connection) after this long
+_NOTHING = EventId(0, 0)
 
 
-def connect(url: str, *, client_name: str, timeout_s: float) -> aioredis.Redis:
-    """The process's Redis client: no hidden retries, bounded command time, named connections."""
-    return aioredis.Redis.from_url(
+def connect(url: str, *, client_name: str, timeout_s: float, max_connections: int = 6) -> aioredis.Redis:
+    """The process's command client: no hidden retries, bounded time and connections, named.
+
+    The pool blocks (up to ``timeout_s``) for a free connection rather than
+    opening more than ``max_connections``: with the bus's Pub/Sub shards, a
+    process's Redis connections stay fixed however many subscribe at once.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         client_name=client_name,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -98,14 +122,45 @@ def connect(url: str, *, client_name: str, timeout_s: float) -> aioredis.Redis:
         health_check_interval=HEALTH_CHECK_S,
         retry=Retry(NoBackoff(), 0),
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class _LogHole(Exception):
     """The events right after ``position`` are no longer in the stream."""
 
+    def __init__(self, position: EventId) -> None:
+        super().__init__(str(position))
+        self.position = position
+
+
+class _Follower:
+    """One subscription as its channel's listener: the queue and how far it got.
+
+    ``fetched`` is the newest event put in the queue (``None`` while the
+    subscription still replays), ``newest`` the newest id announced on the
+    channel. Small and task-free: a bridge keeps one per idle WebSocket.
+    """
+
+    __slots__ = ("channel", "fetched", "newest", "queue", "user_id")
+
+    def __init__(self, user_id: str, channel: bytes, queue: SubscriberQueue) -> None:
+        self.user_id = user_id
+        self.channel = channel
+        self.queue = queue
+        self.fetched: EventId | None = None
+        self.newest = _NOTHING
+
+    def lost(self, reason: str) -> None:
+        self.queue.fail(reason)
+
+    def backlogged(self) -> bool:
+        """Whether announced events wait in Redis that the queue has room for."""
+        fetched = self.fetched
+        return fetched is not None and self.newest > fetched and self.queue.room() > 0
+
 
 class RedisEventBus:
-    """Per-user Redis Stream logs with Pub/Sub fan-out; the client is owned by the caller."""
+    """Per-user Redis Stream logs with sharded Pub/Sub fan-out; the client is owned by the caller."""
 
     def __init__(
         self,
@@ -117,9 +172,14 @@ class RedisEventBus:
         run_state_capacity: int = 1_000,
         retention_s: float = 86_400.0,
         max_batch: int = 256,
+        pubsub_shards: int = 4,
+        sharded_pubsub: bool = False,
+        live_body_max_bytes: int = 64 * 1024,
     ) -> None:
         if min(log_capacity, subscriber_queue, run_state_capacity, max_batch) < 1 or retention_s <= 0:
             raise ValueError("capacities must be at least 1 and retention_s positive")
+        if live_body_max_bytes < 0:
+            raise ValueError("live_body_max_bytes must not be negative")
         self._max_batch = max_batch
         self._client = client
         self._prefix = key_prefix
@@ -127,9 +187,18 @@ class RedisEventBus:
         self._subscriber_queue = subscriber_queue
         self._run_state_capacity = run_state_capacity
         self._retention_ms = max(1, int(retention_s * 1000))
+        self._live_body_max_bytes = live_body_max_bytes
+        self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._publish_script = client.register_script(PUBLISH_SCRIPT)
         self._open_script = client.register_script(OPEN_SCRIPT)
-        self._subscribers: dict[str, set[SubscriberQueue]] = {}
+        self._fanout = Fanout(
+            connect=self._connect_pubsub,
+            dispatch=self._dispatch,
+            shards=pubsub_shards,
+            sharded_pubsub=sharded_pubsub,
+            health_check_s=HEALTH_CHECK_S,
+        )
+        self._subscribers: dict[str, set[_Follower]] = {}
         self._draining = False
 
     def keys(self, user_id: str) -> UserKeys:
@@ -145,6 +214,8 @@ class RedisEventBus:
             self._log_capacity,
             self._retention_ms,
             self._run_state_capacity,
+            self._live_body_max_bytes,
+            self._publish_command,
         ]
         for event in events:
             body = RunEvent()
@@ -178,13 +249,12 @@ class RedisEventBus:
             raise BusDraining(after)
         keys = self.keys(user_id)
         queue = SubscriberQueue(self._subscriber_queue)
-        pubsub = self._client.pubsub()
-        follower: asyncio.Task[None] | None = None
-        self._subscribers.setdefault(user_id, set()).add(queue)
+        follower = _Follower(user_id, keys.live.encode(), queue)
+        self._subscribers.setdefault(user_id, set()).add(follower)
         resume = after  # the cursor a failure reports
         try:
             try:
-                await self._listen(pubsub, keys.live)
+                await self._fanout.add(follower.channel, follower, timeout_s=CONFIRM_TIMEOUT_S)
                 born, last, created = await self._open(keys)
             except UNAVAILABLE_ERRORS as exc:
                 raise BackendUnavailable(after) from exc
@@ -220,11 +290,16 @@ class RedisEventBus:
                 position = last
             # Follow before handing out ReplayComplete: a consumer that stops
             # right there still overflows like on the memory bus.
-            follower = asyncio.create_task(self._follow(user_id, keys, pubsub, queue, position))
+            follower.fetched = position
+            follower.newest = max(follower.newest, position)
             yield ReplayComplete(replayed=replayed, resume_after=str(position))
             delivered = position
             while True:
+                if follower.backlogged() and not queue.ended:
+                    await self._catch_up(keys, follower, str(delivered))
                 batch = await queue.take(delivered, limit)
+                if not batch:  # poked: events wait in Redis
+                    continue
                 if batch[0][0] <= delivered:  # already replayed
                     batch = [entry for entry in batch if entry[0] > delivered]
                     if not batch:
@@ -232,16 +307,18 @@ class RedisEventBus:
                 delivered = batch[-1][0]
                 yield Events([body for _, body in batch], delivered)
         finally:
-            self._unregister(user_id, queue)
-            if follower is not None:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
-            with contextlib.suppress(*UNAVAILABLE_ERRORS, redis_errors.RedisError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._unregister(follower)
 
     def subscriber_count(self, user_id: str) -> int:
         return len(self._subscribers.get(user_id, ()))
+
+    def live_channels(self) -> list[str]:
+        """The channels this bus is subscribed to (introspection)."""
+        return [name.decode() for name in self._fanout.channels()]
+
+    def pubsub_connections(self) -> int:
+        """Shared Pub/Sub connections open (or opening) right now (introspection)."""
+        return self._fanout.connections()
 
     async def retained(self, user_id: str) -> list[str]:
         """The event ids retained for ``user_id``, oldest first (introspection)."""
@@ -250,21 +327,90 @@ class RedisEventBus:
 
     async def drain(self) -> None:
         self._draining = True
-        for queues in self._subscribers.values():
-            for queue in queues:
-                queue.end_draining()
+        for followers in self._subscribers.values():
+            for follower in followers:
+                follower.queue.end_draining()
 
     async def close(self) -> None:
         await self.drain()
+        await self._fanout.close()
 
-    async def _listen(self, pubsub: PubSub, channel: str) -> None:
-        """SUBSCRIBE and wait until Redis confirms it: from then on no publish is missed."""
-        await pubsub.subscribe(channel)
-        async with asyncio.timeout(CONFIRM_TIMEOUT_S):
-            while True:
-                message = await pubsub.get_message(timeout=CONFIRM_TIMEOUT_S)
-                if message is not None and _text(message.get("type", b"")) == "subscribe":
-                    return
+    async def _connect_pubsub(self) -> AbstractConnection:
+        """A new connection for a Pub/Sub shard, with the client's settings and name.
+
+        Outside the command pool, so Pub/Sub never waits for a command
+        connection; the fan-out PINGs it itself (a subscribed connection
+        answers PING as a push message, which redis-py's own check would misread).
+        """
+        pool = self._client.connection_pool
+        kwargs: dict[str, Any] = {
+            **pool.connection_kwargs,
+            "health_check_interval": 0,
+            "decode_responses": False,
+        }
+        connection: AbstractConnection = pool.connection_class(**kwargs)
+        await connection.connect()  # type: ignore[no-untyped-call]
+        return connection
+
+    def _dispatch(self, followers: tuple[Any, ...], data: bytes) -> None:
+        """A shard reader's hand-off of one live message to the channel's followers."""
+        try:
+            newest, entries = parse_live_message(data)
+        except ValueError:
+            log.exception("unreadable live message")
+            return
+        overflow_at = 2 * self._subscriber_queue
+        for follower in followers:
+            queue: SubscriberQueue = follower.queue
+            if queue.ended:
+                continue
+            if newest > follower.newest:
+                follower.newest = newest
+            fetched: EventId | None = follower.fetched
+            if fetched is None or newest <= fetched:
+                continue  # replaying (it catches up afterwards), or already fetched
+            if entries is not None:
+                room = queue.room()
+                for entry in entries:
+                    if entry[0] <= fetched:
+                        continue
+                    if room <= 0 or entry[0].n != fetched.n + 1:
+                        break
+                    queue.offer(entry)
+                    fetched = entry[0]
+                    room -= 1
+                follower.fetched = fetched
+            if newest > fetched:
+                # Same incarnation: n counts events. (After a reset n restarts; the fetch finds it.)
+                if len(queue) + newest.n - fetched.n > overflow_at:
+                    queue.overflow()
+                    self._unregister(follower)
+                else:
+                    queue.poke()
+
+    async def _catch_up(self, keys: UserKeys, follower: _Follower, resume: str) -> None:
+        """Fetch announced events from the stream into the queue, as many as fit (one page)."""
+        queue = follower.queue
+        start = follower.fetched
+        assert start is not None
+        try:
+            page = await self._range(keys.stream, start, min(PAGE, queue.room()))
+            if not page or page[0][0].n != start.n + 1:
+                raise await self._ended_by_hole(keys, start, resume)
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable(resume, "lost the connection to the event store") from exc
+        except redis_errors.RedisError as exc:
+            log.exception("catching up with the event log failed", extra={"user_id": follower.user_id})
+            raise BackendUnavailable(resume, "event store error") from exc
+        fetched = follower.fetched  # live messages may have moved it on meanwhile
+        assert fetched is not None
+        room = queue.room()
+        for entry in page:
+            if entry[0] > fetched and room > 0:
+                queue.offer(entry)
+                fetched = entry[0]
+                room -= 1
+        follower.fetched = fetched
 
     async def _open(self, keys: UserKeys) -> tuple[EventId, EventId, bool]:
         born, last, created = await self._open_script(
@@ -284,47 +430,6 @@ class RedisEventBus:
             entries.append((parse_event_id(text.decode()), stored + wire.event_id_field(text)))
         return entries
 
-    async def _follow(
-        self, user_id: str, keys: UserKeys, pubsub: PubSub, queue: SubscriberQueue, fetched: EventId
-    ) -> None:
-        """Reader task: notifications → XRANGE → the subscriber's queue, until it ends.
-
-        It fetches only what fits in the queue; the rest waits in Redis. The
-        subscriber is cut off (overflow) once its queue is full *and* more
-        than a queue's worth of further events waits in Redis behind it.
-        """
-        newest = fetched
-        try:
-            while not queue.ended:
-                if newest > fetched and queue.room() > 0:
-                    page = await self._range(keys.stream, fetched, min(PAGE, queue.room()))
-                    if not page or page[0][0].n != fetched.n + 1:
-                        raise _LogHole()
-                    for entry in page:
-                        queue.offer(entry)
-                        fetched = entry[0]
-                    continue
-                if newest.n - fetched.n > self._subscriber_queue:  # same incarnation: n counts events
-                    queue.overflow()
-                    break
-                backlogged = newest > fetched
-                message = await pubsub.get_message(timeout=BACKLOG_POLL_S if backlogged else LISTEN_POLL_S)
-                if message is not None and _text(message.get("type", b"")) == "message":
-                    newest = max(newest, parse_event_id(_text(message["data"])))
-            if queue.overflowed:
-                self._unregister(user_id, queue)
-        except _LogHole:
-            if await self._reset_since(keys, fetched):
-                queue.fail("the event log was reset")
-            else:
-                queue.overflow()
-                self._unregister(user_id, queue)
-        except UNAVAILABLE_ERRORS:
-            queue.fail("lost the connection to the event store")
-        except (redis_errors.RedisError, InvalidArgument):
-            log.exception("subscription reader failed", extra={"user_id": user_id})
-            queue.fail("event store error")
-
     async def _ended_by_hole(self, keys: UserKeys, position: EventId, resume: str) -> Exception:
         """The error that ends a subscription finding a hole right after ``position``."""
         try:
@@ -338,12 +443,13 @@ class RedisEventBus:
         born: Any = await self._client.hget(keys.meta, "born")
         return born is None or parse_event_id(_text(born)) > position
 
-    def _unregister(self, user_id: str, queue: SubscriberQueue) -> None:
-        queues = self._subscribers.get(user_id)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self._subscribers[user_id]
+    def _unregister(self, follower: _Follower) -> None:
+        followers = self._subscribers.get(follower.user_id)
+        if followers is not None:
+            followers.discard(follower)
+            if not followers:
+                del self._subscribers[follower.user_id]
+        self._fanout.remove(follower.channel, follower)
 
 
 def _hole_after(position: EventId, page: list[Entry], last: EventId) -> bool:

@@ -2,7 +2,11 @@
 
 Every key of one user carries the user id as a Redis Cluster hash tag, so a
 user's keys live on one shard (scripts may touch them together) while users
-spread across shards:
+spread across shards. Redis hashes only what lies between the first ``{``
+and the next ``}``, so the id is escaped inside the tag (:func:`hash_tag`:
+``%`` → ``%25``, ``{`` → ``%7B``, ``}`` → ``%7D``): the tag never holds a
+brace whatever the id, distinct ids keep distinct tags, and ordinary ids stay
+readable as they are. ``<user>`` below is that escaped id.
 
 - ``<prefix>:{<user>}:events`` — Stream, the retained log. Entry id = the
   event id; field ``e`` = the serialized ``RunEvent`` with its stored ``seq``
@@ -12,7 +16,8 @@ spread across shards:
 - ``<prefix>:{<user>}:runs`` — Hash: run id → ``"<last seq>:<0|1 terminal>"``.
 - ``<prefix>:{<user>}:run_order`` — Sorted set of the same runs, oldest
   finished first, then least recently active live runs (eviction order).
-- ``<prefix>:{<user>}:live`` — Pub/Sub channel: after each publish, the newest id.
+- ``<prefix>:{<user>}:live`` — Pub/Sub channel (``PUBLISH``, or ``SPUBLISH`` in
+  sharded mode): one message per publish, see :data:`PUBLISH_SCRIPT`.
 
 Ids are ``"<ms>-<n>"`` stream ids assigned by :data:`PUBLISH_SCRIPT` itself:
 ``ms`` is the server time but never goes back, and ``n`` counts the
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from bridge_service.event_ids import EventId
+
 
 class UserKeys(NamedTuple):
     stream: str
@@ -44,8 +51,16 @@ class UserKeys(NamedTuple):
         return [self.stream, self.meta, self.runs, self.run_order]
 
 
+def hash_tag(user_id: str) -> str:
+    """``user_id`` escaped so it holds no brace (an injective escape: ``%`` is escaped too)."""
+    if "%" not in user_id and "{" not in user_id and "}" not in user_id:
+        return user_id
+    return user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
 def user_keys(prefix: str, user_id: str) -> UserKeys:
-    tagged = f"{prefix}:{{{user_id}}}"
+    """The keys of ``user_id``'s log, all on the slot of its escaped id (see module doc)."""
+    tagged = f"{prefix}:{{{hash_tag(user_id)}}}"
     return UserKeys(
         stream=f"{tagged}:events",
         meta=f"{tagged}:meta",
@@ -82,16 +97,25 @@ return {id, id, 1}
 )
 
 # KEYS: stream, meta, runs, run_order.
-# ARGV: live channel, log capacity, retention ms, run state capacity, then
+# ARGV: live channel, log capacity, retention ms, run state capacity,
+#       live body cap (bytes; 0 = ids only), publish command (PUBLISH | SPUBLISH), then
 #       4 per event: run id, seq (0 = next), terminal (0|1), serialized RunEvent.
 # Returns 3 per event: event id ('' if ignored), stored seq (0 if ignored),
 # verdict (store | gap | duplicate | after_terminal; see bridge_service.bus.fence).
+#
+# The live message carries the stored events themselves when they fit the cap,
+# so a subscriber that is caught up appends them without reading the stream:
+#   "<id>:<len> <id>:<len> …\n" followed by the events as delivered (the
+#   stored bytes with event_id appended), each <len> bytes, oldest first;
+# otherwise it is just "<newest id>" and subscribers read the stream (XRANGE).
 PUBLISH_SCRIPT = (
     _HELPERS
     + """
 local stream, meta, runs, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local retention = tonumber(ARGV[3])
 local live_bias = 1e13  -- live runs sort after every finished one
+local body_cap = tonumber(ARGV[5])
+local header, bodies, live_size = {}, {}, 0
 local function varint(x)
   local out = {}
   repeat
@@ -116,7 +140,7 @@ else
 end
 local reply = {}
 local stored = 0
-for i = 5, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local run, seq, terminal = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
   local last_seq, finished = 0, false
   local state = redis.call('HGET', runs, run)
@@ -139,7 +163,15 @@ for i = 5, #ARGV, 4 do
     n = n + 1
     local id = fmt(ms) .. '-' .. fmt(n)
     -- Appending field 2 (seq, varint) to the message sets the stored seq.
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'e', ARGV[i + 3] .. '\\16' .. varint(seq))
+    local body = ARGV[i + 3] .. '\\16' .. varint(seq)
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'e', body)
+    if body_cap > 0 and live_size <= body_cap then
+      -- Appending field 1 (event_id, length-delimited) as a reader of the stream does.
+      local delivered = body .. '\\10' .. string.char(#id) .. id
+      live_size = live_size + #delivered
+      header[#header + 1] = id .. ':' .. #delivered
+      bodies[#bodies + 1] = delivered
+    end
     redis.call('HSET', runs, run, fmt(seq) .. (terminal and ':1' or ':0'))
     redis.call('ZADD', order, terminal and now or (now + live_bias), run)
     reply[#reply + 1] = id
@@ -162,7 +194,11 @@ if stored > 0 then
       redis.call('HDEL', runs, victims[j])
     end
   end
-  redis.call('PUBLISH', ARGV[1], newest)
+  local message = newest
+  if body_cap > 0 and live_size <= body_cap then
+    message = table.concat(header, ' ') .. '\\n' .. table.concat(bodies)
+  end
+  redis.call(ARGV[6], ARGV[1], message)
 end
 for _, key in ipairs(KEYS) do
   redis.call('PEXPIRE', key, ARGV[3])
@@ -170,3 +206,24 @@ end
 return reply
 """
 )
+
+
+def parse_live_message(data: bytes) -> tuple[EventId, list[tuple[EventId, bytes]] | None]:
+    """The newest id of a live message and, when it carries them, its events (see :data:`PUBLISH_SCRIPT`)."""
+    head, newline, blob = data.partition(b"\n")
+    if not newline:
+        return _event_id(head), None
+    entries: list[tuple[EventId, bytes]] = []
+    start = 0
+    for token in head.split(b" "):
+        raw_id, _, size = token.partition(b":")
+        end = start + int(size)
+        entries.append((_event_id(raw_id), blob[start:end]))
+        start = end
+    return entries[-1][0], entries
+
+
+def _event_id(raw: bytes) -> EventId:
+    # Written by the script itself ("<ms>-<n>"), so no validation beyond int().
+    ms, _, n = raw.partition(b"-")
+    return EventId(int(ms), int(n))

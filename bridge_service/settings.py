@@ -4,7 +4,9 @@
 [runwire], ``_RETENTION_S`` [86400], ``_LOG_CAPACITY`` [10000],
 ``_LOG_MAX_BYTES`` [4194304], ``_RUN_STATE_CAPACITY`` [1000], ``_SUBSCRIBER_QUEUE`` [1000],
 ``_MAX_EVENTS_PER_PUBLISH`` [500], ``_MAX_PAYLOAD_BYTES`` [65536],
-``_MAX_SUBSCRIBE_BATCH`` [256].
+``_MAX_SUBSCRIBE_BATCH`` [256], ``_REDIS_MAX_CONNECTIONS`` [6],
+``_REDIS_PUBSUB_SHARDS`` [4], ``_REDIS_SHARDED_PUBSUB`` [false],
+``_REDIS_LIVE_BODY_MAX_BYTES`` [65536].
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ class BridgeSettings(ServerSettings):
     only events that were already waiting (a batch is never waited for).
 
     ``backend="redis"`` keeps the log in Redis at ``redis_url`` under keys
-    starting with ``redis_key_prefix``.
+    starting with ``redis_key_prefix``. A bridge process then holds at most
+    ``redis_max_connections`` command connections plus ``redis_pubsub_shards``
+    shared Pub/Sub connections (10 with the defaults), whatever its
+    subscriber count: the live channels of all its subscribers are spread
+    over those shards. ``redis_sharded_pubsub`` uses Redis 7 sharded Pub/Sub
+    (``SSUBSCRIBE``/``SPUBLISH``), which Redis Cluster routes to the slot's
+    shard instead of broadcasting to every node. A live message carries the
+    published events themselves up to ``redis_live_body_max_bytes`` (0: only
+    the newest id), so caught-up subscribers need no stream read.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_BRIDGE_", populate_by_name=True, extra="ignore")
@@ -64,6 +74,19 @@ class BridgeSettings(ServerSettings):
     max_events_per_publish: int = Field(default=500, ge=1, description="events in one Publish call")
     max_payload_bytes: int = Field(default=64 * 1024, ge=2, description="size of one payload_json")
     max_subscribe_batch: int = Field(default=256, ge=1, description="events in one Subscribe response")
+    redis_max_connections: int = Field(
+        default=6, ge=1, le=1024, description="command connections of the Redis client (bounded pool)"
+    )
+    redis_pubsub_shards: int = Field(
+        default=4, ge=1, le=64, description="shared Pub/Sub connections carrying every live subscription"
+    )
+    redis_sharded_pubsub: bool = Field(
+        default=False,
+        description="SSUBSCRIBE/SPUBLISH (Redis 7+, Redis Cluster) instead of SUBSCRIBE/PUBLISH",
+    )
+    redis_live_body_max_bytes: int = Field(
+        default=64 * 1024, ge=0, description="events carried in a live message (bytes; 0 = only the id)"
+    )
 
     @field_validator("redis_key_prefix")
     @classmethod

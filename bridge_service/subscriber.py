@@ -27,7 +27,7 @@ Entry = tuple[EventId, bytes]
 class SubscriberQueue:
     """Bounded hand-off from a producer that never waits to one consumer."""
 
-    __slots__ = ("_capacity", "_failure", "_head", "_items", "_waiter", "draining", "overflowed")
+    __slots__ = ("_capacity", "_failure", "_head", "_items", "_poked", "_waiter", "draining", "overflowed")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
@@ -37,6 +37,7 @@ class SubscriberQueue:
         self._head = 0
         self._waiter: asyncio.Future[None] | None = None
         self._failure = ""
+        self._poked = False
         self.overflowed = False
         self.draining = False
 
@@ -66,6 +67,15 @@ class SubscriberQueue:
         self._clear()  # the events stay in the log; the subscriber resumes from it
         self._wake()
 
+    def poke(self) -> None:
+        """Make the consumer's pending (or next) :meth:`take` return, empty if nothing is queued.
+
+        The Redis bus pokes a consumer when events wait in Redis that it must
+        fetch itself; the memory bus never does, so its takes never come back empty.
+        """
+        self._poked = True
+        self._wake()
+
     def end_draining(self) -> None:
         self.draining = True
         self._wake()
@@ -76,7 +86,10 @@ class SubscriberQueue:
         self._wake()
 
     async def take(self, cursor: EventId | str, limit: int = 1) -> list[Entry]:
-        """The oldest 1 to ``limit`` queued entries, waiting for one; raises with ``cursor`` once ended."""
+        """The oldest 1 to ``limit`` queued entries, waiting for one; raises with ``cursor`` once ended.
+
+        Returns an empty list only after :meth:`poke`, when nothing is queued.
+        """
         while True:
             if self.overflowed:
                 raise SubscriberOverflow(str(cursor))
@@ -98,6 +111,9 @@ class SubscriberQueue:
                     head = 0
                 self._head = head
                 return taken
+            if self._poked:
+                self._poked = False
+                return []
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
