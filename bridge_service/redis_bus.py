@@ -101,7 +101,6 @@ UNAVAILABLE_ERRORS = (
 PAGE = 256  # events per XRANGE
 CONFIRM_TIMEOUT_S = 5.0  # for the SUBSCRIBE confirmation
 HEALTH_CHECK_S = 10  # PING an idle connection before use (a quiet Pub/Sub connection) after this long
-_NOTHING = EventId(0, 0)
 
 
 def connect(url: str, *, client_name: str, timeout_s: float, max_connections: int = 6) -> aioredis.Redis:
@@ -148,7 +147,7 @@ class _Follower:
         self.channel = channel
         self.queue = queue
         self.fetched: EventId | None = None
-        self.newest = _NOTHING
+        self.newest = EventId(0, 0)
 
     def lost(self, reason: str) -> None:
         self.queue.fail(reason)
