@@ -9,20 +9,21 @@ bridge ignores whatever the executor still publishes after the terminal event.
 
 Announcements run as background tasks tracked by the supervisor, so the
 process drains them before it exits, and they are retried while the bridge
-is unavailable; a lost one is logged.
+is unavailable; a lost one is logged. They are published through the same
+bridge port (the process's publish streams) as every run's events, and their
+payload comes from the one builder, :func:`~execution_service.outcomes.terminal_event`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from execution_service.outcomes import State
+from execution_service.emitter import encode_payload
+from execution_service.outcomes import Outcome, terminal_event
 from execution_service.peers import BridgePort, RegistryPort
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
@@ -38,8 +39,9 @@ def with_run_id(ctx: context_pb2.UserContext, run_id: str) -> context_pb2.UserCo
     return out
 
 
-def terminal_for_owner(run: run_pb2.Run, event_type: str, payload: Mapping[str, Any]) -> event_pb2.RunEvent:
+def terminal_for_owner(run: run_pb2.Run, outcome: Outcome) -> event_pb2.RunEvent:
     """The terminal event of ``run`` with ``seq = 0``: the bridge assigns the run's next seq."""
+    event_type, payload = terminal_event(outcome)
     timestamp = Timestamp()
     timestamp.GetCurrentTime()
     return event_pb2.RunEvent(
@@ -51,7 +53,7 @@ def terminal_for_owner(run: run_pb2.Run, event_type: str, payload: Mapping[str, 
         tenant_id=run.tenant_id,
         agent=run.agent,
         timestamp=timestamp,
-        payload_json=json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False),
+        payload_json=encode_payload(payload),
     )
 
 
@@ -73,37 +75,25 @@ class Announcer:
         self._retry = publish_retry
         self._log = log
 
-    async def end_run(
-        self,
-        ctx: context_pb2.UserContext,
-        state: State,
-        error: run_pb2.RunError,
-        *,
-        event_type: str,
-        payload: Mapping[str, Any],
-        wait_s: float,
-    ) -> run_pb2.Run:
-        """Move ``ctx.run_id`` to ``state``; announce the end if this call won the transition.
+    async def end_run(self, ctx: context_pb2.UserContext, outcome: Outcome, *, wait_s: float) -> run_pb2.Run:
+        """Move ``ctx.run_id`` to ``outcome``; announce the end if this call won the transition.
 
-        A run that already ended is returned unchanged and nothing is announced.
-        Waits up to ``wait_s`` for the announcement (it goes on in the background).
+        ``ctx`` is attested. A run that already ended is returned unchanged and
+        nothing is announced. Waits up to ``wait_s`` for the announcement (it
+        goes on in the background).
         """
         try:
-            run = await self._registry.transition(ctx, state, error=error)
+            run = await self._registry.transition(ctx, outcome.state, error=outcome.run_error())
         except FailedPrecondition:
             return await self._registry.get_run(ctx)
-        await self.wait(self.announce(ctx, run, event_type, payload), wait_s)
+        await self.wait(self.announce(ctx, run, outcome), wait_s)
         return run
 
     def announce(
-        self,
-        ctx: context_pb2.UserContext,
-        run: run_pb2.Run,
-        event_type: str,
-        payload: Mapping[str, Any],
+        self, ctx: context_pb2.UserContext, run: run_pb2.Run, outcome: Outcome
     ) -> asyncio.Task[None]:
-        """Publish the terminal event of ``run`` (ended by this replica) in the background."""
-        event = terminal_for_owner(run, event_type, payload)
+        """Publish the terminal event of ``run`` (ended by this replica as ``outcome``) in the background."""
+        event = terminal_for_owner(run, outcome)
         task = asyncio.create_task(
             self._publish(with_run_id(ctx, run.run_id), event), name=f"announce:{run.run_id}"
         )

@@ -1,7 +1,8 @@
 """The composition root of the execution service.
 
-``running_service(settings)`` opens the long-lived resources in order (one
-channel per peer), builds the agent catalog, the run supervisor and the
+``running_service(settings)`` opens the long-lived resources in order (a
+channel to the registry; the bridge publisher, which holds one publish stream
+per bridge replica), builds the agent catalog, the run supervisor and the
 servicer, starts the gRPC server and yields it. On exit (SIGTERM in
 ``__main__``) it drains within ``grace_period_s``: new calls are refused with
 ``UNAVAILABLE`` (the server's drain gate), live runs may finish until
@@ -20,7 +21,8 @@ import grpc
 
 from execution_service.catalog import AgentCatalog
 from execution_service.metrics import ExecutionCollector
-from execution_service.peers import BRIDGE_SERVICE, REGISTRY_SERVICE, GrpcBridge, GrpcRegistry
+from execution_service.peers import BRIDGE_SERVICE, REGISTRY_SERVICE, GrpcRegistry
+from execution_service.publisher import StreamPublisher
 from execution_service.servicer import ExecutionServicer
 from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
@@ -66,22 +68,17 @@ async def running_service(
             settings.registry_target, service_names=(REGISTRY_SERVICE,), interceptors=traced
         )
         stack.push_async_callback(registry_channel.close)
-        bridge_channel = open_channel(
-            settings.bridge_target, service_names=(BRIDGE_SERVICE,), interceptors=traced
+        registry = GrpcRegistry(registry_channel, call_timeout_s=settings.call_timeout_s)
+        # One PublishStream per bridge replica, each on its own channel (opened when first used).
+        bridge = StreamPublisher(
+            settings.bridge_target,
+            open_channel=lambda replica: open_channel(
+                replica, service_names=(BRIDGE_SERVICE,), interceptors=traced
+            ),
+            ack_timeout_s=settings.call_timeout_s,
+            log=log,
         )
-        stack.push_async_callback(bridge_channel.close)
-        registry = GrpcRegistry(
-            registry_channel,
-            attestor=attestor,
-            call_timeout_s=settings.call_timeout_s,
-            context_ttl_s=settings.context_ttl_s,
-        )
-        bridge = GrpcBridge(
-            bridge_channel,
-            attestor=attestor,
-            call_timeout_s=settings.call_timeout_s,
-            context_ttl_s=settings.context_ttl_s,
-        )
+        stack.push_async_callback(bridge.aclose)
         supervisor = RunSupervisor(log=log)
         observability.metrics.register(ExecutionCollector(supervisor, bridge))
         stack.push_async_callback(supervisor.abort)

@@ -1,9 +1,13 @@
 """The event emitter of one run: assigns ``seq`` and publishes in order.
 
 Every run gets its own :class:`RunEmitter`. Events are built at the source
-(``seq`` 1, 2, 3 …, timestamp, owner, payload encoded once) and queued; one
-publisher task per run drains the queue and sends whatever is pending as one
-``Publish`` call, so events reach the bridge in ``seq`` order. At most
+(``seq`` 1, 2, 3 …, timestamp, owner, payload encoded once; a value that is
+already encoded, such as the run's input, is spliced in as :class:`RawJson`)
+and queued; one publisher task per run drains the queue and publishes
+whatever is pending as one batch, then waits for its acknowledgement before
+the next: events reach the bridge in ``seq`` order, nothing waits when the
+run is idle, and what the agent emits while a batch is unacknowledged
+becomes the next batch. At most
 ``max_pending`` events wait: an agent that emits faster than the bridge
 accepts is slowed down. Payloads over the bridge's size limit are shortened
 at the source (bulky values replaced, ``"truncated": true`` added).
@@ -23,8 +27,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from execution_service.outcomes import Outcome, terminal_event
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common import names
@@ -45,6 +51,16 @@ class EmitterClosed(RuntimeError):
     """The run has finished; it cannot emit any more events."""
 
 
+@dataclass(frozen=True, slots=True)
+class RawJson:
+    """A JSON value that is already encoded, spliced into a payload as it is (never re-encoded).
+
+    The caller vouches that ``text`` is one valid JSON value.
+    """
+
+    text: str
+
+
 def payload_encoder() -> json.JSONEncoder:
     """The encoder of event payloads: compact JSON, non-ASCII kept, no NaN or infinity."""
     return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -54,11 +70,18 @@ def encode_payload(payload: Mapping[str, Any], *, encoder: json.JSONEncoder | No
     """The payload as compact JSON; ``ValueError`` if it is not a JSON object.
 
     ``encoder`` (from :func:`payload_encoder`) saves building one per call.
+    :class:`RawJson` values are spliced in as they are, after the other keys.
     """
+    encoder = encoder or payload_encoder()
     try:
         # A plain dict is encoded as it is; any other mapping through a dict copy.
         document = payload if type(payload) is dict else dict(payload)
-        return (encoder or payload_encoder()).encode(document)
+        raw = [(key, value) for key, value in document.items() if type(value) is RawJson]
+        if not raw:
+            return encoder.encode(document)
+        text = encoder.encode({key: value for key, value in document.items() if type(value) is not RawJson})
+        members = ",".join(f"{encoder.encode(key)}:{value.text}" for key, value in raw)
+        return f"{text[:-1]}{',' if len(text) > 2 else ''}{members}}}"
     except (TypeError, ValueError) as exc:
         raise ValueError(f"event payload is not JSON: {exc}") from None
 
@@ -79,7 +102,7 @@ def fit_payload(
     for key, value in payload.items():
         if isinstance(value, str) and len(value) > TRUNCATED_TEXT_CHARS:
             shortened[key] = value[:TRUNCATED_TEXT_CHARS] + TRUNCATION_MARK
-        elif isinstance(value, Mapping | list | tuple):
+        elif isinstance(value, Mapping | list | tuple | RawJson):
             shortened[key] = f"{TRUNCATION_MARK} ({size} bytes)"
         else:
             shortened[key] = value
@@ -168,7 +191,16 @@ class RunEmitter:
     # --- Runwire's own API ---
 
     async def emit_reserved(self, event_type: str, payload: Mapping[str, Any]) -> int:
-        """Queue an event of any type; returns its ``seq``."""
+        """Queue an event of any type but a terminal one (see :meth:`emit_terminal`); returns its ``seq``."""
+        if event_type in names.TERMINAL_EVENT_TYPES:
+            raise ValueError(f"{event_type} is a terminal event: emit_terminal builds it")
+        return await self._emit(event_type, payload)
+
+    async def emit_terminal(self, outcome: Outcome, *, duration_ms: int) -> int:
+        """Queue the run's terminal event, built by :func:`~execution_service.outcomes.terminal_event`."""
+        return await self._emit(*terminal_event(outcome, duration_ms=duration_ms))
+
+    async def _emit(self, event_type: str, payload: Mapping[str, Any]) -> int:
         if self._closed:
             raise EmitterClosed(f"run {self._run_id} has finished")
         encoded = fit_payload(payload, max_bytes=self._max_payload_bytes, encoder=self._encoder)

@@ -35,15 +35,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from execution_service.catalog import AgentSpec, ToolSpec
 from execution_service.dispatcher import ToolDispatcher
-from execution_service.emitter import RunEmitter
-from execution_service.outcomes import Outcome, State, failure, outcome_of_agent, terminal_event
+from execution_service.emitter import RawJson, RunEmitter
+from execution_service.identity import RunIdentity
+from execution_service.outcomes import Outcome, State, failure, outcome_of_agent
 from execution_service.peers import BridgePort, RegistryPort
-from execution_service.redaction import redact
 from execution_service.retry import Backoff, retry_unavailable
+from execution_service.run_input import RunInput
 from execution_service.sdk import AgentResult, Cancellation, RunContext
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
@@ -79,8 +80,8 @@ class RunEngine:
         *,
         spec: AgentSpec,
         run: run_pb2.Run,
-        user: context_pb2.UserContext,
-        agent_input: Mapping[str, Any],
+        identity: RunIdentity,
+        run_input: RunInput,
         timeout_s: float,
         tools: Mapping[str, ToolSpec],
         registry: RegistryPort,
@@ -88,12 +89,13 @@ class RunEngine:
         config: EngineConfig,
         log: logging.LoggerAdapter,  # type: ignore[type-arg]
     ) -> None:
+        user = identity.context()
         self.run_id = run.run_id
         self.user_id = user.user_id
         self._spec = spec
-        self._user = user
+        self._identity = identity
         self._thread_id = run.thread_id or user.thread_id
-        self._input = dict(agent_input)
+        self._input = run_input
         self._timeout_s = timeout_s
         self._registry = registry
         self._bridge = bridge
@@ -132,6 +134,11 @@ class RunEngine:
         self._started_emitted = False
         self._started_at = time.monotonic()
         self._finished = asyncio.Event()
+
+    @property
+    def _user(self) -> context_pb2.UserContext:
+        """The run's attested context (minted once per run; re-minted only near its expiry)."""
+        return self._identity.context()
 
     # --- control from the supervisor / servicer ---
 
@@ -231,7 +238,7 @@ class RunEngine:
             user=self._user,
             run_id=self.run_id,
             thread_id=self._thread_id,
-            input=self._input,
+            input=self._input.value,
             emitter=self.emitter,
             tools=self.dispatcher,
             cancellation=self.cancellation,
@@ -313,7 +320,7 @@ class RunEngine:
             return
         await self._emit_started()
         duration_ms = int((time.monotonic() - self._started_at) * 1000)
-        await self.emitter.emit_reserved(*terminal_event(outcome, duration_ms=duration_ms))
+        await self.emitter.emit_terminal(outcome, duration_ms=duration_ms)
         await self.emitter.aclose()
         self._log.info("run finished", extra={"state": names.state_name(outcome.state)})
 
@@ -331,9 +338,7 @@ class RunEngine:
 
         completed = outcome.state == run_pb2.RUN_STATE_COMPLETED
         result_json = json.dumps(outcome.result) if completed else ""
-        error = (
-            None if completed else run_pb2.RunError(code=outcome.error_code, message=outcome.error_message)
-        )
+        error = outcome.run_error()
 
         async def complete_stepwise() -> bool:
             # A registry older than TransitionRun.through_completing refuses RUNNING → COMPLETED
@@ -392,7 +397,8 @@ class RunEngine:
         self._started_emitted = True
         await self.emitter.emit_reserved(
             names.AGENT_STARTED,
-            {"message": f"agent {self._spec.name} started", "input": redact(self._input)},
+            # The input as the servicer parsed and redacted it, spliced in without encoding it again.
+            {"message": f"agent {self._spec.name} started", "input": RawJson(self._input.redacted_json)},
         )
 
     async def _publish(self, events: Sequence[event_pb2.RunEvent]) -> None:

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from execution_service.peers import GrpcBridge
+from execution_service.publisher import StreamPublisher
 from execution_service.supervisor import RunSupervisor
 
 
 class ExecutionCollector(Collector):
-    def __init__(self, supervisor: RunSupervisor, bridge: GrpcBridge) -> None:
+    def __init__(self, supervisor: RunSupervisor, bridge: StreamPublisher) -> None:
         self._supervisor = supervisor
         self._bridge = bridge
 
@@ -34,4 +34,14 @@ class ExecutionCollector(Collector):
             "runwire_execution_events_published",
             "Events accepted by the bridge from this process",
             value=self._bridge.events_published,
+        )
+        yield GaugeMetricFamily(
+            "runwire_execution_publish_batches_in_flight",
+            "Batches of events sent to the bridge and not acknowledged yet",
+            value=self._bridge.batches_in_flight,
+        )
+        yield CounterMetricFamily(
+            "runwire_execution_publish_stream_reconnects",
+            "Publish streams to a bridge replica opened again after one ended",
+            value=self._bridge.stream_reconnects,
         )

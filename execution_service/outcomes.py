@@ -4,6 +4,14 @@ Terminal-event ownership: whoever wins the registry's terminal transition
 announces the end, exactly once. An outcome that is ``external`` ended
 elsewhere (cancelled through another replica, interrupted by a newer run,
 declared dead); the engine stops and announces nothing.
+
+:func:`terminal_event` is the one builder of terminal events: the engine's end
+of a run (through :meth:`RunEmitter.emit_terminal
+<execution_service.emitter.RunEmitter.emit_terminal>`, the only way an
+emitter takes a terminal event) and the announcer's ends of runs it does not
+execute (cancel from another replica, interrupt, refused start) all describe
+the end as an :class:`Outcome` and call it, and the payload is encoded by the
+one payload encoder, so the same end always reads the same.
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ class Outcome:
         return cls(
             state=run_pb2.RUN_STATE_CANCELLED, error_code="cancelled", error_message=reason or "cancelled"
         )
+
+    def run_error(self) -> run_pb2.RunError | None:
+        """The error to record with the terminal transition (``None`` for a completed run)."""
+        if self.state == run_pb2.RUN_STATE_COMPLETED:
+            return None
+        return run_pb2.RunError(code=self.error_code, message=self.error_message)
 
     @classmethod
     def executor_lost(cls) -> Outcome:
@@ -103,8 +117,12 @@ def outcome_of_agent(task: asyncio.Task[AgentResult], log: logging.LoggerAdapter
     )
 
 
-def terminal_event(final: Outcome, *, duration_ms: int) -> tuple[str, dict[str, Any]]:
-    """The terminal event type and payload for a run that ended as ``final``."""
+def terminal_event(final: Outcome, *, duration_ms: int = 0) -> tuple[str, dict[str, Any]]:
+    """The terminal event type and payload for a run that ended as ``final``.
+
+    The one builder of terminal events (see the module docstring);
+    ``duration_ms`` is reported by ``agent_completed`` only.
+    """
     if final.state == run_pb2.RUN_STATE_COMPLETED:
         return names.AGENT_COMPLETED, {
             "status": "completed",

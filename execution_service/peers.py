@@ -1,12 +1,13 @@
 """Clients of the registry and the bridge, and the one place peer errors are mapped.
 
 The engine and the servicer talk to the :class:`RegistryPort` and
-:class:`BridgePort` protocols; :class:`GrpcRegistry` and :class:`GrpcBridge`
-implement them over the process's channels. Every call re-mints the caller's
-context (so a long run never outlives it), carries a deadline, and turns a
-``grpc.aio.AioRpcError`` into the matching ``runwire_common.errors`` error with
-the peer's message, so a registry ``RESOURCE_EXHAUSTED`` reaches the client
-unchanged.
+:class:`BridgePort` protocols; :class:`GrpcRegistry` implements the first over
+the process's channel, :class:`~execution_service.publisher.StreamPublisher`
+the second. Callers pass contexts that are already attested (a run's
+:class:`~execution_service.identity.RunIdentity`, minted once per run). Every
+registry call carries a deadline and turns a ``grpc.aio.AioRpcError`` into the
+matching ``runwire_common.errors`` error with the peer's message, so a registry
+``RESOURCE_EXHAUSTED`` reaches the client unchanged.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
+from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common import errors
-from runwire_common.attestation import ContextAttestor
 
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
@@ -46,10 +46,22 @@ _ERRORS_BY_CODE: Mapping[grpc.StatusCode, type[errors.RunwireError]] = MappingPr
 T = TypeVar("T")
 
 
+_STATUS_BY_NUMBER: Mapping[int, grpc.StatusCode] = MappingProxyType(
+    {status.value[0]: status for status in grpc.StatusCode}
+)
+
+
 def map_rpc_error(exc: grpc.aio.AioRpcError, *, peer: str) -> errors.RunwireError:
     """The domain error for a failed call to ``peer``; unknown codes become INTERNAL."""
-    code = exc.code()
-    details = exc.details() or ""
+    return _error_for(exc.code(), exc.details() or "", peer=peer)
+
+
+def error_for_code(code: int, details: str, *, peer: str) -> errors.RunwireError:
+    """The domain error for a status ``code`` (a number) answered by ``peer`` inside a stream."""
+    return _error_for(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), details, peer=peer)
+
+
+def _error_for(code: grpc.StatusCode, details: str, *, peer: str) -> errors.RunwireError:
     error_class = _ERRORS_BY_CODE.get(code)
     if error_class is None:
         return errors.RunwireError(f"{peer} failed")
@@ -99,8 +111,10 @@ class RegistryPort(Protocol):
 class BridgePort(Protocol):
     """What the execution service needs from the bridge.
 
-    ``publish`` answers the ``event_id`` of each event, ``""`` for one the
-    bridge ignored (a duplicate seq, or after the run's terminal event).
+    ``publish`` sends one owner's events (``ctx`` attested) and answers the
+    ``event_id`` of each event, ``""`` for one the bridge ignored (a duplicate
+    seq, or after the run's terminal event). It raises :class:`Unavailable`
+    when the batch may be resent, another ``RunwireError`` when it was refused.
     """
 
     async def publish(
@@ -108,40 +122,18 @@ class BridgePort(Protocol):
     ) -> Sequence[str]: ...
 
 
-class _Peer:
-    def __init__(
-        self, *, name: str, attestor: ContextAttestor, call_timeout_s: float, context_ttl_s: float
-    ) -> None:
-        self._name = name
-        self._attestor = attestor
-        self._timeout = call_timeout_s
-        self._ttl = context_ttl_s
+class GrpcRegistry:
+    """:class:`RegistryPort` over a ``grpc.aio`` channel; contexts arrive attested."""
 
-    def _mint(self, ctx: context_pb2.UserContext) -> context_pb2.UserContext:
-        return self._attestor.mint(ctx, ttl_s=self._ttl)
+    def __init__(self, channel: grpc.aio.Channel, *, call_timeout_s: float) -> None:
+        self._timeout = call_timeout_s
+        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
 
     async def _call(self, invoke: Callable[[float], Awaitable[T]]) -> T:
         try:
             return await invoke(self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, peer=self._name) from None
-
-
-class GrpcRegistry(_Peer):
-    """:class:`RegistryPort` over a ``grpc.aio`` channel."""
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        attestor: ContextAttestor,
-        call_timeout_s: float,
-        context_ttl_s: float,
-    ) -> None:
-        super().__init__(
-            name="registry", attestor=attestor, call_timeout_s=call_timeout_s, context_ttl_s=context_ttl_s
-        )
-        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            raise map_rpc_error(exc, peer="registry") from None
 
     async def create_run(
         self,
@@ -155,7 +147,7 @@ class GrpcRegistry(_Peer):
         initial_state: run_pb2.RunState.ValueType = run_pb2.RUN_STATE_PENDING,
     ) -> CreatedRun:
         request = registry_pb2.CreateRunRequest(
-            user_context=self._mint(ctx),
+            user_context=ctx,
             agent=agent,
             input_json=input_json,
             multitask_strategy=multitask_strategy,
@@ -176,7 +168,7 @@ class GrpcRegistry(_Peer):
         through_completing: bool = False,
     ) -> run_pb2.Run:
         request = registry_pb2.TransitionRunRequest(
-            user_context=self._mint(ctx),
+            user_context=ctx,
             to_state=to_state,
             error=error,
             result_json=result_json,
@@ -186,37 +178,11 @@ class GrpcRegistry(_Peer):
         return response.run
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run:
-        request = registry_pb2.HeartbeatRequest(user_context=self._mint(ctx), executor_id=executor_id)
+        request = registry_pb2.HeartbeatRequest(user_context=ctx, executor_id=executor_id)
         response = await self._call(lambda t: self._stub.Heartbeat(request, timeout=t))
         return response.run
 
     async def get_run(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
-        request = registry_pb2.GetRunRequest(user_context=self._mint(ctx))
+        request = registry_pb2.GetRunRequest(user_context=ctx)
         response = await self._call(lambda t: self._stub.GetRun(request, timeout=t))
         return response.run
-
-
-class GrpcBridge(_Peer):
-    """:class:`BridgePort` over a ``grpc.aio`` channel."""
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        attestor: ContextAttestor,
-        call_timeout_s: float,
-        context_ttl_s: float,
-    ) -> None:
-        super().__init__(
-            name="bridge", attestor=attestor, call_timeout_s=call_timeout_s, context_ttl_s=context_ttl_s
-        )
-        self._stub = bridge_pb2_grpc.BridgeServiceStub(channel)
-        self.events_published = 0  # a counter for metrics
-
-    async def publish(
-        self, ctx: context_pb2.UserContext, events: Sequence[event_pb2.RunEvent]
-    ) -> Sequence[str]:
-        request = bridge_pb2.PublishRequest(user_context=self._mint(ctx), events=events)
-        response = await self._call(lambda t: self._stub.Publish(request, timeout=t))
-        self.events_published += len(events)
-        return tuple(response.event_ids)

@@ -17,7 +17,6 @@ unchanged. Runs the registry interrupted for a newer run (multitask
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -27,49 +26,31 @@ import grpc
 from execution_service.announcer import Announcer, with_run_id
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
+from execution_service.identity import RunIdentity
+from execution_service.outcomes import Outcome, failure
 from execution_service.peers import BridgePort, RegistryPort
-from execution_service.redaction import redact
 from execution_service.retry import Backoff
+from execution_service.run_input import parse_input
 from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
-from runwire_common import names
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import InvalidArgument, Unavailable, bounded_detail
-from runwire_common.jsontext import may_hold_surrogates
 from runwire_common.logs import bind
 from runwire_common.servicer import unary
 
 DEFAULT_CANCEL_REASON = "cancelled by user"
 INTERRUPT_REASON = "interrupted by a newer run on this thread"
+EXECUTOR_SHUTDOWN = "executor_shutdown"
+EXECUTOR_SHUTDOWN_MESSAGE = "the executor is shutting down; start the run again"
 # Kept free at the end of a call's deadline to answer it.
 ANSWER_MARGIN_S = 0.25
 # Longest a StartRun waits for the announcements of the runs it interrupted.
 INTERRUPT_ANNOUNCE_WAIT_S = 2.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def parse_input(input_json: str) -> dict[str, Any]:
-    """The agent input: a JSON object (an empty string means ``{}``)."""
-    if not input_json.strip():
-        return {}
-    try:
-        value = json.loads(input_json)
-    except ValueError:
-        raise InvalidArgument("input_json is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument("input_json must be a JSON object")
-    if may_hold_surrogates(input_json):
-        try:
-            # Valid JSON may still escape a lone UTF-16 surrogate ("\\ud800"), which no
-            # event could carry: refuse it here rather than fail the run later.
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgument("input_json contains an unpaired surrogate escape") from None
-    return value
 
 
 def effective_timeout(agent_timeout_s: float | None, default_s: float, requested_s: int) -> float:
@@ -128,6 +109,9 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             log=self._log,
         )
 
+    def _identity(self, ctx: context_pb2.UserContext) -> RunIdentity:
+        return RunIdentity(ctx, attestor=self._attestor, ttl_s=self._settings.context_ttl_s)
+
     @unary
     async def StartRun(
         self, request: execution_pb2.StartRunRequest, context: Context
@@ -135,16 +119,17 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
         self._supervisor.check_open()
         spec = self._catalog.agent(request.agent)
-        agent_input = parse_input(request.input_json)
-        spec.check_input(agent_input)
+        run_input = parse_input(request.input_json)
+        spec.check_input(run_input.value)
         timeout_s = effective_timeout(
             spec.timeout_s, self._settings.default_timeout_s, request.timeout_seconds
         )
-        # The run id is the registry's to assign, never the caller's.
+        # Attested once for the whole run. The run id is the registry's to assign, never the caller's.
+        identity = self._identity(with_run_id(ctx, ""))
         created = await self._registry.create_run(
-            with_run_id(ctx, ""),
+            identity.context(),
             agent=spec.name,
-            input_json=json.dumps(redact(agent_input)),
+            input_json=run_input.redacted_json,
             multitask_strategy=request.multitask_strategy,
             executor_id=self._settings.executor_id,
             timeout_seconds=max(1, round(timeout_s)),
@@ -152,15 +137,16 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             initial_state=run_pb2.RUN_STATE_RUNNING,
         )
         run = created.run
-        run_ctx = with_run_id(ctx, run.run_id)
+        identity.bind_run(run.run_id)
+        run_ctx = identity.context()
         log = bind(self._log, run_ctx, agent=spec.name)
         if created.interrupted:
-            await self._announce_interrupted(ctx, created.interrupted, context)
+            await self._announce_interrupted(run_ctx, created.interrupted, context)
         engine = RunEngine(
             spec=spec,
             run=run,
-            user=run_ctx,
-            agent_input=agent_input,
+            identity=identity,
+            run_input=run_input,
             timeout_s=timeout_s,
             tools=self._catalog.tools_of(spec),
             registry=self._registry,
@@ -173,14 +159,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         except Unavailable:
             await self._announcer.end_run(
                 run_ctx,
-                run_pb2.RUN_STATE_FAILED,
-                run_pb2.RunError(code="executor_shutdown", message="the executor is shutting down"),
-                event_type=names.AGENT_ERROR,
-                payload={
-                    "status": "failed",
-                    "error_code": "executor_shutdown",
-                    "error_message": "the executor is shutting down; start the run again",
-                },
+                failure(EXECUTOR_SHUTDOWN, EXECUTOR_SHUTDOWN_MESSAGE),
                 wait_s=time_left(context, at_most=self._settings.call_timeout_s),
             )
             raise
@@ -196,9 +175,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             engine = self._supervisor.find(old.run_id, user_id=ctx.user_id)
             if engine is not None:
                 engine.stop_silently(old, INTERRUPT_REASON)
-            announcements.append(
-                self._announcer.announce(ctx, old, names.AGENT_CANCELLED, {"reason": INTERRUPT_REASON})
-            )
+            announcements.append(self._announcer.announce(ctx, old, Outcome.cancelled(INTERRUPT_REASON)))
             self._log.info("run interrupted", extra={"run_id": old.run_id, "local": engine is not None})
         # The old runs' ends reach the user before the new run's first event, as a rule.
         wait_s = time_left(context, at_most=INTERRUPT_ANNOUNCE_WAIT_S)
@@ -211,6 +188,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         reason = bounded_detail(request.reason.strip()) or DEFAULT_CANCEL_REASON
         engine = self._supervisor.find(ctx.run_id, user_id=ctx.user_id)
+        ctx = self._identity(ctx).context()  # attested once for this call's peer calls
         if engine is not None:
             # Runs here: the engine records `cancelled` and announces agent_cancelled itself.
             engine.request_cancel(reason)
@@ -220,10 +198,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         # Not running here (finished, or on another replica): whoever wins the transition announces.
         run = await self._announcer.end_run(
             ctx,
-            run_pb2.RUN_STATE_CANCELLED,
-            run_pb2.RunError(code="cancelled", message=reason),
-            event_type=names.AGENT_CANCELLED,
-            payload={"reason": reason},
+            Outcome.cancelled(reason),
             wait_s=time_left(context, at_most=self._settings.call_timeout_s),
         )
         return execution_pb2.CancelRunResponse(run=run)

@@ -17,9 +17,12 @@ from typing import Any
 
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
+from execution_service.identity import RunIdentity
 from execution_service.peers import CreatedRun
+from execution_service.run_input import parse_input
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
+from runwire_common.attestation import ContextAttestor, generate_key_spec
 from runwire_common.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
@@ -222,6 +225,7 @@ class Harness:
         )
         self.registry = FakeRegistry()
         self.bridge = FakeBridge()
+        self.attestor = ContextAttestor.from_spec(generate_key_spec())
         self.user = user
         self.roles = tuple(roles)
 
@@ -237,7 +241,8 @@ class Harness:
         initial_state: int = run_pb2.RUN_STATE_RUNNING,
     ) -> RunEngine:
         spec = self.catalog.agent(agent)
-        spec.check_input(agent_input)
+        run_input = parse_input(json.dumps(agent_input))
+        spec.check_input(run_input.value)
         ctx = context_pb2.UserContext(
             user_id=user or self.user,
             thread_id=thread or new_id("thread"),
@@ -247,7 +252,7 @@ class Harness:
         created = await self.registry.create_run(
             ctx,
             agent=spec.name,
-            input_json=json.dumps(agent_input),
+            input_json=run_input.redacted_json,
             multitask_strategy=strategy,
             executor_id=self.config.executor_id,
             timeout_seconds=int(timeout_s),
@@ -258,8 +263,8 @@ class Harness:
         return RunEngine(
             spec=spec,
             run=run,
-            user=ctx,
-            agent_input=agent_input,
+            identity=RunIdentity(ctx, attestor=self.attestor, ttl_s=120),
+            run_input=run_input,
             timeout_s=timeout_s,
             tools=self.catalog.tools_of(spec),
             registry=self.registry,

@@ -14,6 +14,7 @@ from execution_service.builtins import BUILTIN_AGENTS, BUILTIN_TOOLS
 from execution_service.catalog import AgentCatalog
 from execution_service.emitter import RunEmitter
 from execution_service.engine import EngineConfig
+from execution_service.outcomes import Outcome, failure
 from execution_service.retry import Backoff
 from execution_service.sdk import Agent, AgentResult, RunContext
 from execution_service.supervisor import RunSupervisor
@@ -236,7 +237,7 @@ async def test_a_batch_is_retried_until_the_bridge_is_back() -> None:
 
     emitter = emitter_for(publish, budget_s=2.0)
     await emitter.partial("a")
-    await emitter.emit_reserved("agent_cancelled", {"reason": "x"})
+    await emitter.emit_terminal(Outcome.cancelled("x"), duration_ms=0)
     await emitter.aclose()
     assert len(attempts) == 6
     assert {tuple(a) for a in attempts} <= {(1,), (1, 2), (2,)}
@@ -250,7 +251,7 @@ async def test_a_terminal_event_that_cannot_be_delivered_is_logged_as_lost(
         raise Unavailable("bridge down")
 
     emitter = emitter_for(publish, budget_s=0.1)
-    await emitter.emit_reserved("agent_error", {"status": "failed"})
+    await emitter.emit_terminal(failure("failed", "x"), duration_ms=0)
     with caplog.at_level(logging.ERROR):
         await emitter.aclose()
     assert any("terminal event lost" in r.getMessage() for r in caplog.records)
@@ -287,23 +288,8 @@ async def test_ending_a_run_elsewhere_announces_it_once_with_seq_zero() -> None:
     running = asyncio.create_task(engine.execute())
     await asyncio.sleep(0.1)
     ctx = context_pb2.UserContext(user_id=h.user, run_id=engine.run_id)
-    error = run_pb2.RunError(code="cancelled", message="from another replica")
-    ended = await announcer.end_run(
-        ctx,
-        run_pb2.RUN_STATE_CANCELLED,
-        error,
-        event_type="agent_cancelled",
-        payload={"reason": "from another replica"},
-        wait_s=1.0,
-    )
-    again = await announcer.end_run(
-        ctx,
-        run_pb2.RUN_STATE_CANCELLED,
-        error,
-        event_type="agent_cancelled",
-        payload={"reason": "twice"},
-        wait_s=1.0,
-    )
+    ended = await announcer.end_run(ctx, Outcome.cancelled("from another replica"), wait_s=1.0)
+    again = await announcer.end_run(ctx, Outcome.cancelled("twice"), wait_s=1.0)
     await asyncio.wait_for(running, 2)
     assert ended.state == run_pb2.RUN_STATE_CANCELLED and again.version == ended.version
     assert terminal_types(h, engine.run_id) == ["agent_cancelled"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from execution_service.servicer import parse_input
+from execution_service.run_input import parse_input
 from runwire_common.errors import InvalidArgument
 
 
@@ -18,7 +18,7 @@ from runwire_common.errors import InvalidArgument
     ],
 )
 def test_json_objects_are_parsed(text: str, expected: object) -> None:
-    assert parse_input(text) == expected
+    assert parse_input(text).value == expected
 
 
 @pytest.mark.parametrize(
