@@ -1,9 +1,10 @@
 """The gateway's composition root.
 
-settings → channels (execution, registry, bridge; opened once) → backends →
+settings → channels (execution, registry; opened once) → the bridge's
+replicas (a channel and, once needed, a ``Fabric`` stream each) → backends →
 WebSocket server. On exit the server drains first (connections close with
-1012 so clients reconnect elsewhere), then the channels close, in reverse
-order of opening.
+1012 so clients reconnect elsewhere), then the fabric streams and the
+channels close, in reverse order of opening.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import grpc
 
-from gateway.calls import BRIDGE_SERVICE, EXECUTION_SERVICE, REGISTRY_SERVICE, Backends
+from gateway.calls import EXECUTION_SERVICE, REGISTRY_SERVICE, Backends
+from gateway.fabric import BridgeReplicas
 from gateway.server import GatewayServer
 from gateway.settings import GatewaySettings
+from gateway.stats import GatewayStats
 from runwire_common.channels import open_channel
 from runwire_common.observability import open_observability
 from runwire_common.telemetry import Telemetry
@@ -42,27 +45,33 @@ async def running_gateway(
                 telemetry=telemetry,
             )
         )
+        interceptors = observability.telemetry.client_interceptors()
         channels: list[grpc.aio.Channel] = []
         for target, service in (
             (settings.execution_target, EXECUTION_SERVICE),
             (settings.registry_target, REGISTRY_SERVICE),
-            (settings.bridge_target, BRIDGE_SERVICE),
         ):
-            channel = open_channel(
-                target, service_names=(service,), interceptors=observability.telemetry.client_interceptors()
-            )
+            channel = open_channel(target, service_names=(service,), interceptors=interceptors)
             stack.push_async_callback(channel.close)
             channels.append(channel)
-        execution, registry, bridge = channels
-        backends = Backends(
-            execution=execution,
-            registry=registry,
-            bridge=bridge,
-            call_timeout_s=settings.call_timeout_s,
+        execution, registry = channels
+        stats = GatewayStats()
+        replicas = BridgeReplicas(
+            settings.bridge_target,
+            stats=stats,
+            interceptors=interceptors,
+            cooldown_s=settings.resubscribe_backoff_s,
+            max_cooldown_s=settings.resubscribe_max_backoff_s,
+            open_timeout_s=settings.call_timeout_s,
         )
+        stack.push_async_callback(replicas.close)
+        await replicas.resolve()
+        backends = Backends(execution=execution, registry=registry, call_timeout_s=settings.call_timeout_s)
         server = GatewayServer(
             settings,
             backends=backends,
+            replicas=replicas,
+            stats=stats,
             attestor=attestor,
             telemetry=observability.telemetry,
             metrics=observability.metrics,

@@ -16,7 +16,6 @@ from types import MappingProxyType
 import grpc
 
 from gateway.auth import Identity
-from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -25,7 +24,6 @@ from runwire_common.ids import new_id
 
 EXECUTION_SERVICE = "runwire.execution.v1.ExecutionService"
 REGISTRY_SERVICE = "runwire.registry.v1.RegistryService"
-BRIDGE_SERVICE = "runwire.bridge.v1.BridgeService"
 
 _CODES: Mapping[grpc.StatusCode, str] = MappingProxyType(
     {
@@ -103,19 +101,20 @@ class RunPage:
 
 
 class Backends:
-    """The three peers of the gateway, over channels opened once per process."""
+    """The unary peers of the gateway, over channels opened once per process.
+
+    (Events come over the bridge's ``Fabric`` streams, :mod:`gateway.fabric`.)
+    """
 
     def __init__(
         self,
         *,
         execution: grpc.aio.Channel,
         registry: grpc.aio.Channel,
-        bridge: grpc.aio.Channel,
         call_timeout_s: float,
     ) -> None:
         self._execution = execution_pb2_grpc.ExecutionServiceStub(execution)
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
-        self._bridge = bridge_pb2_grpc.BridgeServiceStub(bridge)
         self._timeout = call_timeout_s
 
     async def start_run(
@@ -164,15 +163,3 @@ class Backends:
         )
         response = await self._registry.ListRuns(request, timeout=self._timeout)
         return RunPage(list(response.runs), response.next_page_token)
-
-    def subscribe(
-        self, ctx: context_pb2.UserContext, *, after: str, max_batch: int = 0
-    ) -> grpc.aio.UnaryStreamCall[bridge_pb2.SubscribeRequest, bridge_pb2.SubscribeResponse]:
-        """The connection's event stream; long-lived, so it has no deadline.
-
-        ``max_batch`` > 1 lets the bridge send several events per message
-        (``SubscribeResponse.events``); a bridge that ignores it sends ``event``s.
-        """
-        return self._bridge.Subscribe(
-            bridge_pb2.SubscribeRequest(user_context=ctx, after=after, max_batch=max_batch)
-        )

@@ -1,15 +1,18 @@
-"""One WebSocket connection: its event pump, its rate limit, its commands.
+"""One WebSocket connection: its place in its user's event feed, its rate limit, its commands.
 
 A :class:`Session` is built per accepted connection and dropped when it
 closes. Client frames are validated synchronously (a bad frame gets an
 ``error`` reply and never closes the connection); frames that need a gRPC call
 run as bounded concurrent tasks, so a slow ``run.start`` never delays a
-``ping``. All writes go through one lock so frames are never interleaved.
+``ping``. Events reach the socket through its :class:`~gateway.sink.EventSink`
+(the user's feed is shared by all of the user's connections, see
+:mod:`gateway.feeds`); replies and events share one lock, so frames are never
+interleaved.
 
-An idle connection is kept small: two tasks (websockets' handler, which runs
-:meth:`Session.serve`, and the event pump), a timer handle for the token's
-expiry, and objects made only when first needed (the rate limiter's window,
-the set of calls in flight, the bound logger).
+An idle connection is kept small: one task (websockets' handler, which runs
+:meth:`Session.serve`), a timer handle for the token's expiry, its sink, and
+objects made only when first needed (the rate limiter's window, the set of
+calls in flight, the sink's queue and writer, the bound logger).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from websockets.exceptions import ConnectionClosed
@@ -27,33 +29,28 @@ from websockets.exceptions import ConnectionClosed
 from gateway import frames
 from gateway.auth import Identity
 from gateway.calls import Backends, ContextMinter, error_for_status
+from gateway.feeds import Feeds, UserFeed
 from gateway.limits import InFlightLimit, SlidingWindowLimiter
 from gateway.protocol import (
+    CLOSE_POLICY_VIOLATION,
     INTERNAL,
-    INVALID_ARGUMENT,
     RATE_LIMITED,
     RESOURCE_EXHAUSTED,
-    CancelRun,
+    CallFrame,
     ClientId,
     Command,
     FrameError,
-    GetRun,
-    Heartbeat,
-    ListRuns,
-    Ping,
-    Resume,
-    StartRun,
+    HeartbeatFrame,
+    PingFrame,
+    ResumeFrame,
+    RunCancelFrame,
+    RunGetFrame,
+    RunStartFrame,
     parse_frame,
 )
-from gateway.pump import (
-    CLOSE_POLICY_VIOLATION,
-    CursorRejected,
-    EventPump,
-    GatewayStats,
-    PumpPolicy,
-    PumpStopped,
-)
 from gateway.settings import GatewaySettings
+from gateway.sink import EventSink, OutboxLimits
+from gateway.stats import GatewayStats
 from gateway.transport import GatewayConnection
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
@@ -63,16 +60,6 @@ from runwire_common.telemetry import Telemetry
 log = logging.getLogger("runwire.gateway.connection")
 
 CANCEL_REASON = "cancelled by the user"
-
-
-def pump_policy(settings: GatewaySettings) -> PumpPolicy:
-    """The (re)subscription policy of every pump of a gateway; built once per gateway."""
-    return PumpPolicy(
-        attempts=settings.resubscribe_attempts,
-        backoff_s=settings.resubscribe_backoff_s,
-        max_backoff_s=settings.resubscribe_max_backoff_s,
-        max_batch=settings.subscribe_max_batch,
-    )
 
 
 class Session:
@@ -86,11 +73,8 @@ class Session:
         "_expiry",
         "_limiter",
         "_minter",
-        "_policy",
-        "_pump",
-        "_pump_task",
-        "_send_lock",
         "_settings",
+        "_sink",
         "_start_runs",
         "_stats",
         "_telemetry",
@@ -108,12 +92,13 @@ class Session:
         backends: Backends,
         attestor: ContextAttestor,
         stats: GatewayStats,
-        policy: PumpPolicy,
+        feeds: Feeds,
+        limits: OutboxLimits,
         start_runs: InFlightLimit,
         after: str = "",
         telemetry: Telemetry | None = None,
     ) -> None:
-        # The shared objects (settings, policy, the run.start bound, telemetry) are the
+        # The shared objects (settings, feeds, limits, the run.start bound, telemetry) are the
         # gateway's, passed by reference: nothing per connection is copied from them.
         self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._ws = websocket
@@ -122,17 +107,23 @@ class Session:
         self._backends = backends
         self._stats = stats
         self._after = after
-        self._policy = policy
         self._start_runs = start_runs
         self.connection_id = new_id("conn")
         self._minter = ContextMinter(
             attestor, identity, connection_id=self.connection_id, ttl_s=settings.context_ttl_s
         )
         self._limiter = SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
-        self._send_lock = asyncio.Lock()
+        self._sink = EventSink(
+            websocket,
+            user_id=identity.user_id,
+            connection_id=self.connection_id,
+            minter=self._minter,
+            feeds=feeds,
+            limits=limits,
+            stats=stats,
+            on_stop=self._event_stream_stopped,
+        )
         self._calls: set[asyncio.Task[None]] | None = None
-        self._pump: EventPump | None = None
-        self._pump_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -148,17 +139,15 @@ class Session:
         self._expiry = loop.call_later(max(0.0, self.identity.expires_at - time.time()), self._on_expiry)
         try:
             await self.send(frames.connected_frame(self.connection_id, self.identity.user_id))
-            pump = self._start_pump(self._after, resume_id=None, announce=bool(self._after))
-            await self._until_subscribed(pump)
+            await self._until_subscribed(self._sink.join(self._after))
             async for message in self._ws:
                 await self._on_message(message)
         except ConnectionClosed:
             pass
         finally:
             self._expiry.cancel()
+            self._sink.leave()
             tasks = list(self._calls or ())
-            if self._pump_task is not None:
-                tasks.append(self._pump_task)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,13 +155,8 @@ class Session:
                 await asyncio.gather(self._closing, return_exceptions=True)
 
     async def send(self, text: str) -> None:
-        async with self._send_lock:
+        async with self._sink.send_lock:
             await self._ws.send(text)
-
-    async def send_many(self, texts: Sequence[str]) -> None:
-        """Send several frames in order with one write and one drain."""
-        async with self._send_lock:
-            await self._ws.send_texts(texts)
 
     # -- client frames -------------------------------------------------------
 
@@ -211,12 +195,12 @@ class Session:
         )
 
     async def _dispatch(self, command: Command) -> None:
-        if isinstance(command, Ping):
+        if isinstance(command, PingFrame):
             await self.send(frames.pong_frame(command.id))
-        elif isinstance(command, Heartbeat):
+        elif isinstance(command, HeartbeatFrame):
             await self.send(frames.heartbeat_ack_frame(command.id))
-        elif isinstance(command, Resume):
-            await self._resume(command)
+        elif isinstance(command, ResumeFrame):
+            self._sink.resume(command.after, command.id)
         elif self._calls is not None and len(self._calls) >= self._settings.max_in_flight:
             await self._reply_error(
                 command.id,
@@ -230,11 +214,11 @@ class Session:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    async def _call(self, command: StartRun | CancelRun | GetRun | ListRuns) -> None:
+    async def _call(self, command: CallFrame) -> None:
         try:
             # One trace per client request: the span is current while the gRPC calls run.
             with self._telemetry.span(
-                f"ws {type(command).__name__}",
+                f"ws {command.rpc}",
                 user_id=self.identity.user_id,
                 connection_id=self.connection_id,
                 run_id=getattr(command, "run_id", "") or "",
@@ -243,18 +227,16 @@ class Session:
         except grpc.aio.AioRpcError as exc:
             code, message = error_for_status(exc.code(), exc.details())
             if code == "internal":
-                self._log.error(
-                    "call failed", extra={"grpc_code": exc.code().name, "frame": type(command).__name__}
-                )
+                self._log.error("call failed", extra={"grpc_code": exc.code().name, "frame": command.rpc})
             await self._reply_error(command.id, code, message)
         except ConnectionClosed:
             pass
         except Exception:  # noqa: BLE001 - a bug must not kill the connection or leak details
-            self._log.exception("command failed", extra={"frame": type(command).__name__})
+            self._log.exception("command failed", extra={"frame": command.rpc})
             await self._reply_error(command.id, "internal", "internal error")
 
-    async def _run_command(self, command: StartRun | CancelRun | GetRun | ListRuns) -> None:
-        if isinstance(command, StartRun):
+    async def _run_command(self, command: CallFrame) -> None:
+        if isinstance(command, RunStartFrame):
             start_runs = self._start_runs
             if not start_runs.try_acquire():
                 # Queueing it would only run into the call deadline; say so now.
@@ -277,12 +259,12 @@ class Session:
             finally:
                 start_runs.release()
             await self.send(frames.run_reply("run.accepted", command.id, run))
-        elif isinstance(command, CancelRun):
+        elif isinstance(command, RunCancelFrame):
             run = await self._backends.cancel_run(
                 self._minter.mint(run_id=command.run_id), reason=CANCEL_REASON
             )
             await self.send(frames.run_reply("run.cancelling", command.id, run))
-        elif isinstance(command, GetRun):
+        elif isinstance(command, RunGetFrame):
             run = await self._backends.get_run(self._minter.mint(run_id=command.run_id))
             await self.send(frames.run_reply("run", command.id, run))
         else:
@@ -301,68 +283,32 @@ class Session:
 
     # -- events --------------------------------------------------------------
 
-    async def _resume(self, command: Resume) -> None:
-        fallback = await self._stop_pump()
-        self._start_pump(command.after, resume_id=command.id, announce=True, fallback=fallback)
-
-    async def _until_subscribed(self, pump: EventPump) -> None:
-        """Hold client frames until the event stream is live.
+    async def _until_subscribed(self, feed: UserFeed) -> None:
+        """Hold client frames until the user's event subscription is live.
 
         Otherwise a ``run.start`` sent right after ``connected`` could emit its
-        first events before the bridge knows this subscriber, and a live-only
-        subscription would never see them.
+        first events before the bridge knows the user's subscription, and a
+        live-only subscription would never see them. A second tab of a user
+        whose feed is already live waits for nothing.
         """
+        if feed.subscribed:
+            return
         try:
             async with asyncio.timeout(self._settings.call_timeout_s):
-                await pump.wait_subscribed()
+                await feed.wait_subscribed()
         except TimeoutError:
             self._log.warning("event stream not confirmed in time; serving the connection anyway")
 
-    def _start_pump(
-        self, after: str, *, resume_id: ClientId | None, announce: bool, fallback: str = ""
-    ) -> EventPump:
-        pump = EventPump(
-            user_id=self.identity.user_id,
-            backends=self._backends,
-            minter=self._minter,
-            send=self.send,
-            send_many=self.send_many,
-            stats=self._stats,
-            policy=self._policy,
-            log=log,
-            connection_id=self.connection_id,
-            after=after,
-            resume_id=resume_id,
-            announce_replay=announce,
-            fallback=fallback,
-        )
-        self._pump = pump
-        self._pump_task = asyncio.create_task(self._pump_run(pump.run))
-        return pump
+    def _event_stream_stopped(self, code: int, reason: str) -> None:
+        """The user's event stream cannot be kept up: say why, then close with ``code``."""
+        self._log.warning("closing: event stream stopped", extra={"reason": reason})
+        error = "unauthenticated" if code == CLOSE_POLICY_VIOLATION else "unavailable"
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._stop_with(code, reason, error))
 
-    async def _stop_pump(self) -> str:
-        """Stop the event stream; return the cursor a new one resumes from."""
-        task, self._pump_task = self._pump_task, None
-        pump, self._pump = self._pump, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        return pump.resume_point if pump is not None else ""
-
-    async def _pump_run(self, run: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await run()
-        except CursorRejected as exc:
-            # Go on from where the connection was, then tell the client its cursor was refused.
-            self._start_pump(exc.fallback, resume_id=None, announce=False, fallback=exc.fallback)
-            await self._reply_error(exc.client_id, INVALID_ARGUMENT, exc.message)
-        except PumpStopped as exc:
-            self._log.warning("closing: event stream stopped", extra={"reason": exc.reason})
-            code = "unauthenticated" if exc.code == CLOSE_POLICY_VIOLATION else "unavailable"
-            await self._reply_error(None, code, exc.reason)
-            self._close_soon(exc.code, exc.reason)
-        except ConnectionClosed:
-            pass
+    async def _stop_with(self, code: int, reason: str, error: str) -> None:
+        await self._reply_error(None, error, reason)
+        await self._ws.close(code, reason)
 
     # -- lifetime ------------------------------------------------------------
 

@@ -98,6 +98,22 @@ def event_frame(event: event_pb2.RunEvent) -> str:
     )
 
 
+def merged_event_frame(last: event_pb2.RunEvent, *, merged_from: int, payload: dict[str, Any]) -> str:
+    """The frame of coalesced ``partial_result`` events: ``last``'s envelope plus ``merged_from``.
+
+    It stands for the seqs ``merged_from``..``seq``; ``payload`` is re-encoded
+    (the only frame that is: its ``content`` is the concatenation of theirs).
+    """
+    ts = last.timestamp
+    return (
+        f'{{"type":{encode_basestring(last.type)},"event_id":{encode_basestring(last.event_id)},'
+        f'"seq":{last.seq},"merged_from":{merged_from},"run_id":{encode_basestring(last.run_id)},'
+        f'"thread_id":{encode_basestring(last.thread_id)},"user_id":{encode_basestring(last.user_id)},'
+        f'"agent":{encode_basestring(last.agent)},"timestamp":"{event_time(ts.seconds, ts.nanos)}",'
+        f'"payload":{dumps(payload)}}}'
+    )
+
+
 def gap_frame(gap: bridge_pb2.Gap, client_id: ClientId | None) -> str:
     frame: dict[str, Any] = {
         "type": "gap",

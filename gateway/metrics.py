@@ -31,7 +31,32 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "runwire_gateway_connections", "Open WebSocket connections", value=self._open_connections()
         )
+        yield GaugeMetricFamily(
+            "runwire_gateway_users_subscribed",
+            "Users with an event subscription on this gateway (one per user, shared by their sockets)",
+            value=stats.users_subscribed,
+        )
+        yield GaugeMetricFamily(
+            "runwire_gateway_fabric_streams",
+            "Open Fabric streams (one per bridge replica)",
+            value=stats.fabric_streams,
+        )
         for name, doc, value in (
+            (
+                "runwire_gateway_fabric_credits_granted",
+                "Events of credit granted to the bridge",
+                stats.credits_granted,
+            ),
+            (
+                "runwire_gateway_partials_coalesced",
+                "partial_result events merged into the one before them in a backlogged socket's queue",
+                stats.partials_coalesced,
+            ),
+            (
+                "runwire_gateway_backlog_resumes",
+                "Sockets whose queue overflowed and that were resumed from their cursor",
+                stats.backlog_resumes,
+            ),
             (
                 "runwire_gateway_connections_opened",
                 "WebSocket connections accepted",
@@ -43,7 +68,7 @@ class GatewayCollector(Collector):
                 "Events dropped because their owner was not the connection's user (must stay 0)",
                 stats.events_blocked_owner_mismatch,
             ),
-            ("runwire_gateway_resubscribes", "Event streams re-opened from their cursor", stats.resubscribes),
+            ("runwire_gateway_resubscribes", "Subscriptions re-added from their cursor", stats.resubscribes),
             (
                 "runwire_gateway_start_runs_refused_overload",
                 "run.start answered resource_exhausted because the gateway had too many in flight",

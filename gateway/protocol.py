@@ -13,13 +13,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from runwire.common.v1 import run_pb2
 from runwire_common.context import id_problem
 from runwire_common.jsontext import may_hold_surrogates
-from runwire_common.names import STATES_BY_NAME
+from runwire_common.names import MULTITASK_STRATEGIES, STATES_BY_NAME
 
 ClientId = str | int | float
 
@@ -31,13 +30,10 @@ MAX_AGENT_CHARS = 128
 MAX_INT_DIGITS = 4300
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
-MULTITASK_STRATEGIES: Mapping[str, int] = MappingProxyType(
-    {
-        "reject": run_pb2.MULTITASK_STRATEGY_REJECT,
-        "enqueue": run_pb2.MULTITASK_STRATEGY_ENQUEUE,
-        "interrupt": run_pb2.MULTITASK_STRATEGY_INTERRUPT,
-    }
-)
+# Close codes (RFC 6455 §7.4.1) the gateway closes connections with.
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
 
 # Error codes of the protocol (§6).
 INVALID_MESSAGE = "invalid_message"
@@ -60,30 +56,40 @@ class FrameError(Exception):
 
 
 @dataclass(frozen=True)
-class StartRun:
+class RunStartFrame:
+    """``run.start`` (and the compatibility aliases that start a run) → ``ExecutionService.StartRun``."""
+
+    rpc: ClassVar[str] = "StartRun"
     id: ClientId | None
     agent: str
     input: Mapping[str, Any]
     thread_id: str | None
     multitask_strategy: int
-    # The reply type; compat aliases answer like ``run.start``.
-    alias: str = "run.start"
 
 
 @dataclass(frozen=True)
-class CancelRun:
+class RunCancelFrame:
+    """``run.cancel`` → ``ExecutionService.CancelRun``."""
+
+    rpc: ClassVar[str] = "CancelRun"
     id: ClientId
     run_id: str
 
 
 @dataclass(frozen=True)
-class GetRun:
+class RunGetFrame:
+    """``run.get`` → ``RegistryService.GetRun``."""
+
+    rpc: ClassVar[str] = "GetRun"
     id: ClientId
     run_id: str
 
 
 @dataclass(frozen=True)
-class ListRuns:
+class RunsListFrame:
+    """``runs.list`` → ``RegistryService.ListRuns``."""
+
+    rpc: ClassVar[str] = "ListRuns"
     id: ClientId
     thread_id: str | None
     state: int | None
@@ -92,22 +98,24 @@ class ListRuns:
 
 
 @dataclass(frozen=True)
-class Resume:
+class ResumeFrame:
     id: ClientId
     after: str
 
 
 @dataclass(frozen=True)
-class Ping:
+class PingFrame:
     id: ClientId | None
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class HeartbeatFrame:
     id: ClientId | None
 
 
-Command = StartRun | CancelRun | GetRun | ListRuns | Resume | Ping | Heartbeat
+# The frames served by a gRPC call (``rpc`` names it; traces are named after it).
+CallFrame = RunStartFrame | RunCancelFrame | RunGetFrame | RunsListFrame
+Command = CallFrame | ResumeFrame | PingFrame | HeartbeatFrame
 
 KNOWN_TYPES = frozenset(
     {"run.start", "run.cancel", "run.get", "runs.list", "resume", "ping", "start_agent", "user_message"}
@@ -185,14 +193,14 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default_agent: str) -> Command:
     if kind == "ping":
-        return Ping(client_id)
+        return PingFrame(client_id)
     if kind == "heartbeat":
-        return Heartbeat(client_id)
+        return HeartbeatFrame(client_id)
     if kind in ("start_agent", "user_message", "chat"):
         return _compat_start(kind, frame, client_id, default_agent)
     cid = _required_id(client_id)
     if kind == "run.start":
-        return StartRun(
+        return RunStartFrame(
             id=cid,
             agent=_agent(frame.get("agent")),
             input=_object(frame, "input"),
@@ -200,11 +208,11 @@ def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default
             multitask_strategy=_strategy(frame.get("multitask_strategy")),
         )
     if kind == "run.cancel":
-        return CancelRun(cid, _required_id_field(frame, "run_id"))
+        return RunCancelFrame(cid, _required_id_field(frame, "run_id"))
     if kind == "run.get":
-        return GetRun(cid, _required_id_field(frame, "run_id"))
+        return RunGetFrame(cid, _required_id_field(frame, "run_id"))
     if kind == "runs.list":
-        return ListRuns(
+        return RunsListFrame(
             id=cid,
             thread_id=_optional_id(frame, "thread_id"),
             state=_state(frame.get("state")),
@@ -215,11 +223,11 @@ def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default
         after = frame.get("after")
         if not isinstance(after, str) or cursor_problem(after):
             raise FrameError(INVALID_ARGUMENT, "'after' must be a non-empty event_id string")
-        return Resume(cid, after)
+        return ResumeFrame(cid, after)
     raise AssertionError(kind)  # pragma: no cover - KNOWN_TYPES is exhaustive
 
 
-def _compat_start(kind: str, frame: dict[str, Any], client_id: ClientId | None, agent: str) -> StartRun:
+def _compat_start(kind: str, frame: dict[str, Any], client_id: ClientId | None, agent: str) -> RunStartFrame:
     if kind == "start_agent":
         payload = frame.get("payload")
         if not isinstance(payload, dict):
@@ -233,13 +241,12 @@ def _compat_start(kind: str, frame: dict[str, Any], client_id: ClientId | None, 
         field = "'content' (or 'text')"
     if not isinstance(text, str) or not text.strip():
         raise FrameError(INVALID_ARGUMENT, f"{field} must be a non-empty string")
-    return StartRun(
+    return RunStartFrame(
         id=client_id,
         agent=agent,
         input={"message": text},
         thread_id=thread_id,
         multitask_strategy=run_pb2.MULTITASK_STRATEGY_REJECT,
-        alias=kind,
     )
 
 

@@ -21,13 +21,16 @@ from websockets.typing import Subprotocol
 
 from gateway.auth import SUBPROTOCOL, AuthError, TokenVerifier, extract_token, offered_subprotocols
 from gateway.calls import Backends
-from gateway.connection import Session, pump_policy
+from gateway.connection import Session
+from gateway.fabric import BridgeReplicas
+from gateway.feeds import Feeds
 from gateway.limits import ConnectionSlots, InFlightLimit
 from gateway.metrics import GatewayCollector
-from gateway.protocol import cursor_problem
-from gateway.pump import CLOSE_SERVICE_RESTART
+from gateway.protocol import CLOSE_SERVICE_RESTART, cursor_problem
 from gateway.settings import GatewaySettings
+from gateway.sink import OutboxLimits
 from gateway.stats import GatewayStats
+from gateway.subscription import FabricPolicy
 from gateway.transport import GatewayConnection
 from runwire_common.attestation import ContextAttestor
 from runwire_common.telemetry import Telemetry
@@ -49,7 +52,9 @@ class GatewayServer:
         settings: GatewaySettings,
         *,
         backends: Backends,
+        replicas: BridgeReplicas,
         attestor: ContextAttestor,
+        stats: GatewayStats | None = None,
         verifier: TokenVerifier | None = None,
         telemetry: Telemetry | None = None,
         metrics: CollectorRegistry | None = None,
@@ -62,9 +67,15 @@ class GatewayServer:
         self._slots = ConnectionSlots(settings.max_connections_per_user)
         self._sessions: set[Session] = set()
         self._server: Server | None = None
-        self.stats = GatewayStats()
+        self.stats = stats if stats is not None else replicas.stats
         # Shared by every session of this gateway (never copied per connection).
-        self._policy = pump_policy(settings)
+        self.replicas = replicas
+        self.feeds = Feeds(replicas, policy=fabric_policy(settings), stats=self.stats)
+        self._limits = OutboxLimits(
+            coalesce_after=settings.outbox_coalesce_after,
+            max_frames=settings.outbox_max_frames,
+            max_bytes=settings.outbox_max_bytes,
+        )
         self._start_runs = InFlightLimit(settings.max_start_runs_in_flight)
         if metrics is not None:
             metrics.register(GatewayCollector(self.stats, lambda: len(self._sessions)))
@@ -201,7 +212,8 @@ class GatewayServer:
             stats=self.stats,
             after=connection.after,
             telemetry=self._telemetry,
-            policy=self._policy,
+            feeds=self.feeds,
+            limits=self._limits,
             start_runs=self._start_runs,
         )
         self._sessions.add(session)
@@ -210,6 +222,17 @@ class GatewayServer:
             await session.serve()
         finally:
             self._sessions.discard(session)
+
+
+def fabric_policy(settings: GatewaySettings) -> FabricPolicy:
+    """How every subscription of a gateway is (re)added and paced; built once per gateway."""
+    return FabricPolicy(
+        attempts=settings.resubscribe_attempts,
+        backoff_s=settings.resubscribe_backoff_s,
+        max_backoff_s=settings.resubscribe_max_backoff_s,
+        max_batch=settings.subscribe_max_batch,
+        credit=settings.fabric_credit,
+    )
 
 
 def select_subprotocol(

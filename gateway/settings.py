@@ -34,7 +34,10 @@ class GatewaySettings(BaseSettings):
     )
     execution_target: str = Field(min_length=1, description="host:port of the execution service")
     registry_target: str = Field(min_length=1, description="host:port of the registry service")
-    bridge_target: str = Field(min_length=1, description="host:port of the bridge service")
+    bridge_target: str = Field(
+        min_length=1,
+        description="the bridge's replicas: host:port, ipv4:a:p,b:q or dns:///name:port (one Fabric stream each)",
+    )
 
     ws_host: str = "127.0.0.1"
     ws_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
@@ -65,7 +68,11 @@ class GatewaySettings(BaseSettings):
         default=None, ge=0, le=65535, description="serve Prometheus metrics here (unset = off, 0 = free port)"
     )
     grace_period_s: float = Field(default=10.0, gt=0, description="drain time on SIGTERM")
-    resubscribe_attempts: int = Field(default=8, gt=0, description="consecutive failed Subscribe retries")
+    resubscribe_attempts: int = Field(
+        default=8,
+        gt=0,
+        description="consecutive failed re-adds of a subscription before its sockets close (1011)",
+    )
     resubscribe_backoff_s: float = Field(default=0.1, gt=0)
     resubscribe_max_backoff_s: float = Field(default=2.0, gt=0)
     default_agent: str = Field(default="assistant", min_length=1)
@@ -73,7 +80,22 @@ class GatewaySettings(BaseSettings):
         default=256,
         ge=0,
         le=65536,
-        description="events the bridge may send per Subscribe message (SubscribeRequest.max_batch); 0/1 = one",
+        description="events per batch of a subscription (FabricAdd.max_batch); 0 = the bridge's default",
+    )
+    fabric_credit: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="events a subscription may have in flight from the bridge before the gateway grants more",
+    )
+    outbox_coalesce_after: int = Field(
+        default=32, ge=1, description="queued frames of a socket past which partial_result events are merged"
+    )
+    outbox_max_frames: int = Field(
+        default=1000, ge=2, description="queued frames of a socket past which it is resumed from its cursor"
+    )
+    outbox_max_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="queued bytes of a socket past which it is resumed"
     )
     max_start_runs_in_flight: int = Field(
         default=1024,

@@ -56,6 +56,12 @@ class GatewayStats:
     resubscribes: int = 0
     connections_opened: int = 0
     start_runs_refused_overload: int = 0
+    # The event fabric: users with a subscription, open streams (gauges), and counters.
+    users_subscribed: int = 0
+    fabric_streams: int = 0
+    credits_granted: int = 0
+    partials_coalesced: int = 0
+    backlog_resumes: int = 0
     handshakes_refused: dict[int, int] = field(default_factory=dict)
     # From an event's creation at its source to its write on the socket, per event.
     delivery_lag: LagHistogram = field(default_factory=LagHistogram)

@@ -1,18 +1,16 @@
-"""Batched bridge delivery: ``SubscribeResponse.events`` is written exactly like single events."""
+"""Batched bridge delivery: an ``EventBatch`` is written exactly like single events."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 import grpc
 from websockets.asyncio.client import ClientConnection
 
-from gateway.auth import Identity
-from gateway.calls import Backends, ContextMinter
-from gateway.pump import EventPump, GatewayStats, PumpPolicy
+from gateway.outbox import EventFrame
+from gateway.stats import GatewayStats
 from runwire_common.attestation import ContextAttestor
 from tests.gateway import fakes
 from tests.gateway.conftest import GatewayFactory, TokenFactory, open_ws, recv_json, request
@@ -159,38 +157,19 @@ async def test_a_resume_over_batches_sends_the_gap_then_every_event_then_resumed
             assert bridge.afters == ["", "40-0"]
 
 
-async def test_the_pump_writes_a_batch_with_one_multi_frame_send_and_moves_the_cursor(
+async def test_a_socket_writes_a_batch_with_one_multi_frame_send_and_moves_its_cursor(
     attestor: ContextAttestor,
 ) -> None:
-    singles: list[str] = []
-    groups: list[list[str]] = []
-
-    async def send(text: str) -> None:
-        singles.append(text)
-
-    async def send_many(texts: Any) -> None:
-        groups.append(list(texts))
-
+    socket = fakes.RecordingSocket()
     stats = GatewayStats()
-    identity = Identity(user_id=ALICE, tenant_id="", roles=(), expires_at=2e9)
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")
-    try:
-        pump = EventPump(
-            user_id=ALICE,
-            backends=Backends(execution=channel, registry=channel, bridge=channel, call_timeout_s=1),
-            minter=ContextMinter(attestor, identity, connection_id="conn_0123456789abcdef", ttl_s=60),
-            send=send,
-            send_many=send_many,
-            stats=stats,
-            policy=PumpPolicy(attempts=1, backoff_s=0.01, max_backoff_s=0.01, max_batch=64),
-            log=logging.getLogger("test.pump"),
+    async with fakes.detached_sink(socket, stats, attestor, user_id=ALICE) as sink:
+        sink.from_feed(
+            [EventFrame(ev("50-1", 1)), EventFrame(ev("50-2", 1, user=BOB)), EventFrame(ev("50-3", 2))], ""
         )
-        await pump.handle(fakes.batch(ev("50-1", 1), ev("50-2", 1, user=BOB), ev("50-3", 2)))
-        await pump.handle(fakes.batch(ev("50-4", 3)))
-        assert [[json.loads(t)["event_id"] for t in g] for g in groups] == [["50-1", "50-3"]]
-        assert [json.loads(t)["event_id"] for t in singles] == ["50-4"]
-        assert pump.cursor == "50-4"
+        await fakes.written(sink)
+        sink.from_feed([EventFrame(ev("50-4", 3))], "50-3")
+        await fakes.written(sink)
+        assert [[json.loads(t)["event_id"] for t in w] for w in socket.writes] == [["50-1", "50-3"], ["50-4"]]
+        assert sink.written == "50-4"
         assert (stats.events_sent, stats.events_blocked_owner_mismatch) == (3, 1)
         assert stats.delivery_lag.count == 3
-    finally:
-        await channel.close()

@@ -15,10 +15,9 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge_service.app import running_service as running_bridge
 from bridge_service.settings import BridgeSettings
-from gateway.auth import Identity
-from gateway.calls import Backends, ContextMinter
-from gateway.pump import EventPump, GatewayStats, PumpPolicy
+from gateway.outbox import EventFrame
 from gateway.server import GatewayServer
+from gateway.stats import GatewayStats
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import event_pb2
 from runwire_common.attestation import ContextAttestor
@@ -233,36 +232,20 @@ async def test_a_bridge_that_stays_unavailable_gets_an_error_frame_and_a_1011_cl
 async def test_a_foreign_event_is_dropped_counted_and_never_sent(
     caplog: pytest.LogCaptureFixture, attestor: ContextAttestor
 ) -> None:
-    sent: list[str] = []
-
-    async def send(text: str) -> None:
-        sent.append(text)
-
+    socket = fakes.RecordingSocket()
     stats = GatewayStats()
-    identity = Identity(user_id=ALICE, tenant_id="", roles=(), expires_at=2e9)
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")
-    try:
-        backends = Backends(execution=channel, registry=channel, bridge=channel, call_timeout_s=1)
-        pump = EventPump(
-            user_id=ALICE,
-            backends=backends,
-            minter=ContextMinter(attestor, identity, connection_id="conn_0123456789abcdef", ttl_s=60),
-            send=send,
-            stats=stats,
-            policy=PumpPolicy(attempts=1, backoff_s=0.01, max_backoff_s=0.01),
-            log=logging.LoggerAdapter(logging.getLogger("test.pump")),
-        )
+    async with fakes.detached_sink(socket, stats, attestor, user_id=ALICE) as sink:
         with caplog.at_level(logging.WARNING):
-            await pump.handle(fakes.item(fakes.event(BOB, "1-1")))
-        assert sent == []
+            sink.from_feed([EventFrame(fakes.event(BOB, "1-1"))], "")
+        await fakes.written(sink)
+        assert socket.frames == []
         assert stats.events_blocked_owner_mismatch == 1
         assert "another user" in caplog.text
-        await pump.handle(fakes.item(fakes.event(ALICE, "1-2")))
-        assert [json.loads(s)["event_id"] for s in sent] == ["1-2"]
-        assert pump.cursor == "1-2"
+        sink.from_feed([EventFrame(fakes.event(ALICE, "1-2"))], "1-1")
+        await fakes.written(sink)
+        assert [json.loads(s)["event_id"] for s in socket.frames] == ["1-2"]
+        assert sink.written == "1-2"
         assert stats.events_blocked_owner_mismatch == 1
-    finally:
-        await channel.close()
 
 
 async def test_a_foreign_event_from_the_bridge_never_reaches_the_socket(

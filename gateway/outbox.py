@@ -1,0 +1,205 @@
+"""A socket's outbox: the frames waiting for one WebSocket, and how they degrade.
+
+Every event of a user is encoded once (:class:`EventFrame`) and the same
+frame object is queued in the outbox of each of the user's sockets. A socket
+that writes slower than its user's events arrive degrades before it is cut
+off: once its outbox holds ``coalesce_after`` entries, a ``partial_result``
+that directly follows a queued ``partial_result`` of the same run (next seq)
+is merged into it (:class:`MergedPartial`: ``content`` concatenated in order,
+``index`` of the first, ``seq`` and ``event_id`` of the last, ``merged_from``
+= the first seq). Lifecycle and tool events are never merged or dropped here;
+past the outbox's bounds the socket is resumed from its cursor instead (see
+:mod:`gateway.sink`).
+
+The merging rules are pure functions (:func:`can_merge`,
+:class:`Outbox`), so they are tested without a socket.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from gateway import frames
+from runwire.common.v1 import event_pb2
+
+PARTIAL_RESULT = "partial_result"
+
+
+class EventFrame:
+    """One event and its frame text, encoded once and shared by every socket of its owner."""
+
+    __slots__ = ("event", "text")
+
+    def __init__(self, event: event_pb2.RunEvent) -> None:
+        self.event = event
+        self.text = frames.event_frame(event)
+
+    @property
+    def event_id(self) -> str:
+        return self.event.event_id
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
+
+    def lag(self, now: float) -> float:
+        ts = self.event.timestamp
+        return max(0.0, now - ts.seconds - ts.nanos / 1e9)
+
+
+class MergedPartial:
+    """Consecutive ``partial_result`` events of one run, coalesced in one socket's outbox.
+
+    The frame text is rendered once, when the writer takes it; until then
+    merging one more delta is a list append.
+    """
+
+    __slots__ = ("contents", "first", "last", "payload", "size")
+
+    def __init__(self, first: EventFrame, payload: dict[str, Any], content: str) -> None:
+        self.first = first.event
+        self.last = first.event
+        self.payload = payload
+        self.contents = [content]
+        self.size = first.size
+
+    @property
+    def event_id(self) -> str:
+        return self.last.event_id
+
+    @property
+    def text(self) -> str:
+        payload = dict(self.payload)
+        payload["content"] = "".join(self.contents)
+        return frames.merged_event_frame(self.last, merged_from=self.first.seq, payload=payload)
+
+    def absorb(self, frame: EventFrame, content: str) -> None:
+        self.last = frame.event
+        self.contents.append(content)
+        self.size += len(content)
+
+    def lag(self, now: float) -> float:
+        ts = self.last.timestamp
+        return max(0.0, now - ts.seconds - ts.nanos / 1e9)
+
+
+class Control:
+    """A frame that is not an event (``gap``, ``resumed``, a stream error), or only a position.
+
+    ``position`` is the cursor the socket has reached once this entry is
+    written (``None``: it does not move the cursor).
+    """
+
+    __slots__ = ("position", "text")
+
+    def __init__(self, text: str | None, position: str | None = None) -> None:
+        self.text = text
+        self.position = position
+
+    @property
+    def size(self) -> int:
+        return len(self.text) if self.text is not None else 0
+
+
+Entry = EventFrame | MergedPartial | Control
+
+
+def partial_content(event: event_pb2.RunEvent) -> tuple[dict[str, Any], str] | None:
+    """``(payload, content)`` of a mergeable ``partial_result``; ``None`` for anything else."""
+    if event.type != PARTIAL_RESULT:
+        return None
+    try:
+        payload = json.loads(event.payload_json)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("content"), str):
+        return None
+    return payload, payload["content"]
+
+
+def can_merge(last: event_pb2.RunEvent, event: event_pb2.RunEvent) -> bool:
+    """Whether ``event`` may be merged into a queued ``partial_result`` ending with ``last``.
+
+    Only the very next event of the same run, of the same owner, and only
+    ``partial_result``: a merged frame stands for the seqs ``merged_from``..``seq``
+    with no hole, and every other type must reach the client as itself.
+    """
+    return (
+        event.type == PARTIAL_RESULT
+        and last.type == PARTIAL_RESULT
+        and event.run_id == last.run_id
+        and event.user_id == last.user_id
+        and event.seq == last.seq + 1
+    )
+
+
+class Outbox:
+    """The entries waiting for one socket, oldest first, with their count and size."""
+
+    __slots__ = ("_entries", "bytes")
+
+    def __init__(self) -> None:
+        self._entries: deque[Entry] = deque()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def push_event(self, frame: EventFrame, *, coalesce: bool) -> bool:
+        """Queue ``frame``; with ``coalesce``, merge it into the last entry when allowed.
+
+        Returns whether it was merged (one frame fewer to write).
+        """
+        entries = self._entries
+        if coalesce and entries and self._merge(entries, frame):
+            return True
+        entries.append(frame)
+        self.bytes += frame.size
+        return False
+
+    def _merge(self, entries: deque[Entry], frame: EventFrame) -> bool:
+        last = entries[-1]
+        if isinstance(last, Control):
+            return False
+        tail = last.last if isinstance(last, MergedPartial) else last.event
+        if not can_merge(tail, frame.event):
+            return False
+        parsed = partial_content(frame.event)
+        if parsed is None:
+            return False
+        if isinstance(last, EventFrame):
+            first = partial_content(last.event)
+            if first is None:
+                return False
+            last = entries[-1] = MergedPartial(last, first[0], first[1])
+        last.absorb(frame, parsed[1])
+        self.bytes += len(parsed[1])
+        return True
+
+    def push_control(self, control: Control) -> None:
+        self._entries.append(control)
+        self.bytes += control.size
+
+    def take(self, limit: int) -> list[Entry]:
+        """The oldest ``limit`` entries (all when fewer), removed from the outbox."""
+        entries = self._entries
+        taken = [entries.popleft() for _ in range(min(limit, len(entries)))]
+        self.bytes -= sum(entry.size for entry in taken)
+        if not entries:
+            self.bytes = 0
+        return taken
+
+    def drop_events(self) -> int:
+        """Drop every queued event (merged or not), keep the other frames; return how many went."""
+        kept: deque[Entry] = deque()
+        for entry in self._entries:
+            if isinstance(entry, Control) and entry.text is not None:
+                # Its position lay after the dropped events: writing it must not claim them.
+                entry.position = None
+                kept.append(entry)
+        dropped = len(self._entries) - len(kept)
+        self._entries = kept
+        self.bytes = sum(entry.size for entry in kept)
+        return dropped
