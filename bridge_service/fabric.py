@@ -49,7 +49,10 @@ Writing: one writer per stream sends at once when idle and puts everything
 that became ready while the previous write was in flight into the next
 ``FabricResponse``, up to ``max_response_bytes`` (an event batch larger than
 that is split; one event always fits). No timer. Events are framed around
-their stored bytes (never parsed).
+their stored bytes (never parsed). When the gateway stops reading the whole
+stream and ``max_queued_bytes`` wait for the writer, the pumps stop pulling
+and the reader stops reading until the writer catches up (so the gateway must
+read and write the stream concurrently, as gRPC clients do).
 
 End of the stream: when the gateway half-closes, every subscription is
 removed and the stream ends with OK. On draining (the servicer's drain, or a
@@ -90,6 +93,7 @@ log = logging.getLogger("runwire.bridge.fabric")
 DEFAULT_INITIAL_CREDIT = 512
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBSCRIPTIONS = 100_000
+DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 MAX_CREDIT = 2**31 - 1  # a subscription's outstanding credit saturates here
 
 # Tags (field number << 3 | wire type 2, or 0 for the varint id).
@@ -145,6 +149,7 @@ class FabricStream:
         initial_credit: int = DEFAULT_INITIAL_CREDIT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         self._bus = bus
         self._attestor = attestor
@@ -154,11 +159,16 @@ class FabricStream:
         self._initial_credit = max(1, initial_credit)
         self._max_response_bytes = max(1, max_response_bytes)
         self._max_subscriptions = max_subscriptions
+        self._max_queued_bytes = max(1, max_queued_bytes)
         self._subscriptions: dict[int, _Subscription] = {}
         # Framed FabricResponse.items entries waiting for the writer, with their
         # subscription (None: the answer to a refused add, always sent).
         self._ready: list[tuple[_Subscription | None, bytes]] = []
+        self._queued_bytes = 0
         self._wake: asyncio.Future[None] | None = None
+        # Resolved by the writer once the queue is below max_queued_bytes again; shared by
+        # every pump (and the reader) waiting for room.
+        self._room: asyncio.Future[None] | None = None
         self._reading = True
         self._draining = False
         self._read_error: BaseException | None = None
@@ -211,7 +221,15 @@ class FabricStream:
 
     def _queue(self, subscription: _Subscription | None, entry: bytes) -> None:
         self._ready.append((subscription, entry))
+        self._queued_bytes += len(entry)
         self._wakeup()
+
+    async def _wait_for_room(self) -> None:
+        """Wait while the writer is ``max_queued_bytes`` behind (the gateway is not reading)."""
+        while self._queued_bytes > self._max_queued_bytes:
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
 
     def _take_response(self) -> bytes:
         """One FabricResponse of the ready items (oldest first, within the size cap)."""
@@ -220,15 +238,22 @@ class FabricStream:
         parts: list[bytes] = []
         size = 0
         taken = 0
+        released = 0
         for subscription, entry in ready:
             if size and size + len(entry) > limit:
                 break
             taken += 1
+            released += len(entry)
             if subscription is not None and subscription.removed:
                 continue
             parts.append(entry)
             size += len(entry)
         del ready[:taken]
+        self._queued_bytes -= released
+        room = self._room
+        if room is not None and self._queued_bytes <= self._max_queued_bytes:
+            self._room = None
+            room.set_result(None)
         return b"".join(parts)
 
     # The reader.
@@ -237,6 +262,8 @@ class FabricStream:
         try:
             async for request in requests:
                 self._apply(request)
+                if self._queued_bytes > self._max_queued_bytes:
+                    await self._wait_for_room()  # answers (refused adds) must not pile up unread
         except Exception as exc:  # noqa: BLE001 - reported when the stream ends
             self._read_error = read_failure(exc, message="FabricRequest")
         finally:
@@ -336,6 +363,8 @@ class FabricStream:
                 while True:
                     if subscription.credit <= 0:
                         await self._wait_for_credit(subscription)
+                    if self._queued_bytes > self._max_queued_bytes:
+                        await self._wait_for_room()
                     item = await anext(items)
                     if isinstance(item, Events):
                         await self._forward(subscription, item)

@@ -21,6 +21,7 @@ import grpc
 from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Events, Gap
 from bridge_service.fabric import (
     DEFAULT_INITIAL_CREDIT,
+    DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_SUBSCRIPTIONS,
     FabricStream,
@@ -63,6 +64,7 @@ class BridgeServicer:
         fabric_initial_credit: int = DEFAULT_INITIAL_CREDIT,
         fabric_max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         fabric_max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        fabric_max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
@@ -73,6 +75,7 @@ class BridgeServicer:
         self._fabric_initial_credit = fabric_initial_credit
         self._fabric_max_response_bytes = fabric_max_response_bytes
         self._fabric_max_subscriptions = fabric_max_subscriptions
+        self._fabric_max_queued_bytes = fabric_max_queued_bytes
         self._draining = asyncio.Event()
 
     async def drain(self) -> None:
@@ -178,6 +181,7 @@ class BridgeServicer:
             initial_credit=self._fabric_initial_credit,
             max_response_bytes=self._fabric_max_response_bytes,
             max_subscriptions=self._fabric_max_subscriptions,
+            max_queued_bytes=self._fabric_max_queued_bytes,
         )
         async for response in stream.serve(requests):
             yield response

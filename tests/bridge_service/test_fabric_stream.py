@@ -158,3 +158,27 @@ async def test_an_add_beyond_the_subscription_limit_ends_resource_exhausted(
     assert (ended.subscription_id, ended.ended.code) == (3, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
     await driven.close()
     await bus.close()
+
+
+async def test_when_the_gateway_stops_reading_the_stream_its_subscriptions_stop_pulling_and_fall_behind(
+    attestor: ContextAttestor, make_context: ContextFactory
+) -> None:
+    bus = MemoryEventBus(subscriber_queue=5)
+    driven = DrivenStream(bus, attestor, max_queued_bytes=1)
+    ctx = make_context()
+    driven.add(ctx, 1)
+    await driven.items_until(replayed(1))
+    [first] = (await bus.publish(ctx.user_id, [event(ctx, seq=1)])).event_ids
+    await driven.settle(lambda: driven.delivered() == 1)  # queued; the writer is not asked
+
+    await bus.publish(ctx.user_id, [event(ctx, seq=seq) for seq in range(2, 7)])  # fills its queue
+    for _ in range(10):  # a subscription that pulled would empty its queue now
+        await asyncio.sleep(0)
+    await bus.publish(ctx.user_id, [event(ctx, seq=7)])  # … so only one that stopped pulling overflows
+    items = await driven.items_until(lambda items: any(item.HasField("ended") for item in items))
+
+    assert [e.event_id for item in items for e in item.events.events] == [first]
+    [ended] = [item.ended for item in items if item.HasField("ended")]
+    assert (ended.code, ended.cursor) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], first)
+    await driven.close()
+    await bus.close()
