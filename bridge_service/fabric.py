@@ -29,7 +29,7 @@ Requests:
   is ignored, non-positive credit is ignored.
 
 Credit: a subscription may be sent ``initial_credit`` events (default
-:data:`DEFAULT_INITIAL_CREDIT`) plus what the gateway grants later. Without
+:class:`FabricOptions`) plus what the gateway grants later. Without
 credit its pump stops pulling from the bus, so its bounded bus queue fills
 and the bus cuts it off (``SubscriberOverflow``); other subscriptions are not
 affected. The bus reports that ending to whoever pulls next, so the pump
@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -90,10 +91,6 @@ from runwire_common.servicer import status_of
 
 log = logging.getLogger("runwire.bridge.fabric")
 
-DEFAULT_INITIAL_CREDIT = 512
-DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
-DEFAULT_MAX_SUBSCRIPTIONS = 100_000
-DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 MAX_CREDIT = 2**31 - 1  # a subscription's outstanding credit saturates here
 
 # Tags (field number << 3 | wire type 2, or 0 for the varint id).
@@ -101,6 +98,31 @@ _RESPONSE_ITEM = bytes((1 << 3 | 2,))  # FabricResponse.items
 _ITEM_ID = bytes((1 << 3 | 0,))  # FabricItem.subscription_id
 _BATCH_EVENT = bytes((1 << 3 | 2,))  # EventBatch.events
 _FRAMING_PER_EVENT = 6  # tag and length of one event inside a batch, generously
+
+
+@dataclass(frozen=True, slots=True)
+class FabricOptions:
+    """The limits of every Fabric stream of a bridge.
+
+    ``initial_credit``: events a subscription may be sent before the gateway
+    grants more, when its add leaves ``initial_credit`` at 0.
+    ``max_response_bytes``: the size a ``FabricResponse`` is cut at (keep it
+    well under the gRPC message limit). ``max_subscriptions``: live
+    subscriptions per stream. ``max_queued_bytes``: serialized items waiting
+    for the writer before the stream stops pulling.
+    """
+
+    initial_credit: int = 512
+    max_response_bytes: int = 1024 * 1024
+    max_subscriptions: int = 100_000
+    max_queued_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if (
+            min(self.initial_credit, self.max_response_bytes, self.max_subscriptions, self.max_queued_bytes)
+            < 1
+        ):
+            raise ValueError("every FabricOptions limit must be at least 1")
 
 
 class _Subscription:
@@ -146,20 +168,17 @@ class FabricStream:
         metrics: BridgeMetrics,
         draining: asyncio.Event,
         max_batch: int = 256,
-        initial_credit: int = DEFAULT_INITIAL_CREDIT,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
-        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        options: FabricOptions = FabricOptions(),
     ) -> None:
         self._bus = bus
         self._attestor = attestor
         self._metrics = metrics
         self._server_draining = draining
         self._max_batch = max(1, max_batch)
-        self._initial_credit = max(1, initial_credit)
-        self._max_response_bytes = max(1, max_response_bytes)
-        self._max_subscriptions = max_subscriptions
-        self._max_queued_bytes = max(1, max_queued_bytes)
+        self._initial_credit = options.initial_credit
+        self._max_response_bytes = options.max_response_bytes
+        self._max_subscriptions = options.max_subscriptions
+        self._max_queued_bytes = options.max_queued_bytes
         self._subscriptions: dict[int, _Subscription] = {}
         # Framed FabricResponse.items entries waiting for the writer, with their
         # subscription (None: the answer to a refused add, always sent).

@@ -2,10 +2,11 @@
 
 Validation and the mapping of bus items to ``SubscribeResponse`` live here
 (events go out as pre-framed bytes, see :mod:`bridge_service.wire` and
-:func:`register`);
-ordering, fencing (dedup, seq assignment, terminal events), retention,
-fan-out and back-pressure live in the bus, whichever backend it is. Domain errors
-become status codes in ``runwire_common.servicer``.
+:func:`register`); the two long-lived streams have their machinery in
+:mod:`bridge_service.fabric` (``Fabric``) and :mod:`bridge_service.publish_stream`
+(``PublishStream``). Ordering, fencing (dedup, seq assignment, terminal
+events), retention, fan-out and back-pressure live in the bus, whichever
+backend it is. Domain errors become status codes in ``runwire_common.servicer``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,7 @@ from typing import Any
 import grpc
 
 from bridge_service.bus import SUBSCRIPTION_ENDINGS, EventBus, Events, Gap
-from bridge_service.fabric import (
-    DEFAULT_INITIAL_CREDIT,
-    DEFAULT_MAX_QUEUED_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_MAX_SUBSCRIPTIONS,
-    FabricStream,
-)
+from bridge_service.fabric import FabricOptions, FabricStream
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.publish_stream import DEFAULT_MAX_IN_FLIGHT, PublishStream
 from bridge_service.validation import PublishLimits, prepare_events
@@ -61,10 +56,7 @@ class BridgeServicer:
         metrics: BridgeMetrics | None = None,
         max_batch: int = 256,
         publish_stream_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        fabric_initial_credit: int = DEFAULT_INITIAL_CREDIT,
-        fabric_max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        fabric_max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
-        fabric_max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        fabric: FabricOptions | None = None,
     ) -> None:
         self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
@@ -72,10 +64,7 @@ class BridgeServicer:
         self._limits = limits
         self._max_batch = max_batch
         self._publish_stream_max_in_flight = publish_stream_max_in_flight
-        self._fabric_initial_credit = fabric_initial_credit
-        self._fabric_max_response_bytes = fabric_max_response_bytes
-        self._fabric_max_subscriptions = fabric_max_subscriptions
-        self._fabric_max_queued_bytes = fabric_max_queued_bytes
+        self._fabric = fabric if fabric is not None else FabricOptions()
         self._draining = asyncio.Event()
 
     async def drain(self) -> None:
@@ -178,10 +167,7 @@ class BridgeServicer:
             metrics=self._metrics,
             draining=self._draining,
             max_batch=self._max_batch,
-            initial_credit=self._fabric_initial_credit,
-            max_response_bytes=self._fabric_max_response_bytes,
-            max_subscriptions=self._fabric_max_subscriptions,
-            max_queued_bytes=self._fabric_max_queued_bytes,
+            options=self._fabric,
         )
         async for response in stream.serve(requests):
             yield response

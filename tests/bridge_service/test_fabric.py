@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from bridge_service.fabric import FabricOptions
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor, generate_key_spec
@@ -307,7 +308,7 @@ async def test_credit_and_removes_for_unknown_subscriptions_are_ignored(
 async def test_a_full_response_is_split_at_the_size_cap_and_events_keep_their_order(
     make_settings: SettingsFactory, make_context: ContextFactory
 ) -> None:
-    async with open_stream_bridge(make_settings(), fabric_max_response_bytes=2048) as bridge:
+    async with open_stream_bridge(make_settings(), fabric=FabricOptions(max_response_bytes=2048)) as bridge:
         fabric = FabricClient(bridge.stub)
         ctx = make_context()
         await fabric.add(ctx, 1)

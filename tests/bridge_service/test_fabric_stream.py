@@ -14,7 +14,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge_service.fabric import FabricStream
+from bridge_service.fabric import FabricOptions, FabricStream
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.metrics import BridgeMetrics
 from runwire.bridge.v1 import bridge_pb2
@@ -27,13 +27,19 @@ TIMEOUT_S = 5.0
 
 
 class DrivenStream:
-    def __init__(self, bus: MemoryEventBus, attestor: ContextAttestor, **options: int) -> None:
+    def __init__(
+        self, bus: MemoryEventBus, attestor: ContextAttestor, options: FabricOptions | None = None
+    ) -> None:
         self.bus = bus
         self.registry = CollectorRegistry()
         self.draining = asyncio.Event()
         self.requests: asyncio.Queue[bridge_pb2.FabricRequest] = asyncio.Queue()
         stream = FabricStream(
-            bus, attestor=attestor, metrics=BridgeMetrics(self.registry), draining=self.draining, **options
+            bus,
+            attestor=attestor,
+            metrics=BridgeMetrics(self.registry),
+            draining=self.draining,
+            options=options or FabricOptions(),
         )
         self.responses = stream.serve(self._requests())
 
@@ -150,7 +156,7 @@ async def test_an_add_beyond_the_subscription_limit_ends_resource_exhausted(
     attestor: ContextAttestor, make_context: ContextFactory
 ) -> None:
     bus = MemoryEventBus()
-    driven = DrivenStream(bus, attestor, max_subscriptions=2)
+    driven = DrivenStream(bus, attestor, FabricOptions(max_subscriptions=2))
     for sid in (1, 2, 3):
         driven.add(make_context(), sid)
     items = await driven.items_until(lambda items: len(items) >= 3)
@@ -164,7 +170,7 @@ async def test_when_the_gateway_stops_reading_the_stream_its_subscriptions_stop_
     attestor: ContextAttestor, make_context: ContextFactory
 ) -> None:
     bus = MemoryEventBus(subscriber_queue=5)
-    driven = DrivenStream(bus, attestor, max_queued_bytes=1)
+    driven = DrivenStream(bus, attestor, FabricOptions(max_queued_bytes=1))
     ctx = make_context()
     driven.add(ctx, 1)
     await driven.items_until(replayed(1))
