@@ -29,26 +29,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TypeVar
 
 from execution_service.catalog import AgentSpec, ToolSpec
 from execution_service.dispatcher import ToolDispatcher
 from execution_service.emitter import RawJson, RunEmitter
+from execution_service.ending import record_end
 from execution_service.identity import RunIdentity
 from execution_service.outcomes import Outcome, State, failure, outcome_of_agent
 from execution_service.peers import BridgePort, RegistryPort
-from execution_service.retry import Backoff, retry_unavailable
+from execution_service.retry import Backoff
 from execution_service.run_input import RunInput
 from execution_service.sdk import AgentResult, Cancellation, RunContext
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
-from runwire_common.errors import Aborted, FailedPrecondition, NotFound, RunwireError, Unavailable
+from runwire_common.errors import Aborted, FailedPrecondition, NotFound, RunwireError
 
 SHUTDOWN_REASON = "the executor is shutting down"
 T = TypeVar("T")
@@ -309,8 +308,18 @@ class RunEngine:
     # --- the end: record, then announce (only if this engine owns the end) ---
 
     async def _finish(self, outcome: Outcome) -> None:
-        owned = not outcome.external and await self._record(outcome)
-        if not owned:
+        if outcome.external:
+            announce = False
+        else:
+            recorded = await record_end(
+                outcome,
+                registry=self._registry,
+                context=self._identity.context,
+                retry=self._registry_retry,
+                log=self._log,
+            )
+            announce = recorded.announce
+        if not announce:
             # Whoever ended the run announces it; what is still queued here is flushed, and
             # the bridge ignores anything that arrives after the run's terminal event.
             await self.emitter.aclose()
@@ -323,73 +332,6 @@ class RunEngine:
         await self.emitter.emit_terminal(outcome, duration_ms=duration_ms)
         await self.emitter.aclose()
         self._log.info("run finished", extra={"state": names.state_name(outcome.state)})
-
-    async def _record(self, outcome: Outcome) -> bool:
-        """Make ``outcome`` the run's terminal state; whether this engine won the transition."""
-        retried = False
-
-        def note(exc: Unavailable, pause: float) -> None:
-            nonlocal retried
-            retried = True
-            self._log.warning("registry unavailable; retrying", extra={"error": exc.message})
-
-        async def call(make: Callable[[], Awaitable[T]]) -> T:
-            return await retry_unavailable(make, self._registry_retry, on_retry=note)
-
-        completed = outcome.state == run_pb2.RUN_STATE_COMPLETED
-        result_json = json.dumps(outcome.result) if completed else ""
-        error = outcome.run_error()
-
-        async def complete_stepwise() -> bool:
-            # A registry older than TransitionRun.through_completing refuses RUNNING → COMPLETED
-            # and the run stays RUNNING: take the two steps one by one (rolling upgrades).
-            try:
-                for state in (run_pb2.RUN_STATE_COMPLETING, run_pb2.RUN_STATE_COMPLETED):
-                    try:
-                        await call(
-                            partial(self._registry.transition, self._user, state, result_json=result_json)
-                        )
-                    except FailedPrecondition:
-                        run = await call(partial(self._registry.get_run, self._user))
-                        if run.state != state:  # not a retried attempt that had gone through
-                            return run.state not in names.TERMINAL_STATES
-                return True
-            except RunwireError as exc:
-                self._log.error("could not record the end of the run", extra={"error": exc.message})
-                return True
-
-        try:
-            # A completed run passes through COMPLETING in the same registry call.
-            await call(
-                lambda: self._registry.transition(
-                    self._user,
-                    outcome.state,
-                    error=error,
-                    result_json=result_json,
-                    through_completing=completed,
-                )
-            )
-            return True
-        except FailedPrecondition:
-            try:
-                run = await call(lambda: self._registry.get_run(self._user))
-            except RunwireError as exc:
-                self._log.error(
-                    "could not read the run after a refused transition", extra={"error": exc.message}
-                )
-                return False
-            if retried and outcome.matches(run):
-                return True  # an attempt that looked lost had gone through
-            if completed and run.state == run_pb2.RUN_STATE_RUNNING:
-                return await complete_stepwise()
-            if run.state not in names.TERMINAL_STATES:
-                self._log.error("terminal transition refused", extra={"state": names.state_name(run.state)})
-                return True  # the bridge keeps at most one terminal event per run
-            return False
-        except RunwireError as exc:
-            # Unknown whether it was recorded: announce anyway, never leave the user without an end.
-            self._log.error("could not record the end of the run", extra={"error": exc.message})
-            return True
 
     async def _emit_started(self) -> None:
         if self._started_emitted:

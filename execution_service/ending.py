@@ -1,0 +1,128 @@
+"""Recording a run's end in the registry, and whether its engine should announce it.
+
+Terminal-event ownership: the engine announces the end of its run only when
+the registry holds (or most likely holds) the end this engine recorded; when
+the run ended elsewhere, whoever ended it announces. :func:`record_end` makes
+the terminal transition (retried while the registry is unavailable) and says
+which of the three it came to (:class:`EndRecord`); :attr:`EndRecord.announce`
+is the verdict the engine acts on.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+from execution_service.outcomes import Outcome
+from execution_service.peers import RegistryPort
+from execution_service.retry import Backoff, retry_unavailable
+from runwire.common.v1 import context_pb2, run_pb2
+from runwire_common import names
+from runwire_common.errors import FailedPrecondition, RunwireError, Unavailable
+
+T = TypeVar("T")
+Log = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+
+
+class EndRecord(enum.Enum):
+    """What recording a run's end came to."""
+
+    RECORDED = "recorded"  # the registry holds this end (this call, or a retried one, made it)
+    ENDED_ELSEWHERE = "ended_elsewhere"  # the run had already ended another way (or most likely had)
+    UNCONFIRMED = "unconfirmed"  # the registry could not confirm this end (down, or refused a live run)
+
+    @property
+    def announce(self) -> bool:
+        """Whether the engine announces the end: unless it ended elsewhere.
+
+        An unconfirmed end is announced anyway, so the user is never left
+        without one; the bridge keeps at most one terminal event per run.
+        """
+        return self is not EndRecord.ENDED_ELSEWHERE
+
+
+async def record_end(
+    outcome: Outcome,
+    *,
+    registry: RegistryPort,
+    context: Callable[[], context_pb2.UserContext],
+    retry: Backoff,
+    log: Log,
+) -> EndRecord:
+    """Make ``outcome`` the run's terminal state in the registry (``context()``: the run's context)."""
+    retried = False
+
+    def note(exc: Unavailable, pause: float) -> None:
+        nonlocal retried
+        retried = True
+        log.warning("registry unavailable; retrying", extra={"error": exc.message})
+
+    async def call(make: Callable[[], Awaitable[T]]) -> T:
+        return await retry_unavailable(make, retry, on_retry=note)
+
+    completed = outcome.state == run_pb2.RUN_STATE_COMPLETED
+    result_json = json.dumps(outcome.result) if completed else ""
+    try:
+        # A completed run passes through COMPLETING in the same registry call.
+        await call(
+            lambda: registry.transition(
+                context(),
+                outcome.state,
+                error=outcome.run_error(),
+                result_json=result_json,
+                through_completing=completed,
+            )
+        )
+        return EndRecord.RECORDED
+    except FailedPrecondition:
+        try:
+            run = await call(lambda: registry.get_run(context()))
+        except RunwireError as exc:
+            log.error("could not read the run after a refused transition", extra={"error": exc.message})
+            return EndRecord.ENDED_ELSEWHERE
+        if retried and outcome.matches(run):
+            return EndRecord.RECORDED  # an attempt that looked lost had gone through
+        if completed and run.state == run_pb2.RUN_STATE_RUNNING:
+            return await _complete_stepwise(
+                call, registry=registry, context=context, result_json=result_json, log=log
+            )
+        if run.state not in names.TERMINAL_STATES:
+            log.error("terminal transition refused", extra={"state": names.state_name(run.state)})
+            return EndRecord.UNCONFIRMED
+        return EndRecord.ENDED_ELSEWHERE
+    except RunwireError as exc:
+        log.error("could not record the end of the run", extra={"error": exc.message})
+        return EndRecord.UNCONFIRMED
+
+
+async def _complete_stepwise(
+    call: Callable[[Callable[[], Awaitable[run_pb2.Run]]], Awaitable[run_pb2.Run]],
+    *,
+    registry: RegistryPort,
+    context: Callable[[], context_pb2.UserContext],
+    result_json: str,
+    log: Log,
+) -> EndRecord:
+    """RUNNING → COMPLETING → COMPLETED in two calls.
+
+    A registry older than ``TransitionRun.through_completing`` refuses
+    RUNNING → COMPLETED and the run stays RUNNING (rolling upgrades).
+    """
+    try:
+        for state in (run_pb2.RUN_STATE_COMPLETING, run_pb2.RUN_STATE_COMPLETED):
+            try:
+                await call(partial(registry.transition, context(), state, result_json=result_json))
+            except FailedPrecondition:
+                run = await call(partial(registry.get_run, context()))
+                if run.state != state:  # not a retried attempt that had gone through
+                    if run.state in names.TERMINAL_STATES:
+                        return EndRecord.ENDED_ELSEWHERE
+                    return EndRecord.UNCONFIRMED
+        return EndRecord.RECORDED
+    except RunwireError as exc:
+        log.error("could not record the end of the run", extra={"error": exc.message})
+        return EndRecord.UNCONFIRMED
