@@ -28,6 +28,12 @@ Requests:
 * ``credits`` — applied after the message's ``op``; credit for an unknown id
   is ignored, non-positive credit is ignored.
 
+Every ``ended`` means the bridge has forgotten the subscription (or refused
+the add) and carries the cursor to resume from: the last event sent, the
+``resume_after`` of its replay, or the add's own ``after`` — except
+``INVALID_ARGUMENT``, which carries none, since resuming would fail the same
+way. Its ``code`` is what Subscribe would have ended with.
+
 Credit: a subscription may be sent ``initial_credit`` events (default
 :class:`FabricOptions`) plus what the gateway grants later. Without
 credit its pump stops pulling from the bus, so its bounded bus queue fills
@@ -405,15 +411,17 @@ class FabricStream:
         except SUBSCRIPTION_ENDINGS as exc:
             if isinstance(exc, BusDraining):
                 self._drain()  # the bus is draining: so is every other subscription of the stream
-            # The pump pulls only once everything pulled before was sent, so the bus's cursor is ours.
-            self._end(subscription, exc)
+            # The pump pulls only once everything pulled before was sent, so the bus's cursor
+            # (the last event it yielded, or where it started) is where the gateway resumes.
+            self._end(subscription, exc, cursor=exc.cursor)
         except Exception as exc:  # noqa: BLE001 - a bad cursor, a failing backend: this subscription only
-            self._end(subscription, exc)
+            self._end(subscription, exc, cursor=str(subscription.cursor))
 
     def _finished(self, subscription: _Subscription, task: asyncio.Task[None]) -> None:
         """The pump of ``subscription`` is over: forget it (ending it if the drain cancelled it)."""
         if task.cancelled() and self._draining and not subscription.removed and not subscription.ended:
-            self._end(subscription, BusDraining(str(subscription.cursor)))
+            cursor = str(subscription.cursor)  # the last event sent, events held for credit aside
+            self._end(subscription, BusDraining(cursor), cursor=cursor)
         if self._subscriptions.get(subscription.id) is subscription:
             del self._subscriptions[subscription.id]
         self._metrics.fabric_subscriptions.dec()
@@ -443,10 +451,12 @@ class FabricStream:
             self._metrics.fabric_events_delivered.inc(end - start)
             start = end
 
-    def _end(self, subscription: _Subscription, exc: BaseException) -> None:
+    def _end(self, subscription: _Subscription, exc: BaseException, *, cursor: str) -> None:
+        """Queue the ``ended`` item of ``subscription``; the bridge forgets it now."""
         subscription.ended = True
+        if self._subscriptions.get(subscription.id) is subscription:
+            del self._subscriptions[subscription.id]
         code, message = status_of(exc)
-        cursor = "" if code is grpc.StatusCode.INVALID_ARGUMENT else str(subscription.cursor)
         self._metrics.fabric_subscriptions_ended.labels(code=code.name.lower()).inc()
         if code is not grpc.StatusCode.RESOURCE_EXHAUSTED and code is not grpc.StatusCode.UNAVAILABLE:
             log.info(
@@ -467,6 +477,9 @@ def _item(subscription_id: int, field: int, body: bytes) -> bytes:
 
 
 def _ended(subscription_id: int, code: grpc.StatusCode, message: str, cursor: str) -> bytes:
+    """A framed ``ended`` item; ``INVALID_ARGUMENT`` carries no cursor (resuming would fail alike)."""
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        cursor = ""
     ended = bridge_pb2.FabricEnded(code=code.value[0], message=message, cursor=cursor)
     return _item(subscription_id, 5, ended.SerializeToString())
 
