@@ -105,5 +105,11 @@ async def running_service(
         binding = ServiceBinding(SERVICE_NAME, functools.partial(register, servicer))
         server = GrpcServer(settings, [binding], interceptors=observability.telemetry.server_interceptors())
         await server.start()
-        stack.push_async_callback(server.drain, event_bus.drain)
+        stack.push_async_callback(server.drain, functools.partial(_drain, servicer, event_bus))
         yield server
+
+
+async def _drain(servicer: BridgeServicer, bus: EventBus) -> None:
+    """End the streams first (each subscription with its cursor), then the bus's own subscriptions."""
+    await servicer.drain()
+    await bus.drain()

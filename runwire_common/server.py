@@ -68,12 +68,24 @@ async def _refuse_stream(request: object, context: grpc.aio.ServicerContext[Any,
 
 
 def _refusal(handler: grpc.RpcMethodHandler[Req, Resp]) -> grpc.RpcMethodHandler[Req, Resp]:
-    make = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.response_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
+    """A handler of the same shape as ``handler`` that answers UNAVAILABLE at once.
+
+    The shape matters: a client-streaming refusal registered as unary would
+    wait for the client's first message before answering.
+    """
     behaviour = _refuse_stream if handler.response_streaming else _refuse
+    if handler.request_streaming:
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.response_streaming
+            else grpc.stream_unary_rpc_method_handler
+        )
+    else:
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.response_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
     return make(
         behaviour,
         request_deserializer=handler.request_deserializer,

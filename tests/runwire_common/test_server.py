@@ -73,3 +73,26 @@ async def test_a_serving_server_reports_serving_and_answers(settings: ServerSett
             assert await channel.unary_unary(f"/{SERVICE}/Wait")(b"0", timeout=5) == b"done"
     finally:
         await server.stop_now()
+
+
+async def test_a_draining_server_refuses_a_bidirectional_stream_before_its_first_message(
+    settings: ServerSettings,
+) -> None:
+    async def echo(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async for request in requests:
+            yield request
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Echo": grpc.stream_stream_rpc_method_handler(echo)}
+    )
+    binding = ServiceBinding(SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))
+    server = GrpcServer(settings, [binding])
+    await server.start()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+
+        async def on_drain() -> None:
+            # The client sends nothing: the refusal must not wait for a first message.
+            call = channel.stream_stream(f"/{SERVICE}/Echo")(timeout=3)
+            assert await call.code() == grpc.StatusCode.UNAVAILABLE
+
+        await server.drain(on_drain)
