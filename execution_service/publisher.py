@@ -160,6 +160,7 @@ class StreamPublisher:
         self._down_until: dict[str, float] = {}
         self._batch_ids = itertools.count(1)
         self._closing: list[asyncio.Task[None]] = []
+        self._closed = False
         # Metrics, read at scrape time.
         self.events_published = 0
         self.stream_reconnects = 0
@@ -188,6 +189,7 @@ class StreamPublisher:
 
     async def aclose(self) -> None:
         """End every stream (after what they carry is acknowledged) and close the channels."""
+        self._closed = True
         streams = list(self._streams.values())
         await asyncio.gather(*(stream.close(CLOSE_WAIT_S) for stream in streams))
         await asyncio.gather(*self._closing)
@@ -236,6 +238,8 @@ class StreamPublisher:
         replica = stream.replica
         if self._streams.get(replica) is stream:
             del self._streams[replica]
+        if self._closed:
+            return
         failures = 1 if acknowledged else self._failures.get(replica, 0) + 1
         self._failures[replica] = failures
         pause = min(self._reconnect.initial_s * 2 ** (failures - 1), self._reconnect.max_s)
