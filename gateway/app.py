@@ -26,6 +26,10 @@ from runwire_common.channels import open_channel
 from runwire_common.observability import open_observability
 from runwire_common.telemetry import Telemetry
 
+# A bridge replica whose stream keeps breaking is left alone this long at most
+# before new subscriptions try it again.
+REPLICA_MAX_COOLDOWN_S = 30.0
+
 
 @asynccontextmanager
 async def running_gateway(
@@ -60,8 +64,9 @@ async def running_gateway(
             settings.bridge_target,
             stats=stats,
             interceptors=interceptors,
-            cooldown_s=settings.resubscribe_backoff_s,
-            max_cooldown_s=settings.resubscribe_max_backoff_s,
+            # Longer than a subscription's retry delays, so a re-add goes elsewhere.
+            cooldown_s=settings.resubscribe_max_backoff_s,
+            max_cooldown_s=REPLICA_MAX_COOLDOWN_S,
             open_timeout_s=settings.call_timeout_s,
         )
         stack.push_async_callback(replicas.close)

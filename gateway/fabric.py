@@ -288,8 +288,8 @@ class BridgeReplicas:
         *,
         stats: GatewayStats,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
-        cooldown_s: float = 0.1,
-        max_cooldown_s: float = 2.0,
+        cooldown_s: float = 2.0,
+        max_cooldown_s: float = 30.0,
         open_timeout_s: float = 5.0,
     ) -> None:
         self._target = target
