@@ -257,10 +257,6 @@ class RunEmitter:
             done = first is None
             if first is not None:
                 batch.append(first)
-                if self._queue.empty():
-                    # Let the agent run to its next await first: what it emits meanwhile
-                    # (often a burst) joins this batch instead of waiting for the next call.
-                    await asyncio.sleep(0)
             while not done and len(batch) < self._max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
