@@ -16,6 +16,8 @@ from websockets.asyncio.client import ClientConnection
 from bridge_service.app import running_service as running_bridge
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.settings import BridgeSettings
+from gateway.fabric import BridgeReplicas
+from gateway.stats import GatewayStats
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import event_pb2
 from runwire_common.ids import new_id
@@ -231,6 +233,7 @@ async def test_a_socket_that_never_reads_does_not_delay_another_user_then_gets_e
         assert len({e["event_id"] for e in alice_events}) == len(alice_events)
         assert any("merged_from" in e for e in alice_events)
     assert server.stats.partials_coalesced > 0
+    assert server.stats.credits_granted > 32  # far more than one window went through
     assert server.events_blocked_owner_mismatch == 0
 
 
@@ -306,3 +309,22 @@ async def test_a_tab_that_never_reads_is_resumed_from_its_cursor_and_does_not_ho
         assert server.stats.backlog_resumes >= 1  # the slow tab overflowed and was cut loose
         assert_every_seq_once(await until_terminal(slow, timeout=60), steps)
     assert server.events_blocked_owner_mismatch == 0
+
+
+async def test_credits_due_for_several_users_go_out_in_one_request() -> None:
+    stats = GatewayStats()
+    replicas = BridgeReplicas("127.0.0.1:9", stats=stats)
+    try:
+        [stream] = replicas.streams()
+        handler: Any = object()
+        stream._handlers.update({1: handler, 2: handler})  # two users' subscriptions, stream not started
+        stream.grant(1, 5)
+        stream.grant(2, 7)
+        stream.grant(1, 3)
+        stream.grant(3, 9)  # not (or no longer) a subscription of this stream: nothing to grant
+        request = await anext(stream._requests())
+        assert request.WhichOneof("op") is None
+        assert {c.subscription_id: c.events for c in request.credits} == {1: 8, 2: 7}
+        assert stats.credits_granted == 15
+    finally:
+        await replicas.close()

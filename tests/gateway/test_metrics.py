@@ -41,3 +41,7 @@ async def test_the_metrics_endpoint_counts_deliveries_lag_and_blocked_foreign_ev
     assert "runwire_gateway_events_delivered_total 1.0" in body
     assert "runwire_gateway_events_blocked_owner_mismatch_total 1.0" in body
     assert "runwire_gateway_delivery_lag_seconds_count 1.0" in body
+    assert "runwire_gateway_users_subscribed 1.0" in body
+    assert "runwire_gateway_fabric_streams 1.0" in body
+    for counter in ("fabric_credits_granted", "partials_coalesced", "backlog_resumes"):
+        assert f"runwire_gateway_{counter}_total 0.0" in body
