@@ -11,7 +11,7 @@ is merged into it (:class:`MergedPartial`: ``content`` concatenated in order,
 past the outbox's bounds the socket is resumed from its cursor instead (see
 :mod:`gateway.sink`).
 
-The merging rules are pure functions (:func:`can_merge`,
+The merging rules are pure functions and plain objects (:func:`can_merge`,
 :class:`Outbox`), so they are tested without a socket.
 """
 

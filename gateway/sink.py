@@ -234,8 +234,11 @@ class EventSink:
         """Mark that once what is queued is written, the socket is at ``position``."""
         if self.depth == 0:
             self.written = position
-        elif self._outbox is not None:
+        else:
+            if self._outbox is None:
+                self._outbox = Outbox()
             self._outbox.push_control(Control(None, position))
+            self._kick()
         self.cursor = position
 
     def push_error(self, message: str) -> None:

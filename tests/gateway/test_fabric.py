@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from bridge_service.app import running_service as running_bridge
 from bridge_service.memory_bus import MemoryEventBus
@@ -328,3 +329,47 @@ async def test_credits_due_for_several_users_go_out_in_one_request() -> None:
         assert stats.credits_granted == 15
     finally:
         await replicas.close()
+
+
+async def test_a_tab_resuming_after_a_cursor_replays_alone_then_shares_its_users_subscription(
+    start_gateway: GatewayFactory,
+    make_token: TokenFactory,
+    bus_bridge: str,
+    bus: MemoryEventBus,
+    publisher: Publisher,
+) -> None:
+    server = await start_gateway(bridge_target=bus_bridge)
+    async with open_ws(server, make_token(ALICE)) as live:
+        await recv_json(live)
+        assert (await request(live, {"type": "ping"}))["type"] == "pong"
+        run_id = new_id("run")
+        steps = a_run(6)
+        ids = await publisher.run(ALICE, steps[:3], run_id=run_id)
+        assert [(await recv_json(live))["event_id"] for _ in ids] == ids
+        async with open_ws(server, make_token(ALICE), path=f"/ws?after={ids[0]}") as late:
+            assert (await recv_json(late))["type"] == "connected"
+            assert [(await recv_json(late))["event_id"] for _ in range(2)] == ids[1:]
+            assert await recv_json(late) == {"type": "resumed", "id": None, "replayed": 2}
+            # Caught up: the replay subscription goes, the user's one subscription stays.
+            await wait_until(lambda: bus.subscriber_count(ALICE) == 1)
+            more = await publisher.run(ALICE, steps[3:], run_id=run_id)
+            for ws in (live, late):
+                assert [(await recv_json(ws))["event_id"] for _ in more] == more
+                pong = await request(ws, {"type": "ping", "id": "nothing-else"})
+                assert (pong["type"], pong["id"]) == ("pong", "nothing-else")
+
+
+async def test_a_subscription_refused_as_unauthenticated_closes_the_users_sockets_with_1008(
+    start_gateway: GatewayFactory, make_token: TokenFactory
+) -> None:
+    bridge = fakes.ScriptedBridge([([], grpc.StatusCode.UNAUTHENTICATED)])
+    async with fakes.serving(bridge) as target:
+        server = await start_gateway(bridge_target=target)
+        async with open_ws(server, make_token(ALICE)) as ws:
+            await recv_json(ws)
+            error = await recv_json(ws)
+            assert (error["type"], error["code"]) == ("error", "unauthenticated")
+            with pytest.raises(ConnectionClosed):
+                await recv_json(ws)
+            assert ws.close_code == 1008
+        assert bridge.afters == [""]  # not retried
