@@ -373,3 +373,31 @@ async def test_a_subscription_refused_as_unauthenticated_closes_the_users_socket
                 await recv_json(ws)
             assert ws.close_code == 1008
         assert bridge.afters == [""]  # not retried
+
+
+async def test_users_are_spread_over_the_replicas_and_never_sent_to_one_that_is_down() -> None:
+    replicas = BridgeReplicas("ipv4:127.0.0.1:9,127.0.0.1:10", stats=GatewayStats(), cooldown_s=60)
+    try:
+        users = [f"user_spread_{i:03d}_0123456789" for i in range(50)]
+        before = {me: replicas.choose(me).address for me in users}
+        assert set(before.values()) == {"127.0.0.1:9", "127.0.0.1:10"}
+        replicas.mark_down("127.0.0.1:9")
+        after = {me: replicas.choose(me).address for me in users}
+        assert set(after.values()) == {"127.0.0.1:10"}
+        # Only the users of the replica that went away moved.
+        assert all(after[me] == before[me] for me in users if before[me] == "127.0.0.1:10")
+        replicas.mark_up("127.0.0.1:9")
+        assert {me: replicas.choose(me).address for me in users} == before
+    finally:
+        await replicas.close()
+
+
+async def test_a_dns_target_is_resolved_into_its_addresses() -> None:
+    replicas = BridgeReplicas("dns:///localhost:5999", stats=GatewayStats())
+    try:
+        assert replicas.addresses == ()
+        await replicas.resolve()
+        assert "127.0.0.1:5999" in replicas.addresses
+        assert replicas.choose("user_dns_0123456789").address in replicas.addresses
+    finally:
+        await replicas.close()
