@@ -173,6 +173,8 @@ class StreamPublisher:
         self, ctx: context_pb2.UserContext, events: Sequence[event_pb2.RunEvent]
     ) -> Sequence[str]:
         """Publish one owner's events as one batch; their event ids (``""`` where fenced)."""
+        if self._closed:
+            raise Unavailable("the bridge publisher is closed")
         stream = self._stream(await self._replica_for(ctx.user_id))
         batch_id = next(self._batch_ids)
         request = bridge_pb2.PublishStreamRequest(user_context=ctx, batch_id=batch_id, events=events)

@@ -19,14 +19,16 @@ class ExecutionSettings(ServerSettings):
     """Settings of one execution replica.
 
     ``registry_target`` and ``bridge_target`` are required (``host:port`` or
-    ``dns:///name:port``). ``executor_id`` identifies this replica in the run
+    ``dns:///name:port``; the bridge's also ``ipv4:a:p,b:q``: events are
+    published over one stream per bridge replica, see
+    :mod:`execution_service.publisher`). ``executor_id`` identifies this replica in the run
     records; it is generated per process unless configured.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_EXECUTION_", populate_by_name=True, extra="ignore")
 
     registry_target: str = Field(min_length=1, description="address of the registry service")
-    bridge_target: str = Field(min_length=1, description="address of the bridge service")
+    bridge_target: str = Field(min_length=1, description="address of the bridge service (its replicas)")
     executor_id: str = Field(default_factory=_new_executor_id, min_length=1)
     default_timeout_s: float = Field(default=300.0, gt=0, description="execution timeout of a run")
     tool_timeout_s: float = Field(default=10.0, gt=0, description="timeout of one tool call")
@@ -35,10 +37,12 @@ class ExecutionSettings(ServerSettings):
         default=5.0, gt=0, description="time an agent gets to stop before it is cancelled hard"
     )
     context_ttl_s: float = Field(
-        default=120.0, gt=0, description="lifetime of the contexts re-minted for outbound calls"
+        default=120.0,
+        gt=0,
+        description="lifetime of a run's attested context (minted once, again when a quarter is left)",
     )
     event_queue_size: int = Field(default=1000, gt=0, description="events pending per run")
-    publish_batch_size: int = Field(default=100, gt=0, description="events per Publish call at most")
+    publish_batch_size: int = Field(default=100, gt=0, description="events per published batch at most")
     max_payload_bytes: int = Field(
         default=64 * 1024, ge=1024, description="payload size the bridge accepts; larger ones are shortened"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.errors import InvalidArgument
 from runwire_common.ids import new_id
+from runwire_common.replicas import rendezvous
 from tests.bridge_service.harness import delete_keys, open_bridge, settings_for
 from tests.bridge_service.stream_harness import StreamBridge, open_stream_bridge
 from tests.support.watcher import watching
@@ -261,3 +262,37 @@ async def test_a_restarted_bridge_gets_every_unacknowledged_batch_and_nothing_tw
         emitting.cancel()
         await publisher.aclose()
     assert seqs_of(events, run.run_id) == list(range(1, 37))
+
+
+async def test_batches_move_to_the_next_replica_when_theirs_goes_away(
+    attestation_key_spec: str,
+    redis_url: str,
+    redis_prefix: str,
+    attestor: ContextAttestor,
+    make_context: ContextFactory,
+) -> None:
+    settings = settings_for(
+        attestation_key_spec,
+        backend="redis",
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        grace_period_s=1,
+    )
+    async with AsyncExitStack() as stack:
+        replicas = [await stack.enter_async_context(open_bridge(settings)) for _ in range(2)]
+        addresses = [replica.server.address for replica in replicas]
+        publisher = await stack.enter_async_context(publisher_to(f"ipv4:{','.join(addresses)}"))
+        users = [new_id("user") for _ in range(6)]
+        runs = [Run(publisher, attestor, user_id=user, budget_s=20.0) for user in users]
+        for run in runs:
+            await run.think("one", "two")
+        # The replica that serves the first user goes away; its users move to the other one.
+        gone = addresses.index(rendezvous(users[0], addresses))
+        await replicas[gone].server.drain()
+        for run in runs:
+            await run.think("three", "four")
+            await run.finish()
+        survivor = replicas[1 - gone]
+        for user, run in zip(users, runs, strict=True):
+            events = await stored(survivor.stub, make_context(user))
+            assert seqs_of(events, run.run_id) == [1, 2, 3, 4, 5]
