@@ -28,25 +28,37 @@ PARTIAL_RESULT = "partial_result"
 
 
 class EventFrame:
-    """One event and its frame text, encoded once and shared by every socket of its owner."""
+    """One event's frame, encoded once and shared by every socket of its owner.
 
-    __slots__ = ("event", "text")
+    It keeps what the sockets need as plain values, not the event message: a
+    message read from a ``FabricResponse`` would keep the whole response (every
+    other user's events in it) alive for as long as a slow socket holds the
+    frame. A ``partial_result``, which may be merged later, keeps a detached
+    copy of its event.
+    """
+
+    __slots__ = ("event_id", "partial", "run_id", "seq", "text", "ts", "type", "user_id")
 
     def __init__(self, event: event_pb2.RunEvent) -> None:
-        self.event = event
         self.text = frames.event_frame(event)
-
-    @property
-    def event_id(self) -> str:
-        return self.event.event_id
+        self.event_id = event.event_id
+        self.user_id = event.user_id
+        self.run_id = event.run_id
+        self.type = event.type
+        self.seq = event.seq
+        ts = event.timestamp
+        self.ts = ts.seconds + ts.nanos / 1e9
+        self.partial: event_pb2.RunEvent | None = None
+        if event.type == PARTIAL_RESULT:
+            self.partial = event_pb2.RunEvent()
+            self.partial.CopyFrom(event)
 
     @property
     def size(self) -> int:
         return len(self.text)
 
     def lag(self, now: float) -> float:
-        ts = self.event.timestamp
-        return max(0.0, now - ts.seconds - ts.nanos / 1e9)
+        return max(0.0, now - self.ts)
 
 
 class MergedPartial:
@@ -58,12 +70,12 @@ class MergedPartial:
 
     __slots__ = ("contents", "first", "last", "payload", "size")
 
-    def __init__(self, first: EventFrame, payload: dict[str, Any], content: str) -> None:
-        self.first = first.event
-        self.last = first.event
+    def __init__(self, first: event_pb2.RunEvent, payload: dict[str, Any], content: str, size: int) -> None:
+        self.first = first
+        self.last = first
         self.payload = payload
         self.contents = [content]
-        self.size = first.size
+        self.size = size
 
     @property
     def event_id(self) -> str:
@@ -75,8 +87,8 @@ class MergedPartial:
         payload["content"] = "".join(self.contents)
         return frames.merged_event_frame(self.last, merged_from=self.first.seq, payload=payload)
 
-    def absorb(self, frame: EventFrame, content: str) -> None:
-        self.last = frame.event
+    def absorb(self, event: event_pb2.RunEvent, content: str) -> None:
+        self.last = event
         self.contents.append(content)
         self.size += len(content)
 
@@ -161,20 +173,20 @@ class Outbox:
 
     def _merge(self, entries: deque[Entry], frame: EventFrame) -> bool:
         last = entries[-1]
-        if isinstance(last, Control):
+        if isinstance(last, Control) or frame.partial is None:
             return False
-        tail = last.last if isinstance(last, MergedPartial) else last.event
-        if not can_merge(tail, frame.event):
+        tail = last.last if isinstance(last, MergedPartial) else last.partial
+        if tail is None or not can_merge(tail, frame.partial):
             return False
-        parsed = partial_content(frame.event)
+        parsed = partial_content(frame.partial)
         if parsed is None:
             return False
         if isinstance(last, EventFrame):
-            first = partial_content(last.event)
+            first = partial_content(tail)
             if first is None:
                 return False
-            last = entries[-1] = MergedPartial(last, first[0], first[1])
-        last.absorb(frame, parsed[1])
+            last = entries[-1] = MergedPartial(tail, first[0], first[1], last.size)
+        last.absorb(frame.partial, parsed[1])
         self.bytes += len(parsed[1])
         return True
 

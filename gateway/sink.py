@@ -205,11 +205,11 @@ class EventSink:
         queued = 0
         for frame in batch:
             self.cursor = frame.event_id
-            if frame.event.user_id != user_id or not user_id:
+            if frame.user_id != user_id or not user_id:
                 stats.events_blocked_owner_mismatch += 1
                 bind(log, user_id=user_id, connection_id=self.connection_id).warning(
                     "dropped an event of another user",
-                    extra={"event_id": frame.event_id, "run_id": frame.event.run_id},
+                    extra={"event_id": frame.event_id, "run_id": frame.run_id},
                 )
                 continue
             queued += 1

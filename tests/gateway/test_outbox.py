@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from gateway.outbox import Control, EventFrame, MergedPartial, Outbox, can_merge, partial_content
+from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import event_pb2
 
 RUN = "run_0123456789abcdef0123456789abcdef"
@@ -13,15 +14,15 @@ OTHER_RUN = "run_fedcba9876543210fedcba9876543210"
 ALICE = "user_alice_0123456789"
 
 
-def ev(
+def event(
     seq: int, kind: str = "partial_result", *, run_id: str = RUN, content: str | None = None
-) -> EventFrame:
+) -> event_pb2.RunEvent:
     payload: dict[str, Any] = (
         {"content": content if content is not None else f"<{seq}>", "index": seq - 1}
         if kind == "partial_result"
         else {"reasoning": "r"}
     )
-    event = event_pb2.RunEvent(
+    message = event_pb2.RunEvent(
         event_id=f"100-{seq}",
         seq=seq,
         type=kind,
@@ -31,8 +32,14 @@ def ev(
         agent="scripted",
         payload_json=json.dumps(payload),
     )
-    event.timestamp.seconds = 1_800_000_000 + seq
-    return EventFrame(event)
+    message.timestamp.seconds = 1_800_000_000 + seq
+    return message
+
+
+def ev(
+    seq: int, kind: str = "partial_result", *, run_id: str = RUN, content: str | None = None
+) -> EventFrame:
+    return EventFrame(event(seq, kind, run_id=run_id, content=content))
 
 
 def texts(outbox: Outbox) -> list[dict[str, Any]]:
@@ -78,10 +85,11 @@ def test_lifecycle_and_tool_events_are_never_merged_and_break_a_run_of_partials(
 
 
 def test_partials_of_different_runs_or_with_a_seq_hole_are_not_merged() -> None:
-    assert not can_merge(ev(1).event, ev(1, run_id=OTHER_RUN).event)
-    assert not can_merge(ev(1).event, ev(3).event)
-    assert not can_merge(ev(1, "agent_thinking").event, ev(2).event)
-    assert can_merge(ev(1).event, ev(2).event)
+    assert not can_merge(event(1), event(1, run_id=OTHER_RUN))
+    assert not can_merge(event(1), event(3))
+    assert not can_merge(event(1, "agent_thinking"), event(2))
+    assert not can_merge(event(1), event(2, "agent_thinking"))
+    assert can_merge(event(1), event(2))
 
 
 def test_nothing_merges_while_coalescing_is_off_or_into_a_control_frame() -> None:
@@ -94,9 +102,10 @@ def test_nothing_merges_while_coalescing_is_off_or_into_a_control_frame() -> Non
 
 
 def test_a_partial_whose_content_is_not_text_is_kept_as_it_is() -> None:
-    odd = ev(2)
-    odd.event.payload_json = '{"content": 5, "index": 1}'
-    assert partial_content(odd.event) is None
+    raw = event(2)
+    raw.payload_json = '{"content": 5, "index": 1}'
+    assert partial_content(raw) is None
+    odd = EventFrame(raw)
     outbox = Outbox()
     outbox.push_event(ev(1), coalesce=True)
     assert not outbox.push_event(odd, coalesce=True)
@@ -123,3 +132,19 @@ def test_the_outbox_counts_the_bytes_it_holds() -> None:
     [entry] = outbox.take(10)
     assert isinstance(entry, MergedPartial)
     assert outbox.bytes == 0
+
+
+def test_a_frame_keeps_no_reference_to_the_response_its_event_came_in() -> None:
+    response = bridge_pb2.FabricResponse(
+        items=[
+            bridge_pb2.FabricItem(
+                subscription_id=1, events=bridge_pb2.EventBatch(events=[event(1), event(2, "agent_thinking")])
+            )
+        ]
+    )
+    partial, thinking = (EventFrame(e) for e in response.items[0].events.events)
+    assert partial.partial is not None and partial.partial == response.items[0].events.events[0]
+    assert thinking.partial is None
+    response.items[0].events.events[0].payload_json = "{}"  # a detached copy does not see this
+    assert partial_content(partial.partial) == ({"content": "<1>", "index": 0}, "<1>")
+    assert json.loads(partial.text)["seq"] == 1 and thinking.event_id == "100-2"
