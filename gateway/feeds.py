@@ -163,7 +163,7 @@ class ReplaySubscription(Subscription):
     def _rejected(self, message: str) -> bool:
         if not self._announce:
             return False
-        self._sink.cursor_rejected(message, self.client_id, self.fallback)
+        self._sink.cursor_rejected(message, self.client_id, fallback=self.fallback)
         return True
 
     def _interrupted(self) -> None:

@@ -269,7 +269,7 @@ class EventSink:
         """A ``resume`` frame: replay after ``after``; a refused cursor goes on from here."""
         self.resync(after, announce=True, client_id=client_id, fallback=self.written)
 
-    def cursor_rejected(self, message: str, client_id: ClientId | None, fallback: str) -> None:
+    def cursor_rejected(self, message: str, client_id: ClientId | None, *, fallback: str) -> None:
         """The bridge refused the client's cursor: say so and go on from where the socket was."""
         self._replay = None
         self.resync(fallback, announce=False, client_id=None, fallback=fallback)
