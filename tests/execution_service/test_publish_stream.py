@@ -296,3 +296,24 @@ async def test_batches_move_to_the_next_replica_when_theirs_goes_away(
         for user, run in zip(users, runs, strict=True):
             events = await stored(survivor.stub, make_context(user))
             assert seqs_of(events, run.run_id) == [1, 2, 3, 4, 5]
+
+
+async def test_a_batch_not_acknowledged_in_time_is_resent_and_stored_once(
+    bridge: StreamBridge, attestor: ContextAttestor, make_context: ContextFactory
+) -> None:
+    user = new_id("user")
+    publisher = StreamPublisher(bridge.server.address, open_channel=Channels(), ack_timeout_s=0.1)
+    try:
+        run = Run(publisher, attestor, user_id=user)
+        bridge.bus.hold(user)
+        await run.think("slow to store")
+        async with asyncio.timeout(WAIT_S):
+            await bridge.bus.waiting[user].wait()
+            while len(run.batches) < 2:  # the ack timed out and the batch went again
+                await asyncio.sleep(0.01)
+        bridge.bus.release(user)
+        await run.finish()
+    finally:
+        await publisher.aclose()
+    assert run.batches[:2] == [[1], [1]]
+    assert seqs_of(await stored(bridge.stub, make_context(user)), run.run_id) == [1, 2]
