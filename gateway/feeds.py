@@ -110,7 +110,7 @@ class UserFeed(Subscription):
 class ReplaySubscription(Subscription):
     """One connection's own subscription after its cursor, until it catches up with the feed."""
 
-    __slots__ = ("_announce", "_sink", "client_id", "complete", "fallback", "replayed")
+    __slots__ = ("_announce", "_requested", "_sink", "client_id", "complete", "fallback", "replayed")
 
     def __init__(
         self,
@@ -123,6 +123,7 @@ class ReplaySubscription(Subscription):
         fallback: str,
     ) -> None:
         super().__init__(feeds, after=after)
+        self._requested = after
         self._sink = sink
         # Where the connection goes on from if the bridge refuses ``after``.
         self.fallback = fallback
@@ -161,8 +162,8 @@ class ReplaySubscription(Subscription):
         return self._sink.depth
 
     def _rejected(self, message: str) -> bool:
-        if not self._announce:
-            return False
+        if not self._announce or self.cursor != self._requested:
+            return False  # not the client's cursor: one the bridge gave us, so a real failure
         self._sink.cursor_rejected(message, self.client_id, fallback=self.fallback)
         return True
 
