@@ -25,6 +25,8 @@ from runwire_common.ids import new_id
 from tests.conftest import ContextFactory
 from tests.gateway import fakes
 from tests.gateway.conftest import GatewayFactory, TokenFactory, open_ws, recv_json, request
+from tests.gateway.test_metrics import scrape
+from tests.registry_service.test_metrics import free_port
 
 ALICE = "user_alice_0123456789"
 BOB = "user_bob_0123456789"
@@ -119,10 +121,26 @@ async def bus() -> MemoryEventBus:
 
 
 @pytest.fixture
-async def bus_bridge(attestation_key_spec: str, bus: MemoryEventBus) -> AsyncIterator[str]:
-    settings = BridgeSettings(attestation_keys=attestation_key_spec, subscriber_queue=2_000)
+def bridge_metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+async def bus_bridge(
+    attestation_key_spec: str, bus: MemoryEventBus, bridge_metrics_port: int
+) -> AsyncIterator[str]:
+    settings = BridgeSettings(
+        attestation_keys=attestation_key_spec, subscriber_queue=2_000, metrics_port=bridge_metrics_port
+    )
     async with running_bridge(settings, bus=bus) as server:
         yield f"127.0.0.1:{server.port}"
+
+
+async def bridge_metric(port: int, name: str) -> float:
+    """One sample of the bridge's Prometheus endpoint."""
+    body = await asyncio.to_thread(scrape, port)
+    [value] = [line.split()[-1] for line in body.splitlines() if line.split(" ")[0] == name]
+    return float(value)
 
 
 @pytest.fixture
@@ -144,6 +162,7 @@ async def test_two_tabs_of_one_user_share_one_subscription_and_a_stranger_gets_n
     bus_bridge: str,
     bus: MemoryEventBus,
     publisher: Publisher,
+    bridge_metrics_port: int,
 ) -> None:
     server = await start_gateway(bridge_target=bus_bridge)
     async with AsyncExitStack() as stack:
@@ -169,10 +188,16 @@ async def test_two_tabs_of_one_user_share_one_subscription_and_a_stranger_gets_n
         assert bus.subscriber_count(ALICE) == 1  # the other tab still holds it
         [later] = await publisher.run(ALICE, [("agent_thinking", {"reasoning": "still here"})])
         assert (await recv_json(tabs[1]))["event_id"] == later
+        assert await bridge_metric(bridge_metrics_port, "runwire_bridge_fabric_subscriptions") == 2
         await tabs[1].close()
         await wait_until(lambda: bus.subscriber_count(ALICE) == 0)
         assert server.stats.users_subscribed == 1
         assert bus.subscriber_count(CAROL) == 1
+        assert await bridge_metric(bridge_metrics_port, "runwire_bridge_fabric_subscriptions") == 1
+        assert (
+            await bridge_metric(bridge_metrics_port, "runwire_bridge_fabric_subscriptions_removed_total") == 1
+        )
+        assert await bridge_metric(bridge_metrics_port, "runwire_bridge_fabric_streams") == 1
     await wait_until(lambda: bus.subscriber_count(CAROL) == 0)
     assert server.stats.users_subscribed == 0
     assert server.events_blocked_owner_mismatch == 0
