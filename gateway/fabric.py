@@ -13,9 +13,12 @@ Reading the stream never waits for a socket: handlers only queue frames
 drains; credits that fall due while a request is in flight ride along in the
 next one, across users, so credit costs one message per round trip at most.
 
-When a stream breaks, every subscription on it hears ``UNAVAILABLE`` and
-re-adds itself from its cursor, on another replica if one is healthy; the
-replica counts as down for a back-off that grows while it keeps failing.
+When a stream breaks — or a new one stays silent past ``open_timeout_s``,
+although the bridge answers every add at once — every subscription on it
+hears ``UNAVAILABLE`` and re-adds itself from its cursor, on another replica
+if one is healthy; the replica counts as down for a back-off that grows while
+it keeps failing. The channels to the replicas have gRPC's own retries off:
+the subscriptions are re-added by their owners, from their cursors.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from runwire_common.replicas import rendezvous, resolve_replicas, static_replica
 
 log = logging.getLogger("runwire.gateway.fabric")
 
-BRIDGE_SERVICE = "runwire.bridge.v1.BridgeService"
 MAX_CREDIT = 2**31 - 1  # FabricCredit.events is an int32
 # The message of the UNAVAILABLE every subscription of a broken stream hears.
 STREAM_LOST = "event stream lost"
