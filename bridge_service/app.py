@@ -101,6 +101,7 @@ async def running_service(
             ),
             metrics=BridgeMetrics(observability.metrics),
             max_batch=settings.max_subscribe_batch,
+            telemetry=observability.telemetry,
         )
         binding = ServiceBinding(SERVICE_NAME, functools.partial(register, servicer))
         server = GrpcServer(settings, [binding], interceptors=observability.telemetry.server_interceptors())

@@ -39,6 +39,10 @@ from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import Unavailable
 from runwire_common.servicer import status_of
+from runwire_common.telemetry import Telemetry
+
+# The name of a batch's span (the stream's own span lasts as long as the stream).
+TRACED_METHOD = "/runwire.bridge.v1.BridgeService/PublishStream"
 
 DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_VERIFIED_CONTEXTS = 1024
@@ -94,8 +98,10 @@ class PublishStream:
         metrics: BridgeMetrics,
         draining: asyncio.Event,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._bus = bus
+        self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
         self._contexts = VerifiedContexts(attestor)
         self._limits = limits
         self._metrics = metrics
@@ -181,6 +187,23 @@ class PublishStream:
             del self._lanes[key]
 
     async def _publish(self, request: bridge_pb2.PublishStreamRequest) -> bridge_pb2.PublishStreamResponse:
+        telemetry = self._telemetry
+        if telemetry is None or not request.trace_context:
+            return await self._store(request)
+        ctx = request.user_context
+        with telemetry.continued_span(
+            TRACED_METHOD,
+            request.trace_context,
+            user_id=ctx.user_id,
+            run_id=request.events[0].run_id if request.events else "",
+            thread_id=ctx.thread_id,
+        ) as span:
+            response = await self._store(request)
+            if response.code:
+                span.set_attribute("rpc.grpc.status_code", response.code)
+            return response
+
+    async def _store(self, request: bridge_pb2.PublishStreamRequest) -> bridge_pb2.PublishStreamResponse:
         batch_id = request.batch_id
         try:
             ctx = self._contexts.validate(request.user_context)

@@ -30,6 +30,7 @@ from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.logs import bind
 from runwire_common.servicer import server_stream, unary
+from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.bridge")
 
@@ -57,6 +58,7 @@ class BridgeServicer:
         max_batch: int = 256,
         publish_stream_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         fabric: FabricOptions | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._metrics = metrics if metrics is not None else BridgeMetrics()
         self._bus = bus
@@ -66,6 +68,7 @@ class BridgeServicer:
         self._publish_stream_max_in_flight = publish_stream_max_in_flight
         self._fabric = fabric if fabric is not None else FabricOptions()
         self._draining = asyncio.Event()
+        self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
 
     async def drain(self) -> None:
         """Start draining the long-lived streams (call before the bus drains).
@@ -151,6 +154,7 @@ class BridgeServicer:
             metrics=self._metrics,
             draining=self._draining,
             max_in_flight=self._publish_stream_max_in_flight,
+            telemetry=self._telemetry,
         )
         async for response in stream.serve(requests):
             yield response

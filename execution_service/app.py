@@ -77,6 +77,7 @@ async def running_service(
             ),
             ack_timeout_s=settings.call_timeout_s,
             log=log,
+            telemetry=observability.telemetry,
         )
         stack.push_async_callback(bridge.aclose)
         supervisor = RunSupervisor(log=log)

@@ -42,6 +42,7 @@ from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.errors import Unavailable
 from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
+from runwire_common.telemetry import Telemetry
 
 PEER = "bridge"
 OK = grpc.StatusCode.OK.value[0]
@@ -142,8 +143,11 @@ class StreamPublisher:
         ack_timeout_s: float,
         reconnect: Backoff | None = None,
         log: logging.Logger | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._target = target
+        # Each batch carries the trace of the run that emitted it (the stream outlives requests).
+        self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
         self._fixed = static_replicas(target)
         self._resolved: tuple[str, ...] = ()
         self._resolved_at = float("-inf")
@@ -178,6 +182,8 @@ class StreamPublisher:
         stream = self._stream(await self._replica_for(ctx.user_id))
         batch_id = next(self._batch_ids)
         request = bridge_pb2.PublishStreamRequest(user_context=ctx, batch_id=batch_id, events=events)
+        if self._telemetry is not None:
+            request.trace_context.update(self._telemetry.carrier())
         try:
             ack = await asyncio.wait_for(stream.send(request), timeout=self._ack_timeout_s)
         except TimeoutError:

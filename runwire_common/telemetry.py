@@ -116,6 +116,31 @@ class Telemetry:
         with self.tracer.start_as_current_span(name, kind=kind, attributes=_clean(attributes)) as span:
             yield span
 
+    def carrier(self) -> dict[str, str]:
+        """The current trace context as W3C headers (empty when tracing is off)."""
+        carrier: dict[str, str] = {}
+        if self.enabled:
+            self.propagator.inject(carrier)
+        return carrier
+
+    @contextmanager
+    def continued_span(self, method: str, carrier: Mapping[str, str], **attributes: str) -> Iterator[Span]:
+        """A server span for work that brought its own trace context.
+
+        A long-lived stream (``PublishStream``) outlives every request it
+        carries, so each message names the trace it belongs to in ``carrier``
+        and its handling becomes a span of that trace.
+        """
+        service, name = _split_method(method)
+        base = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        with self.tracer.start_as_current_span(
+            method.lstrip("/"),
+            context=self.propagator.extract(dict(carrier)),
+            kind=SpanKind.SERVER,
+            attributes={**base, **_clean(attributes)},
+        ) as span:
+            yield span
+
     def inject(self) -> list[tuple[str, str]]:
         """The current trace context as gRPC metadata."""
         carrier: dict[str, str] = {}

@@ -106,7 +106,7 @@ async def test_a_run_started_over_websocket_is_one_trace_through_all_four_servic
     assert {s.name for s in server_spans} >= {
         "runwire.execution.v1.ExecutionService/StartRun",
         "runwire.registry.v1.RegistryService/CreateRun",
-        "runwire.bridge.v1.BridgeService/Publish",
+        "runwire.bridge.v1.BridgeService/PublishStream",
     }
     for span in server_spans:
         assert span.attributes is not None and span.attributes["user_id"] == me
