@@ -26,12 +26,12 @@ from execution_service.redaction import redact, redact_text
 from execution_service.sdk import AgentFailure, AgentResult, RunCancelled
 from runwire.common.v1 import run_pb2
 from runwire_common import names
+from runwire_common.deaths import death_payload
 
 State: TypeAlias = run_pb2.RunState.ValueType
 
 EXECUTOR_LOST = "executor_lost"
 EXECUTOR_LOST_MESSAGE = "The service running this agent shut down before the run could finish."
-RECOVERY_ACTION = "start the run again"
 
 
 @dataclass(frozen=True)
@@ -133,12 +133,10 @@ def terminal_event(final: Outcome, *, duration_ms: int = 0) -> tuple[str, dict[s
     if final.state == run_pb2.RUN_STATE_CANCELLED:
         return names.AGENT_CANCELLED, {"reason": final.error_message or "cancelled"}
     if final.state == run_pb2.RUN_STATE_DEAD:
-        return names.AGENT_DEATH, {
-            "status": "dead",
-            "death_cause": final.error_code or "no_heartbeat",
-            "message": final.error_message or "the run stopped responding",
-            "recovery_action": RECOVERY_ACTION,
-        }
+        return names.AGENT_DEATH, death_payload(
+            cause=final.error_code or "no_heartbeat",
+            message=final.error_message or "the run stopped responding",
+        )
     status = "timeout" if final.state == run_pb2.RUN_STATE_TIMEOUT else "failed"
     return names.AGENT_ERROR, {
         "status": status,

@@ -8,17 +8,8 @@ the owner once. The event is published under a context minted for the
 owner alone (``user_id``, ``tenant_id``, the run's thread and id): the
 bridge routes it to that user's subscribers and nobody else's.
 
-Payload of ``agent_death`` as sent here::
-
-    {"status": "dead", "death_cause": "no_heartbeat",
-     "message": "<what happened, for the user>",
-     "recovery_action": "retry", "recovery_hint": "<what to do, for the user>"}
-
-``recovery_action`` is one of a small vocabulary a client may act on:
-
-* ``retry`` — the run's work is lost and its thread is free again: starting
-  the run again is safe (the only action the registry reports today);
-* ``contact_support`` — the run cannot be recovered by the user (reserved).
+The payload is :func:`runwire_common.deaths.death_payload`'s, as the
+execution service sends it.
 """
 
 from __future__ import annotations
@@ -30,22 +21,18 @@ from registry_service.death import DeathNotice
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.attestation import ContextAttestor
+from runwire_common.deaths import death_payload
 from runwire_common.ids import new_id
 from runwire_common.names import AGENT_DEATH
 from runwire_common.timeutil import to_timestamp
 
 BRIDGE_SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
 
-RETRY = "retry"
-CONTACT_SUPPORT = "contact_support"
-RECOVERY_ACTIONS = (RETRY, CONTACT_SUPPORT)
-
 NO_HEARTBEAT_CAUSE = "no_heartbeat"
 NO_HEARTBEAT_USER_MESSAGE = (
     "The worker running your run stopped responding, so the run was stopped. "
     "Its partial work, if any, was not saved."
 )
-RETRY_HINT = "Start the run again; the thread is free."
 
 # How long the minted context lives: one Publish call, with generous slack for clock skew.
 CONTEXT_TTL_S = 120.0
@@ -58,13 +45,7 @@ class DeathNotifier(Protocol):
 
 
 def death_event(notice: DeathNotice) -> event_pb2.RunEvent:
-    payload = {
-        "status": "dead",
-        "death_cause": NO_HEARTBEAT_CAUSE,
-        "message": NO_HEARTBEAT_USER_MESSAGE,
-        "recovery_action": RETRY,
-        "recovery_hint": RETRY_HINT,
-    }
+    payload = death_payload(cause=NO_HEARTBEAT_CAUSE, message=NO_HEARTBEAT_USER_MESSAGE)
     event = event_pb2.RunEvent(
         seq=0,
         type=AGENT_DEATH,
@@ -73,7 +54,7 @@ def death_event(notice: DeathNotice) -> event_pb2.RunEvent:
         user_id=notice.user_id,
         tenant_id=notice.tenant_id,
         agent=notice.agent,
-        payload_json=json.dumps(payload, separators=(",", ":")),
+        payload_json=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
     )
     stamp = to_timestamp(notice.died_at)
     if stamp is not None:

@@ -353,7 +353,8 @@ async def test_draining_lets_runs_finish_then_ends_the_rest_dead() -> None:
             "status": "dead",
             "death_cause": "executor_lost",
             "message": EXECUTOR_LOST_MESSAGE,
-            "recovery_action": "start the run again",
+            "recovery_action": "retry",
+            "recovery_hint": "Start the run again; the thread is free.",
         }
         assert h.state(engine.run_id) == "dead"
         assert h.registry.runs[engine.run_id].error.code == "executor_lost"

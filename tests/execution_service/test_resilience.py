@@ -286,7 +286,8 @@ async def test_a_drain_ends_long_runs_dead_lets_short_ones_finish_and_refuses_ne
             "status": "dead",
             "death_cause": "executor_lost",
             "message": EXECUTOR_LOST_MESSAGE,
-            "recovery_action": "start the run again",
+            "recovery_action": "retry",
+            "recovery_hint": "Start the run again; the thread is free.",
         }
         final = await system.get(ctx.user_id, long.run_id)
         assert final.state == run_pb2.RUN_STATE_DEAD and final.error.code == "executor_lost"
