@@ -79,6 +79,20 @@ class _Channel:
         self.ready = ready
 
 
+class _Session:
+    """One connection's worth of shard state: what to send, what Redis will confirm."""
+
+    __slots__ = ("expected", "ops", "over", "wakeup")
+
+    def __init__(self) -> None:
+        self.ops: deque[tuple[int, _Channel | None]] = deque()
+        self.expected: deque[tuple[int, _Channel | None]] = deque()
+        self.wakeup = asyncio.Event()
+        # Set when the session ends. redis-py can swallow a cancellation that
+        # lands mid-send, so the session's tasks also stop on their own.
+        self.over = False
+
+
 class _Shard:
     """One shared Pub/Sub connection: its channels, command queue, reader and writer."""
 
@@ -91,11 +105,8 @@ class _Shard:
         self._sharded = sharded
         self._health_check_s = health_check_s
         self.channels: dict[bytes, _Channel] = {}
-        self._ops: deque[tuple[int, _Channel | None]] = deque()
-        self._expected: deque[tuple[int, _Channel | None]] = deque()
-        self._wakeup = asyncio.Event()
-        self._session: asyncio.Task[None] | None = None
-        self._generation = 0  # bumped when a session ends
+        self._session: _Session | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -136,36 +147,46 @@ class _Shard:
 
     async def close(self) -> None:
         self._closed = True
-        session = self._session
-        if session is not None:
-            session.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await session
+                await task
 
     def _queue(self, op: int, channel: _Channel | None) -> None:
-        self._ops.append((op, channel))
-        self._wakeup.set()
-        if self._session is None:
-            self._session = asyncio.create_task(self._run(), name=f"redis-pubsub-shard-{self.index}")
+        session = self._session
+        if session is None:
+            session = self._session = _Session()
+            self._task = asyncio.create_task(self._run(session), name=f"redis-pubsub-shard-{self.index}")
+        session.ops.append((op, channel))
+        session.wakeup.set()
 
-    async def _run(self) -> None:
+    async def _run(self, session: _Session) -> None:
         """One connection's life: connect, then write commands while the reader reads."""
         connection: AbstractConnection | None = None
         reason = "lost the connection to the event store"
         try:
             connection = await self._connect()
-            reader = asyncio.create_task(self._read(connection), name=f"redis-pubsub-reader-{self.index}")
-            writer = asyncio.create_task(self._write(connection), name=f"redis-pubsub-writer-{self.index}")
+            tasks = (
+                asyncio.create_task(
+                    self._read(session, connection), name=f"redis-pubsub-reader-{self.index}"
+                ),
+                asyncio.create_task(
+                    self._write(session, connection), name=f"redis-pubsub-writer-{self.index}"
+                ),
+            )
             try:
-                await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                reason = "the fan-out is closed"
+                raise
             finally:
-                # redis-py can swallow a cancellation that lands mid-send, so the
-                # writer also stops on its own once it sees the session is over.
-                self._generation += 1
-                self._wakeup.set()
-                reader.cancel()
-                writer.cancel()
-                outcomes = await asyncio.gather(reader, writer, return_exceptions=True)
+                # At once, before waiting for the tasks: new subscriptions get a
+                # new connection, and a task that swallowed its cancellation stops.
+                self._end_session(session, reason)
+                for task in tasks:
+                    task.cancel()
+                outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     log.warning("redis pub/sub shard %d lost its connection: %r", self.index, outcome)
@@ -175,42 +196,42 @@ class _Shard:
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:  # listeners are told below
             log.warning("redis pub/sub shard %d could not connect: %r", self.index, exc)
         finally:
-            self._end_session(reason)
+            self._end_session(session, reason)
             if connection is not None:
                 with contextlib.suppress(Exception):
                     await connection.disconnect(nowait=True)
 
-    def _end_session(self, reason: str) -> None:
-        """Tell every listener its channel is gone, and start afresh for the next ``add``."""
+    def _end_session(self, session: _Session, reason: str) -> None:
+        """Tell every listener its channel is gone, and start afresh for the next ``add`` (idempotent)."""
+        if session.over:
+            return
+        session.over = True
+        session.wakeup.set()
+        if self._session is not session:
+            return
+        self._session = None
         channels = self.channels
         self.channels = {}
-        self._ops.clear()
-        self._expected.clear()
-        self._wakeup.clear()
-        self._session = None
         for channel in channels.values():
             if not channel.ready.done():
                 channel.ready.set_result(reason)
             for listener in tuple(channel.listeners):
                 listener.lost(reason)
 
-    async def _write(self, connection: AbstractConnection) -> None:
+    async def _write(self, session: _Session, connection: AbstractConnection) -> None:
         """Send queued commands in order, recording the confirmation each will produce."""
-        ops, expected = self._ops, self._expected
+        ops, expected = session.ops, session.expected
         prefix = b"S" if self._sharded else b""
-        generation = self._generation
-        while True:
-            await self._wakeup.wait()
-            if generation != self._generation:
-                return
-            self._wakeup.clear()
-            while ops and generation == self._generation:
+        limit = 1 if self._sharded else COMMAND_BATCH
+        while not session.over:
+            await session.wakeup.wait()
+            session.wakeup.clear()
+            while ops and not session.over:
                 op = ops[0][0]
                 if op == _PING:
                     ops.popleft()
                     await connection.send_command("PING", check_health=False)
                     continue
-                limit = 1 if self._sharded else COMMAND_BATCH
                 names: list[bytes] = []
                 while ops and ops[0][0] == op and len(names) < limit:
                     record = ops.popleft()
@@ -220,25 +241,26 @@ class _Shard:
                 command = prefix + (b"SUBSCRIBE" if op == _SUBSCRIBE else b"UNSUBSCRIBE")
                 await connection.send_command(command, *names, check_health=False)
 
-    async def _read(self, connection: AbstractConnection) -> None:
+    async def _read(self, session: _Session, connection: AbstractConnection) -> None:
         """Dispatch messages and match confirmations; PING when quiet, give up when PING goes unanswered."""
-        expected = self._expected
+        expected = session.expected
         awaiting_pong = False
-        generation = self._generation
-        while generation == self._generation:
+        while True:
             response = await connection.read_response(
                 timeout=self._health_check_s, disconnect_on_error=False, push_request=True
             )
+            if session.over:
+                return
             if response is None:  # quiet for health_check_s
                 if awaiting_pong:
                     raise redis_errors.TimeoutError("no answer to PING")
                 awaiting_pong = True
-                self._ops.append((_PING, None))
-                self._wakeup.set()
+                session.ops.append((_PING, None))
+                session.wakeup.set()
                 continue
             awaiting_pong = False
             if not isinstance(response, list) or not response:
-                continue  # +PONG outside subscribed mode
+                continue  # a PONG outside subscribed mode (RESP3 answers PING plainly)
             kind = response[0]
             if kind in _MESSAGES:
                 channel = self.channels.get(response[1])
