@@ -315,3 +315,20 @@ async def test_users_with_braces_in_their_ids_get_their_own_events_on_one_slot(
         by_tag.setdefault(tag, set()).add(key_slot(key))
     assert len(by_tag) == len(BRACE_IDS)
     assert all(len(slots) == 1 for slots in by_tag.values())
+
+
+async def test_closing_the_bus_closes_every_connection_it_opened(
+    make_settings: SettingsFactory, redis: aioredis.Redis
+) -> None:
+    settings = make_settings()
+    async with open_bus(settings) as bus:
+        subscriptions = [bus.subscribe(new_id("user")) for _ in range(8)]
+        await asyncio.gather(*(until_replay_complete(s) for s in subscriptions))
+        assert await bridge_connections(redis, settings, "pubsub") >= 1
+        for subscription in subscriptions:
+            await subscription.aclose()
+
+    async def all_closed() -> bool:
+        return await bridge_connections(redis, settings) == 0
+
+    await eventually(all_closed, "no connection of the bridge is left once its bus is closed")
