@@ -20,6 +20,7 @@ from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
+from runwire_common.errors import bounded_detail
 from runwire_common.ids import new_id
 
 EXECUTION_SERVICE = "runwire.execution.v1.ExecutionService"
@@ -49,7 +50,6 @@ _SAFE_DETAILS = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
     }
 )
-MAX_DETAIL_CHARS = 300
 
 
 def error_for_status(code: grpc.StatusCode | None, details: str | None) -> tuple[str, str]:
@@ -58,7 +58,7 @@ def error_for_status(code: grpc.StatusCode | None, details: str | None) -> tuple
         return "internal", "internal error"
     protocol_code = _CODES.get(code, "internal")
     if code in _SAFE_DETAILS and details:
-        return protocol_code, details[:MAX_DETAIL_CHARS]
+        return protocol_code, bounded_detail(details)
     if protocol_code == "unavailable":
         return protocol_code, "service temporarily unavailable; retry shortly"
     if protocol_code == "unauthenticated":
