@@ -1,7 +1,8 @@
 """One live subscription's bounded queue, shared by the backends.
 
-The producer side (a publish on the memory bus, the pub/sub reader task on
-the Redis bus) offers entries without ever waiting; the consumer side (the
+The producer side (a publish on the memory bus, a shared Pub/Sub shard's
+reader or the subscription's own catch-up read on the Redis bus) offers
+entries without ever waiting; the consumer side (the
 subscription generator) awaits them, and takes everything already queued at
 once (up to its batch size). When the queue is full the subscription is
 marked overflowed instead of blocking the producer; draining and a lost
