@@ -21,6 +21,7 @@ from bridge_service.bus import (
     Events,
     ReplayComplete,
     RunEvent,
+    SubscriberOverflow,
 )
 from bridge_service.event_ids import EventId, parse_event_id
 from bridge_service.redis_bus import RedisEventBus
@@ -332,3 +333,35 @@ async def test_closing_the_bus_closes_every_connection_it_opened(
         return await bridge_connections(redis, settings) == 0
 
     await eventually(all_closed, "no connection of the bridge is left once its bus is closed")
+
+
+@pytest.mark.parametrize("cap", [0, 65_536])
+async def test_a_subscriber_that_stops_reading_is_cut_off_and_resumes_without_loss(
+    make_settings: SettingsFactory, cap: int
+) -> None:
+    """Events carried in live messages or fetched from the stream: the same cut-off, the same cursor."""
+    user = new_id("user")
+    settings = make_settings(subscriber_queue=4, max_events_per_publish=4, redis_live_body_max_bytes=cap)
+    async with open_bus(settings) as bus:
+        stalled = bus.subscribe(user)
+        start = (await until_replay_complete(stalled)).resume_after
+        published = [(await bus.publish(user, [ev(user)])).event_ids[0] for _ in range(20)]
+
+        async def cut_off() -> bool:  # by the shard's reader, while the subscriber was not reading
+            return bus.subscriber_count(user) == 0
+
+        await eventually(cut_off, "the stalled subscriber is cut off")
+        with pytest.raises(SubscriberOverflow) as ended:
+            await anext(stalled)
+        assert ended.value.cursor == start  # it delivered nothing
+
+        resumed = bus.subscribe(user, after=ended.value.cursor, max_batch=64)
+        replayed: list[str] = []
+        async with asyncio.timeout(TIMEOUT_S):
+            async for item in resumed:
+                if isinstance(item, ReplayComplete):
+                    break
+                assert isinstance(item, Events)
+                replayed += [e.event_id for e in item.parse()]
+        assert replayed == published
+        await resumed.aclose()
