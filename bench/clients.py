@@ -46,7 +46,7 @@ from bench.stats import parse_rfc3339
 
 TERMINAL = frozenset({"agent_completed", "agent_error", "agent_cancelled", "agent_death"})
 # Linux: pick the source port at connect() (unique per 4-tuple), not at bind() (unique per address).
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+IP_BIND_ADDRESS_NO_PORT = int(getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24))
 
 
 @dataclass(frozen=True)
