@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from bridge_service.bus import EventBus
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.metrics import BridgeMetrics
-from bridge_service.redis_bus import RedisEventBus, connect
+from bridge_service.redis_bus import RedisEventBus, connect, connect_cluster
 from bridge_service.servicer import SERVICE_NAME, BridgeServicer, register
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
@@ -42,7 +42,7 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
             max_batch=settings.max_subscribe_batch,
         )
         return
-    client = connect(
+    client = (connect_cluster if settings.redis_cluster else connect)(
         settings.redis_url,
         client_name=redis_client_name(settings),
         timeout_s=settings.call_timeout_s,

@@ -45,6 +45,14 @@ events in between were trimmed). A subscription that finds such a hole
 with ``RESOURCE_EXHAUSTED`` resp. ``UNAVAILABLE`` and its cursor, so the
 resumed subscription reports the gap.
 
+Redis Cluster: pass a :func:`connect_cluster` client (``sharded_pubsub``
+required). Commands go to the node owning their keys' slot (one user's keys
+and channel share a hash tag, so each script touches one slot); the live
+channels are routed by slot too (:class:`~bridge_service.redis_fanout.ClusterFanout`,
+``pubsub_shards`` connections per primary). A channel whose slot moved ends
+its subscriptions with ``UNAVAILABLE`` and their cursors; they resume on the
+new node.
+
 Redis unreachable: ``Publish`` fails with ``UNAVAILABLE`` (the caller retries;
 fencing makes that safe). When a shared Pub/Sub connection breaks, every
 subscription on that shard ends with ``UNAVAILABLE`` naming its cursor, and
@@ -53,15 +61,22 @@ the shard connects again for the next subscription. No command is retried here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
+from redis.typing import EncodableT
 
 from bridge_service import wire
 from bridge_service.bus import (
@@ -76,7 +91,7 @@ from bridge_service.bus import (
     SubscriberOverflow,
 )
 from bridge_service.event_ids import EventId, parse_event_id
-from bridge_service.redis_fanout import Fanout
+from bridge_service.redis_fanout import ClusterFanout, Fanout, SlotRange
 from bridge_service.redis_scripts import (
     OPEN_SCRIPT,
     PUBLISH_SCRIPT,
@@ -90,11 +105,15 @@ from runwire_common.names import TERMINAL_EVENT_TYPES
 
 log = logging.getLogger("runwire.bridge.redis")
 
-# Errors that mean "Redis is not there right now" (TimeoutError also covers asyncio.timeout).
+# Errors that mean "Redis is not there right now" (TimeoutError also covers asyncio.timeout);
+# the cluster ones: down or failing over, slot moving (TRYAGAIN, redirections exhausted), no node.
 UNAVAILABLE_ERRORS = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    redis_errors.RedisClusterException,
     TimeoutError,
     OSError,
 )
@@ -122,6 +141,88 @@ def connect(url: str, *, client_name: str, timeout_s: float, max_connections: in
         retry=Retry(NoBackoff(), 0),
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class BoundedRedisCluster(RedisCluster):
+    """A ``RedisCluster`` whose commands wait (up to ``wait_s``) for one of ``max_connections`` turns.
+
+    redis-py's cluster pools raise ``MaxConnectionsError`` at once when a
+    node's pool is full; here at most ``max_connections`` commands are in
+    flight at all, so no node's pool (``max_connections`` each) ever runs
+    out, and a burst waits like the single server's blocking pool.
+    """
+
+    def __init__(self, *, max_connections: int, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self.turns = asyncio.Semaphore(max_connections)
+        self.wait_s = wait_s
+        self.url_host: str = kwargs.get("host") or "127.0.0.1"
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> BoundedRedisCluster:
+        """Discover the nodes; a seed node's own pool gives way to the discovered node's.
+
+        redis-py keeps the seed (``url``'s node) as a separate object with
+        its own connection: one more connection to that node than the bound.
+        """
+        await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        manager = self.nodes_manager
+        for name, seed in list(manager.startup_nodes.items()):
+            node = manager.nodes_cache.get(name)
+            if node is not None and node is not seed:
+                manager.startup_nodes[name] = node
+                with contextlib.suppress(Exception):
+                    await seed.disconnect()
+        return self
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self.turns.acquire()
+        except TimeoutError as exc:
+            raise redis_errors.ConnectionError("no free connection to the event store") from exc
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self.turns.release()
+
+
+def connect_cluster(
+    url: str, *, client_name: str, timeout_s: float, max_connections: int = 6
+) -> BoundedRedisCluster:
+    """The command client for a Redis Cluster (``url``: any of its nodes; db 0).
+
+    Same rules as :func:`connect`: no hidden retries (a failed node makes the
+    next command load the topology again), bounded time, named connections,
+    at most ``max_connections`` commands in flight and as many connections
+    per node. The nodes are discovered on the first command.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss"):
+        raise ValueError("a Redis Cluster URL is redis://host:port or rediss://host:port")
+    return BoundedRedisCluster(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 6379,
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        ssl=parsed.scheme == "rediss",
+        max_connections=max_connections,
+        wait_s=timeout_s,
+        client_name=client_name,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        socket_keepalive=True,
+        health_check_interval=HEALTH_CHECK_S,
+        retry=AsyncRetry(NoBackoff(), 0),
+        # A MOVED patches that slot only: redis-py's periodic full reload on MOVED closes every
+        # connection, in-flight commands included, which would fail unrelated calls mid-resharding.
+        reinitialize_steps=0,
+        # No CLIENT MAINT_NOTIFICATIONS handshake (open-source Redis has none; a slot move is a MOVED).
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+    )
 
 
 class _LogHole(Exception):
@@ -163,7 +264,7 @@ class RedisEventBus:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         key_prefix: str = "runwire",
         log_capacity: int = 10_000,
@@ -190,13 +291,25 @@ class RedisEventBus:
         self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._publish_script = client.register_script(PUBLISH_SCRIPT)
         self._open_script = client.register_script(OPEN_SCRIPT)
-        self._fanout = Fanout(
-            connect=self._connect_pubsub,
-            dispatch=self._dispatch,
-            shards=pubsub_shards,
-            sharded_pubsub=sharded_pubsub,
-            health_check_s=HEALTH_CHECK_S,
-        )
+        self._fanout: Fanout | ClusterFanout
+        if isinstance(client, RedisCluster):
+            if not sharded_pubsub:
+                raise ValueError("a Redis Cluster needs sharded_pubsub (SSUBSCRIBE/SPUBLISH by slot)")
+            self._fanout = ClusterFanout(
+                connect=self._connect_node,
+                slots=self._cluster_slots,
+                dispatch=self._dispatch,
+                shards=pubsub_shards,
+                health_check_s=HEALTH_CHECK_S,
+            )
+        else:
+            self._fanout = Fanout(
+                connect=self._connect_pubsub,
+                dispatch=self._dispatch,
+                shards=pubsub_shards,
+                sharded_pubsub=sharded_pubsub,
+                health_check_s=HEALTH_CHECK_S,
+            )
         self._subscribers: dict[str, set[_Follower]] = {}
         self._draining = False
 
@@ -319,6 +432,11 @@ class RedisEventBus:
         """Shared Pub/Sub connections open (or opening) right now (introspection)."""
         return self._fanout.connections()
 
+    def pubsub_connections_by_node(self) -> dict[str, int]:
+        """On a cluster, the open Pub/Sub connections per node ``host:port`` (else empty)."""
+        fanout = self._fanout
+        return fanout.connections_by_node() if isinstance(fanout, ClusterFanout) else {}
+
     async def retained(self, user_id: str) -> list[str]:
         """The event ids retained for ``user_id``, oldest first (introspection)."""
         rows = await self._client.xrange(self.keys(user_id).stream, "-", "+")
@@ -341,7 +459,9 @@ class RedisEventBus:
         connection; the fan-out PINGs it itself (a subscribed connection
         answers PING as a push message, which redis-py's own check would misread).
         """
-        pool = self._client.connection_pool
+        client = self._client
+        assert isinstance(client, aioredis.Redis)
+        pool = client.connection_pool
         kwargs: dict[str, Any] = {
             **pool.connection_kwargs,
             "health_check_interval": 0,
@@ -350,6 +470,39 @@ class RedisEventBus:
         connection: AbstractConnection = pool.connection_class(**kwargs)
         await connection.connect()  # type: ignore[no-untyped-call]
         return connection
+
+    async def _connect_node(self, host: str, port: int) -> AbstractConnection:
+        """A Pub/Sub connection to one cluster node, with the cluster client's settings and name."""
+        client = self._client
+        assert isinstance(client, RedisCluster)
+        kwargs: dict[str, Any] = {
+            key: value
+            for key, value in client.connection_kwargs.items()
+            if key not in ("max_connections", "connection_class", "response_callbacks")
+        }
+        kwargs.update(
+            host=host,
+            port=port,
+            health_check_interval=0,
+            decode_responses=False,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        connection: AbstractConnection = client.connection_kwargs["connection_class"](**kwargs)
+        await connection.connect()  # type: ignore[no-untyped-call]
+        return connection
+
+    async def _cluster_slots(self) -> list[SlotRange]:
+        """The cluster's slot ranges and their primaries (``CLUSTER SLOTS``)."""
+        client = self._client
+        assert isinstance(client, RedisCluster)
+        reply: Any = await client.cluster_slots()
+        default_host = getattr(client, "url_host", "127.0.0.1")
+        ranges: list[SlotRange] = []
+        for (first, last), nodes in reply.items():
+            host, port = nodes["primary"][0], nodes["primary"][1]
+            host = _text(host) or default_host  # "" when the node announces no address
+            ranges.append((int(first), int(last), host, int(port)))
+        return ranges
 
     def _dispatch(self, followers: tuple[Any, ...], data: bytes) -> None:
         """A shard reader's hand-off of one live message to the channel's followers."""

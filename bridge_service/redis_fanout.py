@@ -28,22 +28,36 @@ silently: listeners resume from their cursor, which is exact.
 
 Sharded Pub/Sub (Redis 7+, ``SSUBSCRIBE``/``SUNSUBSCRIBE``) is a
 constructor flag; in that mode each channel is its own command, because a
-cluster refuses one command whose channels lie in different slots.
+cluster refuses one command whose channels lie in different slots, and a
+refusal (``-MOVED`` after a slot moved, any error reply) ends only the
+listeners of that one channel, as does a ``sunsubscribe`` the server pushes
+on its own (the channel's slot migrated away); a connection stays up.
+
+On Redis Cluster, :class:`ClusterFanout` routes each channel by its slot
+(``CRC16`` of its hash tag) to the primary that owns the slot, after the
+slot map of ``CLUSTER SLOTS``, and keeps ``shards`` connections per node
+there: a fixed number per node, whatever the subscriber count. A refused or
+pushed-out channel marks the map stale; the next :meth:`ClusterFanout.add`
+loads it again (one load at a time), and the listeners that were ended
+resume from their cursor on the slot's new node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import functools
 import logging
 import math
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 
 log = logging.getLogger("runwire.bridge.redis")
 
@@ -65,6 +79,11 @@ class Listener(Protocol):
 # Called by a shard's reader with a channel's current listeners and one message body.
 Dispatch = Callable[[tuple[Any, ...], bytes], None]
 Connect = Callable[[], Awaitable[AbstractConnection]]
+# A connection to one cluster node (host, port).
+NodeConnect = Callable[[str, int], Awaitable[AbstractConnection]]
+# The cluster's slot ranges: (first slot, last slot, primary host, primary port).
+SlotRange = tuple[int, int, str, int]
+SlotMap = Callable[[], Awaitable[Sequence[SlotRange]]]
 
 
 class _Channel:
@@ -97,9 +116,19 @@ class _Shard:
     """One shared Pub/Sub connection: its channels, command queue, reader and writer."""
 
     def __init__(
-        self, index: int, *, connect: Connect, dispatch: Dispatch, sharded: bool, health_check_s: float
+        self,
+        index: int,
+        *,
+        connect: Connect,
+        dispatch: Dispatch,
+        sharded: bool,
+        health_check_s: float,
+        label: str = "",
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
+        self.label = label or str(index)
+        self._on_refused = on_refused
         self._connect = connect
         self._dispatch = dispatch
         self._sharded = sharded
@@ -157,7 +186,7 @@ class _Shard:
         session = self._session
         if session is None:
             session = self._session = _Session()
-            self._task = asyncio.create_task(self._run(session), name=f"redis-pubsub-shard-{self.index}")
+            self._task = asyncio.create_task(self._run(session), name=f"redis-pubsub-shard-{self.label}")
         session.ops.append((op, channel))
         session.wakeup.set()
 
@@ -169,10 +198,10 @@ class _Shard:
             connection = await self._connect()
             tasks = (
                 asyncio.create_task(
-                    self._read(session, connection), name=f"redis-pubsub-reader-{self.index}"
+                    self._read(session, connection), name=f"redis-pubsub-reader-{self.label}"
                 ),
                 asyncio.create_task(
-                    self._write(session, connection), name=f"redis-pubsub-writer-{self.index}"
+                    self._write(session, connection), name=f"redis-pubsub-writer-{self.label}"
                 ),
             )
             try:
@@ -189,12 +218,12 @@ class _Shard:
                 outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
-                    log.warning("redis pub/sub shard %d lost its connection: %r", self.index, outcome)
+                    log.warning("redis pub/sub shard %s lost its connection: %r", self.label, outcome)
         except asyncio.CancelledError:
             reason = "the fan-out is closed"
             raise
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:  # listeners are told below
-            log.warning("redis pub/sub shard %d could not connect: %r", self.index, exc)
+            log.warning("redis pub/sub shard %s could not connect: %r", self.label, exc)
         finally:
             self._end_session(session, reason)
             if connection is not None:
@@ -246,9 +275,16 @@ class _Shard:
         expected = session.expected
         awaiting_pong = False
         while True:
-            response = await connection.read_response(
-                timeout=self._health_check_s, disconnect_on_error=False, push_request=True
-            )
+            try:
+                response = await connection.read_response(
+                    timeout=self._health_check_s, disconnect_on_error=False, push_request=True
+                )
+            except redis_errors.ResponseError as exc:
+                if not self._sharded or session.over:
+                    raise
+                awaiting_pong = False
+                self._refused(expected, exc)
+                continue
             if session.over:
                 return
             if response is None:  # quiet for health_check_s
@@ -267,9 +303,59 @@ class _Shard:
                 if channel is not None:
                     self._dispatch(tuple(channel.listeners), response[2])
             elif kind in _CONFIRMATIONS:
+                if kind == b"sunsubscribe" and not _expects(expected, _UNSUBSCRIBE, response[1]):
+                    self._pushed_out(response[1])  # not ours: the slot migrated away
+                    continue
                 op, record = expected.popleft()
                 if op == _SUBSCRIBE and record is not None and not record.ready.done():
                     record.ready.set_result("")
+
+    def _refused(self, expected: deque[tuple[int, _Channel | None]], exc: redis_errors.ResponseError) -> None:
+        """An error reply (sharded mode: one channel per command) ends that channel's listeners only."""
+        if not expected:
+            return
+        op, record = expected[0]
+        if record is None:
+            return
+        slot = getattr(exc, "slot_id", None)
+        if isinstance(exc, redis_errors.AskError) and slot is not None and key_slot(record.name) != int(slot):
+            # The answer to a command whose confirmation a pushed ``sunsubscribe`` already
+            # stood in for (the slot moved meanwhile); it belongs to no pending record.
+            return
+        expected.popleft()
+        command = "SSUBSCRIBE" if op == _SUBSCRIBE else "SUNSUBSCRIBE"
+        log.warning("redis pub/sub shard %s: %s %r refused: %s", self.label, command, record.name, exc)
+        if op == _SUBSCRIBE:
+            self._drop(record, f"the event store refused the subscription ({exc}); resume")
+        if self._on_refused is not None:
+            self._on_refused()
+
+    def _pushed_out(self, name: bytes) -> None:
+        channel = self.channels.get(name)
+        log.warning("redis pub/sub shard %s: the server ended the subscription of %r", self.label, name)
+        if channel is not None:
+            self._drop(channel, "the event store moved the channel to another node; resume")
+        if self._on_refused is not None:
+            self._on_refused()
+
+    def _drop(self, channel: _Channel, reason: str) -> None:
+        """Forget ``channel`` (the server no longer has it) and tell its listeners."""
+        if self.channels.get(channel.name) is channel:
+            del self.channels[channel.name]
+        if not channel.ready.done():
+            channel.ready.set_result(reason)
+        listeners = tuple(channel.listeners)
+        channel.listeners.clear()
+        for listener in listeners:
+            listener.lost(reason)
+
+
+def _expects(expected: deque[tuple[int, _Channel | None]], op: int, name: bytes) -> bool:
+    """Whether the next confirmation Redis owes is ``op`` of channel ``name``."""
+    if not expected:
+        return False
+    head_op, record = expected[0]
+    return head_op == op and record is not None and record.name == name
 
 
 class Fanout:
@@ -324,3 +410,142 @@ class Fanout:
         """Close every connection; remaining listeners are told they lost their channel."""
         for shard in self._shards:
             await shard.close()
+
+
+class ClusterFanout:
+    """Sharded Pub/Sub on Redis Cluster: ``shards`` connections per primary, channels routed by slot.
+
+    The slot map comes from ``slots`` (``CLUSTER SLOTS``), loaded before the
+    first subscription and again after a node refused a channel or pushed it
+    out (the slot moved). A node's shards are created when a channel first
+    routes there and closed when the node leaves the map. Connections: at most
+    ``shards`` per primary, whatever the number of channels or listeners.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect: NodeConnect,
+        slots: SlotMap,
+        dispatch: Dispatch,
+        shards: int = 4,
+        health_check_s: float = 10.0,
+    ) -> None:
+        if shards < 1 or health_check_s <= 0 or math.isinf(health_check_s):
+            raise ValueError("shards must be at least 1 and health_check_s positive")
+        self._connect = connect
+        self._slots = slots
+        self._dispatch = dispatch
+        self._shards_per_node = shards
+        self._health_check_s = health_check_s
+        self._nodes: dict[tuple[str, int], list[_Shard]] = {}
+        # Sorted, non-overlapping slot ranges: first slots (for bisect), then (last slot, node).
+        self._starts: list[int] = []
+        self._ranges: list[tuple[int, tuple[str, int]]] = []
+        self._stale = True
+        self._loading: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def node_of(self, name: bytes) -> tuple[str, int] | None:
+        """The primary that owns ``name``'s slot after the current map (``None``: not covered)."""
+        slot = key_slot(name)
+        at = bisect.bisect_right(self._starts, slot) - 1
+        if at < 0:
+            return None
+        last, node = self._ranges[at]
+        return node if slot <= last else None
+
+    async def add(self, name: bytes, listener: Any, *, timeout_s: float) -> None:
+        """Listen on channel ``name`` on the node owning its slot (see :meth:`Fanout.add`)."""
+        if self._closed:
+            raise redis_errors.ConnectionError("the fan-out is closed")
+        if self._stale:
+            async with asyncio.timeout(timeout_s):
+                await self._load_map()
+        node = self.node_of(name)
+        if node is None:
+            self._stale = True
+            raise redis_errors.ConnectionError(f"no cluster node serves slot {key_slot(name)}")
+        await self._shard(node, name).add(name, listener, timeout_s=timeout_s)
+
+    def remove(self, name: bytes, listener: Any) -> None:
+        """Stop listening (idempotent), on whichever shard holds the listener."""
+        for shards in self._nodes.values():
+            for shard in shards:
+                if name in shard.channels:
+                    shard.remove(name, listener)
+
+    def channels(self) -> list[bytes]:
+        return [name for shards in self._nodes.values() for shard in shards for name in shard.channels]
+
+    def connections(self) -> int:
+        return sum(1 for shards in self._nodes.values() for shard in shards if shard.connected)
+
+    def connections_by_node(self) -> dict[str, int]:
+        """Open (or opening) Pub/Sub connections per node ``host:port`` (introspection)."""
+        return {
+            f"{host}:{port}": sum(1 for shard in shards if shard.connected)
+            for (host, port), shards in self._nodes.items()
+        }
+
+    async def close(self) -> None:
+        self._closed = True
+        loading = self._loading
+        if loading is not None and not loading.done():
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+        nodes = list(self._nodes.values())
+        self._nodes = {}
+        for shards in nodes:
+            for shard in shards:
+                await shard.close()
+
+    def _shard(self, node: tuple[str, int], name: bytes) -> _Shard:
+        shards = self._nodes.get(node)
+        if shards is None:
+            host, port = node
+            shards = self._nodes[node] = [
+                _Shard(
+                    index,
+                    connect=functools.partial(self._connect, host, port),
+                    dispatch=self._dispatch,
+                    sharded=True,
+                    health_check_s=self._health_check_s,
+                    label=f"{host}:{port}/{index}",
+                    on_refused=self._refused,
+                )
+                for index in range(self._shards_per_node)
+            ]
+        return shards[zlib.crc32(name) % len(shards)]
+
+    def _refused(self) -> None:
+        self._stale = True
+
+    async def _load_map(self) -> None:
+        """Load the slot map, one load at a time (later callers wait for the running one)."""
+        loading = self._loading
+        if loading is None or loading.done():
+            loading = self._loading = asyncio.create_task(self._read_map(), name="redis-cluster-slots")
+            loading.add_done_callback(_retrieve)
+        await asyncio.shield(loading)
+
+    async def _read_map(self) -> None:
+        self._stale = False  # a refusal while loading asks for the next load
+        try:
+            ranges = sorted(await self._slots())
+        except BaseException:
+            self._stale = True
+            raise
+        self._starts = [first for first, _, _, _ in ranges]
+        self._ranges = [(last, (host, port)) for _, last, host, port in ranges]
+        current = {node for _, node in self._ranges}
+        for node in [node for node in self._nodes if node not in current]:
+            for shard in self._nodes.pop(node):  # a node that left: its listeners resume
+                await shard.close()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a map load's failure as seen (its waiters, if any, got it already)."""
+    if not task.cancelled():
+        task.exception()

@@ -6,7 +6,7 @@
 ``_MAX_EVENTS_PER_PUBLISH`` [500], ``_MAX_PAYLOAD_BYTES`` [65536],
 ``_MAX_SUBSCRIBE_BATCH`` [256], ``_REDIS_MAX_CONNECTIONS`` [6],
 ``_REDIS_PUBSUB_SHARDS`` [4], ``_REDIS_SHARDED_PUBSUB`` [false],
-``_REDIS_LIVE_BODY_MAX_BYTES`` [65536].
+``_REDIS_CLUSTER`` [false], ``_REDIS_LIVE_BODY_MAX_BYTES`` [65536].
 """
 
 from __future__ import annotations
@@ -50,7 +50,14 @@ class BridgeSettings(ServerSettings):
     subscriber count: the live channels of all its subscribers are spread
     over those shards. ``redis_sharded_pubsub`` uses Redis 7 sharded Pub/Sub
     (``SSUBSCRIBE``/``SPUBLISH``), which Redis Cluster routes to the slot's
-    shard instead of broadcasting to every node. A live message carries the
+    shard instead of broadcasting to every node. ``redis_cluster`` (which
+    needs ``redis_sharded_pubsub``) treats ``redis_url`` as any node of a
+    Redis Cluster: commands go to the node owning their slot, each live
+    channel is subscribed on the primary owning its slot, and the bounds
+    hold per node (``redis_max_connections`` commands in flight in all, each
+    node's pool as large; ``redis_pubsub_shards`` Pub/Sub connections per
+    primary). It is a setting, not detected, so a bridge never changes its
+    routing because of one ``INFO`` answer. A live message carries the
     published events themselves up to ``redis_live_body_max_bytes`` (0: only
     the newest id), so caught-up subscribers need no stream read.
     """
@@ -84,6 +91,10 @@ class BridgeSettings(ServerSettings):
         default=False,
         description="SSUBSCRIBE/SPUBLISH (Redis 7+, Redis Cluster) instead of SUBSCRIBE/PUBLISH",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="redis_url is a node of a Redis Cluster: route commands and channels by slot",
+    )
     redis_live_body_max_bytes: int = Field(
         default=64 * 1024, ge=0, description="events carried in a live message (bytes; 0 = only the id)"
     )
@@ -95,6 +106,13 @@ class BridgeSettings(ServerSettings):
         if not _PREFIX.fullmatch(value):
             raise ValueError("redis_key_prefix must be 1-64 characters of letters, digits and . _ - :")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_uses_sharded_pubsub(self) -> Self:
+        # Classic PUBLISH on a cluster is broadcast to every node; the bridge routes by slot only.
+        if self.redis_cluster and not self.redis_sharded_pubsub:
+            raise ValueError("redis_cluster requires redis_sharded_pubsub=true")
+        return self
 
     @model_validator(mode="after")
     def _one_publish_fits_a_queue(self) -> Self:
