@@ -37,7 +37,7 @@ On Redis Cluster, :class:`ClusterFanout` routes each channel by its slot
 (``CRC16`` of its hash tag) to the primary that owns the slot, after the
 slot map of ``CLUSTER SLOTS``, and keeps ``shards`` connections per node
 there: a fixed number per node, whatever the subscriber count. A refused or
-pushed-out channel marks the map stale; the next :meth:`ClusterFanout.add`
+pushed-out channel, or a lost node connection (failover), marks the map stale; the next :meth:`ClusterFanout.add`
 loads it again (one load at a time), and the listeners that were ended
 resume from their cursor on the slot's new node.
 """
@@ -124,11 +124,13 @@ class _Shard:
         sharded: bool,
         health_check_s: float,
         label: str = "",
-        on_refused: Callable[[], None] | None = None,
+        on_stale: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.label = label or str(index)
-        self._on_refused = on_refused
+        # Told when this node may no longer own what it had: a refusal, a pushed unsubscribe, a lost
+        # connection (a failed-over primary). The cluster fan-out then reloads its slot map.
+        self._on_stale = on_stale
         self._connect = connect
         self._dispatch = dispatch
         self._sharded = sharded
@@ -226,6 +228,8 @@ class _Shard:
             log.warning("redis pub/sub shard %s could not connect: %r", self.label, exc)
         finally:
             self._end_session(session, reason)
+            if self._on_stale is not None and not self._closed:
+                self._on_stale()
             if connection is not None:
                 with contextlib.suppress(Exception):
                     await connection.disconnect(nowait=True)
@@ -327,16 +331,16 @@ class _Shard:
         log.warning("redis pub/sub shard %s: %s %r refused: %s", self.label, command, record.name, exc)
         if op == _SUBSCRIBE:
             self._drop(record, f"the event store refused the subscription ({exc}); resume")
-        if self._on_refused is not None:
-            self._on_refused()
+        if self._on_stale is not None:
+            self._on_stale()
 
     def _pushed_out(self, name: bytes) -> None:
         channel = self.channels.get(name)
         log.warning("redis pub/sub shard %s: the server ended the subscription of %r", self.label, name)
         if channel is not None:
             self._drop(channel, "the event store moved the channel to another node; resume")
-        if self._on_refused is not None:
-            self._on_refused()
+        if self._on_stale is not None:
+            self._on_stale()
 
     def _drop(self, channel: _Channel, reason: str) -> None:
         """Forget ``channel`` (the server no longer has it) and tell its listeners."""
@@ -513,13 +517,13 @@ class ClusterFanout:
                     sharded=True,
                     health_check_s=self._health_check_s,
                     label=f"{host}:{port}/{index}",
-                    on_refused=self._refused,
+                    on_stale=self._mark_stale,
                 )
                 for index in range(self._shards_per_node)
             ]
         return shards[zlib.crc32(name) % len(shards)]
 
-    def _refused(self) -> None:
+    def _mark_stale(self) -> None:
         self._stale = True
 
     async def _load_map(self) -> None:

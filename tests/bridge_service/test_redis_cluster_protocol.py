@@ -29,6 +29,7 @@ class Cluster:
         self.owner: dict[int, tuple[str, int]] = {}
         self.map_loads = 0
         self.connections: list[ScriptedNode] = []
+        self.down: set[tuple[str, int]] = set()
 
     def owns(self, node: tuple[str, int], slot: int) -> bool:
         return self.owner.get(slot, A if slot < 8192 else B) == node
@@ -45,6 +46,8 @@ class Cluster:
         return ranges
 
     async def connect(self, host: str, port: int) -> AbstractConnection:
+        if (host, port) in self.down:
+            raise redis_errors.ConnectionError(f"{host}:{port} is down")
         connection = ScriptedNode(self, (host, port))
         self.connections.append(connection)
         return cast(AbstractConnection, connection)
@@ -198,4 +201,20 @@ async def test_a_pushed_sunsubscribe_ends_that_channels_listeners_and_a_stale_mo
     await asyncio.wait_for(joining, WAIT_S)
     assert fanout.channels() == [later]
     assert connection.sent[-2:] == [(b"SUNSUBSCRIBE", other), (b"SSUBSCRIBE", later)]
+    await fanout.close()
+
+
+async def test_a_node_that_cannot_be_reached_makes_the_next_add_reload_the_map_and_follow_the_failover() -> (
+    None
+):
+    cluster = Cluster()
+    fanout = make(cluster, shards=1)
+    name = channel_on(A, 0)
+    await fanout.add(channel_on(B, 0), Recorder(), timeout_s=WAIT_S)  # the map is loaded
+    cluster.down.add(A)
+    with pytest.raises(redis_errors.ConnectionError):
+        await fanout.add(name, Recorder(), timeout_s=WAIT_S)
+    cluster.owner[key_slot(name)] = B  # a replica of A took over; B stands in for it here
+    await fanout.add(name, Recorder(), timeout_s=WAIT_S)
+    assert cluster.map_loads == 2 and fanout.node_of(name) == B
     await fanout.close()
