@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,9 @@ from bridge_service.bus import BackendUnavailable, BusItem, Events, ReplayComple
 from bridge_service.redis_bus import RedisEventBus
 from bridge_service.redis_scripts import user_keys
 from bridge_service.settings import BridgeSettings
+from runwire.common.v1 import context_pb2
 from runwire_common.ids import new_id
+from tests.bridge_service import harness
 from tests.bridge_service.harness import settings_for
 
 RUN = "run_0123456789abcdefghij"
@@ -357,3 +359,18 @@ async def test_a_moved_slot_ends_its_subscriptions_with_their_cursor_and_they_re
             for moved_slot, owner in moved_back:
                 await move_slot(nodes, moved_slot, owner)
     assert await shard_channels(nodes, prefix) == []
+
+
+async def test_the_bridge_service_serves_publish_and_subscribe_from_the_cluster(
+    cluster_settings: BridgeSettings, make_context: Callable[..., context_pb2.UserContext]
+) -> None:
+    """The composition root builds the cluster client and fan-out from the settings alone."""
+    ctx = make_context("{brace}user")
+    async with harness.open_bridge(cluster_settings) as bridge:
+        [first] = await bridge.publish(ctx, harness.event(ctx, seq=1))
+        call = bridge.subscribe(ctx, after=first)
+        _, replayed = await harness.read_until_replay_complete(call)
+        assert replayed == 0
+        [second] = await bridge.publish(ctx, harness.event(ctx, seq=2))
+        assert harness.ids_of(await harness.read_events(call, 1)) == [second]
+        call.cancel()
