@@ -330,11 +330,10 @@ class RedisEventBus:
             self._publish_command,
         ]
         for event in events:
-            body = RunEvent()
-            body.CopyFrom(event)
-            body.event_id = ""
+            # Serialized as it is, without a copy: the id a reader appends to the
+            # stored bytes wins over any event_id the caller left in it.
             terminal = 1 if event.type in TERMINAL_EVENT_TYPES else 0
-            args += [event.run_id, event.seq, terminal, body.SerializeToString()]
+            args += [event.run_id, event.seq, terminal, event.SerializeToString()]
         try:
             reply = await self._publish_script(keys=keys.script_keys(), args=args)
         except UNAVAILABLE_ERRORS as exc:
