@@ -72,8 +72,9 @@ async def running_service(
         # One PublishStream per bridge replica, each on its own channel (opened when first used).
         bridge = StreamPublisher(
             settings.bridge_target,
+            # No gRPC retries: the publisher resends unacknowledged batches itself.
             open_channel=lambda replica: open_channel(
-                replica, service_names=(BRIDGE_SERVICE,), interceptors=traced
+                replica, service_names=(BRIDGE_SERVICE,), interceptors=traced, retries=False
             ),
             ack_timeout_s=settings.call_timeout_s,
             log=log,

@@ -36,7 +36,10 @@ import grpc
 from gateway.stats import GatewayStats
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
+from runwire_common.channels import open_channel
 from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
+
+BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
 
 log = logging.getLogger("runwire.gateway.fabric")
 
@@ -239,33 +242,6 @@ class FabricStream:
                 await task
 
 
-def fabric_channel(
-    address: str,
-    *,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
-    keepalive_time_s: float = 30.0,
-    max_message_bytes: int = 4 * 1024 * 1024,
-) -> grpc.aio.Channel:
-    """The channel to one bridge replica: no balancing (it is one address) and no gRPC retries.
-
-    gRPC's transparent retries would hold a ``Fabric`` call that broke before
-    the bridge's first response (the call is not committed yet) and replay
-    its buffered requests later, possibly long after the gateway re-added
-    those subscriptions elsewhere; the stream's owner re-adds every
-    subscription itself, from its cursor, so the call must fail fast.
-    """
-    options: list[tuple[str, str | int]] = [
-        ("grpc.enable_retries", 0),
-        ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
-    return grpc.aio.insecure_channel(address, options=options, interceptors=list(interceptors) or None)
-
-
 def _status(code: int) -> grpc.StatusCode:
     for status in grpc.StatusCode:
         if status.value[0] == code:
@@ -355,7 +331,10 @@ class BridgeReplicas:
     def _stream(self, address: str) -> FabricStream:
         stream = self._streams.get(address)
         if stream is None:
-            channel = fabric_channel(address, interceptors=self._interceptors)
+            # No gRPC retries: the stream's owner re-adds every subscription itself, from its cursor.
+            channel = open_channel(
+                address, service_names=(BRIDGE_SERVICE,), interceptors=self._interceptors, retries=False
+            )
             self._channels[address] = channel
             stream = self._streams[address] = FabricStream(address, channel, self)
         return stream

@@ -40,11 +40,17 @@ def open_channel(
     max_message_bytes: int = 4 * 1024 * 1024,
     keepalive_time_s: float = 30.0,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    retries: bool = True,
 ) -> grpc.aio.Channel:
-    """An insecure channel inside the cluster (mTLS is the mesh's job)."""
+    """An insecure channel inside the cluster (mTLS is the mesh's job).
+
+    ``retries=False`` is for a channel that carries a long-lived stream whose
+    owner recovers by itself (the event fabric): gRPC's transparent retries
+    would hold a stream that broke before its first response and replay its
+    buffered requests later, after the owner has already moved on.
+    """
     options: list[tuple[str, str | int]] = [
-        ("grpc.service_config", service_config(service_names)),
-        ("grpc.enable_retries", 1),
+        ("grpc.enable_retries", 1 if retries else 0),
         ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -52,4 +58,6 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+    if retries:
+        options.append(("grpc.service_config", service_config(service_names)))
     return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)
