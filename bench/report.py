@@ -232,6 +232,16 @@ def _idle_table(idle: Mapping[str, Any], *, redis: bool) -> list[str]:
             else ""
         )
     )
+    late = idle.get("late_run") or {}
+    if late:
+        out.append(
+            "A user arriving after them started a run: "
+            + (
+                f"completed with all {late['events']} events in {late['seconds']} s."
+                if late.get("completed")
+                else f"did NOT complete ({late.get('events', 0)} events; {late.get('error', 'seq broken')})."
+            )
+        )
     if idle.get("connect_errors"):
         out.append(f"Connect errors (first): {'; '.join(idle['connect_errors'])}")
     return out + [f"\n{line}" for line in _not_measured(idle)]

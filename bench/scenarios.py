@@ -13,7 +13,9 @@ before, at the peak and after each measurement (see :mod:`bench.redisstats`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import math
 import sys
 import time
@@ -21,8 +23,11 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
 from bench import procstats
-from bench.clients import ClientSpec
+from bench.clients import TERMINAL, ClientSpec
 from bench.config import BenchConfig, scripted_input
 from bench.driver import Fleet, run_load
 from bench.redisstats import Peak, RedisProbe, phases
@@ -297,6 +302,7 @@ def idle(
     used: Counter[str] = Counter()
     held = 0
     results = []
+    late: dict[str, Any] = {}
     with _polling(redis) as peak:
         try:
             for count in counts:
@@ -335,6 +341,7 @@ def idle(
                     step["redis"] = redis.reading()
                 steps.append(step)
                 _progress(step)
+            late = late_run(url, jwt_secret, events=cfg.events_per_run)
             for fleet in fleets:
                 fleet.go()
             results = [fleet.finish() for fleet in fleets]
@@ -343,6 +350,7 @@ def idle(
                 fleet.close()
     out: dict[str, Any] = {
         "rss_before_kb": dict(before),
+        "late_run": late if steps else {},
         "steps": steps,
         "held": held,
         "ping_every": ping_every,
@@ -359,3 +367,54 @@ def idle(
         _settle(cfg.settle_s)
         out["redis"] = phases(redis_before, peak, redis.reading())
     return out
+
+
+def late_run(url: str, jwt_secret: str, *, events: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """A user arriving while every idle connection is held starts one ``scripted`` run.
+
+    Returns whether it completed with every seq once, how many events came,
+    and seconds from the handshake to the terminal event (or the error).
+    """
+    return asyncio.run(_late_run(url, jwt_secret, events=events, timeout_s=timeout_s))
+
+
+async def _late_run(url: str, jwt_secret: str, *, events: int, timeout_s: float) -> dict[str, Any]:
+    from runwire_cli.tokens import mint_token
+
+    user = new_id("late")
+    started = time.monotonic()
+    seqs: list[int] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {mint_token(jwt_secret, user, ttl_s=600)}"},
+                compression=None,
+                open_timeout=timeout_s,
+            ) as ws:
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "run.start",
+                            "id": "late",
+                            "agent": "scripted",
+                            "input": json.loads(scripted_input(events, 64)),
+                        }
+                    )
+                )
+                async for message in ws:
+                    frame = json.loads(message)
+                    if frame.get("type") == "error":
+                        return {"completed": False, "error": str(frame.get("message"))[:200]}
+                    if "seq" in frame and frame.get("user_id") == user:
+                        seqs.append(int(frame["seq"]))
+                        if frame["type"] in TERMINAL:
+                            return {
+                                "completed": frame["type"] == "agent_completed"
+                                and seqs == list(range(1, len(seqs) + 1)),
+                                "events": len(seqs),
+                                "seconds": round(time.monotonic() - started, 3),
+                            }
+    except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as exc:
+        return {"completed": False, "events": len(seqs), "error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {"completed": False, "events": len(seqs), "error": "the connection closed before the run ended"}

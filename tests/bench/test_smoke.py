@@ -112,6 +112,9 @@ def _check_idle(idle: dict[str, Any]) -> None:
     assert idle["held"] == max(s["wanted"] for s in idle["steps"])
     assert 0 < idle["pinged"] <= idle["held"] and idle["alive_after_hold"] == idle["pinged"]
     assert sum(idle["source_addresses"].values()) == idle["held"]
+    # A user arriving while every idle connection is held gets a whole run.
+    assert idle["late_run"]["completed"], idle["late_run"]
+    assert idle["late_run"]["events"] > 2
     for step in idle["steps"]:
         assert step["connect_failed"] == 0 and step["rss_kb"]["gateway"] > 0
         assert step["total_kb_per_connection"] == pytest.approx(
