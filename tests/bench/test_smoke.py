@@ -161,7 +161,9 @@ def test_bench_smoke_runs_every_measurement(smoke: Smoke) -> None:
     postgres = results["registry"]["postgresql"]
     assert "skipped" in postgres or (postgres["runs_per_s"] > 0 and not postgres["errors"])
 
-    assert len(results["targets"]) == 6
+    # The event-fabric issue's targets, each met, missed or not measured at these sizes.
+    names = [t["target"] for t in results["targets"]]
+    assert len(names) == 8 and any("CPU per event" in n for n in names) and any("Redis" in n for n in names)
     folders = [p for p in smoke.out.iterdir() if p.is_dir()]
     assert len(folders) == 1
     for name in ("results.json", "results.md", "chart.png"):
