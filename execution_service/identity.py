@@ -16,9 +16,25 @@ from collections.abc import Callable
 
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
+from runwire_common.ids import new_id
 
 # Re-mint when less than this share of the lifetime is left.
 RENEW_WITHIN_SHARE = 0.25
+
+
+def new_run_context(ctx: context_pb2.UserContext) -> context_pb2.UserContext:
+    """A copy of a ``StartRun`` caller's context for the new run.
+
+    Without ``run_id``: the registry assigns it, never the caller. Without a
+    ``thread_id``, the run starts a new thread whose id is generated here, as
+    ``run.start`` without a thread does over the WebSocket.
+    """
+    out = context_pb2.UserContext()
+    out.CopyFrom(ctx)
+    out.run_id = ""
+    if not out.thread_id:
+        out.thread_id = new_id("thread")
+    return out
 
 
 class RunIdentity:

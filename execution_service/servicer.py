@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
-from execution_service.announcer import Announcer, with_run_id
+from execution_service.announcer import Announcer
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
-from execution_service.identity import RunIdentity
+from execution_service.identity import RunIdentity, new_run_context
 from execution_service.outcomes import Outcome, failure
 from execution_service.peers import BridgePort, RegistryPort
 from execution_service.retry import Backoff
@@ -116,7 +116,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
     async def StartRun(
         self, request: execution_pb2.StartRunRequest, context: Context
     ) -> execution_pb2.StartRunResponse:
-        ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
+        ctx = validate_context(request.user_context, attestor=self._attestor)
         self._supervisor.check_open()
         spec = self._catalog.agent(request.agent)
         run_input = parse_input(request.input_json)
@@ -124,8 +124,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         timeout_s = effective_timeout(
             spec.timeout_s, self._settings.default_timeout_s, request.timeout_seconds
         )
-        # Attested once for the whole run. The run id is the registry's to assign, never the caller's.
-        identity = self._identity(with_run_id(ctx, ""))
+        # Attested once for the whole run; on a new thread when the caller named none.
+        identity = self._identity(new_run_context(ctx))
         created = await self._registry.create_run(
             identity.context(),
             agent=spec.name,

@@ -204,10 +204,27 @@ async def test_bad_input_is_invalid_argument(system: System, agent: str, agent_i
     await expect_code(system.start(user_ctx(system), agent, agent_input), grpc.StatusCode.INVALID_ARGUMENT)
 
 
-async def test_start_run_needs_a_thread_and_an_attested_context(system: System) -> None:
-    no_thread = system.make_context(new_id("user"))
+async def test_start_run_without_a_thread_starts_a_new_thread_and_returns_its_id(system: System) -> None:
+    user = new_id("user")
+    no_thread = system.make_context(user)
+    async with system.watch(user) as watcher:
+        first = await system.start(no_thread, "scripted", {"steps": []})
+        events = await watcher.until_terminal(first.run_id)
+    second = await system.start(no_thread, "scripted", {"steps": []})
+    assert first.thread_id.startswith("thread_") and second.thread_id.startswith("thread_")
+    assert first.thread_id != second.thread_id
+    assert {e.thread_id for e in events} == {first.thread_id}
+    listed = await system.registry.ListRuns(
+        registry_pb2.ListRunsRequest(user_context=no_thread, thread_id=first.thread_id),
+        timeout=CALL_TIMEOUT_S,
+    )
+    assert [r.run_id for r in listed.runs] == [first.run_id]
+
+
+async def test_start_run_refuses_a_placeholder_thread_and_needs_an_attested_context(system: System) -> None:
+    placeholder = system.make_context(new_id("user"), thread_id="undefined")
     await expect_code(
-        system.start(no_thread, "assistant", {"message": "hi"}), grpc.StatusCode.INVALID_ARGUMENT
+        system.start(placeholder, "assistant", {"message": "hi"}), grpc.StatusCode.INVALID_ARGUMENT
     )
     forged = context_pb2.UserContext(user_id=new_id("user"), thread_id=new_id("thread"))
     await expect_code(system.start(forged, "assistant", {"message": "hi"}), grpc.StatusCode.UNAUTHENTICATED)

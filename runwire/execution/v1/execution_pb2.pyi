@@ -62,7 +62,9 @@ class StartRunResponse(_message.Message):
 
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def run(self) -> _run_pb2.Run: ...
+    def run(self) -> _run_pb2.Run:
+        """The accepted run, with its run_id and thread_id."""
+
     def __init__(
         self,
         *,

@@ -59,7 +59,9 @@ class ExecutionServiceServicer:
     def StartRun(self, request, context):
         """Registers a run for user_context.thread_id and starts it in the
         background; answers once the run is accepted. Events follow on the
-        bridge.
+        bridge. Without user_context.thread_id the run starts a new thread,
+        whose id the server generates and returns in run.thread_id.
+        user_context.run_id is ignored: the registry assigns the run's id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

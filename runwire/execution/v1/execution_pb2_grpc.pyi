@@ -36,7 +36,9 @@ class ExecutionServiceStub:
     StartRun: _grpc.UnaryUnaryMultiCallable[_execution_pb2.StartRunRequest, _execution_pb2.StartRunResponse]
     """Registers a run for user_context.thread_id and starts it in the
     background; answers once the run is accepted. Events follow on the
-    bridge.
+    bridge. Without user_context.thread_id the run starts a new thread,
+    whose id the server generates and returns in run.thread_id.
+    user_context.run_id is ignored: the registry assigns the run's id.
     """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_execution_pb2.CancelRunRequest, _execution_pb2.CancelRunResponse]
     """Cancels user_context.run_id. Idempotent; on a finished run it returns
@@ -53,7 +55,9 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     StartRun: _aio.UnaryUnaryMultiCallable[_execution_pb2.StartRunRequest, _execution_pb2.StartRunResponse]  # type: ignore[assignment]
     """Registers a run for user_context.thread_id and starts it in the
     background; answers once the run is accepted. Events follow on the
-    bridge.
+    bridge. Without user_context.thread_id the run starts a new thread,
+    whose id the server generates and returns in run.thread_id.
+    user_context.run_id is ignored: the registry assigns the run's id.
     """
     CancelRun: _aio.UnaryUnaryMultiCallable[_execution_pb2.CancelRunRequest, _execution_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Cancels user_context.run_id. Idempotent; on a finished run it returns
@@ -73,7 +77,9 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_execution_pb2.StartRunResponse, _abc.Awaitable[_execution_pb2.StartRunResponse]]:
         """Registers a run for user_context.thread_id and starts it in the
         background; answers once the run is accepted. Events follow on the
-        bridge.
+        bridge. Without user_context.thread_id the run starts a new thread,
+        whose id the server generates and returns in run.thread_id.
+        user_context.run_id is ignored: the registry assigns the run's id.
         """
 
     @_abc_1.abstractmethod
