@@ -206,6 +206,8 @@ class Cluster:
                 f"{prefix}GRACE_PERIOD_S": str(self.config.grace_period_s),
             }
         )
+        if kind != "gateway":  # development: grpcurl-style tools can list and call the services
+            env[f"{prefix}REFLECTION"] = "true"
         if kind == "registry":
             env[f"{prefix}DATABASE_URL"] = self._database_url()
             env[f"{prefix}BRIDGE_TARGET"] = self._targets("bridge")

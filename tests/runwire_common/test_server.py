@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from runwire_common.server import GrpcServer, ServiceBinding
 from runwire_common.settings import ServerSettings
@@ -96,3 +97,33 @@ async def test_a_draining_server_refuses_a_bidirectional_stream_before_its_first
             assert await call.code() == grpc.StatusCode.UNAVAILABLE
 
         await server.drain(on_drain)
+
+
+async def _listed_services(address: str) -> set[str] | grpc.StatusCode:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        try:
+            async for reply in call:
+                return {service.name for service in reply.list_services_response.service}
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    raise AssertionError("no reply")
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_reflection_is_served_only_when_the_setting_turns_it_on(
+    settings: ServerSettings, enabled: bool
+) -> None:
+    server = GrpcServer(settings.model_copy(update={"reflection": enabled}), [_binding(asyncio.Event())])
+    await server.start()
+    try:
+        listed = await _listed_services(server.address)
+    finally:
+        await server.stop_now()
+    if enabled:
+        assert listed == {SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME}
+    else:
+        assert listed == grpc.StatusCode.UNIMPLEMENTED
