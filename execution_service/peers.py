@@ -107,6 +107,34 @@ class RegistryPort(Protocol):
 
     async def get_run(self, ctx: context_pb2.UserContext) -> run_pb2.Run: ...
 
+    async def request_input(self, ctx: context_pb2.UserContext, request: run_pb2.InputRequest) -> run_pb2.Run:
+        """Move RUNNING ``ctx.run_id`` to WAITING with ``request`` pending; return the run."""
+        ...
+
+    async def get_input(
+        self, ctx: context_pb2.UserContext, request_id: str
+    ) -> tuple[run_pb2.InputRequest, run_pb2.Run]:
+        """One input request of ``ctx.run_id`` (with its answer once given) and the run as it is now."""
+        ...
+
+    async def answer_input(
+        self, ctx: context_pb2.UserContext, request_id: str, response_json: str
+    ) -> tuple[run_pb2.Run, run_pb2.InputRequest]:
+        """Record the answer and move the WAITING run back to RUNNING; return both."""
+        ...
+
+    async def append_messages(
+        self, ctx: context_pb2.UserContext, messages: Sequence[run_pb2.ThreadMessage]
+    ) -> int:
+        """Store what ``ctx.run_id`` adds to ``ctx.thread_id``; how many were stored (0 the second time)."""
+        ...
+
+    async def get_thread(
+        self, ctx: context_pb2.UserContext, *, max_messages: int = 0
+    ) -> tuple[run_pb2.Thread, list[run_pb2.ThreadMessage]]:
+        """``ctx.thread_id`` and its messages, oldest first (only the newest ``max_messages`` if > 0)."""
+        ...
+
 
 class BridgePort(Protocol):
     """What the execution service needs from the bridge.
@@ -186,3 +214,38 @@ class GrpcRegistry:
         request = registry_pb2.GetRunRequest(user_context=ctx)
         response = await self._call(lambda t: self._stub.GetRun(request, timeout=t))
         return response.run
+
+    async def request_input(self, ctx: context_pb2.UserContext, request: run_pb2.InputRequest) -> run_pb2.Run:
+        message = registry_pb2.RequestInputRequest(user_context=ctx, input=request)
+        response = await self._call(lambda t: self._stub.RequestInput(message, timeout=t))
+        return response.run
+
+    async def get_input(
+        self, ctx: context_pb2.UserContext, request_id: str
+    ) -> tuple[run_pb2.InputRequest, run_pb2.Run]:
+        request = registry_pb2.GetInputRequest(user_context=ctx, request_id=request_id)
+        response = await self._call(lambda t: self._stub.GetInput(request, timeout=t))
+        return response.input, response.run
+
+    async def answer_input(
+        self, ctx: context_pb2.UserContext, request_id: str, response_json: str
+    ) -> tuple[run_pb2.Run, run_pb2.InputRequest]:
+        request = registry_pb2.AnswerInputRequest(
+            user_context=ctx, request_id=request_id, response_json=response_json
+        )
+        response = await self._call(lambda t: self._stub.AnswerInput(request, timeout=t))
+        return response.run, response.input
+
+    async def append_messages(
+        self, ctx: context_pb2.UserContext, messages: Sequence[run_pb2.ThreadMessage]
+    ) -> int:
+        request = registry_pb2.AppendMessagesRequest(user_context=ctx, messages=messages)
+        response = await self._call(lambda t: self._stub.AppendMessages(request, timeout=t))
+        return response.stored
+
+    async def get_thread(
+        self, ctx: context_pb2.UserContext, *, max_messages: int = 0
+    ) -> tuple[run_pb2.Thread, list[run_pb2.ThreadMessage]]:
+        request = registry_pb2.GetThreadRequest(user_context=ctx, max_messages=max_messages)
+        response = await self._call(lambda t: self._stub.GetThread(request, timeout=t))
+        return response.thread, list(response.messages)

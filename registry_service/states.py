@@ -8,12 +8,14 @@ is refused with ``FAILED_PRECONDITION``:
 to              allowed from                                    also sets
 ==============  ==============================================  =======================
 ``starting``    ``pending``                                     ``started_at``
-``running``     ``starting``
+``running``     ``starting``, ``waiting``
+``waiting``     ``running`` (``RequestInput``; ``AnswerInput``
+                takes it back to ``running``)
 ``completing``  ``running``                                     ``result`` (optional)
 ``completed``   ``completing``                                  ``result`` (optional),
                                                                 ``finished_at``
 ``failed``      ``pending``, ``starting``, ``running``,         ``error``,
-``timeout``     ``completing`` (any live state)                 ``finished_at``
+``timeout``     ``completing``, ``waiting`` (any live state)    ``finished_at``
 ``cancelled``
 ``dead``
 ``pending``     — (only ``CreateRun`` makes a pending run)
@@ -61,6 +63,7 @@ FAILED = STATE_NAMES[run_pb2.RUN_STATE_FAILED]
 TIMEOUT = STATE_NAMES[run_pb2.RUN_STATE_TIMEOUT]
 CANCELLED = STATE_NAMES[run_pb2.RUN_STATE_CANCELLED]
 DEAD = STATE_NAMES[run_pb2.RUN_STATE_DEAD]
+WAITING = STATE_NAMES[run_pb2.RUN_STATE_WAITING]
 
 LIVE_STATES = LIVE_STATE_NAMES
 TERMINAL_STATES = TERMINAL_STATE_NAMES
@@ -72,7 +75,8 @@ ALLOWED_SOURCES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         PENDING: frozenset(),
         STARTING: frozenset({PENDING}),
-        RUNNING: frozenset({STARTING}),
+        RUNNING: frozenset({STARTING, WAITING}),
+        WAITING: frozenset({RUNNING}),
         COMPLETING: frozenset({RUNNING}),
         COMPLETED: frozenset({COMPLETING}),
         FAILED: frozenset(LIVE_STATES),
@@ -99,7 +103,7 @@ NO_HEARTBEAT_MESSAGE = "the worker running this run stopped responding"
 INTERRUPTED_MESSAGE = "the run was interrupted by a newer run started on its thread"
 
 # A pending run may only start while no run of its thread is past pending.
-ACTIVE_STATES = (STARTING, RUNNING, COMPLETING)
+ACTIVE_STATES = (STARTING, RUNNING, COMPLETING, WAITING)
 
 # Strategies are stored by name; the names come from the one map in runwire_common.names.
 REJECT = STRATEGY_NAMES[run_pb2.MULTITASK_STRATEGY_REJECT]

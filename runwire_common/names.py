@@ -11,6 +11,7 @@ AGENT_STARTED = "agent_started"
 AGENT_THINKING = "agent_thinking"
 TOOL_EXECUTING = "tool_executing"
 TOOL_COMPLETED = "tool_completed"
+INPUT_REQUIRED = "input_required"
 PARTIAL_RESULT = "partial_result"
 AGENT_COMPLETED = "agent_completed"
 AGENT_ERROR = "agent_error"
@@ -23,6 +24,7 @@ EVENT_TYPES = frozenset(
         AGENT_THINKING,
         TOOL_EXECUTING,
         TOOL_COMPLETED,
+        INPUT_REQUIRED,
         PARTIAL_RESULT,
         AGENT_COMPLETED,
         AGENT_ERROR,
@@ -41,6 +43,7 @@ LIVE_STATES = frozenset(
         run_pb2.RUN_STATE_STARTING,
         run_pb2.RUN_STATE_RUNNING,
         run_pb2.RUN_STATE_COMPLETING,
+        run_pb2.RUN_STATE_WAITING,
     }
 )
 TERMINAL_STATES = frozenset(

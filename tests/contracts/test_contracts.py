@@ -22,7 +22,7 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
     registry_pb2.DESCRIPTOR,
 )
 EXPECTED_METHODS = {
-    "runwire.execution.v1.ExecutionService": {"StartRun", "CancelRun", "ListAgents"},
+    "runwire.execution.v1.ExecutionService": {"StartRun", "CancelRun", "ListAgents", "RespondRun"},
     "runwire.bridge.v1.BridgeService": {"Publish", "Subscribe", "Fabric", "PublishStream"},
     "runwire.registry.v1.RegistryService": {
         "CreateRun",
@@ -30,6 +30,13 @@ EXPECTED_METHODS = {
         "Heartbeat",
         "GetRun",
         "ListRuns",
+        "RequestInput",
+        "AnswerInput",
+        "GetInput",
+        "AppendMessages",
+        "ListThreads",
+        "GetThread",
+        "DeleteThread",
     },
 }
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from execution_service.catalog import AgentCatalog
@@ -23,7 +24,14 @@ from execution_service.run_input import parse_input
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
 from runwire_common.attestation import ContextAttestor, generate_key_spec
-from runwire_common.errors import Aborted, FailedPrecondition, NotFound, Unavailable
+from runwire_common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
 
@@ -32,7 +40,16 @@ ALLOWED: dict[int, set[int] | frozenset[int]] = {
     run_pb2.RUN_STATE_RUNNING: {run_pb2.RUN_STATE_STARTING},
     run_pb2.RUN_STATE_COMPLETING: {run_pb2.RUN_STATE_RUNNING},
     run_pb2.RUN_STATE_COMPLETED: {run_pb2.RUN_STATE_COMPLETING},
+    # Entered and left (to running) only through request_input / answer_input, as in the registry.
+    run_pb2.RUN_STATE_WAITING: frozenset(),
 }
+
+
+@dataclass
+class StoredMessage:
+    user_id: str
+    thread_id: str
+    message: run_pb2.ThreadMessage
 
 
 class FakeRegistry:
@@ -46,6 +63,9 @@ class FakeRegistry:
         self.transition_calls = 0
         # False: behave like a registry that predates TransitionRun.through_completing.
         self.knows_through_completing = True
+        self.inputs: dict[tuple[str, str], run_pb2.InputRequest] = {}  # (run_id, request_id) →
+        self.messages: list[StoredMessage] = []
+        self.appended_runs: set[str] = set()
 
     async def create_run(
         self,
@@ -133,6 +153,7 @@ class FakeRegistry:
             self.transitions.append((ctx.run_id, "completing"))
         run.state = to_state  # type: ignore[assignment]
         run.version += 1
+        run.ClearField("pending_input")  # the registry shows it only while the run waits
         if error is not None:
             run.error.CopyFrom(error)
         if result_json:
@@ -151,6 +172,119 @@ class FakeRegistry:
 
     async def get_run(self, ctx: context_pb2.UserContext) -> run_pb2.Run:
         return self._copy(self._get(ctx))
+
+    async def request_input(self, ctx: context_pb2.UserContext, request: run_pb2.InputRequest) -> run_pb2.Run:
+        await asyncio.sleep(0)
+        run = self._get(ctx)
+        if not request.request_id:
+            raise InvalidArgument("input.request_id is required")
+        if run.state != run_pb2.RUN_STATE_RUNNING:
+            raise FailedPrecondition(f"a {names.state_name(run.state)} run cannot move to waiting")
+        key = (run.run_id, request.request_id)
+        if key in self.inputs:
+            raise AlreadyExists(f"run {run.run_id!r} already asked request {request.request_id!r}")
+        stored = run_pb2.InputRequest()
+        stored.CopyFrom(request)
+        stored.ClearField("response_json")
+        stored.ClearField("answered_at")
+        stored.created_at.GetCurrentTime()
+        self.inputs[key] = stored
+        run.state = run_pb2.RUN_STATE_WAITING
+        run.version += 1
+        run.pending_input.CopyFrom(stored)
+        self.transitions.append((run.run_id, "waiting"))
+        return self._copy(run)
+
+    def _input(
+        self, ctx: context_pb2.UserContext, request_id: str
+    ) -> tuple[run_pb2.Run, run_pb2.InputRequest]:
+        run = self._get(ctx)
+        stored = self.inputs.get((run.run_id, request_id))
+        if stored is None:
+            raise NotFound(f"input request {request_id!r} not found")
+        return run, stored
+
+    async def get_input(
+        self, ctx: context_pb2.UserContext, request_id: str
+    ) -> tuple[run_pb2.InputRequest, run_pb2.Run]:
+        await asyncio.sleep(0)
+        run, stored = self._input(ctx, request_id)
+        out = run_pb2.InputRequest()
+        out.CopyFrom(stored)
+        return out, self._copy(run)
+
+    async def answer_input(
+        self, ctx: context_pb2.UserContext, request_id: str, response_json: str
+    ) -> tuple[run_pb2.Run, run_pb2.InputRequest]:
+        await asyncio.sleep(0)
+        run, stored = self._input(ctx, request_id)
+        if stored.response_json:
+            raise FailedPrecondition(f"input request {request_id!r} was already answered")
+        if run.state != run_pb2.RUN_STATE_WAITING:
+            raise FailedPrecondition(f"run is {names.state_name(run.state)}, no longer waiting for input")
+        stored.response_json = response_json
+        stored.answered_at.GetCurrentTime()
+        run.state = run_pb2.RUN_STATE_RUNNING
+        run.version += 1
+        run.ClearField("pending_input")
+        self.transitions.append((run.run_id, "running"))
+        out = run_pb2.InputRequest()
+        out.CopyFrom(stored)
+        return self._copy(run), out
+
+    async def append_messages(
+        self, ctx: context_pb2.UserContext, messages: Sequence[run_pb2.ThreadMessage]
+    ) -> int:
+        await asyncio.sleep(0)
+        run = self._get(ctx)
+        if ctx.thread_id != run.thread_id:
+            raise NotFound(f"run {run.run_id!r} not found in thread {ctx.thread_id!r}")
+        if run.run_id in self.appended_runs:
+            return 0
+        self.appended_runs.add(run.run_id)
+        for message in messages:
+            stored = run_pb2.ThreadMessage()
+            stored.CopyFrom(message)
+            stored.run_id = run.run_id
+            stored.created_at.GetCurrentTime()
+            self.messages.append(StoredMessage(ctx.user_id, run.thread_id, stored))
+        return len(messages)
+
+    async def get_thread(
+        self, ctx: context_pb2.UserContext, *, max_messages: int = 0
+    ) -> tuple[run_pb2.Thread, list[run_pb2.ThreadMessage]]:
+        await asyncio.sleep(0)
+        runs = [r for r in self.runs.values() if r.user_id == ctx.user_id and r.thread_id == ctx.thread_id]
+        if not runs:
+            raise NotFound(f"thread {ctx.thread_id!r} not found")
+        stored = [
+            m.message for m in self.messages if m.user_id == ctx.user_id and m.thread_id == ctx.thread_id
+        ]
+        if max_messages > 0:
+            stored = stored[-max_messages:]
+        title = next(
+            (
+                m.message.content
+                for m in self.messages
+                if m.message.role == run_pb2.MESSAGE_ROLE_USER
+                and m.user_id == ctx.user_id
+                and m.thread_id == ctx.thread_id
+            ),
+            "",
+        )
+        thread = run_pb2.Thread(
+            thread_id=ctx.thread_id,
+            user_id=ctx.user_id,
+            tenant_id=runs[0].tenant_id,
+            last_run_state=runs[-1].state,
+            title=title[:80],
+        )
+        out: list[run_pb2.ThreadMessage] = []
+        for message in stored:
+            copy = run_pb2.ThreadMessage()
+            copy.CopyFrom(message)
+            out.append(copy)
+        return thread, out
 
     @staticmethod
     def _copy(run: run_pb2.Run) -> run_pb2.Run:

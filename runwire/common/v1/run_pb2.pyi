@@ -34,6 +34,10 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_TIMEOUT: _RunState.ValueType  # 7
     RUN_STATE_CANCELLED: _RunState.ValueType  # 8
     RUN_STATE_DEAD: _RunState.ValueType  # 9
+    RUN_STATE_WAITING: _RunState.ValueType  # 10
+    """Live: the run asked its owner something (an input_required event) and
+    waits for the answer (RespondRun). RUNNING <-> WAITING.
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """RunState is the lifecycle of a run. Terminal states are COMPLETED,
@@ -50,6 +54,10 @@ RUN_STATE_FAILED: RunState.ValueType  # 6
 RUN_STATE_TIMEOUT: RunState.ValueType  # 7
 RUN_STATE_CANCELLED: RunState.ValueType  # 8
 RUN_STATE_DEAD: RunState.ValueType  # 9
+RUN_STATE_WAITING: RunState.ValueType  # 10
+"""Live: the run asked its owner something (an input_required event) and
+waits for the answer (RespondRun). RUNNING <-> WAITING.
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 class _MultitaskStrategy:
@@ -81,6 +89,48 @@ MULTITASK_STRATEGY_ENQUEUE: MultitaskStrategy.ValueType  # 2
 MULTITASK_STRATEGY_INTERRUPT: MultitaskStrategy.ValueType  # 3
 """Cancel the live run, then start the new one."""
 Global___MultitaskStrategy: _TypeAlias = MultitaskStrategy  # noqa: Y015
+
+class _InputKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InputKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InputKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INPUT_KIND_UNSPECIFIED: _InputKind.ValueType  # 0
+    INPUT_KIND_INPUT: _InputKind.ValueType  # 1
+    """Free input; the answer is {"text": "..."} unless schema_json says otherwise."""
+    INPUT_KIND_APPROVAL: _InputKind.ValueType  # 2
+    """Approval of a tool call; the answer is {"approved": bool, "reason"?: "..."}."""
+
+class InputKind(_InputKind, metaclass=_InputKindEnumTypeWrapper):
+    """InputKind says what a run asks its owner for."""
+
+INPUT_KIND_UNSPECIFIED: InputKind.ValueType  # 0
+INPUT_KIND_INPUT: InputKind.ValueType  # 1
+"""Free input; the answer is {"text": "..."} unless schema_json says otherwise."""
+INPUT_KIND_APPROVAL: InputKind.ValueType  # 2
+"""Approval of a tool call; the answer is {"approved": bool, "reason"?: "..."}."""
+Global___InputKind: _TypeAlias = InputKind  # noqa: Y015
+
+class _MessageRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_ROLE_UNSPECIFIED: _MessageRole.ValueType  # 0
+    MESSAGE_ROLE_USER: _MessageRole.ValueType  # 1
+    MESSAGE_ROLE_ASSISTANT: _MessageRole.ValueType  # 2
+    MESSAGE_ROLE_TOOL: _MessageRole.ValueType  # 3
+
+class MessageRole(_MessageRole, metaclass=_MessageRoleEnumTypeWrapper):
+    """MessageRole is who said a message of a thread."""
+
+MESSAGE_ROLE_UNSPECIFIED: MessageRole.ValueType  # 0
+MESSAGE_ROLE_USER: MessageRole.ValueType  # 1
+MESSAGE_ROLE_ASSISTANT: MessageRole.ValueType  # 2
+MESSAGE_ROLE_TOOL: MessageRole.ValueType  # 3
+Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
 @_typing.final
 class RunError(_message.Message):
@@ -131,6 +181,7 @@ class Run(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    PENDING_INPUT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     user_id: _builtins.str
     tenant_id: _builtins.str
@@ -164,6 +215,10 @@ class Run(_message.Message):
     def error(self) -> Global___RunError:
         """Set once the run failed, timed out, was cancelled or died."""
 
+    @_builtins.property
+    def pending_input(self) -> Global___InputRequest:
+        """While the run is WAITING: what it asked its owner."""
+
     def __init__(
         self,
         *,
@@ -186,11 +241,172 @@ class Run(_message.Message):
         cancel_requested: _builtins.bool = ...,
         multitask_strategy: Global___MultitaskStrategy.ValueType = ...,
         timeout_seconds: _builtins.int = ...,
+        pending_input: Global___InputRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "last_heartbeat_at", b"last_heartbeat_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "last_heartbeat_at", b"last_heartbeat_at", "pending_input", b"pending_input", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "input_json", b"input_json", "last_heartbeat_at", b"last_heartbeat_at", "multitask_strategy", b"multitask_strategy", "result_json", b"result_json", "run_id", b"run_id", "started_at", b"started_at", "state", b"state", "tenant_id", b"tenant_id", "thread_id", b"thread_id", "timeout_seconds", b"timeout_seconds", "updated_at", b"updated_at", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "input_json", b"input_json", "last_heartbeat_at", b"last_heartbeat_at", "multitask_strategy", b"multitask_strategy", "pending_input", b"pending_input", "result_json", b"result_json", "run_id", b"run_id", "started_at", b"started_at", "state", b"state", "tenant_id", b"tenant_id", "thread_id", b"thread_id", "timeout_seconds", b"timeout_seconds", "updated_at", b"updated_at", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class InputRequest(_message.Message):
+    """InputRequest is one question a run asks its owner (the input_required
+    event), and its answer once given.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique within the run; the owner quotes it in RespondRun."""
+    kind: Global___InputKind.ValueType
+    prompt: _builtins.str
+    """What the owner is asked, in words."""
+    schema_json: _builtins.str
+    """JSON Schema the answer must match (empty: the kind's default schema)."""
+    tool_name: _builtins.str
+    """For INPUT_KIND_APPROVAL: the tool call awaiting approval (parameters
+    redacted as in tool_executing).
+    """
+    call_id: _builtins.str
+    parameters_json: _builtins.str
+    response_json: _builtins.str
+    """The owner's answer as a JSON object; empty until answered."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run stops waiting and ends in TIMEOUT."""
+
+    @_builtins.property
+    def answered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        kind: Global___InputKind.ValueType = ...,
+        prompt: _builtins.str = ...,
+        schema_json: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        response_json: _builtins.str = ...,
+        answered_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "call_id", b"call_id", "created_at", b"created_at", "expires_at", b"expires_at", "kind", b"kind", "parameters_json", b"parameters_json", "prompt", b"prompt", "request_id", b"request_id", "response_json", b"response_json", "schema_json", b"schema_json", "tool_name", b"tool_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputRequest: _TypeAlias = InputRequest  # noqa: Y015
+
+@_typing.final
+class ThreadMessage(_message.Message):
+    """ThreadMessage is one turn of a thread's conversation, in the shape of the
+    chat-completions message it becomes for a model.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run that added it."""
+    role: Global___MessageRole.ValueType
+    content: _builtins.str
+    """The text (a tool's result, as JSON, for MESSAGE_ROLE_TOOL)."""
+    tool_calls_json: _builtins.str
+    """For an assistant message that calls tools: a JSON array of
+    {"id", "type": "function", "function": {"name", "arguments"}}.
+    """
+    tool_call_id: _builtins.str
+    """For MESSAGE_ROLE_TOOL: the id of the call it answers, and the tool."""
+    name: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        role: Global___MessageRole.ValueType = ...,
+        content: _builtins.str = ...,
+        tool_calls_json: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "name", b"name", "role", b"role", "run_id", b"run_id", "tool_call_id", b"tool_call_id", "tool_calls_json", b"tool_calls_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadMessage: _TypeAlias = ThreadMessage  # noqa: Y015
+
+@_typing.final
+class Thread(_message.Message):
+    """Thread is one conversation of its owner: the runs started with its
+    thread_id and the messages they added.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    LAST_RUN_STATE_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    user_id: _builtins.str
+    tenant_id: _builtins.str
+    last_run_state: Global___RunState.ValueType
+    """The state of the thread's newest run."""
+    title: _builtins.str
+    """The start of the first user message (empty when there is none yet)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """The first run's creation, and the latest change (a run or a message)."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        last_run_state: Global___RunState.ValueType = ...,
+        title: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_run_state", b"last_run_state", "tenant_id", b"tenant_id", "thread_id", b"thread_id", "title", b"title", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Thread: _TypeAlias = Thread  # noqa: Y015

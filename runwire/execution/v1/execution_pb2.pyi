@@ -212,3 +212,53 @@ class ListAgentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015
+
+@_typing.final
+class RespondRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CONTEXT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request_id of the input_required event."""
+    response_json: _builtins.str
+    """The answer as a JSON object: {"text": "..."} for an input request
+    without a schema, {"approved": bool, "reason"?: "..."} for an approval.
+    """
+    @_builtins.property
+    def user_context(self) -> _context_pb2.UserContext: ...
+    def __init__(
+        self,
+        *,
+        user_context: _context_pb2.UserContext | None = ...,
+        request_id: _builtins.str = ...,
+        response_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "response_json", b"response_json", "user_context", b"user_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondRunRequest: _TypeAlias = RespondRunRequest  # noqa: Y015
+
+@_typing.final
+class RespondRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _run_pb2.Run: ...
+    def __init__(
+        self,
+        *,
+        run: _run_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondRunResponse: _TypeAlias = RespondRunResponse  # noqa: Y015

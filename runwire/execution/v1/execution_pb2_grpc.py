@@ -50,6 +50,11 @@ class ExecutionServiceStub:
                 request_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.RespondRun = channel.unary_unary(
+                '/runwire.execution.v1.ExecutionService/RespondRun',
+                request_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunRequest.SerializeToString,
+                response_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionServiceServicer:
@@ -82,6 +87,17 @@ class ExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RespondRun(self, request, context):
+        """Answers what WAITING user_context.run_id asked its owner (an
+        input_required event), from any replica: the answer is validated against
+        the request's schema (INVALID_ARGUMENT), recorded in the registry, and
+        reaches the replica that runs the run. An unknown request_id is
+        NOT_FOUND; a request already answered FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +115,11 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.ListAgentsRequest.FromString,
                     response_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'RespondRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondRun,
+                    request_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunRequest.FromString,
+                    response_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +204,33 @@ class ExecutionService:
             '/runwire.execution.v1.ExecutionService/ListAgents',
             runwire_dot_execution_dot_v1_dot_execution__pb2.ListAgentsRequest.SerializeToString,
             runwire_dot_execution_dot_v1_dot_execution__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.execution.v1.ExecutionService/RespondRun',
+            runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunRequest.SerializeToString,
+            runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,13 @@ class ExecutionServiceStub:
     """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_execution_pb2.ListAgentsRequest, _execution_pb2.ListAgentsResponse]
     """Lists the agents this service can run."""
+    RespondRun: _grpc.UnaryUnaryMultiCallable[_execution_pb2.RespondRunRequest, _execution_pb2.RespondRunResponse]
+    """Answers what WAITING user_context.run_id asked its owner (an
+    input_required event), from any replica: the answer is validated against
+    the request's schema (INVALID_ARGUMENT), recorded in the registry, and
+    reaches the replica that runs the run. An unknown request_id is
+    NOT_FOUND; a request already answered FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class ExecutionServiceAsyncStub(ExecutionServiceStub):
@@ -65,6 +72,13 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """
     ListAgents: _aio.UnaryUnaryMultiCallable[_execution_pb2.ListAgentsRequest, _execution_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists the agents this service can run."""
+    RespondRun: _aio.UnaryUnaryMultiCallable[_execution_pb2.RespondRunRequest, _execution_pb2.RespondRunResponse]  # type: ignore[assignment]
+    """Answers what WAITING user_context.run_id asked its owner (an
+    input_required event), from any replica: the answer is validated against
+    the request's schema (INVALID_ARGUMENT), recorded in the registry, and
+    reaches the replica that runs the run. An unknown request_id is
+    NOT_FOUND; a request already answered FAILED_PRECONDITION.
+    """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExecutionService runs agents, one isolated engine per StartRun call."""
@@ -99,5 +113,18 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_pb2.ListAgentsResponse, _abc.Awaitable[_execution_pb2.ListAgentsResponse]]:
         """Lists the agents this service can run."""
+
+    @_abc_1.abstractmethod
+    def RespondRun(
+        self,
+        request: _execution_pb2.RespondRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_pb2.RespondRunResponse, _abc.Awaitable[_execution_pb2.RespondRunResponse]]:
+        """Answers what WAITING user_context.run_id asked its owner (an
+        input_required event), from any replica: the answer is validated against
+        the request's schema (INVALID_ARGUMENT), recorded in the registry, and
+        reaches the replica that runs the run. An unknown request_id is
+        NOT_FOUND; a request already answered FAILED_PRECONDITION.
+        """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

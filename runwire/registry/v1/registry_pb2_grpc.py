@@ -62,6 +62,41 @@ class RegistryServiceStub:
                 request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.RequestInput = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/RequestInput',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.RequestInputRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.RequestInputResponse.FromString,
+                _registered_method=True)
+        self.AnswerInput = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/AnswerInput',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AnswerInputRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AnswerInputResponse.FromString,
+                _registered_method=True)
+        self.GetInput = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/GetInput',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetInputRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetInputResponse.FromString,
+                _registered_method=True)
+        self.AppendMessages = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/AppendMessages',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AppendMessagesRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AppendMessagesResponse.FromString,
+                _registered_method=True)
+        self.ListThreads = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/ListThreads',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListThreadsRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListThreadsResponse.FromString,
+                _registered_method=True)
+        self.GetThread = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/GetThread',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetThreadRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetThreadResponse.FromString,
+                _registered_method=True)
+        self.DeleteThread = channel.unary_unary(
+                '/runwire.registry.v1.RegistryService/DeleteThread',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -110,6 +145,66 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestInput(self, request, context):
+        """Moves RUNNING user_context.run_id to WAITING and records what it asks
+        its owner. A run that is not RUNNING answers FAILED_PRECONDITION; a
+        request_id already used by the run, ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerInput(self, request, context):
+        """Records the owner's answer to a WAITING run's pending request and moves
+        the run back to RUNNING, atomically. An unknown request_id (or another
+        user's run) is NOT_FOUND; a request already answered, or a run no longer
+        waiting, FAILED_PRECONDITION. The answer is stored as given: the caller
+        validates it against the request's schema first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInput(self, request, context):
+        """Returns one input request of user_context.run_id, with its answer once
+        given (the executor polls it while the run waits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendMessages(self, request, context):
+        """Appends the messages user_context.run_id added to its thread
+        (user_context.thread_id). Idempotent per run: a second call for the same
+        run stores nothing and succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThreads(self, request, context):
+        """Lists the caller's threads, most recently updated first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThread(self, request, context):
+        """Returns user_context.thread_id with its messages, oldest first.
+        Another user's thread, or one without runs, is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteThread(self, request, context):
+        """Deletes user_context.thread_id: its runs and messages. A thread with a
+        live run answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +232,41 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListRunsRequest.FromString,
                     response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'RequestInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestInput,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.RequestInputRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.RequestInputResponse.SerializeToString,
+            ),
+            'AnswerInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerInput,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AnswerInputRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AnswerInputResponse.SerializeToString,
+            ),
+            'GetInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInput,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetInputRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetInputResponse.SerializeToString,
+            ),
+            'AppendMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendMessages,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AppendMessagesRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.AppendMessagesResponse.SerializeToString,
+            ),
+            'ListThreads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThreads,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListThreadsRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.ListThreadsResponse.SerializeToString,
+            ),
+            'GetThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThread,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetThreadRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.GetThreadResponse.SerializeToString,
+            ),
+            'DeleteThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteThread,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +407,195 @@ class RegistryService:
             '/runwire.registry.v1.RegistryService/ListRuns',
             runwire_dot_registry_dot_v1_dot_registry__pb2.ListRunsRequest.SerializeToString,
             runwire_dot_registry_dot_v1_dot_registry__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/RequestInput',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.RequestInputRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.RequestInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/AnswerInput',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.AnswerInputRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.AnswerInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/GetInput',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.GetInputRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.GetInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/AppendMessages',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.AppendMessagesRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.AppendMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThreads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/ListThreads',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.ListThreadsRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.ListThreadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/GetThread',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.GetThreadRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.GetThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runwire.registry.v1.RegistryService/DeleteThread',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,37 @@ class RegistryServiceStub:
     """Returns user_context.run_id."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListRunsRequest, _registry_pb2.ListRunsResponse]
     """Lists the caller's runs, newest first."""
+    RequestInput: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RequestInputRequest, _registry_pb2.RequestInputResponse]
+    """Moves RUNNING user_context.run_id to WAITING and records what it asks
+    its owner. A run that is not RUNNING answers FAILED_PRECONDITION; a
+    request_id already used by the run, ALREADY_EXISTS.
+    """
+    AnswerInput: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AnswerInputRequest, _registry_pb2.AnswerInputResponse]
+    """Records the owner's answer to a WAITING run's pending request and moves
+    the run back to RUNNING, atomically. An unknown request_id (or another
+    user's run) is NOT_FOUND; a request already answered, or a run no longer
+    waiting, FAILED_PRECONDITION. The answer is stored as given: the caller
+    validates it against the request's schema first.
+    """
+    GetInput: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetInputRequest, _registry_pb2.GetInputResponse]
+    """Returns one input request of user_context.run_id, with its answer once
+    given (the executor polls it while the run waits).
+    """
+    AppendMessages: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AppendMessagesRequest, _registry_pb2.AppendMessagesResponse]
+    """Appends the messages user_context.run_id added to its thread
+    (user_context.thread_id). Idempotent per run: a second call for the same
+    run stores nothing and succeeds.
+    """
+    ListThreads: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListThreadsRequest, _registry_pb2.ListThreadsResponse]
+    """Lists the caller's threads, most recently updated first."""
+    GetThread: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetThreadRequest, _registry_pb2.GetThreadResponse]
+    """Returns user_context.thread_id with its messages, oldest first.
+    Another user's thread, or one without runs, is NOT_FOUND.
+    """
+    DeleteThread: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteThreadRequest, _registry_pb2.DeleteThreadResponse]
+    """Deletes user_context.thread_id: its runs and messages. A thread with a
+    live run answers FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -79,6 +110,37 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Returns user_context.run_id."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListRunsRequest, _registry_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Lists the caller's runs, newest first."""
+    RequestInput: _aio.UnaryUnaryMultiCallable[_registry_pb2.RequestInputRequest, _registry_pb2.RequestInputResponse]  # type: ignore[assignment]
+    """Moves RUNNING user_context.run_id to WAITING and records what it asks
+    its owner. A run that is not RUNNING answers FAILED_PRECONDITION; a
+    request_id already used by the run, ALREADY_EXISTS.
+    """
+    AnswerInput: _aio.UnaryUnaryMultiCallable[_registry_pb2.AnswerInputRequest, _registry_pb2.AnswerInputResponse]  # type: ignore[assignment]
+    """Records the owner's answer to a WAITING run's pending request and moves
+    the run back to RUNNING, atomically. An unknown request_id (or another
+    user's run) is NOT_FOUND; a request already answered, or a run no longer
+    waiting, FAILED_PRECONDITION. The answer is stored as given: the caller
+    validates it against the request's schema first.
+    """
+    GetInput: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetInputRequest, _registry_pb2.GetInputResponse]  # type: ignore[assignment]
+    """Returns one input request of user_context.run_id, with its answer once
+    given (the executor polls it while the run waits).
+    """
+    AppendMessages: _aio.UnaryUnaryMultiCallable[_registry_pb2.AppendMessagesRequest, _registry_pb2.AppendMessagesResponse]  # type: ignore[assignment]
+    """Appends the messages user_context.run_id added to its thread
+    (user_context.thread_id). Idempotent per run: a second call for the same
+    run stores nothing and succeeds.
+    """
+    ListThreads: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListThreadsRequest, _registry_pb2.ListThreadsResponse]  # type: ignore[assignment]
+    """Lists the caller's threads, most recently updated first."""
+    GetThread: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetThreadRequest, _registry_pb2.GetThreadResponse]  # type: ignore[assignment]
+    """Returns user_context.thread_id with its messages, oldest first.
+    Another user's thread, or one without runs, is NOT_FOUND.
+    """
+    DeleteThread: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteThreadRequest, _registry_pb2.DeleteThreadResponse]  # type: ignore[assignment]
+    """Deletes user_context.thread_id: its runs and messages. A thread with a
+    live run answers FAILED_PRECONDITION.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService is the authority on runs: their lifecycle, ownership and
@@ -132,5 +194,78 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListRunsResponse, _abc.Awaitable[_registry_pb2.ListRunsResponse]]:
         """Lists the caller's runs, newest first."""
+
+    @_abc_1.abstractmethod
+    def RequestInput(
+        self,
+        request: _registry_pb2.RequestInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RequestInputResponse, _abc.Awaitable[_registry_pb2.RequestInputResponse]]:
+        """Moves RUNNING user_context.run_id to WAITING and records what it asks
+        its owner. A run that is not RUNNING answers FAILED_PRECONDITION; a
+        request_id already used by the run, ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def AnswerInput(
+        self,
+        request: _registry_pb2.AnswerInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.AnswerInputResponse, _abc.Awaitable[_registry_pb2.AnswerInputResponse]]:
+        """Records the owner's answer to a WAITING run's pending request and moves
+        the run back to RUNNING, atomically. An unknown request_id (or another
+        user's run) is NOT_FOUND; a request already answered, or a run no longer
+        waiting, FAILED_PRECONDITION. The answer is stored as given: the caller
+        validates it against the request's schema first.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInput(
+        self,
+        request: _registry_pb2.GetInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetInputResponse, _abc.Awaitable[_registry_pb2.GetInputResponse]]:
+        """Returns one input request of user_context.run_id, with its answer once
+        given (the executor polls it while the run waits).
+        """
+
+    @_abc_1.abstractmethod
+    def AppendMessages(
+        self,
+        request: _registry_pb2.AppendMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.AppendMessagesResponse, _abc.Awaitable[_registry_pb2.AppendMessagesResponse]]:
+        """Appends the messages user_context.run_id added to its thread
+        (user_context.thread_id). Idempotent per run: a second call for the same
+        run stores nothing and succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListThreads(
+        self,
+        request: _registry_pb2.ListThreadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListThreadsResponse, _abc.Awaitable[_registry_pb2.ListThreadsResponse]]:
+        """Lists the caller's threads, most recently updated first."""
+
+    @_abc_1.abstractmethod
+    def GetThread(
+        self,
+        request: _registry_pb2.GetThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetThreadResponse, _abc.Awaitable[_registry_pb2.GetThreadResponse]]:
+        """Returns user_context.thread_id with its messages, oldest first.
+        Another user's thread, or one without runs, is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteThread(
+        self,
+        request: _registry_pb2.DeleteThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteThreadResponse, _abc.Awaitable[_registry_pb2.DeleteThreadResponse]]:
+        """Deletes user_context.thread_id: its runs and messages. A thread with a
+        live run answers FAILED_PRECONDITION.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
