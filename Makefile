@@ -45,6 +45,7 @@ lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy examples/python
 	cd protos && ../$(BUF) lint
 
 test: lint contracts

@@ -3,7 +3,8 @@
 External servers: tests that need PostgreSQL or Redis ask for the
 ``postgres_url`` / ``redis_url`` fixtures. Where the server is unreachable the
 test is skipped with the reason, except when ``RUNWIRE_REQUIRE_SERVICES=1``
-(set by ``.ci/run``), where the same situation is a failure.
+(set by ``.ci/run``), where the same situation is a failure. Tests that need
+another tool (Node for the Node example) call :func:`skip_unless_required`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 import pytest
@@ -41,13 +42,17 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
-def _need_service(name: str, url: str, default_port: int) -> str:
-    if _reachable(url, default_port):
-        return url
-    reason = f"{name} is not reachable at {url}"
+def skip_unless_required(reason: str) -> NoReturn:
+    """Skip the test for ``reason``; fail instead under ``RUNWIRE_REQUIRE_SERVICES=1`` (CI)."""
     if os.environ.get("RUNWIRE_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason}, and RUNWIRE_REQUIRE_SERVICES=1 forbids skipping")
     pytest.skip(reason)
+
+
+def _need_service(name: str, url: str, default_port: int) -> str:
+    if _reachable(url, default_port):
+        return url
+    skip_unless_required(f"{name} is not reachable at {url}")
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,14 @@ import json
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from runwire.common.v1 import context_pb2
-from runwire.execution.v1 import execution_pb2
-from runwire_common.attestation import ContextAttestor
+from runwire_cli.main import main
 from runwire_common.ids import new_id
 from tests.e2e.conftest import System
 
@@ -40,25 +39,25 @@ def test_each_grpc_service_lists_itself_health_and_reflection(system: System, ki
     assert listed == {SERVICES[kind], HEALTH, reflection.SERVICE_NAME}
 
 
-def test_a_call_built_from_reflected_descriptors_alone_is_answered(
-    system: System, attestor: ContextAttestor
+def test_a_call_built_from_reflected_descriptors_and_a_minted_context_is_answered(
+    system: System, attestation_key_spec: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # What grpcurl does: the request as JSON (the context printed by `runwire context mint`),
+    # turned into a message with descriptors fetched from the server.
+    with pytest.raises(SystemExit):
+        main(["context", "mint", "--user", new_id("user"), "--ttl", "60", "--keys", attestation_key_spec])
+    request_json = f'{{"user_context": {capsys.readouterr().out}}}'
     with grpc.insecure_channel(system.address("execution")) as channel:
         pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
-        service = pool.FindServiceByName(SERVICES["execution"])
-        method = service.methods_by_name["ListAgents"]
+        method = pool.FindServiceByName(SERVICES["execution"]).methods_by_name["ListAgents"]
         request_class = GetMessageClass(method.input_type)
         reply_class = GetMessageClass(method.output_type)
-        # grpcurl would take the context as JSON; here it is copied over the wire format.
-        ctx = attestor.mint(context_pb2.UserContext(user_id=new_id("user")), ttl_s=60)
-        typed = execution_pb2.ListAgentsRequest(user_context=ctx)
-        request = request_class.FromString(typed.SerializeToString())
         call = channel.unary_unary(
-            f"/{service.full_name}/{method.name}",
+            f"/{SERVICES['execution']}/ListAgents",
             request_serializer=request_class.SerializeToString,
             response_deserializer=reply_class.FromString,
         )
-        reply = call(request, timeout=5)
+        reply = call(json_format.Parse(request_json, request_class()), timeout=5)
     agents = {agent.name: agent for agent in reply.agents}
     assert {"scripted", "assistant"} <= set(agents)
     assert isinstance(json.loads(agents["assistant"].tools[0].parameters_schema_json), dict)
