@@ -2,8 +2,14 @@
 
 Every call emits ``tool_executing`` and then exactly one ``tool_completed``
 with the same ``call_id``, whatever happens: unknown or forbidden tool, invalid
-arguments, handler error, timeout, cancellation. Parameters, results and error
-messages are redacted in the events; the agent gets the real result.
+arguments, handler error, timeout, cancellation, a refused approval
+(``denied``). Parameters, results and error messages are redacted in the
+events; the agent gets the real result.
+
+A call that needs approval (a tool declared ``requires_approval``, or a call
+made with ``require_approval=True``) asks the run's owner after
+``tool_executing`` and after the arguments were checked, so the owner is only
+asked about calls that could run; the tool's timeout starts once approved.
 """
 
 from __future__ import annotations
@@ -13,19 +19,28 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from execution_service.catalog import ToolSpec
 from execution_service.emitter import RunEmitter
 from execution_service.redaction import redact, redact_text
 from execution_service.schemas import schema_problem
 from execution_service.sdk import Cancellation, RunCancelled
-from execution_service.tools import ToolCall, ToolError, ToolTimeout
+from execution_service.tools import ToolCall, ToolDenied, ToolError, ToolTimeout
 from runwire.common.v1 import context_pb2
 from runwire_common import names
 from runwire_common.ids import new_id
 
 CANCELLED_MESSAGE = "cancelled"
+DENIED_MESSAGE = "the user did not approve this call"
+
+
+class Approver(Protocol):
+    """Asks the run's owner to approve a tool call (``execution_service.waiting.InputWaiter``)."""
+
+    async def approve(
+        self, *, tool_name: str, call_id: str, parameters: Mapping[str, Any]
+    ) -> tuple[bool, str]: ...
 
 
 async def _invoke(spec: ToolSpec, arguments: dict[str, Any], call: ToolCall) -> Any:
@@ -46,6 +61,7 @@ class ToolDispatcher:
         cancellation: Cancellation,
         default_timeout_s: float,
         log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        approver: Approver | None = None,
     ) -> None:
         self._user = user
         self._roles = frozenset(user.roles)
@@ -56,9 +72,15 @@ class ToolDispatcher:
         self._cancellation = cancellation
         self._default_timeout_s = default_timeout_s
         self._log = log
+        self._approver = approver
 
-    async def call(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+    async def call(
+        self, name: str, args: Mapping[str, Any] | None = None, *, require_approval: bool = False
+    ) -> Any:
         """Run tool ``name`` with ``args``; its result, or :class:`ToolError`.
+
+        With ``require_approval`` (or a tool declared so) the owner is asked
+        first; a refusal raises :class:`ToolDenied`.
 
         Raises :class:`RunCancelled` when the run is cancelled before or during the call.
         """
@@ -72,7 +94,7 @@ class ToolDispatcher:
         )
         started = time.monotonic()
         try:
-            result = await self._run(name, arguments, call_id)
+            result = await self._run(name, arguments, call_id, require_approval=require_approval)
         except ToolError as exc:
             await self._completed(name, call_id, started, status=exc.status, error=exc.message)
             raise
@@ -88,7 +110,9 @@ class ToolDispatcher:
         await self._completed(name, call_id, started, status="success", result=result)
         return result
 
-    async def _run(self, name: str, arguments: dict[str, Any], call_id: str) -> Any:
+    async def _run(
+        self, name: str, arguments: dict[str, Any], call_id: str, *, require_approval: bool
+    ) -> Any:
         spec = self._tools.get(name)
         if spec is None:
             raise ToolError(f"tool {name!r} is not available to this agent")
@@ -98,6 +122,8 @@ class ToolDispatcher:
         problem = schema_problem(spec.validator, arguments)
         if problem is not None:
             raise ToolError(f"invalid arguments for {name!r}: {problem}")
+        if require_approval or spec.tool.requires_approval:
+            await self._approval(name, call_id, arguments)
         call = ToolCall(
             user=self._user, run_id=self._run_id, thread_id=self._thread_id, call_id=call_id, tool_name=name
         )
@@ -133,6 +159,13 @@ class ToolDispatcher:
             raise ToolError(exc.message)
         self._log.error("tool failed", extra={"tool": name, "call_id": call_id}, exc_info=exc)
         raise ToolError(f"tool {name!r} failed unexpectedly")
+
+    async def _approval(self, name: str, call_id: str, arguments: Mapping[str, Any]) -> None:
+        if self._approver is None:
+            raise ToolError(f"tool {name!r} needs the user's approval, which this run cannot ask for")
+        approved, reason = await self._approver.approve(tool_name=name, call_id=call_id, parameters=arguments)
+        if not approved:
+            raise ToolDenied(f"{DENIED_MESSAGE}: {reason}" if reason else DENIED_MESSAGE)
 
     async def _completed(
         self,

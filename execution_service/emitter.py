@@ -40,7 +40,8 @@ Publish = Callable[[Sequence[event_pb2.RunEvent]], Awaitable[None]]
 
 # Types only Runwire itself emits: lifecycle events (engine) and tool events (dispatcher).
 RESERVED_EVENT_TYPES = frozenset(
-    {names.AGENT_STARTED, names.TOOL_EXECUTING, names.TOOL_COMPLETED} | names.TERMINAL_EVENT_TYPES
+    {names.AGENT_STARTED, names.TOOL_EXECUTING, names.TOOL_COMPLETED, names.INPUT_REQUIRED}
+    | names.TERMINAL_EVENT_TYPES
 )
 TRUNCATED_TEXT_CHARS = 4096
 TRUNCATION_MARK = "[TRUNCATED]"

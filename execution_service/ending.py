@@ -6,6 +6,12 @@ the run ended elsewhere, whoever ended it announces. :func:`record_end` makes
 the terminal transition (retried while the registry is unavailable) and says
 which of the three it came to (:class:`EndRecord`); :attr:`EndRecord.announce`
 is the verdict the engine acts on.
+
+A completed run's messages (its turn of the thread's conversation) are
+stored right after its end is recorded and before the end is announced, so
+whoever sees ``agent_completed`` and reads the thread, or starts the next
+run on it, finds them. Failing to store them is logged; it does not change
+the run's end.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ async def record_end(
                 through_completing=completed,
             )
         )
+        await _remember(outcome, call, registry=registry, context=context, log=log)
         return EndRecord.RECORDED
     except FailedPrecondition:
         try:
@@ -85,11 +92,15 @@ async def record_end(
             log.error("could not read the run after a refused transition", extra={"error": exc.message})
             return EndRecord.ENDED_ELSEWHERE
         if retried and outcome.matches(run):
+            await _remember(outcome, call, registry=registry, context=context, log=log)
             return EndRecord.RECORDED  # an attempt that looked lost had gone through
         if completed and run.state == run_pb2.RUN_STATE_RUNNING:
-            return await _complete_stepwise(
+            recorded = await _complete_stepwise(
                 call, registry=registry, context=context, result_json=result_json, log=log
             )
+            if recorded is EndRecord.RECORDED:
+                await _remember(outcome, call, registry=registry, context=context, log=log)
+            return recorded
         if run.state not in names.TERMINAL_STATES:
             log.error("terminal transition refused", extra={"state": names.state_name(run.state)})
             return EndRecord.UNCONFIRMED
@@ -97,6 +108,23 @@ async def record_end(
     except RunwireError as exc:
         log.error("could not record the end of the run", extra={"error": exc.message})
         return EndRecord.UNCONFIRMED
+
+
+async def _remember(
+    outcome: Outcome,
+    call: Callable[[Callable[[], Awaitable[int]]], Awaitable[int]],
+    *,
+    registry: RegistryPort,
+    context: Callable[[], context_pb2.UserContext],
+    log: Log,
+) -> None:
+    """Store what a completed run adds to its thread (idempotent per run in the registry)."""
+    if not outcome.messages:
+        return
+    try:
+        await call(lambda: registry.append_messages(context(), outcome.messages))
+    except RunwireError as exc:
+        log.error("could not store the run's messages", extra={"error": exc.message})
 
 
 async def _complete_stepwise(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -40,11 +41,13 @@ from execution_service.dispatcher import ToolDispatcher
 from execution_service.emitter import RawJson, RunEmitter
 from execution_service.ending import record_end
 from execution_service.identity import RunIdentity
+from execution_service.memory import ThreadHistory, messages_of_run
 from execution_service.outcomes import Outcome, State, failure, outcome_of_agent
 from execution_service.peers import BridgePort, RegistryPort
 from execution_service.retry import Backoff
 from execution_service.run_input import RunInput
 from execution_service.sdk import AgentResult, Cancellation, RunContext
+from execution_service.waiting import INPUT_TIMEOUT_CODE, InputWaiter, WaitConfig
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
 from runwire_common.errors import Aborted, FailedPrecondition, NotFound, RunwireError
@@ -69,6 +72,8 @@ class EngineConfig:
     registry_retry_s: float = 10.0
     queue_poll_initial_s: float = 0.2
     queue_poll_max_s: float = 1.0
+    input_timeout_s: float = 600.0
+    input_poll_s: float = 0.5
 
 
 class RunEngine:
@@ -114,6 +119,16 @@ class RunEngine:
             max_payload_bytes=config.max_payload_bytes,
             retry=Backoff(budget_s=config.publish_retry_s),
         )
+        self.inputs = InputWaiter(
+            registry=registry,
+            context=identity.context,
+            emitter=self.emitter,
+            cancellation=self.cancellation,
+            config=WaitConfig(input_timeout_s=config.input_timeout_s, poll_s=config.input_poll_s),
+            on_ended=lambda ended: self.stop_silently(ended, ended.error.message or "the run ended"),
+            on_expired=self._input_expired,
+            log=log,
+        )
         self.dispatcher = ToolDispatcher(
             user=user,
             run_id=self.run_id,
@@ -123,12 +138,15 @@ class RunEngine:
             cancellation=self.cancellation,
             default_timeout_s=config.tool_timeout_s,
             log=log,
+            approver=self.inputs,
         )
+        self._memory = ThreadHistory(registry=registry, context=identity.context, run_id=self.run_id)
         # The state the registry created the run in (CreateRun.initial_state): PENDING when
         # it queues behind its thread (or the registry predates initial_state).
         self._created_state = run.state
         self._external: run_pb2.Run | None = None  # the run as it ended elsewhere
         self._shutdown_within_s: float | None = None  # set when the executor shuts down
+        self._unanswered: str | None = None  # set when the owner did not answer in time
         self._hurry = asyncio.Event()
         self._started_emitted = False
         self._started_at = time.monotonic()
@@ -151,6 +169,13 @@ class RunEngine:
         if self._external is None:
             self._external = run
             self._log.info("run ended elsewhere", extra={"state": names.state_name(run.state)})
+        self.cancellation.request(reason)
+
+    def _input_expired(self, reason: str) -> None:
+        """The owner did not answer in time: stop the agent; the run ends ``timeout``."""
+        if self._unanswered is None:
+            self._unanswered = reason
+            self._log.info("no answer from the user in time")
         self.cancellation.request(reason)
 
     def request_shutdown(self, within_s: float) -> None:
@@ -242,19 +267,29 @@ class RunEngine:
             tools=self.dispatcher,
             cancellation=self.cancellation,
             deadline=loop.time() + self._timeout_s,
+            inputs=self.inputs,
+            memory=self._memory,
         )
         agent = self._spec.new_agent()
         task = asyncio.create_task(agent.run(ctx), name=f"agent:{self.run_id}")
         stop = asyncio.create_task(self.cancellation.wait())
+        deadline = loop.time() + self._timeout_s
         try:
-            done, _ = await asyncio.wait(
-                (task, stop), timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if self.cancellation.requested:
-                await self._let_stop(task)
-                return self._stopped()
-            if task in done:
-                return outcome_of_agent(task, self._log)
+            while True:
+                # Time spent waiting for the owner does not count against the execution timeout.
+                remaining = deadline + self.inputs.waited_s - loop.time()
+                if remaining <= 0 and not self.inputs.waiting:
+                    break
+                done, _ = await asyncio.wait(
+                    (task, stop),
+                    timeout=remaining if remaining > 0 else self._config.input_poll_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if self.cancellation.requested:
+                    await self._let_stop(task)
+                    return self._stopped()
+                if task in done:
+                    return self._completed(outcome_of_agent(task, self._log), task)
             await self._hard_stop(task, self._config.hard_stop_s)
             return Outcome.timed_out(self._timeout_s)
         finally:
@@ -262,12 +297,27 @@ class RunEngine:
             await asyncio.wait((stop,))
             await self._hard_stop(task, self._config.hard_stop_s)
 
+    def _completed(self, outcome: Outcome, task: asyncio.Task[AgentResult]) -> Outcome:
+        """A completed run's outcome carries the messages it adds to its thread."""
+        if outcome.state != run_pb2.RUN_STATE_COMPLETED:
+            return outcome
+        try:
+            messages = messages_of_run(task.result(), run_input=self._input.value, run_id=self.run_id)
+        except ValueError as exc:
+            self._log.error("agent returned invalid messages", extra={"error": str(exc)})
+            return failure("invalid_result", "the agent returned invalid conversation messages")
+        return dataclasses.replace(outcome, messages=tuple(messages))
+
     def _stopped(self) -> Outcome:
         """The outcome of a run that was stopped."""
         if self._external is not None:
             return Outcome.from_run(self._external)
         if self._shutdown_within_s is not None:
             return Outcome.executor_lost()
+        if self._unanswered is not None:
+            return Outcome(
+                state=run_pb2.RUN_STATE_TIMEOUT, error_code=INPUT_TIMEOUT_CODE, error_message=self._unanswered
+            )
         return Outcome.cancelled(self.cancellation.reason)
 
     async def _let_stop(self, task: asyncio.Task[AgentResult]) -> None:

@@ -44,6 +44,8 @@ class Outcome:
     result: Any = None
     final_response: str = ""
     external: bool = False  # ended elsewhere: recorded and announced by whoever ended it
+    # What a completed run adds to its thread (stored with the terminal transition).
+    messages: tuple[run_pb2.ThreadMessage, ...] = ()
 
     @classmethod
     def from_run(cls, run: run_pb2.Run) -> Outcome:

@@ -33,6 +33,20 @@ Example::
             await ctx.emitter.partial(f"It is {report['forecast']}.")
             return AgentResult(final_response=f"It is {report['forecast']}.", result=report)
 
+Asking the user: ``answer = await ctx.ask("Which city?")`` emits
+``input_required``, moves the run to ``waiting`` and returns the owner's
+answer (``{"text": ...}``, or an object matching ``schema=`` when given). Time
+spent waiting does not count against the execution timeout; an answer that
+does not come within the input timeout ends the run in ``timeout``. A tool
+declared with ``requires_approval=True`` (or called with
+``ctx.tools.call(..., require_approval=True)``) asks the owner first and
+raises :class:`ToolDenied` when refused.
+
+Memory: ``await ctx.history()`` returns the messages earlier runs of this
+thread added (oldest first). When a run completes, the messages it adds to
+its thread are ``AgentResult.messages`` if the agent set them, otherwise the
+user's input and the final response.
+
 Ending a run: return an :class:`AgentResult` (``agent_completed``), raise
 :class:`AgentFailure` (``agent_error`` with your code and user-safe message),
 or let :class:`RunCancelled` propagate when the run is cancelled. Any other
@@ -45,11 +59,11 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
-from execution_service.tools import Tool, ToolCall, ToolError, ToolTimeout, tool
+from execution_service.tools import Tool, ToolCall, ToolDenied, ToolError, ToolTimeout, tool
 from runwire.common.v1 import context_pb2
 
 __all__ = (
@@ -58,11 +72,15 @@ __all__ = (
     "AgentResult",
     "Cancellation",
     "EventEmitter",
+    "InputPort",
+    "Message",
     "RunCancelled",
     "RunContext",
+    "ThreadMemory",
     "Tool",
     "ToolCall",
     "ToolCaller",
+    "ToolDenied",
     "ToolError",
     "ToolTimeout",
     "tool",
@@ -88,11 +106,34 @@ class AgentFailure(Exception):
 
 
 @dataclass(frozen=True)
+class Message:
+    """One message of a thread's conversation, shaped like a chat-completions message.
+
+    ``role`` is ``"user"``, ``"assistant"`` or ``"tool"``. An assistant message
+    that calls tools has ``tool_calls`` (``{"id", "type": "function",
+    "function": {"name", "arguments"}}`` objects); a tool message answers
+    ``tool_call_id`` of tool ``name`` with ``content`` (the result as JSON).
+    """
+
+    role: str
+    content: str = ""
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+    run_id: str = ""  # the run that added it (set by Runwire when stored)
+
+
+@dataclass(frozen=True)
 class AgentResult:
-    """What a finished agent answers: the text shown to the user and a JSON result."""
+    """What a finished agent answers: the text shown to the user and a JSON result.
+
+    ``messages``: what this run adds to its thread's conversation (``None``:
+    the user's input and ``final_response``).
+    """
 
     final_response: str
     result: Any = None
+    messages: tuple[Message, ...] | None = None
 
 
 class Cancellation:
@@ -140,15 +181,51 @@ class EventEmitter(Protocol):
 class ToolCaller(Protocol):
     """Calls tools on behalf of one run (see ``execution_service.dispatcher``)."""
 
-    async def call(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
-        """Run tool ``name``; return its result or raise :class:`ToolError`."""
+    async def call(
+        self, name: str, args: Mapping[str, Any] | None = None, *, require_approval: bool = False
+    ) -> Any:
+        """Run tool ``name``; return its result or raise :class:`ToolError`.
+
+        With ``require_approval`` (or a tool declared ``requires_approval``) the
+        owner is asked first; a refusal raises :class:`ToolDenied`.
+        """
+
+
+class InputPort(Protocol):
+    """Asks the run's owner and waits for the answer (see ``RunContext.ask``)."""
+
+    async def ask(self, prompt: str, *, schema: Mapping[str, Any] | None = None) -> Any:
+        """Emit ``input_required`` (kind ``input``), wait in ``waiting``, return the answer."""
+
+
+class ThreadMemory(Protocol):
+    """The thread's conversation before this run."""
+
+    async def history(self) -> tuple[Message, ...]:
+        """Earlier messages of the run's thread, oldest first (loaded once, on first use)."""
+
+
+class NoInput:
+    """An :class:`InputPort` for contexts that cannot ask anyone (tests, tools run alone)."""
+
+    async def ask(self, prompt: str, *, schema: Mapping[str, Any] | None = None) -> Any:
+        raise AgentFailure("this run cannot ask its user for input", code="input_unavailable")
+
+
+class NoMemory:
+    """A :class:`ThreadMemory` of a thread without history."""
+
+    async def history(self) -> tuple[Message, ...]:
+        return ()
 
 
 @dataclass(frozen=True)
 class RunContext:
     """Everything an agent gets for one run, and nothing more.
 
-    ``deadline`` is in the event loop's clock (``asyncio.get_running_loop().time()``).
+    ``deadline`` is in the event loop's clock (``asyncio.get_running_loop().time()``),
+    as set when the agent started; time spent waiting for the user moves the
+    run's real deadline later.
     """
 
     user: context_pb2.UserContext
@@ -159,6 +236,19 @@ class RunContext:
     tools: ToolCaller
     cancellation: Cancellation
     deadline: float
+    inputs: InputPort = field(default_factory=lambda: NoInput())
+    memory: ThreadMemory = field(default_factory=lambda: NoMemory())
+
+    async def ask(self, prompt: str, *, schema: Mapping[str, Any] | None = None) -> Any:
+        """Ask the run's owner and wait for the answer: ``{"text": ...}`` without ``schema``.
+
+        Raises :class:`RunCancelled` if the run is cancelled while waiting.
+        """
+        return await self.inputs.ask(prompt, schema=schema)
+
+    async def history(self) -> tuple[Message, ...]:
+        """The messages earlier runs of this thread added, oldest first."""
+        return await self.memory.history()
 
     def time_left(self) -> float:
         """Seconds until the run's execution timeout (never negative)."""

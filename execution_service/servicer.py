@@ -33,11 +33,12 @@ from execution_service.retry import Backoff
 from execution_service.run_input import parse_input
 from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
+from execution_service.waiting import answer_problem, parse_answer
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
-from runwire_common.errors import InvalidArgument, Unavailable, bounded_detail
+from runwire_common.errors import FailedPrecondition, InvalidArgument, Unavailable, bounded_detail
 from runwire_common.logs import bind
 from runwire_common.servicer import unary
 
@@ -100,6 +101,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             registry_retry_s=settings.registry_retry_s,
             queue_poll_initial_s=settings.queue_poll_initial_s,
             queue_poll_max_s=settings.queue_poll_max_s,
+            input_timeout_s=settings.input_timeout_s,
+            input_poll_s=settings.input_poll_s,
         )
         self._announcer = Announcer(
             registry=registry,
@@ -202,6 +205,25 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             wait_s=time_left(context, at_most=self._settings.call_timeout_s),
         )
         return execution_pb2.CancelRunResponse(run=run)
+
+    @unary
+    async def RespondRun(
+        self, request: execution_pb2.RespondRunRequest, context: Context
+    ) -> execution_pb2.RespondRunResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        answer = parse_answer(request.request_id, request.response_json)
+        ctx = self._identity(ctx).context()  # attested once for this call's peer calls
+        question, _ = await self._registry.get_input(ctx, request.request_id)
+        if question.response_json:
+            raise FailedPrecondition(f"request {request.request_id!r} was already answered")
+        problem = answer_problem(question, answer)
+        if problem is not None:
+            raise InvalidArgument(problem)
+        run, _ = await self._registry.answer_input(ctx, request.request_id, request.response_json)
+        engine = self._supervisor.find(ctx.run_id, user_id=ctx.user_id)
+        if engine is not None:  # runs here: hand the answer over now rather than at its next poll
+            engine.inputs.deliver(request.request_id, request.response_json)
+        return execution_pb2.RespondRunResponse(run=run)
 
     @unary
     async def ListAgents(

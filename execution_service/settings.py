@@ -60,6 +60,14 @@ class ExecutionSettings(ServerSettings):
     queue_poll_max_s: float = Field(
         default=1.0, gt=0, description="longest wait of a queued run between two attempts to start"
     )
+    input_timeout_s: float = Field(
+        default=600.0, gt=0, description="how long a run waits for its user's answer before it times out"
+    )
+    input_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="how often a waiting run looks for an answer given through another replica",
+    )
     drain_stop_s: float = Field(
         default=1.0,
         gt=0,

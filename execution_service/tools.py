@@ -54,6 +54,12 @@ class ToolTimeout(ToolError):
     status = "timeout"
 
 
+class ToolDenied(ToolError):
+    """The run's owner refused the call when asked to approve it."""
+
+    status = "denied"
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """What a handler knows about the call it serves. Request-scoped."""
@@ -72,6 +78,8 @@ class Tool:
     ``parameters`` is the JSON Schema the arguments must match (an object
     schema). ``timeout_s`` overrides the service's default tool timeout;
     ``required_roles`` lists roles the user must all hold (``UserContext.roles``).
+    ``requires_approval``: every call first asks the run's owner (an
+    ``input_required`` event of kind ``approval``) and runs only if approved.
     """
 
     name: str
@@ -80,6 +88,7 @@ class Tool:
     handler: ToolHandler
     timeout_s: float | None = None
     required_roles: frozenset[str] = field(default_factory=frozenset)
+    requires_approval: bool = False
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
@@ -95,6 +104,7 @@ def tool(
     parameters: Mapping[str, Any],
     timeout_s: float | None = None,
     required_roles: Iterable[str] = (),
+    requires_approval: bool = False,
 ) -> Callable[[ToolHandler], Tool]:
     """Decorate an async ``handler(args, call)`` to make it a :class:`Tool`."""
 
@@ -106,6 +116,7 @@ def tool(
             handler=handler,
             timeout_s=timeout_s,
             required_roles=frozenset(required_roles),
+            requires_approval=requires_approval,
         )
 
     return wrap

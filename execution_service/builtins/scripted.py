@@ -3,11 +3,15 @@
 For demos, client development and load tests. Input::
 
     {"steps": [{"think": "..."}, {"tool": "calculator", "args": {"expression": "1+1"}},
-               {"partial": "..."}, {"sleep_ms": 500}, {"fail": "message"}],
+               {"partial": "..."}, {"sleep_ms": 500}, {"fail": "message"},
+               {"ask": "question"}, {"tool": "echo", "args": {}, "require_approval": true}],
      "result": "final text"}
 
 A failed tool call is reported by its ``tool_completed`` event and the script
-goes on; ``fail`` ends the run with ``agent_error`` (``agent_failed``).
+goes on (a call refused by the user too: ``status: denied``); ``fail`` ends
+the run with ``agent_error`` (``agent_failed``); ``ask`` waits for the user's
+answer (``input_required``, the run is ``waiting``) and emits its ``text`` as a
+``partial_result``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,15 @@ STEP_KINDS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "additionalProperties": False,
         },
         "tool": {
-            "properties": {"tool": {"type": "string"}, "args": {"type": "object"}},
+            "properties": {
+                "tool": {"type": "string"},
+                "args": {"type": "object"},
+                "require_approval": {"type": "boolean"},
+            },
+            "additionalProperties": False,
+        },
+        "ask": {
+            "properties": {"ask": {"type": "string"}},
             "additionalProperties": False,
         },
         "partial": {
@@ -66,7 +78,13 @@ STEP_SCHEMA: Mapping[str, Any] = MappingProxyType(
         "properties": {key: True for kind in STEP_KINDS.values() for key in kind["properties"]},
         "additionalProperties": False,
         # An optional key needs its kind key, so a step without a kind key is refused here.
-        "dependentRequired": {"step": ["think"], "progress": ["think"], "args": ["tool"], "code": ["fail"]},
+        "dependentRequired": {
+            "step": ["think"],
+            "progress": ["think"],
+            "args": ["tool"],
+            "require_approval": ["tool"],
+            "code": ["fail"],
+        },
         # The kind's own schema: types, and no keys of another kind (so exactly one kind key).
         "dependentSchemas": dict(STEP_KINDS),
     }
@@ -101,13 +119,18 @@ def _object(value: Any) -> bool:
     return type(value) is dict
 
 
+def _flag(value: Any) -> bool:
+    return type(value) is bool
+
+
 # What each key of a step may hold, by step kind; mirrors STEP_KINDS for plain JSON values.
 # The checks are deliberately narrower than the schema (5.0 is a valid sleep_ms, but not
 # here): whatever they do not accept goes to the schema, so they never widen it.
 _FAST_CHECKS: Mapping[str, Mapping[str, Callable[[Any], bool]]] = MappingProxyType(
     {
         "think": {"think": _text, "step": _text, "progress": _fraction},
-        "tool": {"tool": _text, "args": _object},
+        "tool": {"tool": _text, "args": _object, "require_approval": _flag},
+        "ask": {"ask": _text},
         "partial": {"partial": _text},
         "sleep_ms": {"sleep_ms": _sleep},
         "fail": {"fail": _text, "code": _text},
@@ -132,7 +155,7 @@ def _plain_step(step: Any) -> bool:
 
 class ScriptedAgent(Agent):
     name = "scripted"
-    description = "Follows the script in its input: think, tool, partial, sleep_ms and fail steps."
+    description = "Follows the script in its input: think, tool, partial, sleep_ms, fail and ask steps."
     input_schema = INPUT_SCHEMA
     tools: ClassVar[tuple[str, ...]] = tuple(t.name for t in BUILTIN_TOOLS)
 
@@ -162,13 +185,20 @@ class ScriptedAgent(Agent):
             elif "tool" in step:
                 tool_calls += 1
                 try:
-                    await ctx.tools.call(step["tool"], step.get("args", {}))
+                    await ctx.tools.call(
+                        step["tool"],
+                        step.get("args", {}),
+                        require_approval=step.get("require_approval", False),
+                    )
                 except ToolError:
                     tool_errors += 1  # already reported by its tool_completed event
             elif "partial" in step:
                 await ctx.emitter.partial(step["partial"])
             elif "sleep_ms" in step:
                 await ctx.sleep(step["sleep_ms"] / 1000)
+            elif "ask" in step:
+                answer = await ctx.ask(step["ask"])
+                await ctx.emitter.partial(answer["text"])
             elif "fail" in step:
                 raise AgentFailure(step["fail"], code=step.get("code", "agent_failed"))
             else:  # pragma: no cover - excluded by the input schema
