@@ -100,6 +100,12 @@ class RunPage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class ThreadPage:
+    threads: list[run_pb2.Thread]
+    next_page_token: str
+
+
 class Backends:
     """The unary peers of the gateway, over channels opened once per process.
 
@@ -163,3 +169,34 @@ class Backends:
         )
         response = await self._registry.ListRuns(request, timeout=self._timeout)
         return RunPage(list(response.runs), response.next_page_token)
+
+    async def respond_run(
+        self, ctx: context_pb2.UserContext, *, request_id: str, response_json: str
+    ) -> run_pb2.Run:
+        request = execution_pb2.RespondRunRequest(
+            user_context=ctx, request_id=request_id, response_json=response_json
+        )
+        response = await self._execution.RespondRun(request, timeout=self._timeout)
+        return response.run
+
+    async def list_threads(
+        self, ctx: context_pb2.UserContext, *, page_size: int, page_token: str
+    ) -> ThreadPage:
+        request = registry_pb2.ListThreadsRequest(
+            user_context=ctx, page_size=page_size, page_token=page_token
+        )
+        response = await self._registry.ListThreads(request, timeout=self._timeout)
+        return ThreadPage(list(response.threads), response.next_page_token)
+
+    async def get_thread(
+        self, ctx: context_pb2.UserContext
+    ) -> tuple[run_pb2.Thread, list[run_pb2.ThreadMessage]]:
+        response = await self._registry.GetThread(
+            registry_pb2.GetThreadRequest(user_context=ctx), timeout=self._timeout
+        )
+        return response.thread, list(response.messages)
+
+    async def delete_thread(self, ctx: context_pb2.UserContext) -> None:
+        await self._registry.DeleteThread(
+            registry_pb2.DeleteThreadRequest(user_context=ctx), timeout=self._timeout
+        )

@@ -45,7 +45,11 @@ from gateway.protocol import (
     ResumeFrame,
     RunCancelFrame,
     RunGetFrame,
+    RunRespondFrame,
     RunStartFrame,
+    ThreadDeleteFrame,
+    ThreadGetFrame,
+    ThreadsListFrame,
     parse_frame,
 )
 from gateway.settings import GatewaySettings
@@ -267,6 +271,24 @@ class Session:
         elif isinstance(command, RunGetFrame):
             run = await self._backends.get_run(self._minter.mint(run_id=command.run_id))
             await self.send(frames.run_reply("run", command.id, run))
+        elif isinstance(command, RunRespondFrame):
+            run = await self._backends.respond_run(
+                self._minter.mint(run_id=command.run_id),
+                request_id=command.request_id,
+                response_json=json.dumps(dict(command.response), ensure_ascii=False),
+            )
+            await self.send(frames.run_reply("run.responded", command.id, run))
+        elif isinstance(command, ThreadsListFrame):
+            threads = await self._backends.list_threads(
+                self._minter.mint(), page_size=command.limit or 0, page_token=command.page_token or ""
+            )
+            await self.send(frames.threads_reply(command.id, threads.threads, threads.next_page_token))
+        elif isinstance(command, ThreadGetFrame):
+            thread, messages = await self._backends.get_thread(self._minter.mint(thread_id=command.thread_id))
+            await self.send(frames.thread_reply(command.id, thread, messages))
+        elif isinstance(command, ThreadDeleteFrame):
+            await self._backends.delete_thread(self._minter.mint(thread_id=command.thread_id))
+            await self.send(frames.thread_deleted_reply(command.id, command.thread_id))
         else:
             page = await self._backends.list_runs(
                 self._minter.mint(thread_id=command.thread_id or ""),

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from json.encoder import encode_basestring
+from types import MappingProxyType
 from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.protocol import ClientId
@@ -28,8 +31,8 @@ def server_time() -> str:
     return rfc3339(utcnow())
 
 
-def _time_or_none(message: run_pb2.Run, field: str) -> str | None:
-    if not message.HasField(field):  # type: ignore[arg-type]
+def _time_or_none(message: Message, field: str) -> str | None:
+    if not message.HasField(field):
         return None
     value: Timestamp = getattr(message, field)
     if value.seconds == 0 and value.nanos == 0:
@@ -64,7 +67,92 @@ def run_json(run: run_pb2.Run) -> dict[str, Any]:
         "result": _json_or(run.result_json, None),
         "input": _json_or(run.input_json, {}),
         "cancel_requested": run.cancel_requested,
+        "pending_input": input_json(run.pending_input) if run.HasField("pending_input") else None,
     }
+
+
+_KINDS: Mapping[int, str] = MappingProxyType(
+    {run_pb2.INPUT_KIND_INPUT: "input", run_pb2.INPUT_KIND_APPROVAL: "approval"}
+)
+_ROLES: Mapping[int, str] = MappingProxyType(
+    {
+        run_pb2.MESSAGE_ROLE_USER: "user",
+        run_pb2.MESSAGE_ROLE_ASSISTANT: "assistant",
+        run_pb2.MESSAGE_ROLE_TOOL: "tool",
+    }
+)
+
+
+def input_json(request: run_pb2.InputRequest) -> dict[str, Any]:
+    """What a waiting run asked (``run.pending_input``), as its ``input_required`` event said it."""
+    out: dict[str, Any] = {
+        "request_id": request.request_id,
+        "kind": _KINDS.get(request.kind, "input"),
+        "prompt": request.prompt,
+        "schema": _json_or(request.schema_json, None),
+        "expires_at": _time_or_none(request, "expires_at"),
+    }
+    if request.kind == run_pb2.INPUT_KIND_APPROVAL:
+        out.update(
+            tool_name=request.tool_name,
+            call_id=request.call_id,
+            parameters=_json_or(request.parameters_json, {}),
+        )
+    return out
+
+
+def thread_json(thread: run_pb2.Thread) -> dict[str, Any]:
+    return {
+        "thread_id": thread.thread_id,
+        "created_at": _time_or_none(thread, "created_at"),
+        "updated_at": _time_or_none(thread, "updated_at"),
+        "last_run_state": state_name(thread.last_run_state) if thread.last_run_state else None,
+        "title": thread.title,
+    }
+
+
+def message_json(message: run_pb2.ThreadMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "role": _ROLES.get(message.role, "user"),
+        "content": message.content,
+        "run_id": message.run_id,
+        "created_at": _time_or_none(message, "created_at"),
+    }
+    if message.tool_calls_json:
+        out["tool_calls"] = _json_or(message.tool_calls_json, [])
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def threads_reply(client_id: ClientId | None, threads: list[run_pb2.Thread], next_page_token: str) -> str:
+    return dumps(
+        {
+            "type": "threads",
+            "id": client_id,
+            "threads": [thread_json(t) for t in threads],
+            "next_page_token": next_page_token or None,
+        }
+    )
+
+
+def thread_reply(
+    client_id: ClientId | None, thread: run_pb2.Thread, messages: list[run_pb2.ThreadMessage]
+) -> str:
+    return dumps(
+        {
+            "type": "thread",
+            "id": client_id,
+            "thread": thread_json(thread),
+            "messages": [message_json(m) for m in messages],
+        }
+    )
+
+
+def thread_deleted_reply(client_id: ClientId | None, thread_id: str) -> str:
+    return dumps({"type": "thread.deleted", "id": client_id, "thread_id": thread_id})
 
 
 def _payload_text(payload_json: str) -> str:

@@ -3,7 +3,8 @@
 Pure functions, no I/O. :func:`parse_frame` turns one WebSocket message into a
 command dataclass or raises :class:`FrameError` carrying the error code of the
 protocol (``invalid_message`` / ``unknown_type`` / ``invalid_argument``) and the
-client's correlation id when it could be read.
+client's correlation id when it could be read. The commands themselves are
+in :mod:`gateway.commands` (re-exported here).
 """
 
 from __future__ import annotations
@@ -11,16 +12,28 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
+from gateway.commands import (
+    CallFrame,
+    ClientId,
+    Command,
+    HeartbeatFrame,
+    PingFrame,
+    ResumeFrame,
+    RunCancelFrame,
+    RunGetFrame,
+    RunRespondFrame,
+    RunsListFrame,
+    RunStartFrame,
+    ThreadDeleteFrame,
+    ThreadGetFrame,
+    ThreadsListFrame,
+)
 from runwire.common.v1 import run_pb2
 from runwire_common.context import id_problem
 from runwire_common.jsontext import may_hold_surrogates
 from runwire_common.names import MULTITASK_STRATEGIES, STATES_BY_NAME
-
-ClientId = str | int | float
 
 MAX_LIST_LIMIT = 200
 MAX_CLIENT_ID_CHARS = 128
@@ -55,71 +68,9 @@ class FrameError(Exception):
         self.client_id = client_id
 
 
-@dataclass(frozen=True)
-class RunStartFrame:
-    """``run.start`` (and the compatibility aliases that start a run) → ``ExecutionService.StartRun``."""
-
-    rpc: ClassVar[str] = "StartRun"
-    id: ClientId | None
-    agent: str
-    input: Mapping[str, Any]
-    thread_id: str | None
-    multitask_strategy: int
-
-
-@dataclass(frozen=True)
-class RunCancelFrame:
-    """``run.cancel`` → ``ExecutionService.CancelRun``."""
-
-    rpc: ClassVar[str] = "CancelRun"
-    id: ClientId
-    run_id: str
-
-
-@dataclass(frozen=True)
-class RunGetFrame:
-    """``run.get`` → ``RegistryService.GetRun``."""
-
-    rpc: ClassVar[str] = "GetRun"
-    id: ClientId
-    run_id: str
-
-
-@dataclass(frozen=True)
-class RunsListFrame:
-    """``runs.list`` → ``RegistryService.ListRuns``."""
-
-    rpc: ClassVar[str] = "ListRuns"
-    id: ClientId
-    thread_id: str | None
-    state: int | None
-    limit: int | None
-    page_token: str | None
-
-
-@dataclass(frozen=True)
-class ResumeFrame:
-    id: ClientId
-    after: str
-
-
-@dataclass(frozen=True)
-class PingFrame:
-    id: ClientId | None
-
-
-@dataclass(frozen=True)
-class HeartbeatFrame:
-    id: ClientId | None
-
-
-# The frames served by a gRPC call (``rpc`` names it; traces are named after it).
-CallFrame = RunStartFrame | RunCancelFrame | RunGetFrame | RunsListFrame
-Command = CallFrame | ResumeFrame | PingFrame | HeartbeatFrame
-
 KNOWN_TYPES = frozenset(
     {"run.start", "run.cancel", "run.get", "runs.list", "resume", "ping", "start_agent", "user_message"}
-    | {"chat", "heartbeat"}
+    | {"chat", "heartbeat", "run.respond", "threads.list", "thread.get", "thread.delete"}
 )
 
 
@@ -219,6 +170,23 @@ def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default
             limit=_limit(frame.get("limit")),
             page_token=_optional_str(frame, "page_token", MAX_TOKEN_CHARS),
         )
+    if kind == "run.respond":
+        return RunRespondFrame(
+            id=cid,
+            run_id=_required_id_field(frame, "run_id"),
+            request_id=_required_id_field(frame, "request_id"),
+            response=_object(frame, "response"),
+        )
+    if kind == "threads.list":
+        return ThreadsListFrame(
+            id=cid,
+            limit=_limit(frame.get("limit")),
+            page_token=_optional_str(frame, "page_token", MAX_TOKEN_CHARS),
+        )
+    if kind == "thread.get":
+        return ThreadGetFrame(cid, _required_id_field(frame, "thread_id"))
+    if kind == "thread.delete":
+        return ThreadDeleteFrame(cid, _required_id_field(frame, "thread_id"))
     if kind == "resume":
         after = frame.get("after")
         if not isinstance(after, str) or cursor_problem(after):
@@ -343,3 +311,23 @@ def cursor_problem(value: str) -> bool:
         or len(value) > MAX_TOKEN_CHARS
         or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
     )
+
+
+__all__ = (
+    "CallFrame",
+    "ClientId",
+    "Command",
+    "FrameError",
+    "HeartbeatFrame",
+    "PingFrame",
+    "ResumeFrame",
+    "RunCancelFrame",
+    "RunGetFrame",
+    "RunRespondFrame",
+    "RunStartFrame",
+    "RunsListFrame",
+    "ThreadDeleteFrame",
+    "ThreadGetFrame",
+    "ThreadsListFrame",
+    "parse_frame",
+)
