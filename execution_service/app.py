@@ -2,7 +2,8 @@
 
 ``running_service(settings)`` opens the long-lived resources in order (a
 channel to the registry; the bridge publisher, which holds one publish stream
-per bridge replica), builds the agent catalog, the run supervisor and the
+per bridge replica; the ``llm`` agent's model client when its endpoint is
+configured), builds the agent catalog, the run supervisor and the
 servicer, starts the gRPC server and yields it. On exit (SIGTERM in
 ``__main__``) it drains within ``grace_period_s``: new calls are refused with
 ``UNAVAILABLE`` (the server's drain gate), live runs may finish until
@@ -20,6 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import grpc
 
 from execution_service.catalog import AgentCatalog
+from execution_service.llm.wiring import bind_llm, open_client
 from execution_service.metrics import ExecutionCollector
 from execution_service.peers import BRIDGE_SERVICE, REGISTRY_SERVICE, GrpcRegistry
 from execution_service.publisher import StreamPublisher
@@ -55,6 +57,11 @@ async def running_service(
     attestor = settings.attestor()
     agents = catalog if catalog is not None else AgentCatalog.discover()
     async with AsyncExitStack() as stack:
+        # The llm agent's model client: one per process, closed after the runs have drained.
+        llm_client = open_client(settings.llm)
+        if llm_client is not None:
+            stack.push_async_callback(llm_client.close)
+        agents = bind_llm(agents, settings.llm, llm_client)
         observability = await stack.enter_async_context(
             open_observability(
                 "runwire-execution",

@@ -9,11 +9,12 @@ an agent naming an unknown tool, an invalid schema) fail at start-up.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import inspect
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -47,7 +48,12 @@ class ToolSpec:
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """An agent class with its compiled input validator and resolved settings."""
+    """An agent class with its compiled input validator and resolved settings.
+
+    ``factory`` builds the agent when it needs resources of the process (a
+    model client); ``unavailable_reason`` is set for an agent that is listed
+    but cannot run here, and says what to configure.
+    """
 
     name: str
     description: str
@@ -55,9 +61,11 @@ class AgentSpec:
     validator: Validator
     tools: tuple[str, ...]
     timeout_s: float | None
+    factory: Callable[[], Agent] | None = None
+    unavailable_reason: str = ""
 
     def new_agent(self) -> Agent:
-        return self.agent_class()
+        return self.factory() if self.factory is not None else self.agent_class()
 
     def check_input(self, value: Any) -> None:
         """Raise :class:`InvalidArgument` unless ``value`` matches the input schema."""
@@ -192,6 +200,15 @@ class AgentCatalog:
             shown = name if len(name) <= MAX_NAME_IN_MESSAGE else name[:MAX_NAME_IN_MESSAGE] + "…"
             raise NotFound(f"agent {shown!r} not found")
         return spec
+
+    def configured(
+        self, name: str, *, factory: Callable[[], Agent] | None = None, unavailable_reason: str = ""
+    ) -> AgentCatalog:
+        """A copy in which agent ``name`` is built by ``factory``, or is listed but unavailable."""
+        spec = replace(self.agent(name), factory=factory, unavailable_reason=unavailable_reason)
+        other = copy.copy(self)
+        other._agents = MappingProxyType({**self._agents, spec.name: spec})
+        return other
 
     def tools_of(self, agent: AgentSpec) -> Mapping[str, ToolSpec]:
         """The tools ``agent`` may call."""

@@ -122,6 +122,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor)
         self._supervisor.check_open()
         spec = self._catalog.agent(request.agent)
+        if spec.unavailable_reason:  # listed, but not configured on this server (the llm agent)
+            raise FailedPrecondition(spec.unavailable_reason)
         run_input = parse_input(request.input_json)
         spec.check_input(run_input.value)
         timeout_s = effective_timeout(

@@ -7,6 +7,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from execution_service.llm.settings import LlmSettings
 from runwire_common.ids import new_id
 from runwire_common.settings import ServerSettings
 
@@ -22,7 +23,8 @@ class ExecutionSettings(ServerSettings):
     ``dns:///name:port``; the bridge's also ``ipv4:a:p,b:q``: events are
     published over one stream per bridge replica, see
     :mod:`execution_service.publisher`). ``executor_id`` identifies this replica in the run
-    records; it is generated per process unless configured.
+    records; it is generated per process unless configured. ``llm`` holds the
+    ``llm`` agent's endpoint and limits (``OPENAI_*``, ``RUNWIRE_LLM_*``).
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_EXECUTION_", populate_by_name=True, extra="ignore")
@@ -73,6 +75,7 @@ class ExecutionSettings(ServerSettings):
         gt=0,
         description="on shutdown, runs still going this long before the grace period ends are ended dead",
     )
+    llm: LlmSettings = Field(default_factory=LlmSettings, description="the llm agent's model endpoint")
 
     @model_validator(mode="after")
     def _drain_fits(self) -> Self:

@@ -98,7 +98,7 @@ def test_without_entry_points_only_the_builtins_are_listed(
 ) -> None:
     install_plugin(tmp_path, monkeypatch, GOOD_ENTRY_POINTS)
     catalog = AgentCatalog.discover(entry_points=False)
-    assert [a.name for a in catalog.agents] == ["assistant", "scripted"]
+    assert [a.name for a in catalog.agents] == ["assistant", "llm", "scripted"]
     assert set(catalog.tools) == {"calculator", "clock", "text_stats", "echo"}
 
 
