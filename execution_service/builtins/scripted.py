@@ -12,6 +12,9 @@ goes on (a call refused by the user too: ``status: denied``); ``fail`` ends
 the run with ``agent_error`` (``agent_failed``); ``ask`` waits for the user's
 answer (``input_required``, the run is ``waiting``) and emits its ``text`` as a
 ``partial_result``.
+
+A script is not a conversation: a scripted run adds no messages to its
+thread (which also keeps load tests free of the extra registry write).
 """
 
 from __future__ import annotations
@@ -206,4 +209,5 @@ class ScriptedAgent(Agent):
         return AgentResult(
             final_response=str(ctx.input.get("result", "")),
             result={"steps": len(steps), "tool_calls": tool_calls, "tool_errors": tool_errors},
+            messages=(),
         )

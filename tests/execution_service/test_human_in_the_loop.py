@@ -246,8 +246,17 @@ async def test_an_agents_own_messages_are_stored_with_secrets_redacted() -> None
     assert "hunter2" not in stored[2].content and stored[2].tool_call_id == "c1"
 
 
-async def test_a_run_that_does_not_complete_adds_nothing_to_its_thread() -> None:
+async def test_a_scripted_run_adds_nothing_to_its_thread() -> None:
     h = harness()
-    run_id = await h.run("scripted", {"steps": [{"fail": "no"}]})
-    assert h.state(run_id) == "failed"
-    assert not [m for m in h.registry.messages if m.message.run_id == run_id]
+    run_id = await h.run("scripted", {"steps": [{"partial": "x"}], "result": "ok"})
+    assert h.state(run_id) == "completed"
+    assert not h.registry.messages and not h.registry.appended_runs  # not even an empty call
+
+
+async def test_a_run_that_does_not_complete_adds_nothing_to_its_thread() -> None:
+    h = harness(input_timeout_s=0.2)
+    run_id = await h.run("historian", {"message": "first"}, thread="thread_memory_test_03")
+    assert h.state(run_id) == "completed"
+    run_id = await h.run("asker", {}, thread="thread_memory_test_03")  # nobody answers
+    assert h.state(run_id) == "timeout"
+    assert h.registry.messages and not [m for m in h.registry.messages if m.message.run_id == run_id]
