@@ -291,8 +291,8 @@ class LlmAgent(Agent):
                 result = await ctx.tools.call(call.name, arguments, require_approval=True)
             else:
                 result = await ctx.tools.call(call.name, arguments)
-        except ToolDenied as exc:
-            record.update(status=exc.status, error="the user denied this call")
+        except ToolDenied as exc:  # the model hears why, and may go on without the tool
+            record.update(status=exc.status, error=redact_text(exc.message))
             return CallOutcome(
                 tool_content({"error": record["error"], "status": exc.status}), record, malformed
             )
