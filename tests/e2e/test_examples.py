@@ -82,7 +82,7 @@ def node_example() -> Path:
 
 
 def test_the_node_example_passes_its_node_test_suite_against_the_services(
-    system: System, attestation_key_spec: str, node_example: Path
+    node_example: Path, system: System, attestation_key_spec: str
 ) -> None:
     env = _env(system, attestation_key_spec)
     minted = subprocess.run(
