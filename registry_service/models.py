@@ -4,6 +4,10 @@
 ever created a run and exists only to be locked: ``CreateRun`` locks the
 caller's row before it counts live runs, which serialises admissions of one
 user across every replica (see :mod:`registry_service.admission`).
+``input_requests`` holds what runs asked their owners and the answers
+(:mod:`registry_service.inputs`); ``thread_messages`` the conversation of each
+thread (:mod:`registry_service.threads`). A thread has no row of its own: it
+is the owner's runs with one ``thread_id`` and their messages.
 
 Timestamps are stored in UTC. SQLite has no time-zone type, so
 :class:`UTCDateTime` normalises on the way in and re-attaches UTC on the way
@@ -32,12 +36,19 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from registry_service.convert import KIND_NAMES, ROLE_NAMES
 from registry_service.states import ALL_STATES, MULTITASK_STRATEGIES
 
 ID_LENGTH = 256
 AGENT_LENGTH = 128
 STATE_LENGTH = 16
 ERROR_CODE_LENGTH = 64
+KIND_LENGTH = 16
+TOOL_NAME_LENGTH = 128
+
+# Stored by name, like states: InputKind and MessageRole without their prefixes.
+INPUT_KINDS = tuple(KIND_NAMES.values())
+MESSAGE_ROLES = tuple(ROLE_NAMES.values())
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -137,3 +148,65 @@ class RunOwner(Base):
 
 
 OWNERS: Table = RunOwner.__table__  # type: ignore[assignment]
+
+
+class InputRequestRecord(Base):
+    """One question a run asked its owner (``runwire.common.v1.InputRequest``), and its answer.
+
+    ``run_version`` is the run's version right after it moved to ``waiting``
+    for this request: while the run is still at that version and waiting,
+    this is its pending request, and ``AnswerInput`` resumes it only then.
+    """
+
+    __tablename__ = "input_requests"
+
+    run_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    kind: Mapped[str] = mapped_column(String(KIND_LENGTH))
+    prompt: Mapped[str] = mapped_column(Text())
+    schema_json: Mapped[str] = mapped_column(Text())
+    tool_name: Mapped[str] = mapped_column(String(TOOL_NAME_LENGTH))
+    call_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    parameters_json: Mapped[str] = mapped_column(Text())
+    run_version: Mapped[int] = mapped_column(BigInteger())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    response_json: Mapped[str | None] = mapped_column(Text())
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (CheckConstraint(_in_list("kind", INPUT_KINDS), name="kind"),)
+
+
+INPUT_REQUESTS: Table = InputRequestRecord.__table__  # type: ignore[assignment]
+
+
+class ThreadMessageRecord(Base):
+    """One message of a thread (``runwire.common.v1.ThreadMessage``); ``id`` orders a thread's messages."""
+
+    __tablename__ = "thread_messages"
+
+    # SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets a BIGINT serial.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    tenant_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    thread_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    run_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    role: Mapped[str] = mapped_column(String(KIND_LENGTH))
+    content: Mapped[str] = mapped_column(Text())
+    tool_calls_json: Mapped[str] = mapped_column(Text())
+    tool_call_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    name: Mapped[str] = mapped_column(String(TOOL_NAME_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(_in_list("role", MESSAGE_ROLES), name="role"),
+        # A thread's messages in order (GetThread, titles); a run's (idempotent appends).
+        Index("ix_thread_messages_user_id_thread_id_id", "user_id", "thread_id", "id"),
+        Index("ix_thread_messages_run_id", "run_id"),
+    )
+
+
+THREAD_MESSAGES: Table = ThreadMessageRecord.__table__  # type: ignore[assignment]

@@ -49,16 +49,17 @@ from registry_service.models import RUNS
 from registry_service.paging import PageCursor
 from registry_service.states import (
     ACTIVE_STATES,
-    ALLOWED_SOURCES,
     COMPLETED,
     COMPLETING,
     DEFAULT_ERRORS,
     FAILURE_STATES,
+    INPUT_MOVES,
     LIVE_STATES,
     PENDING,
     RESULT_STATES,
     RUNNING,
     STARTING,
+    TRANSITION_SOURCES,
     is_terminal,
 )
 from runwire_common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, RunwireError
@@ -162,7 +163,7 @@ def _update_for(
         .where(
             RUNS.c.run_id == bindparam("match_run_id"),
             RUNS.c.user_id == bindparam("match_user_id"),
-            RUNS.c.state.in_(sorted(sources if sources is not None else ALLOWED_SOURCES[to_state])),
+            RUNS.c.state.in_(sorted(sources if sources is not None else TRANSITION_SOURCES[to_state])),
         )
         .values(values)
         .returning(*RUNS.c)
@@ -179,7 +180,7 @@ UPDATES: Mapping[tuple[str, bool, bool], Update] = MappingProxyType(
         (to_state, with_result, with_version): _update_for(
             to_state, with_result=with_result, with_version=with_version
         )
-        for to_state, sources in ALLOWED_SOURCES.items()
+        for to_state, sources in TRANSITION_SOURCES.items()
         if sources
         for with_result in ((False, True) if to_state in RESULT_STATES else (False,))
         for with_version in (False, True)
@@ -238,7 +239,7 @@ def try_transition(
     start, a refusal, or a ``completing`` run completed ``through_completing``.
     Needs no transaction around it (see :meth:`Database.write_statement`).
     """
-    if not ALLOWED_SOURCES[change.to_state]:
+    if not TRANSITION_SOURCES[change.to_state]:
         return None
     with_result, with_version = change.result_json is not None, bool(change.expected_version)
     if change.through_completing:
@@ -263,7 +264,7 @@ def transition_run(
     ``expected_version`` is stale, and ``ABORTED`` when a queued run may not
     start yet.
     """
-    if not ALLOWED_SOURCES[change.to_state]:
+    if not TRANSITION_SOURCES[change.to_state]:
         raise _why_not(connection, change, user_id=user_id, run_id=run_id)
     with_version = bool(change.expected_version)
     statement = UPDATES[(change.to_state, change.result_json is not None, with_version)]
@@ -356,7 +357,10 @@ def _why_not(
         return not_found(run_id)
     if is_terminal(current.state):
         return FailedPrecondition(f"run is already {current.state}")
-    if current.state not in (sources if sources is not None else ALLOWED_SOURCES[change.to_state]):
+    through = INPUT_MOVES.get((current.state, change.to_state))
+    if through is not None:
+        return FailedPrecondition(f"a {current.state} run moves to {change.to_state} only through {through}")
+    if current.state not in (sources if sources is not None else TRANSITION_SOURCES[change.to_state]):
         return FailedPrecondition(f"a {current.state} run cannot move to {change.to_state}")
     if change.expected_version and current.version != change.expected_version:
         return FailedPrecondition(

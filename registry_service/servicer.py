@@ -5,6 +5,10 @@ runs the call as one database transaction of the domain modules; the
 ``@unary`` decorator maps domain errors to status codes. Run-scoped calls act
 on ``user_context.run_id`` and always within ``user_context.user_id``.
 
+A waiting run's ``pending_input`` is read in the same transaction as the run
+(``GetRun``, ``ListRuns``, ``Heartbeat``, ``GetInput``); only waiting runs cost
+the extra query.
+
 Successful calls are logged at DEBUG (a line per call is a measurable share
 of the call's CPU); interruptions, refusals and errors are logged as before.
 """
@@ -20,10 +24,17 @@ import grpc
 
 from registry_service import validation
 from registry_service.admission import create_run
-from registry_service.convert import run_message
+from registry_service.convert import input_message, run_message, thread_message, thread_summary
 from registry_service.database import Database
+from registry_service.inputs import answer_input, get_input, request_input, with_pending, with_pendings
 from registry_service.metrics import RegistryMetrics
-from registry_service.paging import decode_page_token, encode_page_token, page_size
+from registry_service.paging import (
+    decode_page_token,
+    decode_thread_token,
+    encode_page_token,
+    encode_thread_token,
+    page_size,
+)
 from registry_service.runs import (
     complete_through,
     get_run,
@@ -32,6 +43,8 @@ from registry_service.runs import (
     transition_run,
     try_transition,
 )
+from registry_service.states import RUNNING, WAITING
+from registry_service.threads import append_messages, delete_thread, get_thread, list_threads
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
@@ -129,12 +142,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         executor_id = validation.executor_id(request.executor_id)
         user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
-        record = await self._database.write_statement(
-            lambda connection: heartbeat(
-                connection, user_id=user_id, run_id=run_id, executor_id=executor_id, now=now
+        record, pending = await self._database.write_statement(
+            lambda connection: with_pending(
+                connection,
+                heartbeat(connection, user_id=user_id, run_id=run_id, executor_id=executor_id, now=now),
             )
         )
-        return registry_pb2.HeartbeatResponse(run=run_message(record))
+        return registry_pb2.HeartbeatResponse(run=run_message(record, pending=pending))
 
     @unary
     async def GetRun(
@@ -142,10 +156,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.GetRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         user_id, run_id = ctx.user_id, ctx.run_id
-        record = await self._database.read(
-            lambda connection: get_run(connection, user_id=user_id, run_id=run_id)
+        record, pending = await self._database.read(
+            lambda connection: with_pending(connection, get_run(connection, user_id=user_id, run_id=run_id))
         )
-        return registry_pb2.GetRunResponse(run=run_message(record))
+        return registry_pb2.GetRunResponse(run=run_message(record, pending=pending))
 
     @unary
     async def ListRuns(
@@ -156,10 +170,123 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         limit = page_size(request.page_size)
         after = decode_page_token(request.page_token)
         user_id = ctx.user_id
-        page = await self._database.read(
-            lambda connection: list_runs(
-                connection, user_id=user_id, limit=limit, thread_id=thread_id, state=state, after=after
+        page, pending = await self._database.read(
+            lambda connection: with_pendings(
+                connection,
+                list_runs(
+                    connection, user_id=user_id, limit=limit, thread_id=thread_id, state=state, after=after
+                ),
             )
         )
         token = encode_page_token(page.next_cursor) if page.next_cursor is not None else ""
-        return registry_pb2.ListRunsResponse(runs=[run_message(r) for r in page.runs], next_page_token=token)
+        runs = [run_message(r, pending=pending.get(r.run_id)) for r in page.runs]
+        return registry_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    @unary
+    async def RequestInput(
+        self, request: registry_pb2.RequestInputRequest, context: Context
+    ) -> registry_pb2.RequestInputResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        new = validation.new_input(request)
+        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        record, stored = await self._database.write(
+            lambda connection: request_input(connection, new, user_id=user_id, run_id=run_id, now=now)
+        )
+        self._metrics.count_transition(WAITING)
+        if log.isEnabledFor(logging.DEBUG):
+            bind(log, ctx).debug("run waits for input", extra={"input_request_id": new.request_id})
+        return registry_pb2.RequestInputResponse(run=run_message(record, pending=stored))
+
+    @unary
+    async def AnswerInput(
+        self, request: registry_pb2.AnswerInputRequest, context: Context
+    ) -> registry_pb2.AnswerInputResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        request_id, response_json = validation.answer(request)
+        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        record, answered = await self._database.write(
+            lambda connection: answer_input(
+                connection,
+                user_id=user_id,
+                run_id=run_id,
+                request_id=request_id,
+                response_json=response_json,
+                now=now,
+            )
+        )
+        self._metrics.count_transition(RUNNING)
+        if log.isEnabledFor(logging.DEBUG):
+            bind(log, ctx).debug("run answered", extra={"input_request_id": request_id})
+        return registry_pb2.AnswerInputResponse(run=run_message(record), input=input_message(answered))
+
+    @unary
+    async def GetInput(
+        self, request: registry_pb2.GetInputRequest, context: Context
+    ) -> registry_pb2.GetInputResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        request_id = validation.request_id(request.request_id)
+        user_id, run_id = ctx.user_id, ctx.run_id
+        stored, record, pending = await self._database.read(
+            lambda connection: get_input(connection, user_id=user_id, run_id=run_id, request_id=request_id)
+        )
+        return registry_pb2.GetInputResponse(
+            input=input_message(stored), run=run_message(record, pending=pending)
+        )
+
+    @unary
+    async def AppendMessages(
+        self, request: registry_pb2.AppendMessagesRequest, context: Context
+    ) -> registry_pb2.AppendMessagesResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id", "thread_id"))
+        messages = validation.messages(request, run_id=ctx.run_id)
+        user_id, thread_id, run_id, now = ctx.user_id, ctx.thread_id, ctx.run_id, self._clock()
+        stored = await self._database.write(
+            lambda connection: append_messages(
+                connection, messages, user_id=user_id, thread_id=thread_id, run_id=run_id, now=now
+            )
+        )
+        return registry_pb2.AppendMessagesResponse(stored=stored)
+
+    @unary
+    async def ListThreads(
+        self, request: registry_pb2.ListThreadsRequest, context: Context
+    ) -> registry_pb2.ListThreadsResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor)
+        limit = page_size(request.page_size)
+        after = decode_thread_token(request.page_token)
+        user_id = ctx.user_id
+        page = await self._database.read(
+            lambda connection: list_threads(connection, user_id=user_id, limit=limit, after=after)
+        )
+        token = encode_thread_token(page.next_cursor) if page.next_cursor is not None else ""
+        return registry_pb2.ListThreadsResponse(
+            threads=[thread_summary(t) for t in page.threads], next_page_token=token
+        )
+
+    @unary
+    async def GetThread(
+        self, request: registry_pb2.GetThreadRequest, context: Context
+    ) -> registry_pb2.GetThreadResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
+        max_messages = validation.max_messages(request.max_messages)
+        user_id, thread_id = ctx.user_id, ctx.thread_id
+        summary, messages = await self._database.read(
+            lambda connection: get_thread(
+                connection, user_id=user_id, thread_id=thread_id, max_messages=max_messages
+            )
+        )
+        return registry_pb2.GetThreadResponse(
+            thread=thread_summary(summary), messages=[thread_message(m) for m in messages]
+        )
+
+    @unary
+    async def DeleteThread(
+        self, request: registry_pb2.DeleteThreadRequest, context: Context
+    ) -> registry_pb2.DeleteThreadResponse:
+        ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
+        user_id, thread_id, now = ctx.user_id, ctx.thread_id, self._clock()
+        runs, messages = await self._database.write(
+            lambda connection: delete_thread(connection, user_id=user_id, thread_id=thread_id, now=now)
+        )
+        bind(log, ctx).info("thread deleted", extra={"deleted_runs": runs, "deleted_messages": messages})
+        return registry_pb2.DeleteThreadResponse(deleted_runs=runs, deleted_messages=messages)

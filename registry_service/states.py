@@ -21,6 +21,13 @@ to              allowed from                                    also sets
 ``pending``     — (only ``CreateRun`` makes a pending run)
 ==============  ==============================================  =======================
 
+``running ⇄ waiting`` belong to the state machine but not to ``TransitionRun``:
+a run waits through ``RequestInput`` (which records what it asks) and resumes
+through ``AnswerInput`` (which records the answer), so a waiting run always
+has exactly one unanswered request and is never resumed without its answer
+(see :mod:`registry_service.inputs`). ``TransitionRun`` makes every other move,
+including a waiting run's ``failed``, ``timeout``, ``cancelled`` and ``dead``.
+
 ``pending → running`` is deliberately not a shortcut: the executor reports
 ``starting`` (it has picked the run up) before ``running`` (the agent is
 executing), so a run stuck between the two is visible. Terminal states
@@ -83,6 +90,18 @@ ALLOWED_SOURCES: Mapping[str, frozenset[str]] = MappingProxyType(
         TIMEOUT: frozenset(LIVE_STATES),
         CANCELLED: frozenset(LIVE_STATES),
         DEAD: frozenset(LIVE_STATES),
+    }
+)
+
+# The moves only RequestInput (running → waiting) and AnswerInput (waiting → running) make.
+INPUT_MOVES: Mapping[tuple[str, str], str] = MappingProxyType(
+    {(RUNNING, WAITING): "RequestInput", (WAITING, RUNNING): "AnswerInput"}
+)
+# The sources TransitionRun accepts: ALLOWED_SOURCES without the input moves.
+TRANSITION_SOURCES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        target: frozenset(source for source in sources if (source, target) not in INPUT_MOVES)
+        for target, sources in ALLOWED_SOURCES.items()
     }
 )
 

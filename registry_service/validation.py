@@ -9,19 +9,40 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from registry_service.admission import NewRun
-from registry_service.convert import state_from_message, strategy_from_message
-from registry_service.models import AGENT_LENGTH, ERROR_CODE_LENGTH, ID_LENGTH
+from registry_service.convert import (
+    kind_from_message,
+    role_from_message,
+    state_from_message,
+    strategy_from_message,
+)
+from registry_service.inputs import NewInput
+from registry_service.models import AGENT_LENGTH, ERROR_CODE_LENGTH, ID_LENGTH, TOOL_NAME_LENGTH
 from registry_service.runs import RunError, Transition
 from registry_service.states import PENDING, RUNNING, STARTING
+from registry_service.threads import NewMessage
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2
 from runwire_common.context import id_problem
 from runwire_common.errors import InvalidArgument
 
 MAX_ERROR_MESSAGE_LENGTH = 4096
+# Input requests: what a run asks, and the answer (characters).
+MAX_PROMPT_LENGTH = 16 * 1024
+MAX_SCHEMA_LENGTH = 64 * 1024
+MAX_PARAMETERS_LENGTH = 256 * 1024
+MAX_RESPONSE_LENGTH = 64 * 1024
+# AppendMessages: per call, per message (content, tool calls) and in total (characters).
+MAX_MESSAGES_PER_CALL = 500
+MAX_MESSAGE_LENGTH = 256 * 1024
+MAX_MESSAGES_LENGTH = 2 * 1024 * 1024
+APPROVAL = "approval"
+TOOL_ROLE, ASSISTANT_ROLE = "tool", "assistant"
 
 # CreateRunRequest.initial_state → the state a run admitted without waiting is created in.
 INITIAL_STATES: Mapping[int, str] = MappingProxyType(
@@ -115,3 +136,111 @@ def list_filters(request: registry_pb2.ListRunsRequest) -> tuple[str, str]:
             raise InvalidArgument(f"thread_id {problem}")
     state = state_from_message(request.state, field="state") if request.state else ""
     return thread_id, state
+
+
+def _id(value: str, *, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidArgument(f"{field} {problem}")
+    return value
+
+
+def _json_text(text: str, *, field: str, limit: int, kind: type[object] | None = None) -> str:
+    """``text`` (empty allowed) when it is JSON of ``kind`` within ``limit`` characters."""
+    if not text:
+        return ""
+    _bounded(text, field=field, limit=limit)
+    value = _json(text, field=field)
+    if kind is not None and not isinstance(value, kind):
+        raise InvalidArgument(f"{field} must be a JSON {'object' if kind is dict else 'array'}")
+    return text
+
+
+def request_id(value: str) -> str:
+    return _id(value, field="request_id")
+
+
+def _time(stamp: Timestamp, *, field: str) -> datetime | None:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"{field} is not a valid time") from exc
+
+
+def new_input(request: registry_pb2.RequestInputRequest) -> NewInput:
+    asked = request.input
+    kind = kind_from_message(asked.kind, field="input.kind")
+    tool_name = _bounded(asked.tool_name, field="input.tool_name", limit=TOOL_NAME_LENGTH)
+    if kind == APPROVAL and not tool_name.strip():
+        raise InvalidArgument("input.tool_name is required for an approval")
+    return NewInput(
+        request_id=_id(asked.request_id, field="input.request_id"),
+        kind=kind,
+        prompt=_bounded(asked.prompt, field="input.prompt", limit=MAX_PROMPT_LENGTH),
+        schema_json=_json_text(
+            asked.schema_json, field="input.schema_json", limit=MAX_SCHEMA_LENGTH, kind=dict
+        ),
+        tool_name=tool_name,
+        call_id=_bounded(asked.call_id, field="input.call_id", limit=ID_LENGTH),
+        parameters_json=_json_text(
+            asked.parameters_json, field="input.parameters_json", limit=MAX_PARAMETERS_LENGTH
+        ),
+        expires_at=_time(asked.expires_at, field="input.expires_at"),
+    )
+
+
+def answer(request: registry_pb2.AnswerInputRequest) -> tuple[str, str]:
+    """``(request_id, response_json)``; the answer must be a JSON object."""
+    if not request.response_json:
+        raise InvalidArgument("response_json is required")
+    response = _json_text(request.response_json, field="response_json", limit=MAX_RESPONSE_LENGTH, kind=dict)
+    return request_id(request.request_id), response
+
+
+def messages(request: registry_pb2.AppendMessagesRequest, *, run_id: str) -> list[NewMessage]:
+    """The messages to append, each checked, within the per-call bounds."""
+    if len(request.messages) > MAX_MESSAGES_PER_CALL:
+        raise InvalidArgument(
+            f"at most {MAX_MESSAGES_PER_CALL} messages per call, not {len(request.messages)}"
+        )
+    checked: list[NewMessage] = []
+    total = 0
+    for index, message in enumerate(request.messages):
+        field = f"messages[{index}]"
+        role = role_from_message(message.role, field=f"{field}.role")
+        if message.run_id and message.run_id != run_id:
+            raise InvalidArgument(f"{field}.run_id must be empty or user_context.run_id")
+        content = _bounded(message.content, field=f"{field}.content", limit=MAX_MESSAGE_LENGTH)
+        tool_calls = _json_text(
+            message.tool_calls_json, field=f"{field}.tool_calls_json", limit=MAX_MESSAGE_LENGTH, kind=list
+        )
+        if tool_calls and role != ASSISTANT_ROLE:
+            raise InvalidArgument(f"{field}.tool_calls_json is only for {ASSISTANT_ROLE} messages")
+        tool_call_id = _bounded(message.tool_call_id, field=f"{field}.tool_call_id", limit=ID_LENGTH)
+        if role == TOOL_ROLE and not tool_call_id:
+            raise InvalidArgument(f"{field}.tool_call_id is required for a {TOOL_ROLE} message")
+        total += len(content) + len(tool_calls)
+        if total > MAX_MESSAGES_LENGTH:
+            raise InvalidArgument(
+                f"the messages of one call must total at most {MAX_MESSAGES_LENGTH} characters"
+            )
+        checked.append(
+            NewMessage(
+                role=role,
+                content=content,
+                tool_calls_json=tool_calls,
+                tool_call_id=tool_call_id,
+                name=_bounded(message.name, field=f"{field}.name", limit=TOOL_NAME_LENGTH),
+            )
+        )
+    return checked
+
+
+def max_messages(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("max_messages must not be negative")
+    return value

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import grpc
 
@@ -133,13 +134,99 @@ class Registry:
         )
         return response.run
 
-    async def run_in(self, user: str, state: int) -> run_pb2.Run:
-        """A fresh run of ``user`` moved to ``state`` along the legal path."""
-        run = await self.create(user)
-        for step in PATHS[state]:
+    async def run_in(self, user: str, state: int, *, thread_id: str | None = None) -> run_pb2.Run:
+        """A fresh run of ``user`` moved to ``state`` along the legal path (``waiting``: asked for input)."""
+        run = await self.create(user, thread_id=thread_id)
+        for step in PATHS[run_pb2.RUN_STATE_RUNNING if state == run_pb2.RUN_STATE_WAITING else state]:
             run = await self.transition(run, step)
+        if state == run_pb2.RUN_STATE_WAITING:
+            run = await self.request_input(run)
         assert run.state == state
         return run
+
+    async def request_input(
+        self,
+        run: run_pb2.Run,
+        *,
+        request_id: str = "ask_0123456789abcdef",
+        kind: int = run_pb2.INPUT_KIND_INPUT,
+        prompt: str = "Which city?",
+        user: str | None = None,
+        **fields: Any,
+    ) -> run_pb2.Run:
+        asked = run_pb2.InputRequest(request_id=request_id, kind=kind, prompt=prompt, **fields)  # type: ignore[arg-type]
+        response = await self.stub.RequestInput(
+            registry_pb2.RequestInputRequest(user_context=self.run_context(run, user=user), input=asked),
+            timeout=CALL_TIMEOUT_S,
+        )
+        return response.run
+
+    async def answer_input(
+        self,
+        run: run_pb2.Run,
+        *,
+        request_id: str = "ask_0123456789abcdef",
+        response_json: str = '{"text": "Paris"}',
+        user: str | None = None,
+    ) -> registry_pb2.AnswerInputResponse:
+        return await self.stub.AnswerInput(
+            registry_pb2.AnswerInputRequest(
+                user_context=self.run_context(run, user=user),
+                request_id=request_id,
+                response_json=response_json,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+
+    async def get_input(
+        self, run: run_pb2.Run, *, request_id: str = "ask_0123456789abcdef", user: str | None = None
+    ) -> registry_pb2.GetInputResponse:
+        return await self.stub.GetInput(
+            registry_pb2.GetInputRequest(
+                user_context=self.run_context(run, user=user), request_id=request_id
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+
+    async def append_messages(
+        self,
+        run: run_pb2.Run,
+        messages: Sequence[run_pb2.ThreadMessage],
+        *,
+        user: str | None = None,
+        thread_id: str | None = None,
+    ) -> int:
+        ctx = self.make_context(user or run.user_id, thread_id=thread_id or run.thread_id, run_id=run.run_id)
+        response = await self.stub.AppendMessages(
+            registry_pb2.AppendMessagesRequest(user_context=ctx, messages=messages), timeout=CALL_TIMEOUT_S
+        )
+        return response.stored
+
+    async def list_threads(
+        self, user: str, *, page_size: int = 0, page_token: str = ""
+    ) -> registry_pb2.ListThreadsResponse:
+        return await self.stub.ListThreads(
+            registry_pb2.ListThreadsRequest(
+                user_context=self.make_context(user), page_size=page_size, page_token=page_token
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+
+    async def get_thread(
+        self, user: str, thread_id: str, *, max_messages: int = 0
+    ) -> registry_pb2.GetThreadResponse:
+        return await self.stub.GetThread(
+            registry_pb2.GetThreadRequest(
+                user_context=self.make_context(user, thread_id=thread_id), max_messages=max_messages
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+
+    async def delete_thread(self, user: str, thread_id: str) -> registry_pb2.DeleteThreadResponse:
+        return await self.stub.DeleteThread(
+            registry_pb2.DeleteThreadRequest(user_context=self.make_context(user, thread_id=thread_id)),
+            timeout=CALL_TIMEOUT_S,
+        )
 
 
 async def status_of(call: Awaitable[object]) -> grpc.StatusCode:

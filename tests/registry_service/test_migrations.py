@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import DateTime, bindparam, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 import registry_service
 from registry_service.database import Database, open_database
@@ -21,8 +22,8 @@ from registry_service.migrator import current_revision, downgrade_schema, upgrad
 from registry_service.models import Base
 from registry_service.settings import DatabaseSettings
 
-HEAD = "0003"
-TABLES = {"runs", "run_owners"}
+HEAD = "0004"
+TABLES = {"runs", "run_owners", "input_requests", "thread_messages"}
 
 
 @pytest.fixture
@@ -154,3 +155,61 @@ async def test_upgrading_from_0001_keeps_the_runs_and_owes_no_notice_for_old_dea
     assert await current_revision(database.engine) == "0001"
     async with database.engine.connect() as connection:
         assert (await connection.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 1
+
+
+RUN_ROW = (
+    "INSERT INTO runs (run_id, user_id, tenant_id, thread_id, agent, state, created_at, updated_at,"
+    " input_json, version, executor_id, cancel_requested, multitask_strategy, timeout_seconds,"
+    " death_notice_pending, queued)"
+    " VALUES (:run_id, 'user_someone_xxxxxxxxxx', '', 'thread_x_xxxxxxxxxxxx',"
+    " 'scripted', :state, :now, :now, '{}', 3, '', false, 'reject', 0, false, false)"
+)
+
+
+async def _insert_run(database: Database, run_id: str, state: str) -> None:
+    async with database.write_engine().begin() as connection:
+        await connection.execute(
+            text(RUN_ROW).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+            {"run_id": run_id, "state": state, "now": datetime.now(UTC)},
+        )
+
+
+async def _states(database: Database) -> dict[str, str]:
+    async with database.engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT run_id, state FROM runs"))).all()
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_upgrading_from_0003_keeps_the_runs_and_lets_them_wait(database: Database) -> None:
+    await upgrade_schema(database.write_engine(), revision="0003")
+    await _insert_run(database, "run_old_running_xxxxxxxx", "running")
+    await _insert_run(database, "run_old_completed_xxxxxx", "completed")
+    with pytest.raises(IntegrityError):
+        await _insert_run(database, "run_too_early_xxxxxxxxxx", "waiting")
+
+    await upgrade_schema(database.write_engine())
+
+    assert await _states(database) == {
+        "run_old_running_xxxxxxxx": "running",
+        "run_old_completed_xxxxxx": "completed",
+    }
+    await _insert_run(database, "run_new_waiting_xxxxxxxx", "waiting")
+    with pytest.raises(IntegrityError):
+        await _insert_run(database, "run_bogus_state_xxxxxxxx", "sleeping")
+    assert (await _states(database))["run_new_waiting_xxxxxxxx"] == "waiting"
+
+
+async def test_downgrading_to_0003_ends_waiting_runs_as_failed(database: Database) -> None:
+    await upgrade_schema(database.write_engine())
+    await _insert_run(database, "run_waiting_xxxxxxxxxxxx", "waiting")
+    await _insert_run(database, "run_running_xxxxxxxxxxxx", "running")
+
+    await downgrade_schema(database.write_engine(), revision="0003")
+
+    assert await _tables(database) == {"runs", "run_owners"}
+    assert await _states(database) == {
+        "run_waiting_xxxxxxxxxxxx": "failed",
+        "run_running_xxxxxxxxxxxx": "running",
+    }
+    with pytest.raises(IntegrityError):
+        await _insert_run(database, "run_waiting_again_xxxxxxx", "waiting")
