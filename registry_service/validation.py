@@ -138,6 +138,14 @@ def list_filters(request: registry_pb2.ListRunsRequest) -> tuple[str, str]:
     return thread_id, state
 
 
+def _text(value: str, *, field: str, limit: int) -> str:
+    """Free text to store: bounded, and without NUL characters (PostgreSQL text cannot hold them)."""
+    _bounded(value, field=field, limit=limit)
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain NUL characters")
+    return value
+
+
 def _id(value: str, *, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
@@ -174,18 +182,18 @@ def _time(stamp: Timestamp, *, field: str) -> datetime | None:
 def new_input(request: registry_pb2.RequestInputRequest) -> NewInput:
     asked = request.input
     kind = kind_from_message(asked.kind, field="input.kind")
-    tool_name = _bounded(asked.tool_name, field="input.tool_name", limit=TOOL_NAME_LENGTH)
+    tool_name = _text(asked.tool_name, field="input.tool_name", limit=TOOL_NAME_LENGTH)
     if kind == APPROVAL and not tool_name.strip():
         raise InvalidArgument("input.tool_name is required for an approval")
     return NewInput(
         request_id=_id(asked.request_id, field="input.request_id"),
         kind=kind,
-        prompt=_bounded(asked.prompt, field="input.prompt", limit=MAX_PROMPT_LENGTH),
+        prompt=_text(asked.prompt, field="input.prompt", limit=MAX_PROMPT_LENGTH),
         schema_json=_json_text(
             asked.schema_json, field="input.schema_json", limit=MAX_SCHEMA_LENGTH, kind=dict
         ),
         tool_name=tool_name,
-        call_id=_bounded(asked.call_id, field="input.call_id", limit=ID_LENGTH),
+        call_id=_text(asked.call_id, field="input.call_id", limit=ID_LENGTH),
         parameters_json=_json_text(
             asked.parameters_json, field="input.parameters_json", limit=MAX_PARAMETERS_LENGTH
         ),
@@ -214,13 +222,13 @@ def messages(request: registry_pb2.AppendMessagesRequest, *, run_id: str) -> lis
         role = role_from_message(message.role, field=f"{field}.role")
         if message.run_id and message.run_id != run_id:
             raise InvalidArgument(f"{field}.run_id must be empty or user_context.run_id")
-        content = _bounded(message.content, field=f"{field}.content", limit=MAX_MESSAGE_LENGTH)
+        content = _text(message.content, field=f"{field}.content", limit=MAX_MESSAGE_LENGTH)
         tool_calls = _json_text(
             message.tool_calls_json, field=f"{field}.tool_calls_json", limit=MAX_MESSAGE_LENGTH, kind=list
         )
         if tool_calls and role != ASSISTANT_ROLE:
             raise InvalidArgument(f"{field}.tool_calls_json is only for {ASSISTANT_ROLE} messages")
-        tool_call_id = _bounded(message.tool_call_id, field=f"{field}.tool_call_id", limit=ID_LENGTH)
+        tool_call_id = _text(message.tool_call_id, field=f"{field}.tool_call_id", limit=ID_LENGTH)
         if role == TOOL_ROLE and not tool_call_id:
             raise InvalidArgument(f"{field}.tool_call_id is required for a {TOOL_ROLE} message")
         total += len(content) + len(tool_calls)
@@ -234,7 +242,7 @@ def messages(request: registry_pb2.AppendMessagesRequest, *, run_id: str) -> lis
                 content=content,
                 tool_calls_json=tool_calls,
                 tool_call_id=tool_call_id,
-                name=_bounded(message.name, field=f"{field}.name", limit=TOOL_NAME_LENGTH),
+                name=_text(message.name, field=f"{field}.name", limit=TOOL_NAME_LENGTH),
             )
         )
     return checked

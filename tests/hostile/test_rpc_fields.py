@@ -77,6 +77,15 @@ class Known:
 
     run_ids: list[str] = field(default_factory=list)
     thread_ids: list[str] = field(default_factory=list)
+    # Threads of the known user that a generated DeleteThread deleted (their runs are gone).
+    deleted_thread_ids: set[str] = field(default_factory=set)
+
+    def surviving_run_ids(self) -> set[str]:
+        return {
+            run_id
+            for run_id, thread_id in zip(self.run_ids, self.thread_ids, strict=True)
+            if thread_id not in self.deleted_thread_ids
+        }
 
 
 KNOWN = Known()
@@ -86,6 +95,7 @@ KNOWN = Known()
 async def known(stack: Stack, attestor: ContextAttestor) -> AsyncIterator[Known]:
     KNOWN.run_ids.clear()
     KNOWN.thread_ids.clear()
+    KNOWN.deleted_thread_ids.clear()
     for _ in range(RUNS_OF_KNOWN_USER):
         ctx = attestor.mint(
             context_pb2.UserContext(user_id=KNOWN_USER, thread_id=new_id("thread"), request_id=new_id("req")),
@@ -126,6 +136,10 @@ HINTS: dict[str, st.SearchStrategy[str]] = {
         JSON_TEXT,
     ),
     "result_json": JSON_TEXT,
+    "response_json": JSON_TEXT,
+    "schema_json": JSON_TEXT,
+    "parameters_json": JSON_TEXT,
+    "tool_calls_json": JSON_TEXT,
     "payload_json": JSON_TEXT,
     "type": st.sampled_from(sorted(EVENT_TYPES)),
     "after": PROTO_CURSORS,
@@ -200,6 +214,13 @@ UNARY_METHODS = [
     ("registry", "Heartbeat", registry_pb2.HeartbeatRequest),
     ("registry", "GetRun", registry_pb2.GetRunRequest),
     ("registry", "ListRuns", registry_pb2.ListRunsRequest),
+    ("registry", "RequestInput", registry_pb2.RequestInputRequest),
+    ("registry", "AnswerInput", registry_pb2.AnswerInputRequest),
+    ("registry", "GetInput", registry_pb2.GetInputRequest),
+    ("registry", "AppendMessages", registry_pb2.AppendMessagesRequest),
+    ("registry", "ListThreads", registry_pb2.ListThreadsRequest),
+    ("registry", "GetThread", registry_pb2.GetThreadRequest),
+    ("registry", "DeleteThread", registry_pb2.DeleteThreadRequest),
     ("bridge", "Publish", bridge_pb2.PublishRequest),
     ("execution", "StartRun", execution_pb2.StartRunRequest),
     ("execution", "CancelRun", execution_pb2.CancelRunRequest),
@@ -269,6 +290,8 @@ async def test_every_unary_rpc_answers_any_field_values_with_ok_or_a_clear_clien
         assert_clear_status(method, request, exc.code(), exc.details())
     else:
         event("OK")
+        if method == "DeleteThread":
+            KNOWN.deleted_thread_ids.add(request.user_context.thread_id)  # type: ignore[attr-defined]
 
 
 @HOSTILE
@@ -321,7 +344,7 @@ async def test_the_services_still_serve_after_the_hostile_requests(
     page = await stack.registry.ListRuns(
         registry_pb2.ListRunsRequest(user_context=ctx, page_size=200), timeout=REPLY_TIMEOUT_S
     )
-    assert {r.run_id for r in page.runs} >= set(known.run_ids)
+    assert {r.run_id for r in page.runs} >= known.surviving_run_ids()
     agents = await stack.execution.ListAgents(
         execution_pb2.ListAgentsRequest(user_context=ctx), timeout=REPLY_TIMEOUT_S
     )

@@ -273,6 +273,7 @@ async def test_another_users_run_is_not_found_by_every_input_call(registry: Regi
         ({"schema_json": "{not json"}, "input.schema_json"),
         ({"parameters_json": "{nope"}, "input.parameters_json"),
         ({"prompt": "x" * 20_000}, "input.prompt"),
+        ({"prompt": "nul \x00 byte"}, "input.prompt"),
     ],
     ids=lambda v: str(v)[:30],
 )

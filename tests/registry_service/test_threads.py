@@ -170,6 +170,7 @@ async def test_appending_without_a_thread_or_run_id_is_an_invalid_argument(regis
         ([M(role=S.MESSAGE_ROLE_ASSISTANT, tool_calls_json='{"id": 1}')], "messages[0].tool_calls_json"),
         ([M(role=S.MESSAGE_ROLE_USER, tool_calls_json=TOOL_CALLS)], "messages[0].tool_calls_json"),
         ([M(role=S.MESSAGE_ROLE_USER, run_id="run_someone_elses_000001")], "messages[0].run_id"),
+        ([M(role=S.MESSAGE_ROLE_USER, content="nul \x00 byte")], "messages[0].content"),
     ],
     ids=lambda v: str(v)[:24] if isinstance(v, str) else None,
 )
