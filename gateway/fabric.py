@@ -65,6 +65,7 @@ class FabricStream:
 
     __slots__ = (
         "_credits",
+        "_generation",
         "_handlers",
         "_next_id",
         "_ops",
@@ -85,6 +86,9 @@ class FabricStream:
         self._credits: dict[int, int] = {}
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Which call the queued requests are for: a broken call's request generator may
+        # stay suspended after its call ended, and must not take requests meant for the next.
+        self._generation: object | None = None
 
     @property
     def subscriptions(self) -> int:
@@ -146,8 +150,9 @@ class FabricStream:
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    async def _requests(self) -> AsyncIterator[bridge_pb2.FabricRequest]:
-        while True:
+    async def _requests(self, generation: object | None = None) -> AsyncIterator[bridge_pb2.FabricRequest]:
+        """The requests of the call ``generation``; ends once that call is over."""
+        while self._generation is generation:
             if not self._ops and not self._credits:
                 # A generator of a broken call may be finalized late: it must only
                 # ever forget its own future, never the next call's.
@@ -167,7 +172,8 @@ class FabricStream:
             yield request
 
     async def _run(self) -> None:
-        call = self._stub.Fabric(self._requests())
+        generation = self._generation = object()
+        call = self._stub.Fabric(self._requests(generation))
         cause = "ended"
         responses = aiter(call)
         try:
@@ -189,6 +195,9 @@ class FabricStream:
             call.cancel()
             self._task = None
             self._replicas.stats.fabric_streams -= 1
+            if self._generation is generation:
+                self._generation = None
+            self._wakeup()  # a generator still waiting for this call's next request ends now
         self._broken(cause)
 
     def _handle(self, response: bridge_pb2.FabricResponse) -> None:

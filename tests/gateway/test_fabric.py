@@ -426,3 +426,31 @@ async def test_a_dns_target_is_resolved_into_its_addresses() -> None:
         assert replicas.choose("user_dns_0123456789").address in replicas.addresses
     finally:
         await replicas.close()
+
+
+async def test_a_stream_that_broke_while_idle_serves_the_next_user_once_its_bridge_is_back(
+    attestation_key_spec: str,
+    start_gateway: GatewayFactory,
+    make_token: TokenFactory,
+    make_context: ContextFactory,
+) -> None:
+    """The broken call's request generator may outlive it; it must not take the next call's add."""
+    settings = BridgeSettings(attestation_keys=attestation_key_spec, port=free_port(), grace_period_s=0.5)
+    target = f"127.0.0.1:{settings.port}"
+    async with running_bridge(settings):
+        server = await start_gateway(bridge_target=target)
+        async with open_ws(server, make_token(ALICE)) as ws:
+            await recv_json(ws)
+            assert (await request(ws, {"type": "ping"}))["type"] == "pong"  # the stream is open
+    await wait_until(lambda: server.stats.fabric_streams == 0)  # it broke with no subscription on it
+    async with running_bridge(settings), open_ws(server, make_token(BOB)) as ws:  # same address
+        await recv_json(ws)
+        assert (await request(ws, {"type": "ping"}))["type"] == "pong"
+        publisher = Publisher(target, make_context)
+        try:
+            steps = a_run(5)
+            ids = await publisher.run(BOB, steps)
+            events = await until_terminal(ws, timeout=15)
+            assert [e["event_id"] for e in events] == ids
+        finally:
+            await publisher.close()
