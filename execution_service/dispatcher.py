@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from execution_service.catalog import ToolSpec
 from execution_service.emitter import RunEmitter
@@ -109,6 +109,23 @@ class ToolDispatcher:
             raise
         await self._completed(name, call_id, started, status="success", result=result)
         return result
+
+    async def reject(self, name: str, parameters: Mapping[str, Any], reason: str) -> NoReturn:
+        """Report a call the agent will not make (say, a model's unreadable arguments) as a failed pair.
+
+        Emits ``tool_executing`` and ``tool_completed`` (``status: error``,
+        ``error`` = ``reason``) without running anything, then raises
+        :class:`ToolError` with ``reason``, as a failed call would.
+        """
+        if self._cancellation.requested:
+            raise RunCancelled(self._cancellation.reason)
+        call_id = new_id("call")
+        await self._emitter.emit_reserved(
+            names.TOOL_EXECUTING,
+            {"tool_name": name, "parameters": redact(dict(parameters)), "call_id": call_id},
+        )
+        await self._completed(name, call_id, time.monotonic(), status="error", error=reason)
+        raise ToolError(reason)
 
     async def _run(
         self, name: str, arguments: dict[str, Any], call_id: str, *, require_approval: bool

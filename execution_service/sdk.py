@@ -61,7 +61,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 from execution_service.tools import Tool, ToolCall, ToolDenied, ToolError, ToolTimeout, tool
 from runwire.common.v1 import context_pb2
@@ -188,6 +188,14 @@ class ToolCaller(Protocol):
 
         With ``require_approval`` (or a tool declared ``requires_approval``) the
         owner is asked first; a refusal raises :class:`ToolDenied`.
+        """
+
+    async def reject(self, name: str, parameters: Mapping[str, Any], reason: str) -> NoReturn:
+        """Report a call that will not be made as a failed pair of tool events; raises :class:`ToolError`.
+
+        For calls an agent was asked to make but cannot (a model's arguments
+        that are not JSON, a tool not offered in this run): the user sees them
+        fail like any other call.
         """
 
 

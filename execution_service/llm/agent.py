@@ -38,7 +38,7 @@ from execution_service.llm.messages import (
 from execution_service.llm.settings import LlmSettings
 from execution_service.llm.stream import ToolCallDraft, Turn, Usage
 from execution_service.redaction import redact, redact_text
-from execution_service.schemas import schema_problem, thaw
+from execution_service.schemas import thaw
 from execution_service.sdk import (
     Agent,
     AgentFailure,
@@ -278,19 +278,13 @@ class LlmAgent(Agent):
             arguments = cast(dict[str, Any], parsed)
             record["arguments"] = redact(arguments)
             problem = ""
-        spec = offered.get(call.name)
-        if spec is not None and malformed and schema_problem(spec.validator, arguments) is None:
-            # This tool's schema would take the wrapped text as valid arguments: do not run it.
-            return self._refused(record, problem, malformed=True)
-        if spec is None and call.name in self._tools:
-            return self._refused(
-                record, f"tool {call.name!r} is not offered in this run", malformed=malformed
-            )
         try:
-            if call.name in self._settings.approval_tools:
-                result = await ctx.tools.call(call.name, arguments, require_approval=True)
-            else:
-                result = await ctx.tools.call(call.name, arguments)
+            if malformed or call.name not in offered:
+                # Nothing runs; the user still sees the call fail, and the model hears why.
+                reason = problem or f"tool {call.name!r} is not offered in this run"
+                await ctx.tools.reject(call.name, arguments, reason)
+            approval = call.name in self._settings.approval_tools
+            result = await ctx.tools.call(call.name, arguments, require_approval=approval)
         except ToolDenied as exc:  # the model hears why, and may go on without the tool
             record.update(status=exc.status, error=redact_text(exc.message))
             return CallOutcome(
@@ -298,14 +292,7 @@ class LlmAgent(Agent):
             )
         except ToolError as exc:
             message = redact_text(exc.message)
-            if malformed:
-                message = f"{problem}: {message}"
             record.update(status=exc.status, error=message)
             return CallOutcome(tool_content({"error": message, "status": exc.status}), record, malformed)
         record["status"] = "success"
         return CallOutcome(tool_content(result), record)
-
-    @staticmethod
-    def _refused(record: dict[str, Any], problem: str, *, malformed: bool) -> CallOutcome:
-        record.update(status="error", error=problem)
-        return CallOutcome(tool_content({"error": problem, "status": "error"}), record, malformed)

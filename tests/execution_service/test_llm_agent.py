@@ -181,7 +181,7 @@ async def test_a_call_with_bad_arguments_is_a_tool_error_fed_back_to_the_model(
     [executing] = payloads(events, "tool_executing")
     [completed] = payloads(events, "tool_completed")
     assert completed["call_id"] == executing["call_id"] and completed["status"] == "error"
-    assert "invalid arguments for 'calculator'" in completed["error"]
+    assert expected in completed["error"]
     if expected == "not a JSON object":  # the unreadable text is shown as it came
         assert executing["parameters"] == {"unparsed_arguments": arguments}
     assert events[-1].type == "agent_completed"
@@ -328,6 +328,30 @@ async def test_a_model_that_never_stops_calling_tools_ends_at_max_steps(
         events = await run_llm(system, {"message": "loop"})
     assert error_of(events)["error_code"] == "llm_max_steps"
     assert len(payloads(events, "tool_completed")) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "expected"),
+    [
+        ("echo", '{"word": ', "not a JSON object"),  # echo's schema takes any object: nothing may run
+        ("text_stats", '{"text": "x"}', "not offered"),  # a known tool this run did not offer
+    ],
+    ids=["unreadable-for-any-object-tool", "not-offered"],
+)
+async def test_a_call_that_is_not_made_still_shows_as_a_failed_pair(
+    llm_system: SystemFactory, server: OpenAIServer, name: str, arguments: str, expected: str
+) -> None:
+    server.script(tool_call_stream(Call("call_r", name, [arguments])), text_stream("ok then"))
+    async with llm_system() as system:
+        events = await run_llm(system, {"message": "hi", "tools": ["echo", "clock"]})
+    [executing] = payloads(events, "tool_executing")
+    [completed] = payloads(events, "tool_completed")
+    assert executing["tool_name"] == name and completed["call_id"] == executing["call_id"]
+    assert completed["status"] == "error" and expected in completed["error"]
+    assert "result" not in completed  # nothing ran
+    tool_message = server.bodies()[1]["messages"][-1]
+    assert tool_message["tool_call_id"] == "call_r" and expected in tool_message["content"]
+    assert events[-1].type == "agent_completed"
 
 
 async def test_only_the_tools_the_input_names_are_offered(
