@@ -253,9 +253,9 @@ class Session:
                 )
                 return
             try:
-                thread_id = command.thread_id or new_id("thread")
+                # Without a thread_id, StartRun starts a new thread and generates its id.
                 run = await self._backends.start_run(
-                    self._minter.mint(thread_id=thread_id),
+                    self._minter.mint(thread_id=command.thread_id or ""),
                     agent=command.agent,
                     input_json=json.dumps(dict(command.input), ensure_ascii=False),
                     multitask_strategy=command.multitask_strategy,
