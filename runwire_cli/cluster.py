@@ -5,11 +5,13 @@ dependency order (registry and bridge, then execution, then gateways); each
 writes a ready file with its bound port once it reports SERVING, and the
 launcher confirms with a real health check before starting the next tier.
 Stopping goes in reverse order with SIGTERM, so every service drains.
+
+This module starts and stops; keeping processes up once started (restarts,
+backoff, giving up) is :mod:`runwire_cli.supervisor`'s concern.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -21,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from runwire_cli.health import probe
 
 # The registry publishes death notices to the bridge, so the bridge comes first.
 TIERS = (("bridge",), ("registry",), ("execution",), ("gateway",))
@@ -32,13 +33,6 @@ MODULES: Mapping[str, str] = MappingProxyType(
         "bridge": "bridge_service",
         "execution": "execution_service",
         "gateway": "gateway",
-    }
-)
-GRPC_SERVICE_NAMES: Mapping[str, str] = MappingProxyType(
-    {
-        "registry": "runwire.registry.v1.RegistryService",
-        "bridge": "runwire.bridge.v1.BridgeService",
-        "execution": "runwire.execution.v1.ExecutionService",
     }
 )
 
@@ -58,6 +52,7 @@ class ServiceProcess:
     ready_path: Path
     popen: subprocess.Popen[bytes] | None = None
     port: int = 0
+    started_at: float = 0.0  # unix time of the current process's start
     _terminated: bool = False
 
     @property
@@ -75,6 +70,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self._terminated = False
+        self.started_at = time.time()
         self.ready_path.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
@@ -91,8 +87,27 @@ class ServiceProcess:
         )
         log.close()
 
+    def respawn(self) -> None:
+        """Start again after an exit, pinned to the port it had, so its peers reconnect to it."""
+        if self.port:
+            prefix = f"RUNWIRE_{self.kind.upper()}_"
+            self.env[f"{prefix}WS_PORT" if self.kind == "gateway" else f"{prefix}PORT"] = str(self.port)
+        self.start()
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code once the process has ended (negative: the signal that ended it)."""
+        return None if self.popen is None else self.popen.poll()
+
+    def ready(self) -> bool:
+        """Has it written its ready file, and does it answer its health check with SERVING?"""
+        if not self.ready_path.exists():
+            return False
+        self.port = int(json.loads(self.ready_path.read_text())["port"])
+        return probe(self.kind, self.address) == "SERVING"
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -101,32 +116,10 @@ class ServiceProcess:
                 raise LaunchError(
                     f"{self.name} exited during start-up; see {self.log_path}:\n{self.log_tail()}"
                 )
-            if self.ready_path.exists():
-                self.port = int(json.loads(self.ready_path.read_text())["port"])
-                if self._healthy():
-                    return
+            if self.ready():
+                return
             time.sleep(0.05)
         raise LaunchError(f"{self.name} did not report SERVING within {timeout_s:.0f}s; see {self.log_path}")
-
-    def _healthy(self) -> bool:
-        if self.kind == "gateway":
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            try:
-                conn.request("GET", "/healthz")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            try:
-                reply = stub.Check(
-                    health_pb2.HealthCheckRequest(service=GRPC_SERVICE_NAMES[self.kind]), timeout=2
-                )
-            except grpc.RpcError:
-                return False
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -219,6 +212,8 @@ class Cluster:
             env[f"{prefix}REGISTRY_TARGET"] = self._targets("registry")
             env[f"{prefix}BRIDGE_TARGET"] = self._targets("bridge")
             env[f"{prefix}EXECUTOR_ID"] = f"executor-{index}-{os.getpid()}"
+            # The llm agent's settings (OPENAI_* pass through with the rest of the environment).
+            env.update({k: v for k, v in os.environ.items() if k.startswith("RUNWIRE_LLM_")})
         elif kind == "gateway":
             env[f"{prefix}EXECUTION_TARGET"] = self._targets("execution")
             env[f"{prefix}REGISTRY_TARGET"] = self._targets("registry")
@@ -230,25 +225,33 @@ class Cluster:
         env.update(self.config.service_env.get(kind, {}))
         return env
 
+    def launch_tier(self, tier: Sequence[str]) -> list[ServiceProcess]:
+        """Start every replica of the tier's services without waiting for them.
+
+        The tiers before it must be serving: their addresses go into the new
+        processes' settings.
+        """
+        started: list[ServiceProcess] = []
+        for kind in tier:
+            for index in range(self.config.replicas):
+                proc = ServiceProcess(
+                    kind=kind,
+                    index=index,
+                    env={},
+                    log_path=self.config.data_dir / "logs" / f"{kind}-{index}.log",
+                    ready_path=self.config.data_dir / "run" / f"{kind}-{index}.json",
+                )
+                self.processes[kind].append(proc)
+                proc.env = self._env(kind, index)
+                proc.start()
+                started.append(proc)
+        return started
+
     def start(self, *, timeout_s: float = 60.0) -> None:
-        """Start every tier and wait until each process reports SERVING."""
+        """Start every tier and wait until each process reports SERVING (no restarts)."""
         try:
             for tier in TIERS:
-                started: list[ServiceProcess] = []
-                for kind in tier:
-                    for index in range(self.config.replicas):
-                        proc = ServiceProcess(
-                            kind=kind,
-                            index=index,
-                            env={},
-                            log_path=self.config.data_dir / "logs" / f"{kind}-{index}.log",
-                            ready_path=self.config.data_dir / "run" / f"{kind}-{index}.json",
-                        )
-                        self.processes[kind].append(proc)
-                        proc.env = self._env(kind, index)
-                        proc.start()
-                        started.append(proc)
-                for proc in started:
+                for proc in self.launch_tier(tier):
                     proc.wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -258,9 +261,7 @@ class Cluster:
         """Start a stopped or killed process again on the same port, so peers reconnect."""
         if proc.alive():
             raise LaunchError(f"{proc.name} is still running")
-        prefix = f"RUNWIRE_{proc.kind.upper()}_"
-        proc.env[f"{prefix}WS_PORT" if proc.kind == "gateway" else f"{prefix}PORT"] = str(proc.port)
-        proc.start()
+        proc.respawn()
         proc.wait_ready(timeout_s)
 
     def gateway_urls(self) -> list[str]:

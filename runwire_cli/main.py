@@ -1,6 +1,7 @@
 """The ``runwire`` command line.
 
-``up`` starts the whole system on this machine (what ``make run`` calls);
+``up`` starts the whole system on this machine (what ``make run`` calls) and
+keeps it running; ``status`` shows each of its processes and their health;
 ``token`` mints a development JWT; ``chat`` and ``runs`` are a tiny client of
 the WebSocket gateway; ``context mint`` gives operators and internal services
 an attested ``UserContext`` for calling the gRPC APIs directly.
@@ -11,10 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,31 +23,66 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from runwire.common.v1 import context_pb2
-from runwire_cli import devsecrets
+from runwire_cli import devsecrets, state
 from runwire_cli.client import chat, list_runs
-from runwire_cli.cluster import Cluster, ClusterConfig, LaunchError
+from runwire_cli.cluster import MODULES, Cluster, ClusterConfig, LaunchError
+from runwire_cli.health import Health, probe
+from runwire_cli.supervisor import RestartPolicy, Supervisor
 from runwire_cli.tokens import mint_token
 from runwire_common.attestation import ContextAttestor
 from runwire_common.errors import InvalidArgument
 from runwire_common.ids import new_id
 
-CLUSTER_FILE = "cluster.json"
 DEFAULT_URL = "ws://127.0.0.1:8080/ws"
 
 
 def _gateway_url(folder: Path, explicit: str | None) -> str:
     if explicit:
         return explicit
-    state = folder / CLUSTER_FILE
-    if state.exists():
-        urls: list[str] = json.loads(state.read_text()).get("gateway_urls", [])
-        if urls:
-            return urls[0]
+    found = state.read(folder)
+    for record in found.services if found else ():
+        if record.kind == "gateway" and record.address:
+            return f"ws://{record.address}/ws"
     return DEFAULT_URL
+
+
+def _restart_policy(args: argparse.Namespace) -> RestartPolicy:
+    return RestartPolicy(
+        max_restarts=args.max_restarts,
+        window_s=args.restart_window,
+        backoff_s=args.restart_backoff,
+        max_backoff_s=max(args.restart_backoff_max, args.restart_backoff),
+    )
+
+
+def _service_env(values: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    env: dict[str, dict[str, str]] = {}
+    for kind, name, value in values:
+        env.setdefault(kind, {})[name] = value
+    return env
+
+
+def _print_ready(cluster: Cluster, folder: Path, jwt_secret: str) -> None:
+    for proc in cluster.all():
+        print(f"  {proc.name:<12} pid {proc.pid:<7} {proc.address}")
+    token = mint_token(jwt_secret, "alice", ttl_s=24 * 3600)
+    print(f"\nEvery process, its address and log: {state.path_in(folder)} (`runwire status` checks them).")
+    print("\nRunwire is ready. WebSocket endpoint(s):")
+    for url in cluster.gateway_urls():
+        print(url)
+    print(f"\nDevelopment token for user 'alice' (24 h):\n{token}\n")
+    print('Try:  .venv/bin/runwire chat --user alice "what is 12 * (3 + 4)?"')
+    print("      .venv/bin/runwire token --user bob     # a token for another user")
+    print("Press Ctrl-C to stop.\n", flush=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     folder = devsecrets.data_dir(args.data_dir)
+    try:
+        policy = _restart_policy(args)
+    except ValueError as exc:
+        print(f"runwire up: {exc}", file=sys.stderr)
+        return 2
     secrets_ = devsecrets.load_or_create(folder, rotate_attestation=True)
     config = ClusterConfig(
         data_dir=folder,
@@ -57,47 +93,88 @@ def cmd_up(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         redis_url=args.redis_url,
         grace_period_s=args.grace_period,
+        service_env=_service_env(args.service_env),
     )
     cluster = Cluster(config)
-    print(f"starting Runwire ({args.replicas} replica(s) of each service; logs in {folder / 'logs'}) …")
-    try:
-        cluster.start()
-    except LaunchError as exc:
-        print(f"runwire up failed: {exc}", file=sys.stderr)
-        return 1
-    urls = cluster.gateway_urls()
-    (folder / CLUSTER_FILE).write_text(json.dumps({"gateway_urls": urls}))
-    for proc in cluster.all():
-        print(f"  {proc.name:<12} pid {proc.pid:<7} {proc.address}")
-    token = mint_token(secrets_.jwt_secret, "alice", ttl_s=24 * 3600)
-    print("\nRunwire is ready. WebSocket endpoint(s):")
-    for url in urls:
-        print(url)
-    print(f"\nDevelopment token for user 'alice' (24 h):\n{token}\n")
-    print('Try:  .venv/bin/runwire chat --user alice "what is 12 * (3 + 4)?"')
-    print("      .venv/bin/runwire token --user bob     # a token for another user")
-    print("Press Ctrl-C to stop.\n", flush=True)
+    supervisor = Supervisor(cluster, policy=policy, on_change=lambda snapshot: state.write(folder, snapshot))
 
-    stop = {"requested": False}
+    # From here on Ctrl-C and SIGTERM only ask for a stop; the supervisor sees the
+    # request within one poll and restarts nothing after it.
+    stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
-        stop["requested"] = True
+        stop.set()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    reported: set[str] = set()
-    while not stop["requested"]:
-        for proc in cluster.all():
-            if not proc.alive() and proc.name not in reported:
-                reported.add(proc.name)
-                print(f"warning: {proc.name} exited unexpectedly; see {proc.log_path}", file=sys.stderr)
-        time.sleep(0.3)
-    print("stopping (draining every service) …", flush=True)
-    codes = cluster.stop()
-    failed = {name: code for name, code in codes.items() if code not in (0, None) or code is None}
-    (folder / CLUSTER_FILE).unlink(missing_ok=True)
-    print("stopped." if not failed else f"stopped; unclean exits: {failed}")
-    return 0 if not failed else 1
+    print(f"starting Runwire ({args.replicas} replica(s) of each service; logs in {folder / 'logs'}) …")
+    try:
+        if supervisor.start(stop.is_set):
+            _print_ready(cluster, folder, secrets_.jwt_secret)
+            supervisor.supervise(stop.is_set)
+        print("stopping (draining every service) …", flush=True)
+        unclean = supervisor.stop()
+    except LaunchError as exc:
+        print(f"runwire up: {exc}; stopping every service", file=sys.stderr, flush=True)
+        supervisor.stop()
+        print("stopped.")
+        return 1
+    except BaseException:
+        supervisor.stop()
+        raise
+    finally:
+        state.remove(folder)
+    print("stopped." if not unclean else f"stopped; unclean exits: {unclean}")
+    return 0 if not unclean else 1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _uptime(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    folder = devsecrets.data_dir(args.data_dir)
+    found = state.read(folder)
+    if found is None:
+        print(f"runwire status: no `runwire up` is running from {folder}", file=sys.stderr)
+        return 1
+    if not _pid_alive(found.launcher_pid):
+        print(
+            f"runwire status: `runwire up` (pid {found.launcher_pid}) is gone; "
+            f"{state.path_in(folder)} is stale",
+            file=sys.stderr,
+        )
+        return 1
+    now = time.time()
+    print(f"{'SERVICE':<13} {'HEALTH':<12} {'PID':<8} {'ADDRESS':<22} {'UPTIME':<9} {'RESTARTS':<9} STATE")
+    serving = True
+    for record in found.services:
+        running = record.pid is not None and record.address is not None
+        health: Health = probe(record.kind, record.address) if record.address and running else "down"
+        serving = serving and health == "SERVING"
+        print(
+            f"{record.name:<13} {health:<12} {record.pid or '-'!s:<8} {record.address or '-':<22} "
+            f"{_uptime(now - record.started_at) if running else '-':<9} {record.restarts:<9} {record.state}"
+        )
+    given_up = [record for record in found.services if record.state == "given_up"]
+    for record in given_up:
+        print(f"\n{record.name} was given up after repeated crashes; see {record.log}")
+    return 0 if serving else 1
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -173,6 +250,16 @@ def cmd_context_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service_setting(text: str) -> tuple[str, str, str]:
+    kind, colon, setting = text.partition(":")
+    name, equals, value = setting.partition("=")
+    if not (colon and equals and name) or kind not in MODULES:
+        raise argparse.ArgumentTypeError(
+            f"expected SERVICE:NAME=VALUE with SERVICE one of {', '.join(MODULES)}"
+        )
+    return kind, name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runwire", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", help="local data folder (default .runwire or $RUNWIRE_DATA_DIR)")
@@ -184,7 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", help="registry database (default: SQLite in the data folder)")
     up.add_argument("--redis-url", help="use the Redis bridge backend at this URL")
     up.add_argument("--grace-period", type=float, default=10.0, help="drain time per service on stop")
+    up.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        type=_service_setting,
+        metavar="SERVICE:NAME=VALUE",
+        help="an environment variable for one service's processes, e.g. "
+        "execution:RUNWIRE_EXECUTION_DEFAULT_TIMEOUT_S=60 (repeat for several)",
+    )
+    restarts = up.add_argument_group("restarts of a process that exits")
+    restarts.add_argument(
+        "--max-restarts", type=int, default=5, help="restarts within the window before it is given up"
+    )
+    restarts.add_argument("--restart-window", type=float, default=60.0, help="seconds over which exits count")
+    restarts.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=0.5,
+        help="seconds before the second restart within the window (the first is at once); doubles after",
+    )
+    restarts.add_argument("--restart-backoff-max", type=float, default=10.0, help="the longest wait")
     up.set_defaults(func=cmd_up)
+
+    status = commands.add_parser("status", help="every process of the running `runwire up` and its health")
+    status.set_defaults(func=cmd_status)
 
     token = commands.add_parser("token", help="print a development JWT")
     token.add_argument("--user", required=True)
