@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -17,10 +15,11 @@ import pytest
 from google.protobuf import json_format
 
 from runwire.common.v1 import context_pb2
-from runwire_cli import devsecrets
+from runwire_cli import devsecrets, state
 from runwire_cli.main import main
 from runwire_common.attestation import ContextAttestor, generate_key_spec
 from runwire_common.context import validate_context
+from tests.runwire_cli.conftest import RunwireUp, assert_all_stopped
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -85,53 +84,57 @@ def test_context_mint_prints_a_context_the_services_accept(
 
 
 @pytest.mark.e2e
-def test_runwire_up_serves_a_chat_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNWIRE_")}
-    env["RUNWIRE_DATA_DIR"] = str(tmp_path)
-    env["PYTHONUNBUFFERED"] = "1"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "runwire_cli", "up", "--gateway-port", "0", "--grace-period", "3"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_runwire_up_serves_a_chat_shows_its_status_and_stops_cleanly_on_ctrl_c(
+    runwire_up: Callable[..., RunwireUp],
+) -> None:
+    up = runwire_up()
+    url = up.wait_ready()
+    records = up.services()
+    assert [r.name for r in records.values()] == ["bridge-0", "registry-0", "execution-0", "gateway-0"]
+    assert {r.state for r in records.values()} == {
+        "running"
+    } and url == f"ws://{records['gateway-0'].address}/ws"
+    for record in records.values():
+        assert f"{record.name:<12} pid {record.pid:<7} {record.address}" in up.output
+        assert record.log == str(up.folder / "logs" / f"{record.name}.log") and record.restarts == 0
+
+    status = up.status()
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = [line.split() for line in status.stdout.splitlines()[1:]]
+    assert [(row[0], row[1], row[2], row[3], row[5], row[6]) for row in rows] == [
+        (r.name, "SERVING", str(r.pid), r.address, "0", "running") for r in records.values()
+    ]
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runwire_cli", *argv],
+            env=up.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    chat = cli("chat", "--user", "alice", "what is 6 * 7?")
+    assert chat.returncode == 0, chat.stdout + chat.stderr
+    assert "agent_completed" in chat.stdout and "42" in chat.stdout.splitlines()[-1]
+    runs = cli("runs", "--user", "alice")
+    assert runs.returncode == 0 and "completed" in runs.stdout, runs.stdout + runs.stderr
+
+    assert up.interrupt() == 0, up.output
+    assert_all_stopped(up)
+    assert json.loads((up.folder / devsecrets.SECRETS_FILE).read_text())["jwt_secret"]
+    after = up.status()
+    assert after.returncode == 1 and "no `runwire up` is running" in after.stderr
+
+
+def test_status_reports_a_state_file_whose_launcher_is_gone_as_stale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    lines: list[str] = []
-    try:
-        assert up.stdout is not None
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.fullmatch(r"(ws://127\.0\.0\.1:\d+/ws)\n", line)
-            url = match.group(1) if match else None
-        assert url, "".join(lines)
-        chat = subprocess.run(
-            [sys.executable, "-m", "runwire_cli", "chat", "--user", "alice", "what is 6 * 7?"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert chat.returncode == 0, chat.stdout + chat.stderr
-        assert "agent_completed" in chat.stdout and "42" in chat.stdout.splitlines()[-1]
-        runs = subprocess.run(
-            [sys.executable, "-m", "runwire_cli", "runs", "--user", "alice"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert runs.returncode == 0 and "completed" in runs.stdout, runs.stdout + runs.stderr
-        up.send_signal(signal.SIGINT)
-        rest, _ = up.communicate(timeout=60)
-        assert up.returncode == 0, "".join(lines) + rest
-        assert "stopped." in rest
-        assert json.loads((tmp_path / devsecrets.SECRETS_FILE).read_text())["jwt_secret"]
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+    state.write(
+        tmp_path, state.ClusterState(started_at=time.time(), launcher_pid=int(gone.stdout), services=())
+    )
+    code, _, err = _run(capsys, "--data-dir", str(tmp_path), "status")
+    assert code == 1 and "is gone" in err and "stale" in err
