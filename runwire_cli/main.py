@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import signal
 import sys
@@ -19,14 +20,16 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 
 from runwire.common.v1 import context_pb2
 from runwire_cli import devsecrets, state
-from runwire_cli.client import chat, list_runs
+from runwire_cli.client import chat, get_thread, list_runs, list_threads
 from runwire_cli.cluster import MODULES, Cluster, ClusterConfig, LaunchError
 from runwire_cli.health import Health, probe
+from runwire_cli.questions import TerminalAnswerer
 from runwire_cli.supervisor import RestartPolicy, Supervisor
 from runwire_cli.tokens import mint_token
 from runwire_common.attestation import ContextAttestor
@@ -199,7 +202,21 @@ def _client_token(args: argparse.Namespace) -> tuple[str, str]:
 def cmd_chat(args: argparse.Namespace) -> int:
     url, token = _client_token(args)
     try:
-        final = asyncio.run(chat(url, token, args.message, agent=args.agent, thread_id=args.thread))
+        run_input = _input_object(args.input) if args.input is not None else None
+        if run_input is None and args.message is None:
+            raise RuntimeError("say something: give a message, or the whole input with --input")
+        answerer = TerminalAnswerer(approve_all=args.yes)
+        final = asyncio.run(
+            chat(
+                url,
+                token,
+                args.message or "",
+                agent=args.agent,
+                run_input=run_input,
+                thread_id=args.thread,
+                answer=answerer,
+            )
+        )
     except (OSError, RuntimeError) as exc:
         print(f"runwire chat: {exc}", file=sys.stderr)
         return 1
@@ -207,6 +224,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"\n{final['payload'].get('final_response', '')}")
         return 0
     return 1
+
+
+def _input_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise RuntimeError(f"--input is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RuntimeError("--input must be a JSON object")
+    return value
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -221,6 +248,30 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in runs:
         print(
             f"{run['created_at']}  {run['run_id']}  {run['agent']:<10} {run['state']:<10} {run['thread_id']}"
+        )
+    return 0
+
+
+def cmd_threads(args: argparse.Namespace) -> int:
+    url, token = _client_token(args)
+    try:
+        if args.thread:
+            reply = asyncio.run(get_thread(url, token, args.thread))
+        else:
+            threads = asyncio.run(list_threads(url, token, limit=args.limit))
+    except (OSError, RuntimeError) as exc:
+        print(f"runwire threads: {exc}", file=sys.stderr)
+        return 1
+    if args.thread:
+        for message in reply["messages"]:
+            text = message["content"] or json.dumps(message.get("tool_calls", []))
+            print(f"{message['role']:>9}: {text}")
+        return 0
+    if not threads:
+        print(f"no threads for {args.user}")
+    for thread in threads:
+        print(
+            f"{thread['updated_at']}  {thread['thread_id']}  {thread['last_run_state'] or '-':<10} {thread['title']}"
         )
     return 0
 
@@ -304,16 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", default=[], help="repeat for several")
     token.set_defaults(func=cmd_token)
 
-    for name, helptext in (("chat", "start an assistant run and follow it"), ("runs", "list a user's runs")):
+    for name, helptext in (
+        ("chat", "start a run, follow it and answer its questions"),
+        ("runs", "list a user's runs"),
+        ("threads", "list a user's threads, or show one"),
+    ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--user", required=True)
         sub.add_argument("--url", help="gateway WebSocket URL (default: the running `runwire up`)")
         sub.add_argument("--token", help="use this JWT instead of minting a development one")
         if name == "chat":
-            sub.add_argument("message")
+            sub.add_argument("message", nargs="?", help='the input is {"message": MESSAGE}')
             sub.add_argument("--agent", default="assistant")
+            sub.add_argument("--input", help="the run's whole input as a JSON object (instead of a message)")
             sub.add_argument("--thread", help="continue this thread")
+            sub.add_argument("--yes", action="store_true", help="approve every tool call the run asks about")
             sub.set_defaults(func=cmd_chat)
+        elif name == "threads":
+            sub.add_argument("--thread", help="show this thread's messages")
+            sub.add_argument("--limit", type=int, default=20)
+            sub.set_defaults(func=cmd_threads)
         else:
             sub.add_argument("--limit", type=int, default=20)
             sub.set_defaults(func=cmd_runs)

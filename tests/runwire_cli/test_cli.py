@@ -105,10 +105,11 @@ def test_runwire_up_serves_a_chat_shows_its_status_and_stops_cleanly_on_ctrl_c(
         (r.name, "SERVING", str(r.pid), r.address, "0", "running") for r in records.values()
     ]
 
-    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    def cli(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "runwire_cli", *argv],
             env=up.env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=60,
@@ -119,6 +120,30 @@ def test_runwire_up_serves_a_chat_shows_its_status_and_stops_cleanly_on_ctrl_c(
     assert "agent_completed" in chat.stdout and "42" in chat.stdout.splitlines()[-1]
     runs = cli("runs", "--user", "alice")
     assert runs.returncode == 0 and "completed" in runs.stdout, runs.stdout + runs.stderr
+    thread_id = chat.stdout.split(" accepted on thread ", 1)[1].split()[0]
+    again = cli("chat", "--user", "alice", "--thread", thread_id, "echo twice")
+    assert again.returncode == 0, again.stdout + again.stderr
+    threads = cli("threads", "--user", "alice")
+    assert threads.returncode == 0 and thread_id in threads.stdout and "what is 6 * 7?" in threads.stdout
+    shown = cli("threads", "--user", "alice", "--thread", thread_id)
+    said = [line.split(":", 1)[0].strip() for line in shown.stdout.splitlines()]
+    assert said == ["user", "assistant", "user", "assistant"], shown.stdout
+    assert "echo twice" in shown.stdout
+
+    # Questions are answered on the terminal; approvals with y/n, or all at once with --yes.
+    asking = json.dumps({"steps": [{"ask": "Your name?"}], "result": "ok"})
+    answered = cli("chat", "--user", "alice", "--agent", "scripted", "--input", asking, stdin="Ada\n")
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+    assert "Your name?" in answered.stdout and "'Ada'" in answered.stdout
+    approval = json.dumps({"steps": [{"tool": "echo", "args": {"a": 1}, "require_approval": True}]})
+    for argv, stdin, status in ((("--yes",), "", "success"), ((), "n\n", "denied")):
+        decided = cli(
+            "chat", "--user", "alice", "--agent", "scripted", "--input", approval, *argv, stdin=stdin
+        )
+        assert decided.returncode == 0, decided.stdout + decided.stderr
+        assert f"echo → {status}" in decided.stdout
+    nobody = cli("chat", "--user", "alice", "--agent", "scripted", "--input", asking)  # stdin closed
+    assert nobody.returncode == 1 and "agent_cancelled" in nobody.stdout, nobody.stdout + nobody.stderr
 
     assert up.interrupt() == 0, up.output
     assert_all_stopped(up)
@@ -138,3 +163,21 @@ def test_status_reports_a_state_file_whose_launcher_is_gone_as_stale(
     )
     code, _, err = _run(capsys, "--data-dir", str(tmp_path), "status")
     assert code == 1 and "is gone" in err and "stale" in err
+
+
+def test_the_llm_agents_settings_reach_the_execution_service_and_only_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    monkeypatch.setenv("RUNWIRE_LLM_MODEL", "tiny")
+    monkeypatch.setenv("RUNWIRE_GATEWAY_JWT_SECRET", "not-passed-through")
+    from runwire_cli.cluster import Cluster, ClusterConfig
+
+    cluster = Cluster(ClusterConfig(data_dir=tmp_path, attestation_keys=generate_key_spec(), jwt_secret="s"))
+    monkeypatch.setattr(cluster, "_targets", lambda kind: f"127.0.0.1:{len(kind)}")  # nothing launched here
+    execution = cluster._env("execution", 0)
+    gateway = cluster._env("gateway", 0)
+    assert execution["RUNWIRE_LLM_MODEL"] == "tiny" and execution["OPENAI_BASE_URL"].endswith("/v1")
+    assert "RUNWIRE_LLM_MODEL" not in gateway
+    assert gateway["RUNWIRE_GATEWAY_JWT_SECRET"] == "s"  # the launcher's own, not the caller's
