@@ -19,8 +19,9 @@ import grpc
 import pytest
 
 from execution_service.llm.settings import LlmSettings
-from runwire.common.v1 import context_pb2, event_pb2
+from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2
+from runwire.registry.v1 import registry_pb2
 from runwire_common.ids import new_id
 from tests.conftest import ContextFactory
 from tests.execution_service.system import CALL_TIMEOUT_S, System, running_system
@@ -117,6 +118,38 @@ async def test_tokens_arrive_as_partial_results_in_order_and_make_the_whole_answ
     assert set(offered) == {"calculator", "clock", "text_stats", "echo"}
     assert offered["calculator"]["type"] == "function"
     assert offered["calculator"]["function"]["parameters"]["required"] == ["expression"]
+
+
+async def test_a_thread_is_remembered_in_the_registry_for_its_owner_only(
+    llm_system: SystemFactory, server: OpenAIServer
+) -> None:
+    server.script(text_stream("Hi Ada."), text_stream("You are Ada."), text_stream("Who?"))
+    owner, stranger, thread = new_id("user"), new_id("user"), new_id("thread")
+    async with llm_system() as system:
+        for user, message in ((owner, "I am Ada."), (owner, "Who am I?"), (stranger, "Who am I?")):
+            ctx = system.make_context(user, thread_id=thread)
+            async with system.watch(user) as watcher:
+                run = await system.start(ctx, "llm", {"message": message})
+                assert (await watcher.until_terminal(run.run_id))[-1].type == "agent_completed"
+        stored = await system.registry.GetThread(
+            registry_pb2.GetThreadRequest(user_context=system.make_context(owner, thread_id=thread)),
+            timeout=CALL_TIMEOUT_S,
+        )
+    first, second, third = (body["messages"] for body in server.bodies())
+    assert first == [{"role": "user", "content": "I am Ada."}]
+    assert second == [
+        {"role": "user", "content": "I am Ada."},
+        {"role": "assistant", "content": "Hi Ada."},
+        {"role": "user", "content": "Who am I?"},
+    ]
+    # The same thread id is another conversation for another user: nothing of the owner's is sent.
+    assert third == [{"role": "user", "content": "Who am I?"}]
+    assert [(m.role, m.content) for m in stored.messages] == [
+        (run_pb2.MESSAGE_ROLE_USER, "I am Ada."),
+        (run_pb2.MESSAGE_ROLE_ASSISTANT, "Hi Ada."),
+        (run_pb2.MESSAGE_ROLE_USER, "Who am I?"),
+        (run_pb2.MESSAGE_ROLE_ASSISTANT, "You are Ada."),
+    ]
 
 
 async def test_two_tool_calls_in_fragments_run_paired_and_their_results_go_back_to_the_model(
