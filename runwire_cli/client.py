@@ -1,41 +1,23 @@
-"""A small WebSocket client of the gateway, behind ``runwire chat``, ``runs`` and ``threads``."""
+"""``runwire chat``, ``runs`` and ``threads`` over :mod:`runwire_client` (the Python client)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-
-TERMINAL = frozenset({"agent_completed", "agent_error", "agent_cancelled", "agent_death"})
+from runwire_client import TERMINAL_EVENTS, RunwireClient, RunwireError
 
 
-async def open_connection(url: str, token: str) -> ClientConnection:
-    connection = await connect(
-        url,
-        additional_headers={"Authorization": f"Bearer {token}"},
-        compression=None,
-        open_timeout=10,
-    )
-    hello = json.loads(await connection.recv())
-    if hello.get("type") != "connected":
-        await connection.close()
-        raise RuntimeError(f"unexpected first frame from the gateway: {hello}")
-    return connection
-
-
-async def request(connection: ClientConnection, frame: dict[str, Any], reply_type: str) -> dict[str, Any]:
-    """Send ``frame`` and return the reply with the same id (or raise on an error frame)."""
-    await connection.send(json.dumps(frame))
-    while True:
-        reply: dict[str, Any] = json.loads(await connection.recv())
-        if reply.get("id") != frame["id"]:
-            continue
-        if reply.get("type") == "error":
-            raise RuntimeError(f"{reply.get('code')}: {reply.get('message')}")
-        if reply.get("type") == reply_type:
-            return reply
+@contextlib.asynccontextmanager
+async def _connected(url: str, token: str) -> AsyncIterator[RunwireClient]:
+    """A client of the gateway whose failures read as the CLI's errors (``code: message``)."""
+    try:
+        async with RunwireClient(url, token=token) as client:
+            yield client
+    except RunwireError as error:
+        raise RuntimeError(str(error)) from None
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -86,81 +68,75 @@ async def chat(
 
     The run's input is ``{"message": message}`` unless ``run_input`` is given.
     Without ``answer`` a question cancels the run (there is nobody to ask).
+    A gateway that restarts meanwhile is reconnected to, and the run's events
+    resume where they stopped.
     """
-    async with await open_connection(url, token) as connection:
-        frame: dict[str, Any] = {
-            "type": "run.start",
-            "id": "chat-1",
-            "agent": agent,
-            "input": run_input if run_input is not None else {"message": message},
-        }
-        if thread_id:
-            frame["thread_id"] = thread_id
-        accepted = await request(connection, frame, "run.accepted")
-        run_id = accepted["run"]["run_id"]
-        show(f"run {run_id} accepted on thread {accepted['run']['thread_id']}")
-        questions: dict[str, dict[str, Any]] = {}  # correlation id → the question it answers
-        while True:
-            event: dict[str, Any] = json.loads(await connection.recv())
-            if event.get("type") == "error" and event.get("id") in questions:
-                # The answer was refused (say, it did not match the schema): ask again.
-                show(f"answer refused: {event.get('message')}")
-                await _answer(connection, run_id, questions.pop(event["id"]), answer, questions)
-                continue
-            if event.get("run_id") != run_id or "seq" not in event:
-                continue
+    async with _connected(url, token) as client:
+        run = await client.start_run(
+            agent, run_input if run_input is not None else {"message": message}, thread_id=thread_id or None
+        )
+        run_id = run["run_id"]
+        show(f"run {run_id} accepted on thread {run['thread_id']}")
+        async for event in client.run_events(run_id):
             show(describe_event(event))
             if event["type"] == "input_required":
-                await _answer(connection, run_id, event["payload"], answer, questions)
-            if event["type"] in TERMINAL:
+                await _answer(client, run_id, event["payload"], answer, show)
+            if event["type"] in TERMINAL_EVENTS:
                 return event
+        raise RuntimeError(f"the events of run {run_id} ended without a terminal event")
 
 
 async def _answer(
-    connection: ClientConnection,
+    client: RunwireClient,
     run_id: str,
     question: dict[str, Any],
     answer: Answerer | None,
-    pending: dict[str, dict[str, Any]],
+    show: Callable[[str], None],
 ) -> None:
-    response = await answer(question) if answer is not None else None
-    if response is None:
-        await connection.send(json.dumps({"type": "run.cancel", "id": "chat-cancel", "run_id": run_id}))
-        return
-    correlation = f"respond-{len(pending)}-{question['request_id']}"
-    pending[correlation] = question
-    await connection.send(
-        json.dumps(
-            {
-                "type": "run.respond",
-                "id": correlation,
-                "run_id": run_id,
-                "request_id": question["request_id"],
-                "response": response,
-            }
-        )
-    )
+    """Answer until the gateway accepts an answer; no answer cancels the run.
+
+    An answer that does not match the question's schema is asked again; so is
+    one lost with the connection, if the run still waits for it (the client
+    never resends a request by itself: the gateway may have recorded it).
+    Any other refusal (answered elsewhere, the question expired) is shown and
+    the run's own events tell what happens next.
+    """
+    while True:
+        response = await answer(question) if answer is not None else None
+        if response is None:
+            await client.cancel_run(run_id)
+            return
+        try:
+            await client.respond(run_id, question["request_id"], response)
+            return
+        except RunwireError as refused:
+            show(f"answer refused: {refused.message}")
+            if refused.code == "invalid_argument":
+                continue
+            if refused.code == "unavailable" and await _still_asked(client, run_id, question):
+                continue
+            return
+
+
+async def _still_asked(client: RunwireClient, run_id: str, question: dict[str, Any]) -> bool:
+    pending = (await client.get_run(run_id)).get("pending_input") or {}
+    return bool(pending.get("request_id") == question["request_id"])
 
 
 async def list_runs(url: str, token: str, *, limit: int = 20) -> list[dict[str, Any]]:
-    async with await open_connection(url, token) as connection:
-        reply = await request(connection, {"type": "runs.list", "id": "runs-1", "limit": limit}, "runs")
-        runs: list[dict[str, Any]] = reply["runs"]
+    async with _connected(url, token) as client:
+        runs, _ = await client.list_runs(limit=limit)
         return runs
 
 
 async def list_threads(url: str, token: str, *, limit: int = 20) -> list[dict[str, Any]]:
-    async with await open_connection(url, token) as connection:
-        reply = await request(
-            connection, {"type": "threads.list", "id": "threads-1", "limit": limit}, "threads"
-        )
-        threads: list[dict[str, Any]] = reply["threads"]
+    async with _connected(url, token) as client:
+        threads, _ = await client.list_threads(limit=limit)
         return threads
 
 
 async def get_thread(url: str, token: str, thread_id: str) -> dict[str, Any]:
     """The ``thread`` reply: ``thread`` and its ``messages``, oldest first."""
-    async with await open_connection(url, token) as connection:
-        return await request(
-            connection, {"type": "thread.get", "id": "thread-1", "thread_id": thread_id}, "thread"
-        )
+    async with _connected(url, token) as client:
+        thread, messages = await client.get_thread(thread_id)
+        return {"type": "thread", "thread": thread, "messages": messages}
