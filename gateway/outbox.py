@@ -21,7 +21,7 @@ import json
 from collections import deque
 from typing import Any
 
-from gateway import frames
+from gateway import frames, legacy
 from runwire.common.v1 import event_pb2
 
 PARTIAL_RESULT = "partial_result"
@@ -35,9 +35,14 @@ class EventFrame:
     other user's events in it) alive for as long as a slow socket holds the
     frame. A ``partial_result``, which may be merged later, keeps a detached
     copy of its event.
+
+    The frame a legacy connection sees (:attr:`legacy_text`) is made from
+    ``text`` by the first legacy socket that writes the frame and kept for the
+    others: once per event, and never for a user without a legacy socket.
     """
 
-    __slots__ = ("event_id", "partial", "run_id", "seq", "text", "ts", "type", "user_id")
+    __slots__ = ("_legacy", "event_id", "partial", "run_id", "seq", "text", "ts", "type", "user_id")
+    _legacy: str  # unset until :attr:`legacy_text` is first read
 
     def __init__(self, event: event_pb2.RunEvent) -> None:
         self.text = frames.event_frame(event)
@@ -56,6 +61,14 @@ class EventFrame:
     @property
     def size(self) -> int:
         return len(self.text)
+
+    @property
+    def legacy_text(self) -> str:
+        try:
+            return self._legacy
+        except AttributeError:  # not made yet: ``__init__`` leaves the slot unset on purpose
+            text = self._legacy = legacy.event_text(self.text, self.type)
+            return text
 
     def lag(self, now: float) -> float:
         return max(0.0, now - self.ts)
@@ -86,6 +99,11 @@ class MergedPartial:
         payload = dict(self.payload)
         payload["content"] = "".join(self.contents)
         return frames.merged_event_frame(self.last, merged_from=self.first.seq, payload=payload)
+
+    @property
+    def legacy_text(self) -> str:
+        # Rendered once per socket anyway (a merged frame is one socket's own).
+        return legacy.event_text(self.text, self.last.type)
 
     def absorb(self, event: event_pb2.RunEvent, content: str) -> None:
         self.last = event

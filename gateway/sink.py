@@ -78,6 +78,7 @@ class EventSink:
         "connection_id",
         "cursor",
         "feed",
+        "legacy",
         "minter",
         "send_lock",
         "stalled",
@@ -96,8 +97,11 @@ class EventSink:
         limits: OutboxLimits,
         stats: GatewayStats,
         on_stop: Callable[[int, str], None],
+        legacy: bool = False,
     ) -> None:
         self._ws = websocket
+        # Writes the legacy projection of event frames (see :mod:`gateway.legacy`).
+        self.legacy = legacy
         self.user_id = user_id
         self.connection_id = connection_id
         self.minter = minter
@@ -306,6 +310,7 @@ class EventSink:
 
     async def _write(self) -> None:
         stats = self._stats
+        legacy = self.legacy
         try:
             while self._outbox is not None and len(self._outbox):
                 batch = self._outbox.take(WRITE_BATCH)
@@ -320,7 +325,7 @@ class EventSink:
                         if entry.position is not None:
                             position = entry.position
                     else:
-                        texts.append(entry.text)
+                        texts.append(entry.legacy_text if legacy else entry.text)
                         position = entry.event_id
                         events += 1
                 if texts:
