@@ -110,6 +110,14 @@ class HeartbeatFrame:
     id: ClientId | None
 
 
+@dataclass(frozen=True)
+class TypingFrame:
+    """A typing notice of the previous platform's clients (``user_typing`` …); ``kind`` is its type."""
+
+    id: ClientId | None
+    kind: str
+
+
 # The frames served by a gRPC call (``rpc`` names it; traces are named after it).
 CallFrame = (
     RunStartFrame
@@ -121,4 +129,4 @@ CallFrame = (
     | ThreadGetFrame
     | ThreadDeleteFrame
 )
-Command = CallFrame | ResumeFrame | PingFrame | HeartbeatFrame
+Command = CallFrame | ResumeFrame | PingFrame | HeartbeatFrame | TypingFrame

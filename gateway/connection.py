@@ -26,7 +26,7 @@ import time
 import grpc
 from websockets.exceptions import ConnectionClosed
 
-from gateway import frames
+from gateway import frames, legacy
 from gateway.auth import Identity
 from gateway.calls import Backends, ContextMinter, error_for_status
 from gateway.feeds import Feeds, UserFeed
@@ -50,6 +50,7 @@ from gateway.protocol import (
     ThreadDeleteFrame,
     ThreadGetFrame,
     ThreadsListFrame,
+    TypingFrame,
     parse_frame,
 )
 from gateway.settings import GatewaySettings
@@ -101,6 +102,7 @@ class Session:
         start_runs: InFlightLimit,
         after: str = "",
         telemetry: Telemetry | None = None,
+        legacy: bool = False,
     ) -> None:
         # The shared objects (settings, feeds, limits, the run.start bound, telemetry) are the
         # gateway's, passed by reference: nothing per connection is copied from them.
@@ -126,6 +128,7 @@ class Session:
             limits=limits,
             stats=stats,
             on_stop=self._event_stream_stopped,
+            legacy=legacy,
         )
         self._calls: set[asyncio.Task[None]] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -200,9 +203,14 @@ class Session:
 
     async def _dispatch(self, command: Command) -> None:
         if isinstance(command, PingFrame):
-            await self.send(frames.pong_frame(command.id))
+            if self._sink.legacy:
+                await self.send(legacy.pong_frame(command.id, self.identity.user_id))
+            else:
+                await self.send(frames.pong_frame(command.id))
         elif isinstance(command, HeartbeatFrame):
             await self.send(frames.heartbeat_ack_frame(command.id))
+        elif isinstance(command, TypingFrame):
+            await self.send(frames.typing_ack_frame(command.id, command.kind))
         elif isinstance(command, ResumeFrame):
             self._sink.resume(command.after, command.id)
         elif self._calls is not None and len(self._calls) >= self._settings.max_in_flight:

@@ -237,7 +237,24 @@ def pong_frame(client_id: ClientId | None) -> str:
 
 
 def heartbeat_ack_frame(client_id: ClientId | None) -> str:
-    return dumps({"type": "heartbeat_ack", "id": client_id, "server_time": server_time()})
+    """``heartbeat_ack``; ``timestamp`` and ``status`` are what the previous platform's clients read."""
+    now = server_time()
+    return dumps(
+        {"type": "heartbeat_ack", "id": client_id, "server_time": now, "timestamp": now, "status": "healthy"}
+    )
+
+
+def typing_ack_frame(client_id: ClientId | None, kind: str) -> str:
+    """The ``system_message`` that acknowledges a typing notice (``kind`` is its type)."""
+    return dumps(
+        {
+            "type": "system_message",
+            "id": client_id,
+            "message": f"{kind} acknowledged",
+            "acknowledged": kind,
+            "timestamp": server_time(),
+        }
+    )
 
 
 def run_reply(kind: str, client_id: ClientId | None, run: run_pb2.Run) -> str:

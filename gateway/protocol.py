@@ -29,6 +29,7 @@ from gateway.commands import (
     ThreadDeleteFrame,
     ThreadGetFrame,
     ThreadsListFrame,
+    TypingFrame,
 )
 from runwire.common.v1 import run_pb2
 from runwire_common.context import id_problem
@@ -68,8 +69,16 @@ class FrameError(Exception):
         self.client_id = client_id
 
 
+# The previous platform's messages (§6, compatibility): chat messages start a run of the
+# default agent; typing notices are acknowledged with a ``system_message``.
+CHAT_TYPES = frozenset({"user_message", "chat", "chat_message"})
+TYPING_TYPES = frozenset({"user_typing", "typing_started", "typing_stopped"})
+EMPTY_MESSAGE = "Please enter a message"
+
 KNOWN_TYPES = frozenset(
-    {"run.start", "run.cancel", "run.get", "runs.list", "resume", "ping", "start_agent", "user_message"}
+    CHAT_TYPES
+    | TYPING_TYPES
+    | {"run.start", "run.cancel", "run.get", "runs.list", "resume", "ping", "start_agent"}
     | {"chat", "heartbeat", "run.respond", "threads.list", "thread.get", "thread.delete"}
 )
 
@@ -147,7 +156,9 @@ def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default
         return PingFrame(client_id)
     if kind == "heartbeat":
         return HeartbeatFrame(client_id)
-    if kind in ("start_agent", "user_message", "chat"):
+    if kind in TYPING_TYPES:
+        return TypingFrame(client_id, kind)
+    if kind == "start_agent" or kind in CHAT_TYPES:
         return _compat_start(kind, frame, client_id, default_agent)
     cid = _required_id(client_id)
     if kind == "run.start":
@@ -196,19 +207,27 @@ def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default
 
 
 def _compat_start(kind: str, frame: dict[str, Any], client_id: ClientId | None, agent: str) -> RunStartFrame:
-    if kind == "start_agent":
-        payload = frame.get("payload")
-        if not isinstance(payload, dict):
-            raise FrameError(INVALID_ARGUMENT, "'payload' must be an object")
-        text = payload.get("user_request")
-        thread_id = _optional_id(payload, "thread_id")
-        field = "payload.user_request"
-    else:
-        text = frame.get("content", frame.get("text"))
-        thread_id = _optional_id(frame, "thread_id")
-        field = "'content' (or 'text')"
-    if not isinstance(text, str) or not text.strip():
-        raise FrameError(INVALID_ARGUMENT, f"{field} must be a non-empty string")
+    """A run of the default agent for the previous platform's ``start_agent`` or chat message.
+
+    ``start_agent`` has its text in ``payload.user_request``; a chat message in
+    ``content`` (preferred) or ``text``, at the top level or in ``payload`` (the
+    top level first), and ``thread_id`` likewise. A blank text starts nothing.
+    """
+    payload = frame.get("payload")
+    if kind == "start_agent" and not isinstance(payload, dict):
+        raise FrameError(INVALID_ARGUMENT, "'payload' must be an object")
+    if payload is not None and not isinstance(payload, dict):
+        raise FrameError(INVALID_ARGUMENT, "'payload' must be an object")
+    places = (frame, payload) if payload is not None else (frame,)
+    names = ("user_request",) if kind == "start_agent" else ("content", "text")
+    text = next((p[name] for name in names for p in places if p.get(name) is not None), None)
+    holder = next((p for p in places if p.get("thread_id") is not None), frame)
+    thread_id = _optional_id(holder, "thread_id")
+    if text is not None and not isinstance(text, str):
+        field = "'user_request'" if kind == "start_agent" else "'content' (or 'text')"
+        raise FrameError(INVALID_ARGUMENT, f"{field} must be a string")
+    if text is None or not text.strip():
+        raise FrameError(INVALID_ARGUMENT, EMPTY_MESSAGE)
     return RunStartFrame(
         id=client_id,
         agent=agent,
@@ -329,5 +348,6 @@ __all__ = (
     "ThreadDeleteFrame",
     "ThreadGetFrame",
     "ThreadsListFrame",
+    "TypingFrame",
     "parse_frame",
 )

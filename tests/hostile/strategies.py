@@ -111,6 +111,8 @@ FRAME_TYPES = (
     "start_agent",
     "user_message",
     "chat",
+    "chat_message",
+    "user_typing",
 )
 CLIENT_IDS = st.one_of(
     st.none(),

@@ -41,6 +41,10 @@ REPLY_TYPES = {
     "start_agent": "run.accepted",
     "user_message": "run.accepted",
     "chat": "run.accepted",
+    "chat_message": "run.accepted",
+    "user_typing": "system_message",
+    "typing_started": "system_message",
+    "typing_stopped": "system_message",
     "run.cancel": "run.cancelling",
     "run.get": "run",
     "runs.list": "runs",
@@ -149,7 +153,7 @@ def check_replies(sent: Any, message: str | bytes, replies: list[dict[str, Any]]
         assert reply["code"] == "unknown_type", reply
     elif not valid_client_id(sent):
         assert reply["code"] == "invalid_argument", reply
-    elif kind in ("ping", "heartbeat"):
+    elif kind in ("ping", "heartbeat", "user_typing", "typing_started", "typing_stopped"):
         assert reply["type"] == REPLY_TYPES[kind], reply
     if reply.get("id") is not None or (valid_client_id(sent) and kind in REPLY_TYPES):
         assert reply.get("id") == sent.get("id"), (sent, reply)
