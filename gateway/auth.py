@@ -1,7 +1,9 @@
 """End-user authentication at the WebSocket handshake.
 
 The token comes from ``Authorization: Bearer <JWT>`` or, for browsers that
-cannot set headers, from a ``Sec-WebSocket-Protocol`` entry ``bearer.<JWT>``.
+cannot set headers, from a ``Sec-WebSocket-Protocol`` entry ``bearer.<JWT>``
+(clients of the platform Runwire replaces also send ``jwt.<JWT>`` or
+``jwt-auth.<JWT>``, the token raw or base64url-encoded without padding).
 It is verified against a pinned algorithm list (``none`` can never be on it),
 ``exp`` is required, and ``aud`` / ``iss`` are checked when configured. The
 key is chosen by algorithm family, so an HMAC token can never be checked with
@@ -10,7 +12,9 @@ the RSA public key (the classic key-confusion attack).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +23,19 @@ import jwt
 from gateway.settings import HMAC_ALGORITHMS, GatewaySettings
 from runwire_common.context import id_problem
 
-BEARER_PREFIX = "bearer."
 SUBPROTOCOL = "runwire.v1"
 MAX_ROLES = 64
+# A token shorter than this is a placeholder ("null", "undefined" …): treated as missing.
+MIN_TOKEN_CHARS = 10
+# Subprotocol entries that carry a token: (prefix, the subprotocol the server selects for it,
+# whether the entry marks a client of the previous platform). ``jwt-auth.`` before ``jwt.``.
+TOKEN_ENTRIES: tuple[tuple[str, str, bool], ...] = (
+    ("jwt-auth.", "jwt-auth", True),
+    ("jwt.", "jwt-auth", True),
+    ("bearer.", "bearer", False),
+)
+# Plain entries (no token) that name the previous platform's subprotocol.
+JWT_AUTH_NAMES = frozenset({"jwt-auth", "jwt"})
 
 
 class AuthError(Exception):
@@ -47,16 +61,69 @@ def offered_subprotocols(header_values: Iterable[str]) -> list[str]:
     return [item.strip() for value in header_values for item in value.split(",") if item.strip()]
 
 
-def extract_token(authorization: str | None, subprotocols: Iterable[str]) -> str | None:
-    """The bearer token: the ``Authorization`` header first, else a ``bearer.`` subprotocol."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The token a handshake offered, and where it came from."""
+
+    token: str | None
+    # Taken from a ``jwt.``/``jwt-auth.`` entry: the client speaks the previous platform's protocol.
+    from_jwt_entry: bool = False
+
+
+def extract_credentials(authorization: str | None, subprotocols: Iterable[str]) -> Credentials:
+    """The token: the ``Authorization`` header first, else the first subprotocol entry with one.
+
+    A token shorter than :data:`MIN_TOKEN_CHARS` counts as missing, wherever it
+    came from, and the next source is tried.
+    """
     if authorization:
-        scheme, _, credentials = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-        return None
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and len(value.strip()) >= MIN_TOKEN_CHARS:
+            return Credentials(value.strip())
     for entry in subprotocols:
-        if entry.lower().startswith(BEARER_PREFIX) and len(entry) > len(BEARER_PREFIX):
-            return entry[len(BEARER_PREFIX) :]
+        lowered = entry.lower()
+        for prefix, _, from_jwt in TOKEN_ENTRIES:
+            if lowered.startswith(prefix):
+                token = decode_token(entry[len(prefix) :])
+                if len(token) >= MIN_TOKEN_CHARS:
+                    return Credentials(token, from_jwt_entry=from_jwt)
+                break
+    return Credentials(None)
+
+
+def decode_token(value: str) -> str:
+    """A subprotocol entry's token: a raw JWT as it is, a base64url-encoded one decoded.
+
+    A JWT always holds two dots and base64url never does, which tells them apart.
+    What is neither is returned as it is, for the verifier to refuse.
+    """
+    if "." in value or not value:
+        return value
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+        text = decoded.decode("ascii")
+    except (binascii.Error, ValueError):
+        return value
+    return text if text.count(".") == 2 else value
+
+
+def selected_subprotocol(offered: Sequence[str]) -> str | None:
+    """The subprotocol the server selects among ``offered``.
+
+    ``runwire.v1`` when offered; otherwise, for the previous platform's clients,
+    ``jwt-auth`` for a ``jwt.``/``jwt-auth.`` entry (or a plain ``jwt-auth`` or
+    ``jwt``) and ``bearer`` for a ``bearer.`` entry, the first such entry
+    deciding. A token-carrying entry is never echoed.
+    """
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    for entry in offered:
+        lowered = entry.lower()
+        if lowered in JWT_AUTH_NAMES:
+            return "jwt-auth"
+        for prefix, selected, _ in TOKEN_ENTRIES:
+            if lowered.startswith(prefix):
+                return selected
     return None
 
 

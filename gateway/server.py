@@ -19,11 +19,18 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from gateway.auth import SUBPROTOCOL, AuthError, TokenVerifier, extract_token, offered_subprotocols
+from gateway.auth import (
+    AuthError,
+    TokenVerifier,
+    extract_credentials,
+    offered_subprotocols,
+    selected_subprotocol,
+)
 from gateway.calls import Backends
 from gateway.connection import Session
 from gateway.fabric import BridgeReplicas
 from gateway.feeds import Feeds
+from gateway.legacy import CHAT_PATH, PROFILE_LEGACY, is_legacy
 from gateway.limits import ConnectionSlots, InFlightLimit
 from gateway.metrics import GatewayCollector
 from gateway.protocol import CLOSE_SERVICE_RESTART, cursor_problem
@@ -38,6 +45,8 @@ from runwire_common.telemetry import Telemetry
 log = logging.getLogger("runwire.gateway.server")
 
 WS_PATH = "/ws"
+# ``/ws/chat`` is the previous platform's path: the same endpoint, legacy frames (gateway.legacy).
+WS_PATHS = frozenset({WS_PATH, CHAT_PATH})
 HEALTH_PATH = "/healthz"
 
 
@@ -144,19 +153,20 @@ class GatewayServer:
         url = urlsplit(request.path)
         if url.path == HEALTH_PATH:
             return self._health(connection)
-        if url.path != WS_PATH:
+        if url.path not in WS_PATHS:
             return self._refuse(connection, http.HTTPStatus.NOT_FOUND, "not found")
         if self.draining:
             return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "gateway is draining")
-        token = extract_token(
-            request.headers.get("Authorization"),
-            offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol")),
-        )
+        offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
+        credentials = extract_credentials(request.headers.get("Authorization"), offered)
         after = _query_value(url.query, "after")
         if after and cursor_problem(after):
             return self._refuse(connection, http.HTTPStatus.BAD_REQUEST, "'after' is not a valid event_id")
+        profile = _query_value(url.query, "profile")
+        if profile and profile != PROFILE_LEGACY:
+            return self._refuse(connection, http.HTTPStatus.BAD_REQUEST, "'profile' can only be 'legacy'")
         try:
-            identity = self._verifier.verify(token)
+            identity = self._verifier.verify(credentials.token)
         except AuthError as exc:
             response = self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, exc.reason)
             response.headers["WWW-Authenticate"] = 'Bearer realm="runwire"'
@@ -172,6 +182,9 @@ class GatewayServer:
         assert isinstance(connection, GatewayConnection)
         connection.identity = identity
         connection.after = after
+        connection.legacy = is_legacy(
+            path=url.path, profile=profile, from_jwt_entry=credentials.from_jwt_entry, offered=offered
+        )
         return None
 
     def _health(self, connection: ServerConnection) -> Response:
@@ -211,6 +224,7 @@ class GatewayServer:
             attestor=self._attestor,
             stats=self.stats,
             after=connection.after,
+            legacy=connection.legacy,
             telemetry=self._telemetry,
             feeds=self.feeds,
             limits=self._limits,
@@ -238,9 +252,13 @@ def fabric_policy(settings: GatewaySettings) -> FabricPolicy:
 def select_subprotocol(
     connection: ServerConnection, subprotocols: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """Select ``runwire.v1`` when offered; never echo a ``bearer.`` entry."""
+    """Select ``runwire.v1`` when offered, else the previous platform's name (see ``auth``).
+
+    A token-carrying entry (``bearer.…``, ``jwt.…``) is never echoed.
+    """
     del connection
-    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in subprotocols else None
+    selected = selected_subprotocol(subprotocols)
+    return Subprotocol(selected) if selected is not None else None
 
 
 def _forget_headers(connection: ServerConnection) -> None:

@@ -1,7 +1,7 @@
 """The gateway's WebSocket server connection: websockets' plus two things.
 
-* The identity proven at the handshake travels on the connection from
-  ``process_request`` to the handler, in slots (so adding them does not grow
+* The identity proven at the handshake (and the connection's profile)
+  travels on the connection from ``process_request`` to the handler, in slots (so adding them does not grow
   websockets' per-connection ``__dict__``).
 * :meth:`GatewayConnection.send_texts` writes several text messages with one
   flush and one drain; the outgoing frames of one flush reach the socket in one
@@ -25,12 +25,14 @@ from gateway.auth import Identity
 class GatewayConnection(ServerConnection):
     """A server connection that carries the identity proven at the handshake."""
 
-    __slots__ = ("after", "identity")
+    __slots__ = ("after", "identity", "legacy")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.identity: Identity | None = None
         self.after = ""
+        # Whether it gets the previous platform's frames (gateway.legacy.is_legacy).
+        self.legacy = False
 
     async def send_texts(self, texts: Sequence[str]) -> None:
         """Send each of ``texts`` as one text message, in order, with a single flush.
