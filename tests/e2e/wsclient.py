@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 Frame = dict[str, Any]
 TERMINAL = frozenset({"agent_completed", "agent_error", "agent_cancelled", "agent_death"})
@@ -30,8 +31,19 @@ class WsClient:
     @classmethod
     async def open(cls, url: str, token: str, *, after: str | None = None) -> WsClient:
         target = f"{url}?after={after}" if after else url
+        return await cls.connect(target, headers={"Authorization": f"Bearer {token}"})
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, headers: dict[str, str] | None = None, subprotocols: Sequence[str] = ()
+    ) -> WsClient:
+        """Connect with any handshake (headers, subprotocols); the first frame must be ``connected``."""
         connection = await connect(
-            target, additional_headers={"Authorization": f"Bearer {token}"}, compression=None, open_timeout=10
+            url,
+            additional_headers=headers,
+            subprotocols=[Subprotocol(entry) for entry in subprotocols] or None,
+            compression=None,
+            open_timeout=10,
         )
         client = cls(connection)
         client.hello = json.loads(await asyncio.wait_for(connection.recv(), 10))
