@@ -13,4 +13,4 @@ from runwire_client.client import RunwireClient, State
 from runwire_client.errors import RunwireError
 from runwire_client.events import TERMINAL_EVENTS, Event
 
-__all__ = ["TERMINAL_EVENTS", "Backoff", "Event", "RunwireClient", "RunwireError", "State"]
+__all__ = ("TERMINAL_EVENTS", "Backoff", "Event", "RunwireClient", "RunwireError", "State")

@@ -34,6 +34,11 @@ State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
 TokenSource = Callable[[], Awaitable[str]]
 Run = dict[str, Any]
 
+TERMINAL_STATES = frozenset({"completed", "failed", "timeout", "cancelled", "dead"})
+# How long a run the registry reports ended may take to announce its terminal event
+# (the end is recorded first, then announced): only after this is it taken as lost.
+_TERMINAL_EVENT_GRACE_S = 2.0
+
 _log = logging.getLogger(__name__)
 
 
@@ -85,6 +90,8 @@ class RunwireClient:
         self._settled = asyncio.Event()  # set while the state is "open" or "closed"
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._after_gap = False  # a gap frame came; the resume it belongs to has not ended yet
+        self._checks: set[asyncio.Task[None]] = set()
         self._state_callbacks: list[Callable[[State], None]] = []
         self._gap_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self.error: RunwireError | None = None
@@ -132,6 +139,9 @@ class RunwireClient:
         if self._socket is not None:  # adopted while the supervisor was being stopped
             await self._socket.close()
             self._socket = None
+        for check in list(self._checks):
+            check.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
         if self._state != "closed":
             self._finish(None)
 
@@ -283,7 +293,11 @@ class RunwireClient:
         """One run's events, exactly once and in ``seq`` order, ending after its terminal event.
 
         Includes the run's events already received (so it may start after
-        :meth:`start_run` returned without missing ``agent_started``).
+        :meth:`start_run` returned without missing ``agent_started``). If a
+        gap swallowed the run's terminal event (the run ended while the client
+        was away and the retained log no longer holds its end), it raises
+        ``RunwireError("gap")`` instead of waiting forever; :meth:`get_run`
+        then tells how the run ended.
         """
         stream = self._events.subscribe_run(run_id)
         try:
@@ -433,10 +447,30 @@ class RunwireClient:
         elif self._requests.resolve(frame):
             pass
         elif frame.get("type") == "gap":
+            self._after_gap = True
             for callback in list(self._gap_callbacks):
                 _safely(callback, frame)
         elif frame.get("type") == "resumed":
             self.replayed = int(frame.get("replayed") or 0)
+            if self._after_gap:
+                self._after_gap = False
+                for run_id in self._events.followed_runs():
+                    check = asyncio.create_task(self._settle_after_gap(run_id))
+                    self._checks.add(check)
+                    check.add_done_callback(self._checks.discard)
+
+    async def _settle_after_gap(self, run_id: str) -> None:
+        """End a followed run's iterators if the run ended and its terminal event was lost."""
+        try:
+            state = (await self.get_run(run_id))["state"]
+        except RunwireError:
+            return  # reconnecting again: the next resume checks again if it has a gap
+        if state not in TERMINAL_STATES:
+            return
+        await asyncio.sleep(_TERMINAL_EVENT_GRACE_S)
+        if not self._events.finished(run_id):
+            message = f"run {run_id} ended ({state}) while its events were lost in a gap"
+            self._events.end_run(run_id, RunwireError("gap", message))
 
 
 def _without_none(frame: Frame) -> Frame:

@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 
 from runwire_client.errors import RunwireError
 
-SUBPROTOCOL = Subprotocol("runwire.v1")
+SUBPROTOCOL = "runwire.v1"
 CLOSE_POLICY_VIOLATION = 1008
 
 # Refusals that another attempt with the same request cannot fix.
@@ -81,7 +81,7 @@ async def open_socket(
         connection = await connect(
             target,
             additional_headers={"Authorization": f"Bearer {token}"},
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
             compression=None,
             open_timeout=open_timeout_s,
             max_size=1 << 24,

@@ -184,6 +184,22 @@ class EventRouter:
             log.listeners.append(stream)
         return stream
 
+    def followed_runs(self) -> list[str]:
+        """The runs someone follows with :meth:`subscribe_run` whose terminal event has not come."""
+        return [run_id for run_id, log in self._logs.items() if log.listeners and not log.finished]
+
+    def finished(self, run_id: str) -> bool:
+        log = self._logs.get(run_id)
+        return log is not None and log.finished
+
+    def end_run(self, run_id: str, error: RunwireError) -> None:
+        """End the run's listeners with ``error``: its terminal event will never come."""
+        log = self._logs.get(run_id)
+        if log is not None:
+            for stream in log.listeners:
+                stream.end(error)
+            log.listeners.clear()
+
     def close(self, error: RunwireError | None = None) -> None:
         """The client is closed: every listener ends (raising ``error`` when there is one)."""
         self._closed = _End(error)

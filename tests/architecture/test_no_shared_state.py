@@ -16,6 +16,7 @@ SERVICE_PACKAGES = (
     "execution_service",
     "gateway",
     "runwire_cli",
+    "runwire_client",
     "bench",
 )
 
