@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,20 +418,29 @@ async def test_events_trimmed_while_disconnected_are_surfaced_as_a_gap(
     gaps: list[dict[str, Any]] = []
     async with RunwireClient(system.url, token=system.token(me), reconnect_initial_s=0.1) as client:
         client.on_gap(gaps.append)
-        run = await client.start_run("scripted", _streaming(20, pause_ms=20))
-        stream = client.run_events(run["run_id"])
-        got = [await anext(stream) for _ in range(3)]
+        # One run ends soon after the gateway goes; the other streams on long enough that
+        # the bridge, keeping only the user's last 5 events, trims the first one's end.
+        short = await client.start_run("scripted", {"steps": [{"think": "a"}, {"sleep_ms": 200}]})
+        long = await client.start_run("scripted", _streaming(20, pause_ms=30))
+        short_events, long_events = client.run_events(short["run_id"]), client.run_events(long["run_id"])
+        got = [await anext(short_events) for _ in range(2)] + [await anext(long_events) for _ in range(2)]
         cursor = client.last_event_id
         gateway = system.cluster.processes["gateway"][0]
         gateway.signal(signal.SIGKILL)
         await asyncio.to_thread(gateway.wait, 10)
-        await asyncio.sleep(1.5)  # the run ends meanwhile; the bridge keeps only its last 5 events
+        await asyncio.sleep(1.5)  # both runs end meanwhile
         await asyncio.to_thread(system.cluster.restart, gateway)
-        got += [event async for event in stream]
+        rest = [event async for event in long_events]
+        with pytest.raises(RunwireError) as lost:
+            async for event in short_events:
+                rest.append(event)
+        assert lost.value.code == "gap" and "completed" in lost.value.message
+        assert (await client.get_run(short["run_id"]))["state"] == "completed"
     assert len(gaps) == 1 and gaps[0]["requested_after"] == cursor and gaps[0]["oldest_event_id"]
-    seqs = [e["seq"] for e in got]
-    assert seqs == sorted(set(seqs)) and seqs[-1] - seqs[2] > len(seqs) - 3  # a hole, no repeat
-    assert got[-1]["type"] == "agent_completed"
+    assert {e["run_id"] for e in rest} == {long["run_id"]}
+    seqs = [e["seq"] for e in got[2:] + rest]
+    assert seqs == sorted(set(seqs)) and seqs[-1] - seqs[0] >= len(seqs)  # a hole, no repeat
+    assert rest[-1]["type"] == "agent_completed"
 
 
 @e2e
@@ -466,3 +480,21 @@ async def test_an_expired_token_is_replaced_once_by_the_token_callback(
         assert client.connection_id != first and client.state == "open" and len(fetched) == 1
         run = await client.start_run("scripted", {"steps": [], "result": "ok"})
         assert [e["type"] async for e in client.run_events(run["run_id"])][-1] == "agent_completed"
+
+
+@e2e
+def test_the_python_snippet_of_the_client_guide_runs(
+    system: System, user: Callable[[], str], tmp_path: Path
+) -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "clients.md").read_text()
+    snippet = re.search(r"## Python.*?```python\n(.*?)```", guide, re.S)
+    assert snippet is not None
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet.group(1))
+    env = {**os.environ, "RUNWIRE_URL": system.url, "RUNWIRE_TOKEN": system.token(user())}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "input_required" in done.stdout and "connection: closed" in done.stdout
+    assert "agent_completed" in done.stdout and "last_event_id='" in done.stdout
