@@ -238,7 +238,7 @@ describe("against the services", { concurrency: 1 }, () => {
 
   it("a token that expires closes the connection with 1008, which is not retried", async () => {
     const user = newUser();
-    const { client, log } = open(user, { token: mint(user, 2) });
+    const { client, log } = open(user, { token: mint(user, 3) });
     await client.connect();
     await until(() => client.state === "closed", "the 1008 close", 6_000);
     assert.deepEqual(log.states.at(-1), { state: "closed", attempt: 0, resumed: null, code: 1008, reason: "token expired" });
