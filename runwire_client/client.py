@@ -125,7 +125,7 @@ class RunwireClient:
             self._finish(error)
             raise
         self._adopt(socket, hello)
-        self._supervisor = asyncio.create_task(self._supervise(socket), name="runwire-client")
+        self._supervisor = asyncio.create_task(self._keep_connected(socket), name="runwire-client")
 
     async def close(self) -> None:
         """Close the connection and stop reconnecting; iterators end, waiting requests fail."""
@@ -256,7 +256,7 @@ class RunwireClient:
                     "unavailable", "the connection was lost; the request was not sent"
                 ) from None
             except TimeoutError:
-                raise RunwireError("unavailable", f"no reply within {self._request_timeout_s} s") from None
+                raise RunwireError("timeout", f"no reply within {self._request_timeout_s} s") from None
             finally:
                 self._requests.discard(request_id)
         return reply_or_raise(answer)
@@ -364,6 +364,13 @@ class RunwireClient:
             after=self._events.last_event_id,
             open_timeout_s=self._open_timeout_s,
         )
+
+    async def _keep_connected(self, socket: ClientConnection) -> None:
+        try:
+            await self._supervise(socket)
+        except Exception as exc:  # noqa: BLE001 - a bug here must close the client, not hang it
+            _log.exception("runwire client failed")
+            self._finish(RunwireError("internal", f"the client failed: {exc!r}"))
 
     async def _supervise(self, socket: ClientConnection) -> None:
         """Read the connection; when it ends, reconnect (or close) as its close code says."""

@@ -12,7 +12,8 @@ class RunwireError(Exception):
     when a request was in flight as the connection dropped (it is never resent:
     the server may have acted on it) or the gateway cannot be reached,
     ``unauthenticated`` when the gateway refused the token and no fresh one
-    could be had.
+    could be had, ``timeout`` when a reply did not come in time, ``gap`` when a
+    followed run's terminal event was lost in a gap.
     """
 
     def __init__(self, code: str, message: str) -> None:

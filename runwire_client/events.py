@@ -76,7 +76,13 @@ class _RunLog:
 
 def is_event(frame: dict[str, Any]) -> bool:
     """An event frame (docs/protocol.md §3), as opposed to a reply or a notice."""
-    return isinstance(frame.get("event_id"), str) and "seq" in frame and "run_id" in frame
+    seq = frame.get("seq")
+    return (
+        isinstance(frame.get("event_id"), str)
+        and isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and isinstance(frame.get("run_id"), str)
+    )
 
 
 class EventRouter:
