@@ -408,10 +408,11 @@ class RunwireClient:
         gateway that refuses the fresh one too closes the client.
         """
         refreshed = False
+        refused = RunwireError("unauthenticated", "the gateway refused the token")
         while not self._closing:
             if needs_token:
                 if refreshed or self._get_token is None:
-                    self._finish(RunwireError("unauthenticated", "the gateway refused the token"))
+                    self._finish(refused)
                     return None
                 try:
                     await self._fresh_token()
@@ -432,7 +433,7 @@ class RunwireClient:
                 )
             except RunwireError as error:
                 if error.code == "unauthenticated":
-                    needs_token = True
+                    needs_token, refused = True, error
                 elif isinstance(error, HandshakeRefused) and not error.retryable:
                     self._finish(error)
                     return None

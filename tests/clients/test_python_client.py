@@ -246,7 +246,7 @@ async def test_a_policy_close_fetches_one_fresh_token_and_reconnects_at_once(
     clock = FakeClock()
     async with RunwireClient(gateway.url, token="old", get_token=get_token, sleep=clock.sleep) as client:
         # The first fresh token is refused too: that ends it, no second fetch, no backoff.
-        with pytest.raises(RunwireError, match="unauthenticated"):
+        with pytest.raises(RunwireError, match="unauthenticated: HTTP 401"):
             await client.ping()
         assert client.state == "closed"
     auth = [h["Authorization"] for h in gateway.handshakes if isinstance(h, Headers)]
