@@ -196,6 +196,12 @@ class Backends:
         )
         return response.thread, list(response.messages)
 
+    async def list_agents(self, ctx: context_pb2.UserContext) -> list[execution_pb2.AgentInfo]:
+        response = await self._execution.ListAgents(
+            execution_pb2.ListAgentsRequest(user_context=ctx), timeout=self._timeout
+        )
+        return list(response.agents)
+
     async def delete_thread(self, ctx: context_pb2.UserContext) -> None:
         await self._registry.DeleteThread(
             registry_pb2.DeleteThreadRequest(user_context=ctx), timeout=self._timeout

@@ -95,6 +95,14 @@ class ThreadDeleteFrame:
 
 
 @dataclass(frozen=True)
+class AgentsListFrame:
+    """``agents.list`` → ``ExecutionService.ListAgents``."""
+
+    rpc: ClassVar[str] = "ListAgents"
+    id: ClientId
+
+
+@dataclass(frozen=True)
 class ResumeFrame:
     id: ClientId
     after: str
@@ -128,5 +136,6 @@ CallFrame = (
     | ThreadsListFrame
     | ThreadGetFrame
     | ThreadDeleteFrame
+    | AgentsListFrame
 )
 Command = CallFrame | ResumeFrame | PingFrame | HeartbeatFrame | TypingFrame

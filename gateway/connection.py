@@ -36,6 +36,7 @@ from gateway.protocol import (
     INTERNAL,
     RATE_LIMITED,
     RESOURCE_EXHAUSTED,
+    AgentsListFrame,
     CallFrame,
     ClientId,
     Command,
@@ -294,6 +295,9 @@ class Session:
         elif isinstance(command, ThreadGetFrame):
             thread, messages = await self._backends.get_thread(self._minter.mint(thread_id=command.thread_id))
             await self.send(frames.thread_reply(command.id, thread, messages))
+        elif isinstance(command, AgentsListFrame):
+            agents = await self._backends.list_agents(self._minter.mint())
+            await self.send(frames.agents_reply(command.id, agents))
         elif isinstance(command, ThreadDeleteFrame):
             await self._backends.delete_thread(self._minter.mint(thread_id=command.thread_id))
             await self.send(frames.thread_deleted_reply(command.id, command.thread_id))

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway.protocol import ClientId
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import event_pb2, run_pb2
+from runwire.execution.v1 import execution_pb2
 from runwire_common.names import state_name
 from runwire_common.timeutil import rfc3339, timestamp_rfc3339, utcnow
 
@@ -147,6 +148,24 @@ def thread_reply(
             "id": client_id,
             "thread": thread_json(thread),
             "messages": [message_json(m) for m in messages],
+        }
+    )
+
+
+def agents_reply(client_id: ClientId | None, agents: list[execution_pb2.AgentInfo]) -> str:
+    """``agents``: each agent's name, description and tools (name and description)."""
+    return dumps(
+        {
+            "type": "agents",
+            "id": client_id,
+            "agents": [
+                {
+                    "name": agent.name,
+                    "description": agent.description,
+                    "tools": [{"name": t.name, "description": t.description} for t in agent.tools],
+                }
+                for agent in agents
+            ],
         }
     )
 

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from gateway.commands import (
+    AgentsListFrame,
     CallFrame,
     ClientId,
     Command,
@@ -79,7 +80,7 @@ KNOWN_TYPES = frozenset(
     CHAT_TYPES
     | TYPING_TYPES
     | {"run.start", "run.cancel", "run.get", "runs.list", "resume", "ping", "start_agent"}
-    | {"chat", "heartbeat", "run.respond", "threads.list", "thread.get", "thread.delete"}
+    | {"chat", "heartbeat", "run.respond", "threads.list", "thread.get", "thread.delete", "agents.list"}
 )
 
 
@@ -198,6 +199,8 @@ def _build(kind: str, frame: dict[str, Any], client_id: ClientId | None, default
         return ThreadGetFrame(cid, _required_id_field(frame, "thread_id"))
     if kind == "thread.delete":
         return ThreadDeleteFrame(cid, _required_id_field(frame, "thread_id"))
+    if kind == "agents.list":
+        return AgentsListFrame(cid)
     if kind == "resume":
         after = frame.get("after")
         if not isinstance(after, str) or cursor_problem(after):
@@ -333,6 +336,7 @@ def cursor_problem(value: str) -> bool:
 
 
 __all__ = (
+    "AgentsListFrame",
     "CallFrame",
     "ClientId",
     "Command",

@@ -218,3 +218,16 @@ async def test_a_client_that_reconnects_with_its_last_event_id_misses_nothing(
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(2, len(events) + 2))
     assert events[-1]["type"] == "agent_completed"
+
+
+async def test_agents_list_names_every_agent_with_its_tools(alice: ClientConnection) -> None:
+    await send(alice, {"type": "agents.list", "id": "ag"})
+    reply = await recv_until(alice, "agents")
+    assert reply["id"] == "ag"
+    agents = {agent["name"]: agent for agent in reply["agents"]}
+    assert {"assistant", "scripted"} <= set(agents)
+    tools = {tool["name"]: tool for tool in agents["assistant"]["tools"]}
+    assert "calculator" in tools and tools["calculator"]["description"]
+    assert set(tools["calculator"]) == {"name", "description"}
+    await send(alice, {"type": "agents.list"})
+    assert (await recv_until(alice, "error"))["code"] == "invalid_argument"  # 'id' is required
