@@ -28,6 +28,7 @@ from gateway.auth import (
 )
 from gateway.calls import Backends
 from gateway.connection import Session
+from gateway.devtokens import DevTokens
 from gateway.fabric import BridgeReplicas
 from gateway.feeds import Feeds
 from gateway.legacy import CHAT_PATH, PROFILE_LEGACY, is_legacy
@@ -36,6 +37,7 @@ from gateway.metrics import GatewayCollector
 from gateway.protocol import CLOSE_SERVICE_RESTART, cursor_problem
 from gateway.settings import GatewaySettings
 from gateway.sink import OutboxLimits
+from gateway.site import ConsoleSite
 from gateway.stats import GatewayStats
 from gateway.subscription import FabricPolicy
 from gateway.transport import GatewayConnection
@@ -67,6 +69,7 @@ class GatewayServer:
         verifier: TokenVerifier | None = None,
         telemetry: Telemetry | None = None,
         metrics: CollectorRegistry | None = None,
+        site: ConsoleSite | None = None,
     ) -> None:
         self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._settings = settings
@@ -86,6 +89,10 @@ class GatewayServer:
             max_bytes=settings.outbox_max_bytes,
         )
         self._start_runs = InFlightLimit(settings.max_start_runs_in_flight)
+        # The browser console's files are read once, here; GET / serves them.
+        self._site = site or ConsoleSite.load(
+            client_dir=settings.client_dir, dev_tokens=DevTokens.from_settings(settings)
+        )
         if metrics is not None:
             metrics.register(GatewayCollector(self.stats, lambda: len(self._sessions)))
         self.draining = False
@@ -154,7 +161,8 @@ class GatewayServer:
         if url.path == HEALTH_PATH:
             return self._health(connection)
         if url.path not in WS_PATHS:
-            return self._refuse(connection, http.HTTPStatus.NOT_FOUND, "not found")
+            page = self._site.respond(request)  # the console, its files, development sign-in
+            return page or self._refuse(connection, http.HTTPStatus.NOT_FOUND, "not found")
         if self.draining:
             return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "gateway is draining")
         offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))

@@ -102,6 +102,17 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="run.start calls in flight on this gateway; more are answered resource_exhausted at once",
     )
+    dev_tokens: bool = Field(
+        default=False,
+        description="development only: POST /dev/token?user=NAME mints a token for anyone (runwire up sets it)",
+    )
+    dev_token_ttl_s: float = Field(
+        default=900.0, gt=0, le=86400, description="lifetime of a development token"
+    )
+    client_dir: str = Field(
+        default="",
+        description="the JS client's modules served at /client/ (empty = clients/js/src beside gateway/)",
+    )
 
     @field_validator("attestation_keys")
     @classmethod
@@ -139,6 +150,8 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"jwt_secret must be at least {self.min_hmac_secret_bytes()} bytes")
         if uses_public and not self.jwt_public_key:
             raise ValueError("jwt_public_key is required for public-key algorithms")
+        if self.dev_tokens and not uses_hmac:
+            raise ValueError("dev_tokens needs an HS* algorithm and jwt_secret to sign with")
         return self
 
     def min_hmac_secret_bytes(self) -> int:
