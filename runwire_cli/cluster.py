@@ -219,6 +219,7 @@ class Cluster:
             env[f"{prefix}REGISTRY_TARGET"] = self._targets("registry")
             env[f"{prefix}BRIDGE_TARGET"] = self._targets("bridge")
             env[f"{prefix}JWT_SECRET"] = self.config.jwt_secret
+            env[f"{prefix}DEV_TOKENS"] = "true"  # generated development secrets: the console's sign-in
             port = self.config.gateway_port
             env[f"{prefix}WS_PORT"] = str(port + index if port else 0)
         env.update(self.config.extra_env)
@@ -266,6 +267,9 @@ class Cluster:
 
     def gateway_urls(self) -> list[str]:
         return [f"ws://127.0.0.1:{p.port}/ws" for p in self.processes["gateway"]]
+
+    def console_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p.port}/" for p in self.processes["gateway"]]
 
     def all(self) -> Sequence[ServiceProcess]:
         return [p for tier in TIERS for kind in tier for p in self.processes[kind]]

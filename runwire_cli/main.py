@@ -73,6 +73,9 @@ def _print_ready(cluster: Cluster, folder: Path, jwt_secret: str) -> None:
     print("\nRunwire is ready. WebSocket endpoint(s):")
     for url in cluster.gateway_urls():
         print(url)
+    print("\nBrowser console (sign in with any user name):")
+    for url in cluster.console_urls():
+        print(url)
     print(f"\nDevelopment token for user 'alice' (24 h):\n{token}\n")
     print('Try:  .venv/bin/runwire chat --user alice "what is 12 * (3 + 4)?"')
     print("      .venv/bin/runwire token --user bob     # a token for another user")

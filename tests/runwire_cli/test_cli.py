@@ -181,3 +181,17 @@ def test_the_llm_agents_settings_reach_the_execution_service_and_only_it(
     assert execution["RUNWIRE_LLM_MODEL"] == "tiny" and execution["OPENAI_BASE_URL"].endswith("/v1")
     assert "RUNWIRE_LLM_MODEL" not in gateway
     assert gateway["RUNWIRE_GATEWAY_JWT_SECRET"] == "s"  # the launcher's own, not the caller's
+
+
+def test_only_the_launchers_gateway_offers_development_sign_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.settings import GatewaySettings
+    from runwire_cli.cluster import Cluster, ClusterConfig
+
+    assert GatewaySettings.model_fields["dev_tokens"].default is False  # off unless runwire up says so
+    cluster = Cluster(ClusterConfig(data_dir=tmp_path, attestation_keys=generate_key_spec(), jwt_secret="s"))
+    monkeypatch.setattr(cluster, "_targets", lambda kind: f"127.0.0.1:{len(kind)}")  # nothing launched here
+    assert cluster._env("gateway", 0)["RUNWIRE_GATEWAY_DEV_TOKENS"] == "true"
+    for kind in ("registry", "bridge", "execution"):
+        assert not any(name.endswith("DEV_TOKENS") for name in cluster._env(kind, 0))
