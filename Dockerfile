@@ -36,10 +36,12 @@ COPY pyproject.toml README.md ./
 COPY runwire ./runwire
 COPY runwire_common ./runwire_common
 COPY runwire_cli ./runwire_cli
+COPY runwire_client ./runwire_client
 COPY registry_service ./registry_service
 COPY bridge_service ./bridge_service
 COPY execution_service ./execution_service
 COPY gateway ./gateway
+COPY clients/js/src /opt/venv/share/runwire/clients/js/src
 RUN /opt/build-tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
  && /opt/venv/bin/pip install --no-deps /tmp/wheels/runwire-*.whl
 
@@ -63,6 +65,9 @@ RUN groupadd --system --gid 10001 runwire \
  && install -d -o 10001 -g 10001 -m 0755 /app
 
 COPY --from=build /opt/venv /opt/venv
+# The JS client's modules (inside the venv, see the build stage), served by the gateway at
+# /client/ for the browser console.
+ENV RUNWIRE_GATEWAY_CLIENT_DIR=/opt/venv/share/runwire/clients/js/src
 
 WORKDIR /app
 USER 10001:10001
