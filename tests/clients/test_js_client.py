@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_unless_required
 from tests.e2e.conftest import Launch, System, launch
+from tests.support.node import npm_project
 
 # The end-to-end cluster fixture, shared with tests/e2e.
 __all__ = ["launch"]
@@ -57,18 +56,7 @@ INTEGRATION_TESTS = (
 @pytest.fixture(scope="session")
 def js_client() -> Path:
     """``clients/js`` with its devDependencies installed from the lock file."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        skip_unless_required("the JavaScript client's tests need node and npm, which are not on PATH")
-    installed = JS_CLIENT / "node_modules" / ".package-lock.json"
-    lock = JS_CLIENT / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            [npm, "ci", "--prefix", str(JS_CLIENT), "--no-audit", "--no-fund", "--loglevel=error"],
-            check=True,
-            timeout=300,
-        )
-    return JS_CLIENT
+    return npm_project(JS_CLIENT, needed_for="the JavaScript client's tests")
 
 
 class _Control(ThreadingHTTPServer):

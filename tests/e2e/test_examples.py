@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from runwire_common.ids import new_id
-from tests.conftest import skip_unless_required
 from tests.e2e.conftest import System
+from tests.support.node import npm_project
 
 pytestmark = pytest.mark.e2e
 
@@ -67,18 +66,7 @@ def test_the_python_example_follows_a_new_run_to_its_end_and_lists_it(
 @pytest.fixture(scope="session")
 def node_example() -> Path:
     """``examples/node`` with its dependencies installed from the lock file."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        skip_unless_required("the Node example needs node and npm, which are not on PATH")
-    installed = NODE_EXAMPLE / "node_modules" / ".package-lock.json"
-    lock = NODE_EXAMPLE / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            [npm, "ci", "--prefix", str(NODE_EXAMPLE), "--no-audit", "--no-fund", "--loglevel=error"],
-            check=True,
-            timeout=300,
-        )
-    return NODE_EXAMPLE
+    return npm_project(NODE_EXAMPLE, needed_for="the Node example")
 
 
 def test_the_node_example_passes_its_node_test_suite_against_the_services(
