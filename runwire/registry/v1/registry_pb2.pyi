@@ -107,6 +107,8 @@ class TransitionRunRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     THROUGH_COMPLETING_FIELD_NUMBER: _builtins.int
+    END_EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    END_PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
     to_state: _run_pb2.RunState.ValueType
     expected_version: _builtins.int
     """When non-zero, the transition only happens at this version."""
@@ -117,6 +119,15 @@ class TransitionRunRequest(_message.Message):
     COMPLETED in one atomic update (both transitions happen and are counted;
     the version advances by two). A COMPLETING run just completes.
     """
+    end_event_type: _builtins.str
+    """Only with a terminal to_state: the terminal event the caller is about to
+    publish (type and payload JSON, as published). The registry keeps it as
+    the run's end notice, in the same update as the transition, and delivers
+    it to the owner through the bridge after a delay longer than the caller's
+    publish retry window; the bridge keeps one terminal event per run, so a
+    caller whose own publication arrived makes that delivery a no-op.
+    """
+    end_payload_json: _builtins.str
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext: ...
     @_builtins.property
@@ -132,10 +143,12 @@ class TransitionRunRequest(_message.Message):
         error: _run_pb2.RunError | None = ...,
         result_json: _builtins.str = ...,
         through_completing: _builtins.bool = ...,
+        end_event_type: _builtins.str = ...,
+        end_payload_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "expected_version", b"expected_version", "result_json", b"result_json", "through_completing", b"through_completing", "to_state", b"to_state", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_event_type", b"end_event_type", "end_payload_json", b"end_payload_json", "error", b"error", "expected_version", b"expected_version", "result_json", b"result_json", "through_completing", b"through_completing", "to_state", b"to_state", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
