@@ -39,3 +39,78 @@ def test_redacts_key_value_pairs_in_free_text() -> None:
 
 def test_keeps_values_that_are_not_secrets() -> None:
     assert redact({"a": [1, 2.5, None, True, "plain text"]}) == {"a": [1, 2.5, None, True, "plain text"]}
+
+
+# --- keys matched after normalising case and separators; values scanned for secret shapes ---
+
+OPENAI_KEY = "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyXzEyMyJ9.c2lnbmF0dXJlX29mX3RoZV90b2tlbg"
+URL_PASSWORD = "s3cr3tPa55"
+URL = f"https://alice:{URL_PASSWORD}@db.example.com:5432/app"
+
+
+def test_secret_keys_are_matched_after_normalising_case_and_separators() -> None:
+    keys = [
+        "apiKey",
+        "api-key",
+        "x-api-key",
+        "X-Api-Key",
+        "API KEY",
+        "private_key",
+        "privateKey",
+        "passwd",
+        "cookie",
+        "Set-Cookie",
+        "bearer",
+        "passphrase",
+        "pass_word",
+        "client.secret",
+    ]
+    assert redact({key: "v" for key in keys}) == {key: REDACTED for key in keys}
+
+
+def test_harmless_keys_are_kept() -> None:
+    value = {"prompt": 3, "completion": 5, "author": "x", "keyboard": "y", "api": "v1", "cookbook": 1}
+    assert redact(value) == value
+
+
+def test_openai_style_keys_in_values_are_masked() -> None:
+    out = redact({"note": f"use {OPENAI_KEY} please", "list": [OPENAI_KEY]})
+    assert OPENAI_KEY not in str(out)
+    assert out["note"] == f"use {REDACTED} please"
+    assert redact_text("sk-ant-api03-abcdefghijklmnopqrstuv") == REDACTED
+
+
+def test_jwts_in_text_are_masked() -> None:
+    assert redact_text(f"token was {JWT}.") == f"token was {REDACTED}."
+    assert redact_text(JWT) == REDACTED
+
+
+def test_bearer_credentials_in_text_are_masked() -> None:
+    for word in ("Bearer", "bearer", "BEARER"):
+        out = redact_text(f"sent {word} abc123def456ghi789 to the api")
+        assert out == f"sent {word} {REDACTED} to the api"
+
+
+def test_passwords_in_urls_are_masked() -> None:
+    out = redact_text(f"connect to {URL} now")
+    assert URL_PASSWORD not in out
+    assert out == f"connect to https://alice:{REDACTED}@db.example.com:5432/app now"
+    assert redact_text("redis://:pw0rd@cache:6379/0") == f"redis://:{REDACTED}@cache:6379/0"
+
+
+def test_new_key_forms_are_masked_in_key_value_text() -> None:
+    out = redact_text("headers x-api-key: abc123, apiKey=def456; passwd=hunter2 Cookie: sid=1")
+    assert "abc123" not in out and "def456" not in out and "hunter2" not in out and "sid=1" not in out
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    texts = [
+        "The answer is 42",
+        "I used sk-learn and a task-force: https://example.com/path?q=1",
+        "the bearer of good news",
+        "eyJ alone is not a token",
+        "a desk-lamp with a 16-char-long-name-here",
+    ]
+    for text in texts:
+        assert redact_text(text) == text

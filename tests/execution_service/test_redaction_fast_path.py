@@ -1,7 +1,8 @@
 """Redaction's shortcuts for text and values that hold nothing to mask change no result.
 
-The reference below is redaction as it was before the shortcuts: every string
-through the full pattern, every value through the general type checks.
+The reference below is redaction without the shortcuts: every string through
+both full patterns (pairs, then secret shapes), every key normalised, every
+value through the general type checks.
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from execution_service.redaction import MAX_DEPTH, REDACTED, SECRET_KEY_PARTS, redact, redact_text
-
-FULL_PATTERN = re.compile(
-    r"(?i)(\b[\w-]*(?:password|secret|token|api_key|authorization|credential)[\w-]*\b)"
-    r"(\s*[=:]\s*)(?:bearer\s+)?(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
+from execution_service.redaction import (
+    MAX_DEPTH,
+    REDACTED,
+    SECRET_KEY_PARTS,
+    redact,
+    redact_text,
+    redact_text_fully,
 )
 
 
 def reference_text(text: str) -> str:
-    return FULL_PATTERN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return redact_text_fully(text)
+
+
+def reference_key_is_secret(key: str) -> bool:
+    normalised = re.sub(r"[-_. ]", "", key.lower())
+    return any(part in normalised for part in SECRET_KEY_PARTS)
 
 
 def reference(value: Any, *, _depth: int = 0) -> Any:
@@ -32,7 +40,7 @@ def reference(value: Any, *, _depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         return {
             key: REDACTED
-            if isinstance(key, str) and any(part in key.lower() for part in SECRET_KEY_PARTS)
+            if isinstance(key, str) and reference_key_is_secret(key)
             else reference(item, _depth=_depth + 1)
             for key, item in value.items()
         }
@@ -55,6 +63,32 @@ PIECES = st.sampled_from(
         "credent\u0131al",
         "api_\u212aey",
         "tok",
+        "passwd",
+        "PassPhrase",
+        "apiKey",
+        "x-api-key",
+        "API-KEY",
+        "private_key",
+        "ACCESS-key",
+        "Cookie",
+        "key",
+        "pass",
+        "sk-",
+        "sk-proj-",
+        "eyJ",
+        "eyJhbGci",
+        "abcd1234efgh5678ijkl",
+        "0",
+        ".",
+        "://",
+        "https://",
+        "u:",
+        "@",
+        "/",
+        "bearer",
+        "BEARER ",
+        "beArer ",
+        "\u017fk-",
         "=",
         ":",
         " : ",
@@ -92,7 +126,20 @@ def test_pairs_behind_case_insensitive_lookalikes_are_still_masked() -> None:
 
 
 KEYS = st.one_of(
-    st.sampled_from([*SECRET_KEY_PARTS, "Password", "clientSecret", "x", "steps"]), st.text(max_size=4)
+    st.sampled_from(
+        [
+            *SECRET_KEY_PARTS,
+            "Password",
+            "clientSecret",
+            "x",
+            "steps",
+            "apiKey",
+            "x-api-key",
+            "Set-Cookie",
+            "pass_wd",
+        ]
+    ),
+    st.text(max_size=4),
 )
 SCALARS = st.one_of(
     st.none(),
@@ -132,7 +179,19 @@ def test_nesting_beyond_the_limit_is_redacted_as_before() -> None:
     assert redact(value) == reference(value)
 
 
-def test_the_key_words_of_the_patterns_are_the_secret_key_parts() -> None:
-    from execution_service import redaction
+def test_every_secret_key_part_is_a_key_word_of_free_text() -> None:
+    from runwire_common import redaction
 
-    assert redaction._KEY_WORDS.split("|") == list(SECRET_KEY_PARTS)
+    for part in SECRET_KEY_PARTS:
+        assert redact_text(f"{part}=abc") == f"{part}={REDACTED}"
+        assert redaction._TEXT_KEY_WORD.fullmatch(part)
+
+
+def test_the_shortcut_hints_cover_the_text_key_words() -> None:
+    from runwire_common import redaction
+
+    words = ["password", "passwd", "passphrase", "secret", "token", "api-key", "api_key", "apikey"]
+    words += ["private_key", "privatekey", "access-key", "authorization", "credential", "cookie", "bearer"]
+    for word in words:
+        assert redaction._TEXT_KEY_WORD.fullmatch(word)
+        assert any(hint in word for hint in redaction._TEXT_KEY_HINTS)
