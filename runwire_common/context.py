@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from runwire.common.v1 import context_pb2
-from runwire_common.attestation import ContextAttestor
+from runwire_common.attestation import ContextAttestor, check_roles
 from runwire_common.errors import InvalidArgument
 
 PLACEHOLDER_IDS = frozenset(
@@ -111,5 +111,6 @@ def validate_context(
     reserved = sorted(RESERVED_ATTRIBUTES.intersection(ctx.attributes))
     if reserved:
         raise InvalidArgument(f"user_context.attributes uses reserved key(s): {', '.join(reserved)}")
+    check_roles(ctx.roles)  # empty or with control characters: refused before the MAC is checked
     attestor.verify(ctx)
     return ctx

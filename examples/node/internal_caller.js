@@ -61,28 +61,40 @@ function client(Service, address) {
   });
 }
 
+/** The signing key of a key set (`KEY_ID:BASE64URL[:FLAG...],...`): the first not marked verify-only. */
+function signingKey(keySpec) {
+  for (const item of keySpec.split(',')) {
+    const [keyId, encoded, ...flags] = item.trim().split(':').map((part) => part.trim());
+    if (keyId && encoded && !flags.includes('verify-only')) {
+      return { keyId, secret: Buffer.from(encoded, 'base64url') };
+    }
+  }
+  throw new Error('the attestation key set has no signing key');
+}
+
+/** `bytes` preceded by their length as 4 bytes big-endian. */
+function lengthPrefixed(bytes) {
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(bytes.length);
+  return Buffer.concat([length, bytes]);
+}
+
 /**
  * An attested UserContext, as the services verify it: HMAC-SHA256, with the
- * first key of the key set (`KEY_ID:BASE64URL,...`), over user_id, tenant_id,
- * the sorted roles and expires_at, each prefixed with its length (docs/grpc.md).
+ * signing key of the key set, over user_id, tenant_id, the sorted roles (each
+ * length-prefixed) and expires_at, each prefixed with its length (docs/grpc.md).
  */
 function mintContext(keySpec, { userId, tenantId = '', roles = [], ttlS = 60, ...ids }) {
-  const [keyId, encoded] = keySpec.split(',')[0].trim().split(':');
-  const secret = Buffer.from(encoded, 'base64url');
+  const { keyId, secret } = signingKey(keySpec);
   const expiresAt = Math.floor(Date.now() / 1000 + ttlS);
   const sortedRoles = roles.map((role) => Buffer.from(role)).sort(Buffer.compare);
   const fields = [
     Buffer.from(userId),
     Buffer.from(tenantId),
-    Buffer.concat(sortedRoles.flatMap((role, i) => (i ? [Buffer.from([0x1f]), role] : [role]))),
+    Buffer.concat(sortedRoles.map(lengthPrefixed)),
     Buffer.from(String(expiresAt)),
   ];
-  const lengthPrefixed = fields.flatMap((bytes) => {
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(bytes.length);
-    return [length, bytes];
-  });
-  const mac = crypto.createHmac('sha256', secret).update(Buffer.concat(lengthPrefixed)).digest();
+  const mac = crypto.createHmac('sha256', secret).update(Buffer.concat(fields.map(lengthPrefixed))).digest();
   return {
     ...ids, // thread_id, run_id ... are not attested
     user_id: userId,

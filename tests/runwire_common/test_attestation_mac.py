@@ -7,16 +7,17 @@ from runwire_common.attestation import ContextAttestor
 
 # 32 bytes "0123456789abcdef0123456789abcdef", as a key spec.
 KEY_SPEC = "kid:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-# HMAC-SHA256 over the length-prefixed user_id, tenant_id, sorted roles and expiry seconds,
-# recorded before the canonical encoding was rewritten for speed.
-KNOWN_MAC = "8e81dcf5f6a438375a60daa9d1dec7ac173bcaa5e1d8af8ae053f117f6a0a783"
+# HMAC-SHA256 over the length-prefixed user_id, tenant_id, roles (the sorted roles, each
+# length-prefixed) and expiry seconds; computed independently of the code when the roles
+# became length-prefixed (docs/grpc.md, the Node example).
+KNOWN_MAC = "22290d44e8e7a430842669db26a906920ce8f1f5e4af84197eb11c01caf14ed8"
 
 
 def identity(**changes: object) -> context_pb2.UserContext:
     ctx = context_pb2.UserContext(
         user_id="user_ünïcode_000000001",
         tenant_id="tenant_a",
-        roles=["writer", "reader", "a\x1fb"],
+        roles=["writer", "reader", "a,b"],
         run_id="r",
     )
     ctx.expires_at.seconds = 1_900_000_000

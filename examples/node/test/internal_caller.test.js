@@ -54,6 +54,21 @@ test('a context that is not attested with the cluster key is refused', { skip },
   }
 });
 
+test('a context with roles, signed by the first key not marked verify-only, is accepted', { skip }, async () => {
+  // The services verify the length-prefixed roles exactly as mintContext encodes them,
+  // and a verify-only key listed first is never the one that signs.
+  const runs = client(loadServices().RegistryService, target.registry);
+  const keys = `old:${crypto.randomBytes(32).toString('base64url')}:verify-only,${target.keys}`;
+  try {
+    const ctx = mintContext(keys, { userId: newUser(), roles: ['writer', 'a,b', 'reader'] });
+    assert.notEqual(ctx.attestation.key_id, 'old');
+    const page = await unary(runs, 'ListRuns', { user_context: ctx });
+    assert.deepEqual(page.runs, []);
+  } finally {
+    runs.close();
+  }
+});
+
 const minted = env.RUNWIRE_MINTED_CONTEXT_JSON;
 test('a context printed by `runwire context mint --format json` is accepted once converted',
   { skip: skip || (!minted && 'RUNWIRE_MINTED_CONTEXT_JSON is not set') }, async () => {
