@@ -16,6 +16,7 @@ from bridge_service.bus import EventBus
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.redis_bus import RedisEventBus, connect, connect_cluster
+from bridge_service.redis_policy import check_eviction_policy
 from bridge_service.servicer import SERVICE_NAME, BridgeServicer, register
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
@@ -49,6 +50,7 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
         max_connections=settings.redis_max_connections,
     )
     try:
+        await check_eviction_policy(client, allow_eviction=settings.redis_allow_eviction)
         bus = RedisEventBus(
             client,
             key_prefix=settings.redis_key_prefix,
@@ -57,6 +59,9 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
             run_state_capacity=settings.run_state_capacity,
             retention_s=settings.retention_s,
             max_batch=settings.max_subscribe_batch,
+            log_max_bytes=settings.log_max_bytes,
+            run_state_hold_s=settings.run_state_hold_s,
+            run_state_max=settings.run_state_max,
             pubsub_shards=settings.redis_pubsub_shards,
             sharded_pubsub=settings.redis_sharded_pubsub,
             live_body_max_bytes=settings.redis_live_body_max_bytes,

@@ -6,8 +6,9 @@ layout, id assignment and the Lua scripts are in
 :mod:`bridge_service.redis_scripts`.
 
 Publish is one Lua script per batch (``EVALSHA``, loaded again when Redis
-lost it): fencing against the user's runs hash, ``XADD … MAXLEN ~
-log_capacity``, ``XTRIM MINID`` for age, run-state bound, expiry, then one
+lost it): fencing against the user's runs hash, ``XADD``, trimming to
+``log_capacity`` events, ``log_max_bytes`` and the retention, run-state bound
+(never a run that finished within ``run_state_hold_s``), expiry, then one
 ``PUBLISH`` (``SPUBLISH`` in sharded mode) on the user's live channel,
 carrying the stored events themselves when they fit ``live_body_max_bytes``
 (else just the newest id). It runs atomically, so concurrent publishers of
@@ -53,8 +54,10 @@ channels are routed by slot too (:class:`~bridge_service.redis_fanout.ClusterFan
 its subscriptions with ``UNAVAILABLE`` and their cursors; they resume on the
 new node.
 
-Redis unreachable: ``Publish`` fails with ``UNAVAILABLE`` (the caller retries;
-fencing makes that safe). When a shared Pub/Sub connection breaks, every
+Redis unreachable, or answering an error (out of memory under ``noeviction``,
+a busy script): ``Publish`` fails with ``UNAVAILABLE`` for that batch only (the
+caller retries; fencing makes that safe), and a subscription that cannot open
+or read the log ends with ``UNAVAILABLE`` and its cursor; nothing else ends. When a shared Pub/Sub connection breaks, every
 subscription on that shard ends with ``UNAVAILABLE`` naming its cursor, and
 the shard connects again for the next subscription. No command is retried here.
 """
@@ -92,6 +95,7 @@ from bridge_service.bus import (
 )
 from bridge_service.event_ids import EventId, parse_event_id
 from bridge_service.redis_fanout import ClusterFanout, Fanout, SlotRange
+from bridge_service.redis_policy import refused_batch
 from bridge_service.redis_scripts import (
     OPEN_SCRIPT,
     PUBLISH_SCRIPT,
@@ -272,12 +276,17 @@ class RedisEventBus:
         run_state_capacity: int = 1_000,
         retention_s: float = 86_400.0,
         max_batch: int = 256,
+        log_max_bytes: int = 4 * 1024 * 1024,
+        run_state_hold_s: float = 600.0,
+        run_state_max: int = 20_000,
         pubsub_shards: int = 4,
         sharded_pubsub: bool = False,
         live_body_max_bytes: int = 64 * 1024,
     ) -> None:
-        if min(log_capacity, subscriber_queue, run_state_capacity, max_batch) < 1 or retention_s <= 0:
-            raise ValueError("capacities must be at least 1 and retention_s positive")
+        if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch) < 1:
+            raise ValueError("capacities must be at least 1")
+        if retention_s <= 0 or run_state_hold_s < 0 or run_state_max < run_state_capacity:
+            raise ValueError("retention_s must be positive and run_state_max at least run_state_capacity")
         if live_body_max_bytes < 0:
             raise ValueError("live_body_max_bytes must not be negative")
         self._max_batch = max_batch
@@ -287,6 +296,7 @@ class RedisEventBus:
         self._subscriber_queue = subscriber_queue
         self._run_state_capacity = run_state_capacity
         self._retention_ms = max(1, int(retention_s * 1000))
+        self._bounds = (log_max_bytes, int(run_state_hold_s * 1000), run_state_max)
         self._live_body_max_bytes = live_body_max_bytes
         self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._publish_script = client.register_script(PUBLISH_SCRIPT)
@@ -328,6 +338,7 @@ class RedisEventBus:
             self._run_state_capacity,
             self._live_body_max_bytes,
             self._publish_command,
+            *self._bounds,
         ]
         for event in events:
             # Serialized as it is, without a copy: the id a reader appends to the
@@ -338,6 +349,8 @@ class RedisEventBus:
             reply = await self._publish_script(keys=keys.script_keys(), args=args)
         except UNAVAILABLE_ERRORS as exc:
             raise Unavailable("event store is unavailable; retry") from exc
+        except redis_errors.ResponseError as exc:
+            raise refused_batch(exc, user_id=user_id) from exc
         ids: list[str] = []
         seqs: list[int] = []
         for index, event in enumerate(events):
@@ -367,7 +380,7 @@ class RedisEventBus:
             try:
                 await self._fanout.add(follower.channel, follower, timeout_s=CONFIRM_TIMEOUT_S)
                 born, last, created = await self._open(keys)
-            except UNAVAILABLE_ERRORS as exc:
+            except (*UNAVAILABLE_ERRORS, redis_errors.ResponseError) as exc:
                 raise BackendUnavailable(after) from exc
 
             # Where the replay starts (None: from the oldest retained event, after a gap).
@@ -381,7 +394,7 @@ class RedisEventBus:
             while cursor is not None:
                 try:
                     page = await self._range(keys.stream, position)
-                except UNAVAILABLE_ERRORS as exc:
+                except (*UNAVAILABLE_ERRORS, redis_errors.ResponseError) as exc:
                     raise BackendUnavailable(resume) from exc
                 if first_page and (gap_known or (position is not None and _hole_after(position, page, last))):
                     yield Gap(requested_after=after, oldest_event_id=str(page[0][0]) if page else "")

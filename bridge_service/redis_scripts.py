@@ -12,10 +12,12 @@ readable as they are. ``<user>`` below is that escaped id.
   event id; field ``e`` = the serialized ``RunEvent`` with its stored ``seq``
   (``event_id`` is the entry id, filled in when read).
 - ``<prefix>:{<user>}:meta`` — Hash: ``born`` (the id just below this log
-  incarnation's first event) and ``last`` (the newest id assigned).
+  incarnation's first event), ``last`` (the newest id assigned) and ``bytes``
+  (the stored size of the retained events, for the byte bound).
 - ``<prefix>:{<user>}:runs`` — Hash: run id → ``"<last seq>:<0|1 terminal>"``.
-- ``<prefix>:{<user>}:run_order`` — Sorted set of the same runs, oldest
-  finished first, then least recently active live runs (eviction order).
+- ``<prefix>:{<user>}:run_order`` — Sorted set of the same runs, scored by
+  when they finished (live runs after every finished one, least recently
+  active first): the order in which their fencing state may be forgotten.
 - ``<prefix>:{<user>}:live`` — Pub/Sub channel (``PUBLISH``, or ``SPUBLISH`` in
   sharded mode): one message per publish, see :data:`PUBLISH_SCRIPT`.
 
@@ -24,7 +26,7 @@ Ids are ``"<ms>-<n>"`` stream ids assigned by :data:`PUBLISH_SCRIPT` itself:
 incarnation's events (1, 2, 3 …), so consecutive retained events have
 consecutive ``n``. A reader that expects ``n + 1`` after its cursor and finds
 something else knows events were trimmed in between — exact gap detection
-even with approximate (``MAXLEN ~``) trimming.
+whatever bound trimmed them.
 
 All four keys expire ``retention_s`` after the user's last publish (every
 event is older than the retention by then anyway). An expired or flushed
@@ -78,6 +80,63 @@ local function now_ms()
 end
 """
 
+_BOUNDS = """
+local function stored_size(entry) return #entry[2][2] end
+-- Drop the oldest events beyond the count, the bytes (keeping the newest) or the age.
+local function trim(stream, meta, added, cutoff_ms, capacity, max_bytes)
+  local size = tonumber(redis.call('HGET', meta, 'bytes') or '-1')
+  if size < 0 then  -- a log written before sizes were kept: count it once
+    size = 0
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do size = size + stored_size(entry) end
+  else
+    size = size + added
+  end
+  local count = redis.call('XLEN', stream)
+  local start, dropped = '-', nil
+  while count > 0 do
+    local page = redis.call('XRANGE', stream, start, '+', 'COUNT', math.min(512, math.max(16, count - capacity)))
+    local done = #page == 0
+    for _, entry in ipairs(page) do
+      local ms = tonumber(string.match(entry[1], '^(%d+)-'))
+      if count > capacity or (size > max_bytes and count > 1) or ms < cutoff_ms then
+        size = size - stored_size(entry)
+        count = count - 1
+        dropped = entry[1]
+      else
+        done = true
+        break
+      end
+    end
+    if done then break end
+    start = '(' .. page[#page][1]
+  end
+  if dropped then
+    local a, b = string.match(dropped, '^(%d+)-(%d+)$')
+    redis.call('XTRIM', stream, 'MINID', a .. '-' .. fmt(tonumber(b) + 1))
+  end
+  if count == 0 then size = 0 end
+  redis.call('HSET', meta, 'bytes', fmt(size))
+end
+-- Forget fencing state: beyond capacity only runs finished by hold_cutoff_ms, beyond max any.
+local function forget_runs(runs, order, hold_cutoff_ms, capacity, max_runs)
+  local excess = redis.call('HLEN', runs) - capacity
+  if excess > 0 then
+    local victims = redis.call('ZRANGEBYSCORE', order, '-inf', fmt(hold_cutoff_ms), 'LIMIT', 0, excess)
+    for _, run in ipairs(victims) do
+      redis.call('ZREM', order, run)
+      redis.call('HDEL', runs, run)
+    end
+  end
+  local beyond = redis.call('HLEN', runs) - max_runs
+  if beyond > 0 then
+    local victims = redis.call('ZPOPMIN', order, beyond)
+    for j = 1, #victims, 2 do
+      redis.call('HDEL', runs, victims[j])
+    end
+  end
+end
+"""
+
 # KEYS: stream, meta.  ARGV: retention ms.
 # Returns {born, last, created (0|1)}; starts a new incarnation when meta is gone.
 OPEN_SCRIPT = (
@@ -90,7 +149,7 @@ if born and last then
 end
 redis.call('DEL', KEYS[1])
 local id = fmt(now_ms()) .. '-0'
-redis.call('HSET', KEYS[2], 'born', id, 'last', id)
+redis.call('HSET', KEYS[2], 'born', id, 'last', id, 'bytes', '0')
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return {id, id, 1}
 """
@@ -98,7 +157,8 @@ return {id, id, 1}
 
 # KEYS: stream, meta, runs, run_order.
 # ARGV: live channel, log capacity, retention ms, run state capacity,
-#       live body cap (bytes; 0 = ids only), publish command (PUBLISH | SPUBLISH), then
+#       live body cap (bytes; 0 = ids only), publish command (PUBLISH | SPUBLISH),
+#       log max bytes, run state hold ms, run state max, then
 #       4 per event: run id, seq (0 = next), terminal (0|1), serialized RunEvent.
 # Returns 3 per event: event id ('' if ignored), stored seq (0 if ignored),
 # verdict (store | gap | duplicate | after_terminal; see bridge_service.bus.fence).
@@ -108,8 +168,19 @@ return {id, id, 1}
 #   "<id>:<len> <id>:<len> …\n" followed by the events as delivered (the
 #   stored bytes with event_id appended), each <len> bytes, oldest first;
 # otherwise it is just "<newest id>" and subscribers read the stream (XRANGE).
+#
+# Bounds, all inside this one script (no extra round trip): the stream keeps
+# at most ``log capacity`` events and ``log max bytes`` of stored event bytes
+# (meta field ``bytes``, their running sum; the newest event is always kept),
+# none older than the retention — the oldest go first, trimmed exactly
+# (``XTRIM MINID``) after reading their sizes. Fencing state is forgotten
+# beyond ``run state capacity`` runs only for runs that finished more than
+# ``run state hold ms`` ago (a publisher may still retry a younger one); only
+# beyond ``run state max`` runs, the hard per-user bound, does the oldest go
+# whatever its age.
 PUBLISH_SCRIPT = (
     _HELPERS
+    + _BOUNDS
     + """
 local stream, meta, runs, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local retention = tonumber(ARGV[3])
@@ -136,11 +207,11 @@ else
   -- A new incarnation: whatever stream is left cannot be resumed exactly.
   redis.call('DEL', stream)
   ms, n = now, 0
-  redis.call('HSET', meta, 'born', fmt(ms) .. '-0', 'last', fmt(ms) .. '-0')
+  redis.call('HSET', meta, 'born', fmt(ms) .. '-0', 'last', fmt(ms) .. '-0', 'bytes', '0')
 end
 local reply = {}
-local stored = 0
-for i = 7, #ARGV, 4 do
+local stored, added = 0, 0
+for i = 10, #ARGV, 4 do
   local run, seq, terminal = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
   local last_seq, finished = 0, false
   local state = redis.call('HGET', runs, run)
@@ -164,7 +235,8 @@ for i = 7, #ARGV, 4 do
     local id = fmt(ms) .. '-' .. fmt(n)
     -- Appending field 2 (seq, varint) to the message sets the stored seq.
     local body = ARGV[i + 3] .. '\\16' .. varint(seq)
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'e', body)
+    redis.call('XADD', stream, id, 'e', body)
+    added = added + #body
     if body_cap > 0 and live_size <= body_cap then
       -- Appending field 1 (event_id, length-delimited) as a reader of the stream does.
       local delivered = body .. '\\10' .. string.char(#id) .. id
@@ -186,14 +258,8 @@ end
 if stored > 0 then
   local newest = fmt(ms) .. '-' .. fmt(n)
   redis.call('HSET', meta, 'last', newest)
-  redis.call('XTRIM', stream, 'MINID', fmt(now - retention) .. '-0')
-  local excess = redis.call('HLEN', runs) - tonumber(ARGV[4])
-  if excess > 0 then
-    local victims = redis.call('ZPOPMIN', order, excess)
-    for j = 1, #victims, 2 do
-      redis.call('HDEL', runs, victims[j])
-    end
-  end
+  trim(stream, meta, added, now - retention, tonumber(ARGV[2]), tonumber(ARGV[7]))
+  forget_runs(runs, order, now - tonumber(ARGV[8]), tonumber(ARGV[4]), tonumber(ARGV[9]))
   local message = newest
   if body_cap > 0 and live_size <= body_cap then
     message = table.concat(header, ' ') .. '\\n' .. table.concat(bodies)

@@ -2,11 +2,13 @@
 
 ``RUNWIRE_BRIDGE_BACKEND`` [memory|redis], ``_REDIS_URL``, ``_REDIS_KEY_PREFIX``
 [runwire], ``_RETENTION_S`` [86400], ``_LOG_CAPACITY`` [10000],
-``_LOG_MAX_BYTES`` [4194304], ``_RUN_STATE_CAPACITY`` [1000], ``_SUBSCRIBER_QUEUE`` [1000],
+``_LOG_MAX_BYTES`` [4194304], ``_RUN_STATE_CAPACITY`` [1000], ``_RUN_STATE_HOLD_S`` [600],
+``_RUN_STATE_MAX`` [20000], ``_SUBSCRIBER_QUEUE`` [1000],
 ``_MAX_EVENTS_PER_PUBLISH`` [500], ``_MAX_PAYLOAD_BYTES`` [65536],
 ``_MAX_SUBSCRIBE_BATCH`` [256], ``_REDIS_MAX_CONNECTIONS`` [6],
 ``_REDIS_PUBSUB_SHARDS`` [4], ``_REDIS_SHARDED_PUBSUB`` [false],
-``_REDIS_CLUSTER`` [false], ``_REDIS_LIVE_BODY_MAX_BYTES`` [65536].
+``_REDIS_CLUSTER`` [false], ``_REDIS_LIVE_BODY_MAX_BYTES`` [65536],
+``_REDIS_ALLOW_EVICTION`` [false].
 """
 
 from __future__ import annotations
@@ -33,11 +35,21 @@ class BridgeSettings(ServerSettings):
     long is forgotten (Redis expires the keys; the memory backend drops the
     log once no subscriber holds it).
 
-    ``log_max_bytes`` bounds a user's retained log on the memory backend by
-    the size of its serialized events as well (the oldest go first; the
+    ``log_max_bytes`` bounds a user's retained log by the size of its
+    serialized events as well, on both backends (the oldest go first; the
     newest event is always kept): with large payloads it, not
-    ``log_capacity``, is what caps the memory one user can hold. Redis
-    bounds its streams by ``log_capacity`` and age only.
+    ``log_capacity``, is what caps the memory one user can hold.
+
+    Fencing state: beyond ``run_state_capacity`` runs per user, only runs
+    that finished more than ``run_state_hold_s`` ago are forgotten — a
+    publisher may retry a batch for the publish retry window
+    (``RUNWIRE_EXECUTION_PUBLISH_RETRY_S``, 20 s) plus its acknowledgement
+    timeout, so the default 600 s leaves a wide margin. ``run_state_max``
+    is the hard per-user bound (a user finishing that many runs within the
+    hold loses the oldest state early; the run-creation limits keep honest
+    users far below it). On Redis, only ``maxmemory-policy noeviction`` keeps
+    all of it: the bridge refuses to start on an evicting policy unless
+    ``redis_allow_eviction`` (see :mod:`bridge_service.redis_policy`).
 
     ``max_subscribe_batch`` caps ``SubscribeRequest.max_batch``: a subscriber
     that asks for batches gets at most that many events per response, and
@@ -72,10 +84,16 @@ class BridgeSettings(ServerSettings):
     log_max_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1,
-        description="serialized bytes of retained events per user (memory backend)",
+        description="serialized bytes of retained events per user",
     )
     run_state_capacity: int = Field(
         default=1_000, ge=1, description="runs per user whose seq/terminal state is kept for dedup"
+    )
+    run_state_hold_s: float = Field(
+        default=600.0, ge=0, description="a finished run's fencing state is kept at least this long"
+    )
+    run_state_max: int = Field(
+        default=20_000, ge=1, description="hard bound on runs per user with fencing state"
     )
     subscriber_queue: int = Field(default=1_000, ge=1, description="undelivered events per subscriber")
     max_events_per_publish: int = Field(default=500, ge=1, description="events in one Publish call")
@@ -98,6 +116,9 @@ class BridgeSettings(ServerSettings):
     redis_live_body_max_bytes: int = Field(
         default=64 * 1024, ge=0, description="events carried in a live message (bytes; 0 = only the id)"
     )
+    redis_allow_eviction: bool = Field(
+        default=False, description="start even on an evicting maxmemory-policy (with a warning)"
+    )
 
     @field_validator("redis_key_prefix")
     @classmethod
@@ -112,6 +133,12 @@ class BridgeSettings(ServerSettings):
         # Classic PUBLISH on a cluster is broadcast to every node; the bridge routes by slot only.
         if self.redis_cluster and not self.redis_sharded_pubsub:
             raise ValueError("redis_cluster requires redis_sharded_pubsub=true")
+        return self
+
+    @model_validator(mode="after")
+    def _hard_bound_above_capacity(self) -> Self:
+        if self.run_state_max < self.run_state_capacity:
+            raise ValueError("run_state_max must be at least run_state_capacity")
         return self
 
     @model_validator(mode="after")

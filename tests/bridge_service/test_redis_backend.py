@@ -115,7 +115,7 @@ async def test_keys_carry_the_user_as_a_hash_tag_and_expire(
 async def test_run_state_is_bounded_and_finished_runs_are_forgotten_first(
     make_settings: SettingsFactory, make_context: ContextFactory, redis: aioredis.Redis
 ) -> None:
-    settings = make_settings(run_state_capacity=3)
+    settings = make_settings(run_state_capacity=3, run_state_hold_s=0)  # no retry window to wait for
     async with open_bridge(settings) as bridge:
         ctx = make_context()
         runs = [f"run_bound{i}_0123456789abcdef" for i in range(5)]
