@@ -11,6 +11,11 @@ becomes the next batch. At most
 ``max_pending`` events wait: an agent that emits faster than the bridge
 accepts is slowed down. Payloads over the bridge's size limit are shortened
 at the source (bulky values replaced, ``"truncated": true`` added).
+What an agent says is redacted here (:mod:`execution_service.redaction`):
+thinking and partial-result text, and custom events' payloads; Runwire's own
+events are built from values redacted where they arise (tool calls, the
+outcome). A secret split across two partial-result deltas is seen by neither
+and is not masked.
 :meth:`RunEmitter.aclose` flushes everything, the terminal event included,
 before the run counts as finished; nothing can be emitted afterwards.
 
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from execution_service.outcomes import Outcome, terminal_event
+from execution_service.redaction import redact, redact_text
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common import names
@@ -168,9 +174,9 @@ class RunEmitter:
     async def thinking(
         self, reasoning: str, *, step: str | None = None, progress: float | None = None
     ) -> None:
-        payload: dict[str, Any] = {"reasoning": reasoning}
+        payload: dict[str, Any] = {"reasoning": redact_text(reasoning)}
         if step is not None:
-            payload["step"] = step
+            payload["step"] = redact_text(step)
         if progress is not None:
             if not 0.0 <= progress <= 1.0:
                 raise ValueError("progress must be between 0 and 1")
@@ -179,7 +185,8 @@ class RunEmitter:
 
     async def partial(self, content: str) -> None:
         index = self._partial_index
-        await self.emit_reserved(names.PARTIAL_RESULT, {"content": content, "index": index})
+        # The hot path: redact_text answers a delta with nothing to mask after a few substring tests.
+        await self.emit_reserved(names.PARTIAL_RESULT, {"content": redact_text(content), "index": index})
         self._partial_index = index + 1
 
     async def emit(self, event_type: str, payload: Mapping[str, Any]) -> None:
@@ -187,7 +194,7 @@ class RunEmitter:
             raise ValueError(f"{event_type} events are emitted by Runwire itself")
         if not event_type or not event_type.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"invalid event type {event_type!r}")
-        await self.emit_reserved(event_type, payload)
+        await self.emit_reserved(event_type, redact(payload))
 
     # --- Runwire's own API ---
 

@@ -7,7 +7,7 @@ never asks (the scripted agent, the load tests) costs no extra call.
 
 :func:`messages_of_run` decides what a completed run adds: the agent's own
 ``AgentResult.messages`` when it set them, otherwise the user's input and
-the final answer. Tool arguments and results are redacted before they are
+the final answer. Every message (its text, tool arguments and results) is redacted before it is
 stored, like everything else that leaves the execution service.
 """
 
@@ -57,7 +57,12 @@ def record_of(message: Message, *, run_id: str) -> run_pb2.ThreadMessage:
     if role is None:
         raise ValueError(f"message role {message.role!r} is not one of {', '.join(ROLES)}")
     calls = [_redacted_call(call) for call in message.tool_calls]
-    content = message.content if role != run_pb2.MESSAGE_ROLE_TOOL else _redacted_json_text(message.content)
+    # Every message's words are redacted, not only tool results: a user or the model may quote a secret.
+    content = (
+        redact_text(message.content)
+        if role != run_pb2.MESSAGE_ROLE_TOOL
+        else _redacted_json_text(message.content)
+    )
     return run_pb2.ThreadMessage(
         run_id=run_id,
         role=role,

@@ -101,7 +101,7 @@ def outcome_of_agent(task: asyncio.Task[AgentResult], log: logging.LoggerAdapter
         return Outcome.cancelled("cancelled")
     exc = task.exception()
     if isinstance(exc, RunCancelled):
-        return Outcome.cancelled(str(exc) or "cancelled")
+        return Outcome.cancelled(redact_text(str(exc)) or "cancelled")
     if isinstance(exc, AgentFailure):
         return failure(exc.code, redact_text(exc.message))
     if exc is not None:
@@ -115,7 +115,9 @@ def outcome_of_agent(task: asyncio.Task[AgentResult], log: logging.LoggerAdapter
     except (TypeError, ValueError):
         return failure("invalid_result", "the agent returned a result that is not JSON")
     return Outcome(
-        state=run_pb2.RUN_STATE_COMPLETED, result=redact(result.result), final_response=result.final_response
+        state=run_pb2.RUN_STATE_COMPLETED,
+        result=redact(result.result),
+        final_response=redact_text(result.final_response),
     )
 
 

@@ -2,6 +2,9 @@
 
 There is no ambient logging context: a servicer binds the request's ids to a
 :class:`logging.LoggerAdapter` with :func:`bind` and passes it down.
+
+Every line is redacted with the rules of events (:mod:`runwire_common.redaction`):
+the message and a traceback as text, ``extra`` fields by key and value.
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from runwire.common.v1 import context_pb2
+from runwire_common.redaction import REDACTED, is_secret_key, redact, redact_text
 
 _STANDARD_ATTRS = frozenset((*vars(logging.makeLogRecord({})), "message", "asctime"))
+
+
+def _redacted_str(value: object) -> str:
+    return redact_text(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,14 +36,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = REDACTED if is_secret_key(key) else redact(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exc"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(entry, default=_redacted_str)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -1,6 +1,15 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from execution_service.builtins import BUILTIN_AGENTS, BUILTIN_TOOLS
+from execution_service.catalog import AgentCatalog
 from execution_service.redaction import REDACTED, redact, redact_text
+from execution_service.sdk import Agent, AgentResult, Message, RunContext
+from runwire_common.logs import JsonFormatter
+from tests.execution_service.fakes import Harness
 
 
 def test_redacts_secret_keys_at_any_depth_case_insensitively() -> None:
@@ -114,3 +123,83 @@ def test_ordinary_text_is_left_alone() -> None:
     ]
     for text in texts:
         assert redact_text(text) == text
+
+
+# --- through the real engine: nothing secret is published, stored or logged ---
+
+SECRETS = (OPENAI_KEY, JWT, URL_PASSWORD)
+
+
+class Leaky(Agent):
+    """Says secrets everywhere an agent can: thinking, partials, a custom event, its result, and a crash."""
+
+    name = "leaky"
+    description = "leaks secrets"
+
+    async def run(self, ctx: RunContext) -> AgentResult:
+        await ctx.emitter.thinking(f"trying {OPENAI_KEY}", step=f"connect {URL}")
+        await ctx.emitter.partial(f"the token is {JWT}")
+        await ctx.emitter.emit("leaky.note", {"text": f"Bearer {OPENAI_KEY}", "apiKey": "plain"})
+        if ctx.input.get("crash"):
+            raise RuntimeError(f"could not reach {URL} with {JWT}")
+        return AgentResult(
+            final_response=f"done with {OPENAI_KEY} at {URL}",
+            result={"url": URL, "x-api-key": "k", "jwt": JWT},
+            messages=(
+                Message(role="user", content=f"use {OPENAI_KEY}"),
+                Message(role="assistant", content=f"ok {JWT}"),
+            ),
+        )
+
+
+def assert_clean(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text
+
+
+async def test_a_run_never_publishes_stores_or_logs_the_secrets_it_says(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.handler.setFormatter(JsonFormatter("execution"))
+    caplog.set_level(logging.DEBUG)
+    h = Harness(catalog=AgentCatalog((*BUILTIN_AGENTS, Leaky), BUILTIN_TOOLS))
+    script = {
+        "steps": [
+            {"think": f"plan with {OPENAI_KEY}", "step": f"Bearer {JWT}"},
+            {"partial": f"here: {URL} "},
+            {"partial": f"and {JWT}"},
+            {"tool": "echo", "args": {"text": f"{URL} {OPENAI_KEY}", "apiKey": "plain"}},
+        ],
+        "result": f"final {OPENAI_KEY} {JWT} {URL}",
+    }
+    runs = [
+        await h.run("scripted", script),
+        await h.run(
+            "scripted", {"steps": [{"think": "x"}, {"fail": f"boom {JWT} at {URL} key {OPENAI_KEY}"}]}
+        ),
+        await h.run("leaky", {}, thread="thread_leaky_0000000001"),
+        await h.run("leaky", {"crash": True}),
+    ]
+    for run_id in runs:
+        published = [e.payload_json for e in h.bridge.of(run_id)]
+        assert published and h.bridge.of(run_id)[-1].type in {"agent_completed", "agent_error"}
+        assert_clean("\n".join(published))
+        run = h.registry.runs[run_id]
+        assert_clean(f"{run.input_json} {run.result_json} {run.error.message}")
+    assert_clean(" ".join(f"{m.message.content} {m.message.tool_calls_json}" for m in h.registry.messages))
+    payloads = h.bridge.payloads(runs[0])
+    assert payloads[1]["reasoning"] == f"plan with {REDACTED}"
+    assert payloads[1]["step"] == f"Bearer {REDACTED}"
+    assert [p["content"] for p in h.bridge.payloads(runs[0], "partial_result")] == [
+        f"here: https://alice:{REDACTED}@db.example.com:5432/app ",
+        f"and {REDACTED}",
+    ]
+    assert (
+        payloads[-1]["final_response"]
+        == f"final {REDACTED} {REDACTED} https://alice:{REDACTED}@db.example.com:5432/app"
+    )
+    assert h.bridge.payloads(runs[1])[-1]["error_message"].startswith(f"boom {REDACTED} at")
+    note = h.bridge.payloads(runs[2], "leaky.note")[0]
+    assert note == {"text": f"Bearer {REDACTED}", "apiKey": REDACTED}
+    assert "agent raised" in caplog.text  # the crash was logged, with its traceback …
+    assert_clean(caplog.text)  # … and the log lines hold no secret
