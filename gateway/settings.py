@@ -30,7 +30,7 @@ class GatewaySettings(BaseSettings):
 
     attestation_keys: SecretStr = Field(
         validation_alias="RUNWIRE_ATTESTATION_KEYS",
-        description="KEY_ID:BASE64 pairs, comma-separated; the first signs",
+        description="KEY_ID:BASE64[:verify-only], comma-separated; the first not verify-only signs",
     )
     execution_target: str = Field(min_length=1, description="host:port of the execution service")
     registry_target: str = Field(min_length=1, description="host:port of the registry service")

@@ -32,7 +32,7 @@ class ServerSettings(BaseSettings):
     log_level: str = "INFO"
     attestation_keys: SecretStr = Field(
         validation_alias="RUNWIRE_ATTESTATION_KEYS",
-        description="KEY_ID:BASE64 pairs, comma-separated; the first signs",
+        description="KEY_ID:BASE64[:verify-only], comma-separated; the first not verify-only signs",
     )
     call_timeout_s: float = Field(default=5.0, gt=0, description="deadline of outbound calls")
     metrics_port: int | None = Field(
