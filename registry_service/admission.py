@@ -122,7 +122,14 @@ LOCK_OWNER: Mapping[str, Insert] = MappingProxyType(
 NEW_RUN_COLUMNS = tuple(
     column.name
     for column in RUNS.c
-    if column.name not in ("death_notice_claimed_at", "death_notified_at", "last_heartbeat_at")
+    if column.name
+    not in (
+        "death_notice_claimed_at",
+        "death_notified_at",
+        "last_heartbeat_at",
+        "end_event_type",
+        "end_payload_json",
+    )
 )
 # (The scan for module-level state only trusts immutable containers, hence the mapping.)
 STATEMENTS: Mapping[str, Executable] = MappingProxyType(

@@ -88,6 +88,7 @@ async def running_service(
                 interval_s=settings.death_sweep_interval_s,
                 batch=settings.death_sweep_batch,
                 lease_s=settings.death_notice_lease_s,
+                end_notice_delay_s=settings.end_notice_delay_s,
             ),
             notifier=notifier,
             metrics=metrics,

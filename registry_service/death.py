@@ -1,4 +1,20 @@
-"""Death detection in the database: silent runs become ``dead``, and their owners are owed a notice.
+"""Death detection in the database, and the outbox of what run ends owe their owners.
+
+The outbox (``death_notice_pending`` and its claim columns) holds two kinds of
+notice, delivered by the same sweep:
+
+* a death notice: a run the sweep declared dead (:func:`mark_dead`); the
+  registry builds its ``agent_death`` event;
+* an end notice: a run whose terminal ``TransitionRun`` carried the terminal
+  event its caller is about to publish (``end_event_type``,
+  ``end_payload_json``, stored in the same ``UPDATE`` as the transition, see
+  :mod:`registry_service.runs`). The caller usually publishes it itself; the
+  notice is the safety net for a caller whose publication never arrived (the
+  bridge unreachable past its publish retry window, or refusing it, or the
+  caller gone). It becomes claimable ``end_delay_s`` after the run ended —
+  longer than the caller's retry window — and is then delivered whatever
+  happened: the bridge keeps one terminal event per run, so a copy of one it
+  already has is ignored. Delivery is at least once, the owner sees it once.
 
 Both steps are single conditional ``UPDATE … RETURNING`` statements, so any
 number of registry replicas may sweep the same database at once:
@@ -56,6 +72,9 @@ class DeathNotice:
     agent: str
     died_at: datetime
     claimed_at: datetime
+    # An end notice: the terminal event as the run's caller built it (None: a death notice).
+    end_event_type: str | None = None
+    end_payload_json: str | None = None
 
     @classmethod
     def of(cls, record: RunRecord) -> DeathNotice:
@@ -69,6 +88,8 @@ class DeathNotice:
             agent=record.agent,
             died_at=record.finished_at or record.updated_at,
             claimed_at=record.death_notice_claimed_at,
+            end_event_type=record.end_event_type,
+            end_payload_json=record.end_payload_json,
         )
 
 
@@ -81,10 +102,12 @@ def _silent(run: Any, cutoff: datetime) -> ColumnElement[bool]:
     )
 
 
-def _claimable(run: Any, expired: datetime) -> ColumnElement[bool]:
+def _claimable(run: Any, expired: datetime, ended_before: datetime) -> ColumnElement[bool]:
+    """Owed, not claimed (or its claim expired), and due: a death notice at once, an end notice later."""
     return and_(
         run.death_notice_pending == true(),
         or_(run.death_notice_claimed_at.is_(None), run.death_notice_claimed_at < expired),
+        or_(run.end_event_type.is_(None), run.finished_at < ended_before),
     )
 
 
@@ -135,21 +158,28 @@ async def mark_dead(
 
 
 async def claim_notices(
-    session: AsyncSession, *, now: datetime, lease_s: float, limit: int
+    session: AsyncSession, *, now: datetime, lease_s: float, limit: int, end_delay_s: float = 0.0
 ) -> list[DeathNotice]:
-    """Reserve at most ``limit`` owed notices (unclaimed, or claimed longer than ``lease_s`` ago)."""
+    """Reserve at most ``limit`` due notices (unclaimed, or claimed longer than ``lease_s`` ago).
+
+    An end notice is due once its run ended more than ``end_delay_s`` ago.
+    """
     expired = now - timedelta(seconds=lease_s)
+    ended_before = now - timedelta(seconds=end_delay_s)
     candidate = aliased(RunRecord)
     candidates = (
         select(candidate.run_id)
-        .where(_claimable(candidate, expired))
+        .where(_claimable(candidate, expired, ended_before))
         .order_by(candidate.finished_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     statement = (
         update(RunRecord)
-        .where(RunRecord.run_id.in_(_once(candidates, "owed_notices")), _claimable(RunRecord, expired))
+        .where(
+            RunRecord.run_id.in_(_once(candidates, "owed_notices")),
+            _claimable(RunRecord, expired, ended_before),
+        )
         .values(death_notice_claimed_at=now)
         .returning(RunRecord)
         .execution_options(synchronize_session=False)
@@ -158,13 +188,21 @@ async def claim_notices(
 
 
 async def mark_notified(session: AsyncSession, run_ids: Sequence[str], *, now: datetime) -> int:
-    """Close the notices of ``run_ids`` (the bridge has them); return how many were still owed."""
+    """Close the notices of ``run_ids`` (the bridge has them); return how many were still owed.
+
+    An end notice's payload is dropped then: the run's result stays in ``result_json``.
+    """
     if not run_ids:
         return 0
     statement = (
         update(RunRecord)
         .where(RunRecord.run_id.in_(run_ids), RunRecord.death_notice_pending == true())
-        .values(death_notice_pending=False, death_notified_at=now, death_notice_claimed_at=None)
+        .values(
+            death_notice_pending=False,
+            death_notified_at=now,
+            death_notice_claimed_at=None,
+            end_payload_json=None,
+        )
         .execution_options(synchronize_session=False)
     )
     result = await session.execute(statement)

@@ -45,6 +45,7 @@ STATE_LENGTH = 16
 ERROR_CODE_LENGTH = 64
 KIND_LENGTH = 16
 TOOL_NAME_LENGTH = 128
+EVENT_TYPE_LENGTH = 32
 
 # Stored by name, like states: InputKind and MessageRole without their prefixes.
 INPUT_KINDS = tuple(KIND_NAMES.values())
@@ -116,6 +117,12 @@ class RunRecord(Base):
     death_notice_pending: Mapped[bool] = mapped_column(Boolean(), default=False, server_default=false())
     death_notice_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     death_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The same outbox holds run-end notices (registry_service.death): a terminal TransitionRun
+    # that carries the caller's terminal event stores it here and sets ``death_notice_pending``
+    # in the same UPDATE; the sweeper delivers it once it is older than the end-notice delay.
+    # NULL ``end_event_type``: an ``agent_death`` notice, built by the registry itself.
+    end_event_type: Mapped[str | None] = mapped_column(String(EVENT_TYPE_LENGTH))
+    end_payload_json: Mapped[str | None] = mapped_column(Text())
     # Set by CreateRun: true for a run queued (``enqueue``) behind a live run of its thread,
     # false for any other run. Only a queued run's ``pending → starting`` takes the owner lock
     # and checks the thread (see registry_service.runs); NULL (a row written before migration

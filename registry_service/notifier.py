@@ -9,7 +9,10 @@ owner alone (``user_id``, ``tenant_id``, the run's thread and id): the
 bridge routes it to that user's subscribers and nobody else's.
 
 The payload is :func:`runwire_common.deaths.death_payload`'s, as the
-execution service sends it.
+execution service sends it. An end notice (see :mod:`registry_service.death`)
+carries its terminal event as the run's caller built it, type and payload
+JSON, and is published as it is, never parsed here: the owner receives the
+very event the caller would have published, with the bridge's next seq.
 """
 
 from __future__ import annotations
@@ -45,16 +48,22 @@ class DeathNotifier(Protocol):
 
 
 def death_event(notice: DeathNotice) -> event_pb2.RunEvent:
-    payload = death_payload(cause=NO_HEARTBEAT_CAUSE, message=NO_HEARTBEAT_USER_MESSAGE)
+    """The event a notice delivers: its stored terminal event, or ``agent_death`` (``no_heartbeat``)."""
+    if notice.end_event_type is not None and notice.end_payload_json is not None:
+        event_type, payload_json = notice.end_event_type, notice.end_payload_json
+    else:
+        payload = death_payload(cause=NO_HEARTBEAT_CAUSE, message=NO_HEARTBEAT_USER_MESSAGE)
+        event_type = AGENT_DEATH
+        payload_json = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     event = event_pb2.RunEvent(
         seq=0,
-        type=AGENT_DEATH,
+        type=event_type,
         run_id=notice.run_id,
         thread_id=notice.thread_id,
         user_id=notice.user_id,
         tenant_id=notice.tenant_id,
         agent=notice.agent,
-        payload_json=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+        payload_json=payload_json,
     )
     stamp = to_timestamp(notice.died_at)
     if stamp is not None:

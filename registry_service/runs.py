@@ -72,6 +72,14 @@ class RunError:
 
 
 @dataclass(frozen=True)
+class EndEvent:
+    """The terminal event the caller of a terminal transition publishes: kept as the run's end notice."""
+
+    type: str
+    payload_json: str
+
+
+@dataclass(frozen=True)
 class Transition:
     """A requested move of one run to ``to_state``."""
 
@@ -81,6 +89,8 @@ class Transition:
     result_json: str | None = None
     # Only with ``completed``: a ``running`` run passes through ``completing`` (see complete_through).
     through_completing: bool = False
+    # Only with a terminal state: stored as the run's end notice (see registry_service.death).
+    end_event: EndEvent | None = None
 
     def __post_init__(self) -> None:
         if self.through_completing and self.to_state != COMPLETED:
@@ -91,6 +101,8 @@ class Transition:
             raise InvalidArgument(f"error can only be set when moving to {', '.join(FAILURE_STATES)}")
         if self.result_json is not None and self.to_state not in RESULT_STATES:
             raise InvalidArgument(f"result_json can only be set when moving to {', '.join(RESULT_STATES)}")
+        if self.end_event is not None and not is_terminal(self.to_state):
+            raise InvalidArgument("an end event can only be given with a terminal state")
         if self.expected_version < 0:
             raise InvalidArgument("expected_version must not be negative")
 
@@ -153,6 +165,11 @@ def _update_for(
     if is_terminal(to_state):
         values["finished_at"] = bindparam("finished_at")
         values["cancel_requested"] = False
+        # The run-end outbox, in the same UPDATE as the transition (see registry_service.death).
+        values["death_notice_pending"] = bindparam("notice_pending")
+        values["death_notice_claimed_at"] = None
+        values["end_event_type"] = bindparam("end_event_type")
+        values["end_payload_json"] = bindparam("end_payload_json")
     if to_state in FAILURE_STATES:
         values["error_code"] = bindparam("error_code")
         values["error_message"] = bindparam("error_message")
@@ -217,6 +234,10 @@ def _parameters(change: Transition, *, user_id: str, run_id: str, now: datetime)
         parameters["started_at"] = now
     if is_terminal(change.to_state):
         parameters["finished_at"] = now
+        end = change.end_event
+        parameters["notice_pending"] = end is not None
+        parameters["end_event_type"] = None if end is None else end.type
+        parameters["end_payload_json"] = None if end is None else end.payload_json
     if change.to_state in FAILURE_STATES:
         default_code, default_message = DEFAULT_ERRORS[change.to_state]
         error = change.error or RunError(default_code, default_message)

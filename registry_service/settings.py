@@ -71,6 +71,17 @@ class RegistrySettings(ServerSettings, DatabaseSettings):
     a bridge is configured). A replica that claimed a notice holds it for
     ``death_notice_lease_s``; if it crashes meanwhile another replica sends
     the notice once the lease has expired.
+
+    Run ends: a terminal transition that carries its caller's terminal event
+    keeps it as an end notice, which the same sweep delivers once the run
+    ended more than ``end_notice_delay_s`` ago, in case the caller's own
+    publication never arrived (the bridge keeps one terminal event per run,
+    so the delivery is a no-op when it did). The delay must exceed the
+    executor's publish retry window (``RUNWIRE_EXECUTION_PUBLISH_RETRY_S``,
+    20 s, per batch: a terminal event may queue behind one batch being
+    retried) and stay well below the bridge's fencing retention
+    (``RUNWIRE_BRIDGE_RUN_STATE_HOLD_S``, 600 s), past which a late copy
+    could be taken for a first terminal event.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_REGISTRY_", populate_by_name=True, extra="ignore")
@@ -91,6 +102,12 @@ class RegistrySettings(ServerSettings, DatabaseSettings):
     )
     death_notice_lease_s: float = Field(
         default=30.0, gt=0, description="how long a claimed agent_death notice is reserved for its replica"
+    )
+    end_notice_delay_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=300,
+        description="how long after a run's end the registry delivers its terminal event as a safety net",
     )
 
     @field_validator("bridge_target")

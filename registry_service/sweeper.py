@@ -1,8 +1,11 @@
 """The death sweeper: a background task of the composition root, one per registry process.
 
 Every ``interval_s`` it runs one sweep: mark silent runs dead (one
-transaction), claim the owed ``agent_death`` notices (another), publish them
+transaction), claim the due notices — ``agent_death`` for those runs, and the
+run-end notices older than ``end_notice_delay_s`` — (another), publish them
 concurrently, then close the sent ones and release the failed ones (a third).
+A notice the bridge refuses as invalid is closed too (logged): retrying it
+would never succeed.
 A notice is closed only after ``Publish`` succeeded, and every sweep retries
 open notices, so a registry that crashes between marking a run dead and
 telling its owner, or a bridge that is down for a while, delays the notice
@@ -40,6 +43,7 @@ class SweepPolicy:
     interval_s: float
     batch: int
     lease_s: float
+    end_notice_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,11 @@ class DeathSweeper:
             return SweepReport(marked=marked)
         async with self._database.writing() as session:
             notices = await claim_notices(
-                session, now=self._clock(), lease_s=policy.lease_s, limit=policy.batch
+                session,
+                now=self._clock(),
+                lease_s=policy.lease_s,
+                limit=policy.batch,
+                end_delay_s=policy.end_notice_delay_s,
             )
         if not notices:
             return SweepReport(marked=marked)
@@ -113,18 +121,26 @@ class DeathSweeper:
         try:
             await self._notifier.notify(notice)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                log.error(
+                    "notice refused by the bridge as invalid; not retrying",
+                    extra={"run_id": notice.run_id, "user_id": notice.user_id, "error": error.details()},
+                )
+                return True
             log.warning(
-                "agent_death notice not delivered; retrying on a later sweep",
+                "notice not delivered; retrying on a later sweep",
                 extra={"run_id": notice.run_id, "user_id": notice.user_id, "status": error.code().name},
             )
             return False
         except Exception:
             log.exception(
-                "agent_death notice failed; retrying on a later sweep",
+                "notice failed; retrying on a later sweep",
                 extra={"run_id": notice.run_id, "user_id": notice.user_id},
             )
             return False
-        log.info("agent_death notice delivered", extra={"run_id": notice.run_id, "user_id": notice.user_id})
+        # Every run's end notice is delivered (usually as a copy the bridge ignores): not worth a line each.
+        level = logging.INFO if notice.end_event_type is None else logging.DEBUG
+        log.log(level, "notice delivered", extra={"run_id": notice.run_id, "user_id": notice.user_id})
         return True
 
     async def _loop(self) -> None:

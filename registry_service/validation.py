@@ -23,13 +23,14 @@ from registry_service.convert import (
 )
 from registry_service.inputs import NewInput
 from registry_service.models import AGENT_LENGTH, ERROR_CODE_LENGTH, ID_LENGTH, TOOL_NAME_LENGTH
-from registry_service.runs import RunError, Transition
+from registry_service.runs import EndEvent, RunError, Transition
 from registry_service.states import PENDING, RUNNING, STARTING
 from registry_service.threads import NewMessage
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2
 from runwire_common.context import id_problem
 from runwire_common.errors import InvalidArgument
+from runwire_common.names import TERMINAL_EVENT_TYPES
 
 MAX_ERROR_MESSAGE_LENGTH = 4096
 # Input requests: what a run asks, and the answer (characters).
@@ -37,6 +38,8 @@ MAX_PROMPT_LENGTH = 16 * 1024
 MAX_SCHEMA_LENGTH = 64 * 1024
 MAX_PARAMETERS_LENGTH = 256 * 1024
 MAX_RESPONSE_LENGTH = 64 * 1024
+# The bridge refuses larger payloads; the executor shortens its events to fit well below this.
+MAX_END_PAYLOAD_LENGTH = 1024 * 1024
 # AppendMessages: per call, per message (content, tool calls) and in total (characters).
 MAX_MESSAGES_PER_CALL = 500
 MAX_MESSAGE_LENGTH = 256 * 1024
@@ -120,7 +123,24 @@ def transition(request: registry_pb2.TransitionRunRequest) -> Transition:
         error=error,
         result_json=result_json,
         through_completing=request.through_completing,
+        end_event=end_event(request),
     )
+
+
+def end_event(request: registry_pb2.TransitionRunRequest) -> EndEvent | None:
+    """The caller's terminal event, if it gave one: a terminal type and a JSON object, bounded.
+
+    The payload is checked by its shape only (``{…}``), not parsed: the bridge
+    validates it when it is delivered, and the registry never reads it.
+    """
+    if not request.end_event_type and not request.end_payload_json:
+        return None
+    if request.end_event_type not in TERMINAL_EVENT_TYPES:
+        raise InvalidArgument(f"end_event_type must be one of {', '.join(sorted(TERMINAL_EVENT_TYPES))}")
+    payload = _bounded(request.end_payload_json, field="end_payload_json", limit=MAX_END_PAYLOAD_LENGTH)
+    if not (payload.startswith("{") and payload.endswith("}")):
+        raise InvalidArgument("end_payload_json must be a JSON object")
+    return EndEvent(type=request.end_event_type, payload_json=payload)
 
 
 def executor_id(value: str) -> str:

@@ -22,7 +22,7 @@ from registry_service.migrator import current_revision, downgrade_schema, upgrad
 from registry_service.models import Base
 from registry_service.settings import DatabaseSettings
 
-HEAD = "0004"
+HEAD = "0005"
 TABLES = {"runs", "run_owners", "input_requests", "thread_messages"}
 
 
