@@ -23,7 +23,7 @@ from collections.abc import Callable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from execution_service.emitter import encode_payload
-from execution_service.outcomes import Outcome, terminal_event
+from execution_service.outcomes import Outcome, TerminalEvent, terminal_event
 from execution_service.peers import BridgePort, RegistryPort
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
@@ -39,21 +39,29 @@ def with_run_id(ctx: context_pb2.UserContext, run_id: str) -> context_pb2.UserCo
     return out
 
 
-def terminal_for_owner(run: run_pb2.Run, outcome: Outcome) -> event_pb2.RunEvent:
-    """The terminal event of ``run`` with ``seq = 0``: the bridge assigns the run's next seq."""
+def end_of(outcome: Outcome) -> TerminalEvent:
+    """The terminal event announcing ``outcome``, encoded once (the registry keeps the same)."""
     event_type, payload = terminal_event(outcome)
+    return TerminalEvent(event_type, encode_payload(payload))
+
+
+def terminal_for_owner(
+    run: run_pb2.Run, outcome: Outcome, end: TerminalEvent | None = None
+) -> event_pb2.RunEvent:
+    """The terminal event of ``run`` with ``seq = 0``: the bridge assigns the run's next seq."""
+    end = end or end_of(outcome)
     timestamp = Timestamp()
     timestamp.GetCurrentTime()
     return event_pb2.RunEvent(
         seq=0,
-        type=event_type,
+        type=end.type,
         run_id=run.run_id,
         thread_id=run.thread_id,
         user_id=run.user_id,
         tenant_id=run.tenant_id,
         agent=run.agent,
         timestamp=timestamp,
-        payload_json=encode_payload(payload),
+        payload_json=end.payload_json,
     )
 
 
@@ -82,18 +90,26 @@ class Announcer:
         nothing is announced. Waits up to ``wait_s`` for the announcement (it
         goes on in the background).
         """
+        end = end_of(outcome)  # the registry keeps it too, and delivers it should ours be lost
         try:
-            run = await self._registry.transition(ctx, outcome.state, error=outcome.run_error())
+            run = await self._registry.transition(
+                ctx, outcome.state, error=outcome.run_error(), end_event=end
+            )
         except FailedPrecondition:
             return await self._registry.get_run(ctx)
-        await self.wait(self.announce(ctx, run, outcome), wait_s)
+        await self.wait(self.announce(ctx, run, outcome, end=end), wait_s)
         return run
 
     def announce(
-        self, ctx: context_pb2.UserContext, run: run_pb2.Run, outcome: Outcome
+        self,
+        ctx: context_pb2.UserContext,
+        run: run_pb2.Run,
+        outcome: Outcome,
+        *,
+        end: TerminalEvent | None = None,
     ) -> asyncio.Task[None]:
         """Publish the terminal event of ``run`` (ended by this replica as ``outcome``) in the background."""
-        event = terminal_for_owner(run, outcome)
+        event = terminal_for_owner(run, outcome, end)
         task = asyncio.create_task(
             self._publish(with_run_id(ctx, run.run_id), event), name=f"announce:{run.run_id}"
         )

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from execution_service.outcomes import Outcome, terminal_event
+from execution_service.outcomes import Outcome, TerminalEvent, terminal_event
 from execution_service.redaction import redact, redact_text
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, event_pb2
@@ -206,12 +206,28 @@ class RunEmitter:
 
     async def emit_terminal(self, outcome: Outcome, *, duration_ms: int) -> int:
         """Queue the run's terminal event, built by :func:`~execution_service.outcomes.terminal_event`."""
-        return await self._emit(*terminal_event(outcome, duration_ms=duration_ms))
+        return await self.emit_end(self.terminal(outcome, duration_ms=duration_ms))
+
+    def terminal(self, outcome: Outcome, *, duration_ms: int) -> TerminalEvent:
+        """The run's terminal event, encoded (and shortened to fit) as :meth:`emit_end` publishes it."""
+        event_type, payload = terminal_event(outcome, duration_ms=duration_ms)
+        return TerminalEvent(
+            event_type, fit_payload(payload, max_bytes=self._max_payload_bytes, encoder=self._encoder)
+        )
+
+    async def emit_end(self, end: TerminalEvent) -> int:
+        """Queue the run's terminal event as :meth:`terminal` built it (the registry holds the same)."""
+        return await self._emit_encoded(end.type, end.payload_json)
 
     async def _emit(self, event_type: str, payload: Mapping[str, Any]) -> int:
         if self._closed:
             raise EmitterClosed(f"run {self._run_id} has finished")
         encoded = fit_payload(payload, max_bytes=self._max_payload_bytes, encoder=self._encoder)
+        return await self._emit_encoded(event_type, encoded)
+
+    async def _emit_encoded(self, event_type: str, encoded: str) -> int:
+        if self._closed:
+            raise EmitterClosed(f"run {self._run_id} has finished")
         # Back-pressure before the seq is taken, so a cancelled wait never leaves a gap.
         while self._queue.qsize() >= self._max_pending:
             self._space.clear()

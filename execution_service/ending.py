@@ -3,7 +3,9 @@
 Terminal-event ownership: the engine announces the end of its run only when
 the registry holds (or most likely holds) the end this engine recorded; when
 the run ended elsewhere, whoever ended it announces. :func:`record_end` makes
-the terminal transition (retried while the registry is unavailable) and says
+the terminal transition (carrying the terminal event the engine will publish,
+which the registry keeps and delivers itself should that publication never
+reach the bridge) (retried while the registry is unavailable) and says
 which of the three it came to (:class:`EndRecord`); :attr:`EndRecord.announce`
 is the verdict the engine acts on.
 
@@ -23,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
-from execution_service.outcomes import Outcome
+from execution_service.outcomes import Outcome, TerminalEvent
 from execution_service.peers import RegistryPort
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, run_pb2
@@ -58,8 +60,12 @@ async def record_end(
     context: Callable[[], context_pb2.UserContext],
     retry: Backoff,
     log: Log,
+    end: TerminalEvent | None = None,
 ) -> EndRecord:
-    """Make ``outcome`` the run's terminal state in the registry (``context()``: the run's context)."""
+    """Make ``outcome`` the run's terminal state in the registry (``context()``: the run's context).
+
+    ``end`` is the terminal event that announces it, kept by the registry as the run's end notice.
+    """
     retried = False
 
     def note(exc: Unavailable, pause: float) -> None:
@@ -81,6 +87,7 @@ async def record_end(
                 error=outcome.run_error(),
                 result_json=result_json,
                 through_completing=completed,
+                end_event=end,
             )
         )
         await _remember(outcome, call, registry=registry, context=context, log=log)
@@ -96,7 +103,7 @@ async def record_end(
             return EndRecord.RECORDED  # an attempt that looked lost had gone through
         if completed and run.state == run_pb2.RUN_STATE_RUNNING:
             recorded = await _complete_stepwise(
-                call, registry=registry, context=context, result_json=result_json, log=log
+                call, registry=registry, context=context, result_json=result_json, end=end, log=log
             )
             if recorded is EndRecord.RECORDED:
                 await _remember(outcome, call, registry=registry, context=context, log=log)
@@ -133,6 +140,7 @@ async def _complete_stepwise(
     registry: RegistryPort,
     context: Callable[[], context_pb2.UserContext],
     result_json: str,
+    end: TerminalEvent | None,
     log: Log,
 ) -> EndRecord:
     """RUNNING → COMPLETING → COMPLETED in two calls.
@@ -143,7 +151,12 @@ async def _complete_stepwise(
     try:
         for state in (run_pb2.RUN_STATE_COMPLETING, run_pb2.RUN_STATE_COMPLETED):
             try:
-                await call(partial(registry.transition, context(), state, result_json=result_json))
+                end_event = end if state == run_pb2.RUN_STATE_COMPLETED else None
+                await call(
+                    partial(
+                        registry.transition, context(), state, result_json=result_json, end_event=end_event
+                    )
+                )
             except FailedPrecondition:
                 run = await call(partial(registry.get_run, context()))
                 if run.state != state:  # not a retried attempt that had gone through

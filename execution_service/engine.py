@@ -359,29 +359,34 @@ class RunEngine:
 
     async def _finish(self, outcome: Outcome) -> None:
         if outcome.external:
-            announce = False
-        else:
-            recorded = await record_end(
-                outcome,
-                registry=self._registry,
-                context=self._identity.context,
-                retry=self._registry_retry,
-                log=self._log,
-            )
-            announce = recorded.announce
-        if not announce:
-            # Whoever ended the run announces it; what is still queued here is flushed, and
-            # the bridge ignores anything that arrives after the run's terminal event.
-            await self.emitter.aclose()
-            self._log.info(
-                "run ended elsewhere; not announcing", extra={"state": names.state_name(outcome.state)}
-            )
+            await self._end_silently(outcome)
+            return
+        # Built before the transition, which hands it to the registry's run-end outbox: should
+        # its publication below never reach the bridge, the registry delivers this very event.
+        end = self.emitter.terminal(outcome, duration_ms=int((time.monotonic() - self._started_at) * 1000))
+        recorded = await record_end(
+            outcome,
+            registry=self._registry,
+            context=self._identity.context,
+            retry=self._registry_retry,
+            log=self._log,
+            end=end,
+        )
+        if not recorded.announce:
+            await self._end_silently(outcome)
             return
         await self._emit_started()
-        duration_ms = int((time.monotonic() - self._started_at) * 1000)
-        await self.emitter.emit_terminal(outcome, duration_ms=duration_ms)
+        await self.emitter.emit_end(end)
         await self.emitter.aclose()
         self._log.info("run finished", extra={"state": names.state_name(outcome.state)})
+
+    async def _end_silently(self, outcome: Outcome) -> None:
+        # Whoever ended the run announces it; what is still queued here is flushed, and
+        # the bridge ignores anything that arrives after the run's terminal event.
+        await self.emitter.aclose()
+        self._log.info(
+            "run ended elsewhere; not announcing", extra={"state": names.state_name(outcome.state)}
+        )
 
     async def _emit_started(self) -> None:
         if self._started_emitted:

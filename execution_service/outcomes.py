@@ -34,6 +34,15 @@ EXECUTOR_LOST = "executor_lost"
 EXECUTOR_LOST_MESSAGE = "The service running this agent shut down before the run could finish."
 
 
+@dataclass(frozen=True, slots=True)
+class TerminalEvent:
+    """A run's terminal event, encoded once: published by its emitter (or announcer) and kept by
+    the registry with the terminal transition, which delivers it if that publication never arrives."""
+
+    type: str
+    payload_json: str
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, before it is recorded and announced."""

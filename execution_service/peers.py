@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 
@@ -23,6 +23,9 @@ from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common import errors
+
+if TYPE_CHECKING:
+    from execution_service.outcomes import TerminalEvent
 
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
@@ -101,6 +104,7 @@ class RegistryPort(Protocol):
         error: run_pb2.RunError | None = None,
         result_json: str = "",
         through_completing: bool = False,
+        end_event: TerminalEvent | None = None,
     ) -> run_pb2.Run: ...
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run: ...
@@ -194,6 +198,7 @@ class GrpcRegistry:
         error: run_pb2.RunError | None = None,
         result_json: str = "",
         through_completing: bool = False,
+        end_event: TerminalEvent | None = None,
     ) -> run_pb2.Run:
         request = registry_pb2.TransitionRunRequest(
             user_context=ctx,
@@ -202,6 +207,10 @@ class GrpcRegistry:
             result_json=result_json,
             through_completing=through_completing,
         )
+        if end_event is not None:
+            # Kept as the run's end notice: the registry delivers it if our publication never arrives.
+            request.end_event_type = end_event.type
+            request.end_payload_json = end_event.payload_json
         response = await self._call(lambda t: self._stub.TransitionRun(request, timeout=t))
         return response.run
 

@@ -19,6 +19,7 @@ from typing import Any
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
 from execution_service.identity import RunIdentity
+from execution_service.outcomes import TerminalEvent
 from execution_service.peers import CreatedRun
 from execution_service.run_input import parse_input
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
@@ -61,6 +62,7 @@ class FakeRegistry:
         self.unavailable_transitions = 0  # the next N transitions fail with UNAVAILABLE
         self.lost_replies = 0  # the next N transitions apply, but the caller sees UNAVAILABLE
         self.transition_calls = 0
+        self.end_events: dict[str, list[TerminalEvent]] = {}
         # False: behave like a registry that predates TransitionRun.through_completing.
         self.knows_through_completing = True
         self.inputs: dict[tuple[str, str], run_pb2.InputRequest] = {}  # (run_id, request_id) →
@@ -125,9 +127,12 @@ class FakeRegistry:
         error: run_pb2.RunError | None = None,
         result_json: str = "",
         through_completing: bool = False,
+        end_event: TerminalEvent | None = None,
     ) -> run_pb2.Run:
         await asyncio.sleep(0)
         self.transition_calls += 1
+        if end_event is not None:
+            self.end_events.setdefault(ctx.run_id, []).append(end_event)
         if not self.knows_through_completing:
             through_completing = False
         if self.unavailable_transitions > 0:
