@@ -17,7 +17,7 @@ from runwire_common.redaction import (
     redact_text_fully,
 )
 
-__all__ = [
+__all__ = (
     "MAX_DEPTH",
     "REDACTED",
     "SECRET_KEY_PARTS",
@@ -26,4 +26,4 @@ __all__ = [
     "redact",
     "redact_text",
     "redact_text_fully",
-]
+)

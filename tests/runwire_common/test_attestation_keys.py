@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 
 import pytest
 
@@ -111,3 +112,21 @@ def test_a_key_flagged_legacy_mac_signs_as_the_previous_release_did() -> None:
     minted = ContextAttestor.from_spec(f"{spec}:legacy-mac").mint(_identity("writer", "reader"))
     assert minted.attestation.mac == _legacy_mac(secret, minted)
     ContextAttestor.from_spec(spec).verify(minted)
+
+
+def test_every_step_of_a_rotation_accepts_what_the_steps_next_to_it_sign() -> None:
+    old, new = _secret(generate_key_spec()), _secret(generate_key_spec())
+    steps = [
+        ContextAttestor.from_spec(f"k1:{old}"),  # before
+        ContextAttestor.from_spec(f"k1:{old},k2:{new}:verify-only"),  # 1. add
+        ContextAttestor.from_spec(f"k1:{old}:verify-only,k2:{new}"),  # 2. switch signing
+        ContextAttestor.from_spec(f"k2:{new}"),  # 3. remove
+    ]
+    # During each roll, replicas on two neighbouring steps serve together: each accepts the other's.
+    for earlier, later in itertools.pairwise(steps):
+        for signer in (earlier, later):
+            minted = signer.mint(_identity("admin"))
+            earlier.verify(minted)
+            later.verify(minted)
+    with pytest.raises(Unauthenticated):
+        steps[3].verify(steps[0].mint(_identity()))  # the old key is gone for good
