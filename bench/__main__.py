@@ -100,7 +100,7 @@ def parse(argv: list[str]) -> BenchConfig:
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     for section in SECTIONS:
-        what = "the Redis + PostgreSQL configuration (its load and idle)" if section == "prod" else section
+        what = "Redis + PostgreSQL configuration (its load and idle)" if section == "prod" else section
         parser.add_argument(f"--skip-{section}", action="store_true", help=f"skip the {what} measurement")
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of services under load")
     parser.add_argument("--profile-users", type=int, help="users of the profiled load (100)")
