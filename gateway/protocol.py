@@ -43,6 +43,8 @@ MAX_TOKEN_CHARS = 1024
 MAX_AGENT_CHARS = 128
 # Python refuses to convert longer integer literals (sys.get_int_max_str_digits); say so plainly.
 MAX_INT_DIGITS = 4300
+# Arrays and objects inside each other; far below where the parser could hit the recursion limit.
+MAX_NESTING = 256
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 # Close codes (RFC 6455 §7.4.1) the gateway closes connections with.
@@ -90,6 +92,8 @@ def parse_frame(message: str | bytes, *, max_frame_bytes: int, default_agent: st
         raise FrameError(INVALID_MESSAGE, "binary frames are not supported; send JSON text frames")
     if len(message) > max_frame_bytes or len(message.encode("utf-8", "surrogatepass")) > max_frame_bytes:
         raise FrameError(INVALID_MESSAGE, f"frame larger than the {max_frame_bytes}-byte limit")
+    if _nesting_exceeds(message, MAX_NESTING):
+        raise FrameError(INVALID_MESSAGE, f"frame is nested more than {MAX_NESTING} levels deep")
     try:
         frame = json.loads(
             message, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
@@ -115,6 +119,38 @@ def parse_frame(message: str | bytes, *, max_frame_bytes: int, default_agent: st
     except FrameError as exc:
         exc.client_id = client_id
         raise
+
+
+def _nesting_exceeds(message: str, limit: int) -> bool:
+    """Whether ``message`` opens more than ``limit`` arrays or objects inside each other.
+
+    Checked before parsing so the answer does not depend on how deep the
+    parser's own stack happens to be (``json`` raises ``RecursionError`` near
+    the interpreter's recursion limit, which counts the caller's frames too).
+    Counting brackets is C-fast; only a frame with that many of them is walked
+    (brackets inside strings count too, which can only overestimate).
+    """
+    if message.count("[") + message.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in message:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _reject_constant(name: str) -> Any:

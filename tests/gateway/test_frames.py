@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.protocol import MAX_NESTING, FrameError, PingFrame, parse_frame
 from gateway.server import GatewayServer
 from tests.gateway.conftest import GatewayFactory, TokenFactory, open_ws, recv_json, request
 
@@ -242,3 +243,16 @@ async def test_requests_beyond_the_in_flight_bound_are_refused_with_resource_exh
         assert (first["id"], first["code"]) == (2, "resource_exhausted")
         rest = sorted([(f["id"], f["code"]) for f in [await recv_json(ws), await recv_json(ws)]])
         assert rest == [(0, "unavailable"), (1, "unavailable")]
+
+
+@pytest.mark.parametrize("depth", [2, 255, 256, 257, 5000])
+def test_frames_nested_deeper_than_the_limit_are_refused_whatever_the_stack(depth: int) -> None:
+    text = '{"type": "ping", "x": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+    decoy = '{"type": "ping", "s": "' + "[" * 600 + '"}'  # brackets inside a string do not nest
+    assert isinstance(parse_frame(decoy, max_frame_bytes=65536, default_agent="assistant"), PingFrame)
+    if depth <= MAX_NESTING:
+        assert isinstance(parse_frame(text, max_frame_bytes=65536, default_agent="assistant"), PingFrame)
+    else:
+        with pytest.raises(FrameError) as refused:
+            parse_frame(text, max_frame_bytes=65536, default_agent="assistant")
+        assert refused.value.code == "invalid_message" and "nested" in refused.value.message
