@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from execution_service.peers import RegistryPort
@@ -23,15 +22,7 @@ from execution_service.redaction import redact, redact_text
 from execution_service.sdk import AgentResult, Message
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire_common.errors import NotFound
-
-ROLES: Mapping[str, run_pb2.MessageRole.ValueType] = MappingProxyType(
-    {
-        "user": run_pb2.MESSAGE_ROLE_USER,
-        "assistant": run_pb2.MESSAGE_ROLE_ASSISTANT,
-        "tool": run_pb2.MESSAGE_ROLE_TOOL,
-    }
-)
-ROLE_NAMES: Mapping[int, str] = MappingProxyType({int(value): name for name, value in ROLES.items()})
+from runwire_common.names import MESSAGE_ROLE_NAMES, MESSAGE_ROLES_BY_NAME
 
 
 def message_of(record: run_pb2.ThreadMessage) -> Message:
@@ -42,7 +33,7 @@ def message_of(record: run_pb2.ThreadMessage) -> Message:
         if isinstance(decoded, list):
             tool_calls = tuple(call for call in decoded if isinstance(call, dict))
     return Message(
-        role=ROLE_NAMES.get(int(record.role), "user"),
+        role=MESSAGE_ROLE_NAMES.get(int(record.role), "user"),
         content=record.content,
         tool_calls=tool_calls,
         tool_call_id=record.tool_call_id,
@@ -53,9 +44,9 @@ def message_of(record: run_pb2.ThreadMessage) -> Message:
 
 def record_of(message: Message, *, run_id: str) -> run_pb2.ThreadMessage:
     """The stored form of ``message``, with secrets redacted."""
-    role = ROLES.get(message.role)
+    role = MESSAGE_ROLES_BY_NAME.get(message.role)
     if role is None:
-        raise ValueError(f"message role {message.role!r} is not one of {', '.join(ROLES)}")
+        raise ValueError(f"message role {message.role!r} is not one of {', '.join(MESSAGE_ROLES_BY_NAME)}")
     calls = [_redacted_call(call) for call in message.tool_calls]
     # Every message's words are redacted, not only tool results: a user or the model may quote a secret.
     content = (
@@ -65,7 +56,7 @@ def record_of(message: Message, *, run_id: str) -> run_pb2.ThreadMessage:
     )
     return run_pb2.ThreadMessage(
         run_id=run_id,
-        role=role,
+        role=run_pb2.MessageRole.ValueType(role),
         content=content,
         tool_calls_json=json.dumps(calls) if calls else "",
         tool_call_id=message.tool_call_id,

@@ -45,9 +45,6 @@ INPUT_TIMEOUT_CODE = "input_timeout"
 MAX_PROMPT_CHARS = 4000
 MAX_ANSWER_CHARS = 64 * 1024
 
-KIND_NAMES: Mapping[int, str] = MappingProxyType(
-    {run_pb2.INPUT_KIND_INPUT: "input", run_pb2.INPUT_KIND_APPROVAL: "approval"}
-)
 # What an answer looks like when the question did not say.
 DEFAULT_SCHEMAS: Mapping[int, Mapping[str, Any]] = MappingProxyType(
     {
@@ -211,7 +208,7 @@ class InputWaiter:
             await self._open(request)
             payload: dict[str, Any] = {
                 "request_id": request.request_id,
-                "kind": KIND_NAMES[kind],
+                "kind": names.INPUT_KIND_NAMES[kind],
                 "prompt": prompt,
                 "schema": document,
             }

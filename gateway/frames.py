@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from json.encoder import encode_basestring
-from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.message import Message
@@ -20,7 +18,7 @@ from gateway.protocol import ClientId
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import event_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2
-from runwire_common.names import state_name
+from runwire_common.names import INPUT_KIND_NAMES, MESSAGE_ROLE_NAMES, state_name
 from runwire_common.timeutil import rfc3339, timestamp_rfc3339, utcnow
 
 
@@ -72,23 +70,11 @@ def run_json(run: run_pb2.Run) -> dict[str, Any]:
     }
 
 
-_KINDS: Mapping[int, str] = MappingProxyType(
-    {run_pb2.INPUT_KIND_INPUT: "input", run_pb2.INPUT_KIND_APPROVAL: "approval"}
-)
-_ROLES: Mapping[int, str] = MappingProxyType(
-    {
-        run_pb2.MESSAGE_ROLE_USER: "user",
-        run_pb2.MESSAGE_ROLE_ASSISTANT: "assistant",
-        run_pb2.MESSAGE_ROLE_TOOL: "tool",
-    }
-)
-
-
 def input_json(request: run_pb2.InputRequest) -> dict[str, Any]:
     """What a waiting run asked (``run.pending_input``), as its ``input_required`` event said it."""
     out: dict[str, Any] = {
         "request_id": request.request_id,
-        "kind": _KINDS.get(request.kind, "input"),
+        "kind": INPUT_KIND_NAMES.get(request.kind, "input"),
         "prompt": request.prompt,
         "schema": _json_or(request.schema_json, None),
         "expires_at": _time_or_none(request, "expires_at"),
@@ -114,7 +100,7 @@ def thread_json(thread: run_pb2.Thread) -> dict[str, Any]:
 
 def message_json(message: run_pb2.ThreadMessage) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "role": _ROLES.get(message.role, "user"),
+        "role": MESSAGE_ROLE_NAMES.get(message.role, "user"),
         "content": message.content,
         "run_id": message.run_id,
         "created_at": _time_or_none(message, "created_at"),

@@ -7,9 +7,7 @@ with ``INVALID_ARGUMENT``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,21 +15,22 @@ from sqlalchemy import Row
 
 from runwire.common.v1 import run_pb2
 from runwire_common.errors import InvalidArgument
-from runwire_common.names import MULTITASK_STRATEGIES, STATE_NAMES, STATES_BY_NAME, STRATEGY_NAMES
+from runwire_common.names import (
+    INPUT_KIND_NAMES,
+    INPUT_KINDS_BY_NAME,
+    MESSAGE_ROLE_NAMES,
+    MESSAGE_ROLES_BY_NAME,
+    MULTITASK_STRATEGIES,
+    STATE_NAMES,
+    STATES_BY_NAME,
+    STRATEGY_NAMES,
+)
 
-# InputKind and MessageRole by name: INPUT_KIND_APPROVAL → "approval", MESSAGE_ROLE_TOOL → "tool".
-KIND_NAMES: Mapping[int, str] = MappingProxyType(
-    {value: name.removeprefix("INPUT_KIND_").lower() for name, value in run_pb2.InputKind.items() if value}
-)
-KINDS_BY_NAME: Mapping[str, int] = MappingProxyType({name: value for value, name in KIND_NAMES.items()})
-ROLE_NAMES: Mapping[int, str] = MappingProxyType(
-    {
-        value: name.removeprefix("MESSAGE_ROLE_").lower()
-        for name, value in run_pb2.MessageRole.items()
-        if value
-    }
-)
-ROLES_BY_NAME: Mapping[str, int] = MappingProxyType({name: value for value, name in ROLE_NAMES.items()})
+# InputKind and MessageRole by name (the one map is in runwire_common.names).
+KIND_NAMES = INPUT_KIND_NAMES
+KINDS_BY_NAME = INPUT_KINDS_BY_NAME
+ROLE_NAMES = MESSAGE_ROLE_NAMES
+ROLES_BY_NAME = MESSAGE_ROLES_BY_NAME
 
 
 def kind_from_message(value: int, *, field: str) -> str:

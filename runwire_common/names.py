@@ -83,6 +83,26 @@ STRATEGY_NAMES: Mapping[int, str] = MappingProxyType(
 )
 
 
+# Input kinds and message roles by name, the one map for every service and the gateway:
+# INPUT_KIND_APPROVAL → "approval", MESSAGE_ROLE_TOOL → "tool" (unspecified has no name).
+INPUT_KIND_NAMES: Mapping[int, str] = MappingProxyType(
+    {value: name.removeprefix("INPUT_KIND_").lower() for name, value in run_pb2.InputKind.items() if value}
+)
+INPUT_KINDS_BY_NAME: Mapping[str, int] = MappingProxyType(
+    {name: value for value, name in INPUT_KIND_NAMES.items()}
+)
+MESSAGE_ROLE_NAMES: Mapping[int, str] = MappingProxyType(
+    {
+        value: name.removeprefix("MESSAGE_ROLE_").lower()
+        for name, value in run_pb2.MessageRole.items()
+        if value
+    }
+)
+MESSAGE_ROLES_BY_NAME: Mapping[str, int] = MappingProxyType(
+    {name: value for value, name in MESSAGE_ROLE_NAMES.items()}
+)
+
+
 def state_name(state: int) -> str:
     """``RUN_STATE_RUNNING`` → ``"running"``."""
     return STATE_NAMES.get(int(state), "unspecified")
