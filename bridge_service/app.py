@@ -39,6 +39,8 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
             log_max_bytes=settings.log_max_bytes,
             subscriber_queue=settings.subscriber_queue,
             run_state_capacity=settings.run_state_capacity,
+            run_state_hold_s=settings.run_state_hold_s,
+            run_state_max=settings.run_state_max,
             retention_s=settings.retention_s,
             max_batch=settings.max_subscribe_batch,
         )

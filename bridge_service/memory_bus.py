@@ -14,8 +14,12 @@ reads it back): about 300 bytes for a typical event, against some 1.4 KB for
 a upb ``RunEvent`` message, and no object for the garbage collector to
 traverse. At most ``log_capacity`` of them and at most
 ``log_max_bytes`` of serialized events per user (the newest event is always
-kept); the fencing state of at most ``run_state_capacity`` runs per user
-(finished runs are forgotten first, see :class:`_RunStates`), plus at most
+kept); the fencing state of a user's runs, kept for ``run_state_hold_s``
+after each run finished however many there are (a publisher may retry within
+that window) and trimmed back to ``run_state_capacity`` runs after it, with
+``run_state_max`` as the hard per-user bound (see :class:`_RunStates`; some
+250 bytes a run with ``run_`` + 32 hex digit ids, so at most about 5 MB for a
+user who finishes 20,000 runs within the hold), plus at most
 ``subscriber_queue`` queued references per live subscriber. Events older than
 ``retention_s`` are trimmed, and a user whose newest event is that old and who
 has no subscriber is forgotten altogether (a sweep over all users at most
@@ -55,45 +59,57 @@ SWEEP_INTERVAL_MS = 60_000  # at most this long between sweeps for users idle pa
 
 
 class _RunStates:
-    """Fencing state of one user's runs: (last seq, finished), for at most ``capacity`` runs.
+    """Fencing state of one user's runs: (last seq, finished), held for the publishers' retry window.
 
-    When a new run would exceed the bound, the run that finished longest ago
-    is forgotten first, and only when no run has finished the least recently
-    active live one. A forgotten run behaves as never seen: a late retry of
-    its events would be stored again, so the bound should comfortably exceed
-    the runs a user finishes within a publisher's retry window.
+    Bound by time, as on Redis: beyond ``capacity`` runs, only runs that
+    finished more than ``hold_ms`` ago are forgotten (the one that finished
+    longest ago first) — a publisher may still retry a younger one, and a
+    forgotten run behaves as never seen (a late retry of its terminal event
+    would be stored again). Live runs are never forgotten for the capacity.
+    Beyond ``max_runs``, the hard bound, the oldest state goes whatever its
+    age: finished runs first, then the least recently active live run.
     """
 
-    __slots__ = ("_capacity", "_finished", "_live")
+    __slots__ = ("_capacity", "_finished", "_hold_ms", "_live", "_max_runs")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, hold_ms: int, max_runs: int) -> None:
         self._capacity = capacity
+        self._hold_ms = hold_ms
+        self._max_runs = max_runs
         self._live: OrderedDict[str, int] = OrderedDict()  # run → last seq, least recently active first
-        self._finished: OrderedDict[str, int] = OrderedDict()  # run → last seq, finished longest ago first
+        # run → (last seq, when it finished in ms), finished longest ago first
+        self._finished: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._live) + len(self._finished)
 
     def state(self, run_id: str) -> tuple[int, bool]:
-        if run_id in self._finished:
-            return self._finished[run_id], True
+        finished = self._finished.get(run_id)
+        if finished is not None:
+            return finished[0], True
         return self._live.get(run_id, 0), False
 
-    def record(self, run_id: str, seq: int, *, terminal: bool) -> None:
+    def record(self, run_id: str, seq: int, *, terminal: bool, now_ms: int) -> None:
+        """Note the run's newest stored seq at ``now_ms`` (never earlier than a previous call's)."""
         if terminal:
             self._live.pop(run_id, None)
-            self._finished[run_id] = seq
+            self._finished[run_id] = (seq, now_ms)
         else:
             self._live[run_id] = seq
             self._live.move_to_end(run_id)
-        while len(self) > self._capacity:
-            (self._finished if self._finished else self._live).popitem(last=False)
+        finished = self._finished
+        if len(self) > self._capacity and finished:
+            cutoff = now_ms - self._hold_ms
+            while len(self) > self._capacity and finished and next(iter(finished.values()))[1] <= cutoff:
+                finished.popitem(last=False)
+        while len(self) > self._max_runs:
+            (finished if finished else self._live).popitem(last=False)
 
 
 class _UserLog:
     __slots__ = ("entries", "floor", "last", "runs", "size", "subscribers")
 
-    def __init__(self, floor: EventId, run_capacity: int) -> None:
+    def __init__(self, floor: EventId, runs: _RunStates) -> None:
         # Retained events, serialized, oldest first (ids read back with wire.stored_event_id).
         self.entries: deque[bytes] = deque()
         self.size = 0  # their total length
@@ -102,7 +118,7 @@ class _UserLog:
         # Id of the newest event ever assigned (== floor before the first publish).
         self.last = floor
         self.subscribers: set[SubscriberQueue] = set()
-        self.runs = _RunStates(run_capacity)
+        self.runs = runs
 
     def idle(self) -> bool:
         return not self.subscribers and not self.entries and not self.runs and self.last == self.floor
@@ -139,6 +155,8 @@ class MemoryEventBus:
         run_state_capacity: int = 1_000,
         retention_s: float = 86_400.0,
         max_batch: int = 256,
+        run_state_hold_s: float = 600.0,
+        run_state_max: int = 20_000,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch) < 1:
@@ -148,10 +166,16 @@ class MemoryEventBus:
             )
         if retention_s <= 0:
             raise ValueError("retention_s must be positive")
+        if run_state_hold_s < 0 or run_state_max < run_state_capacity:
+            raise ValueError(
+                "run_state_hold_s must not be negative, run_state_max at least run_state_capacity"
+            )
         self._log_capacity = log_capacity
         self._log_max_bytes = log_max_bytes
         self._subscriber_queue = subscriber_queue
         self._run_state_capacity = run_state_capacity
+        self._run_state_hold_ms = int(run_state_hold_s * 1000)
+        self._run_state_max = run_state_max
         self._retention_ms = max(1, int(retention_s * 1000))
         self._max_batch = max_batch
         self._clock = clock
@@ -184,8 +208,10 @@ class MemoryEventBus:
                         "expected_seq": last_seq + 1,
                     },
                 )
-            log.runs.record(event.run_id, seq, terminal=event.type in TERMINAL_EVENT_TYPES)
             event_id = next_event_id(log.last, self._clock())
+            log.runs.record(
+                event.run_id, seq, terminal=event.type in TERMINAL_EVENT_TYPES, now_ms=event_id.ms
+            )
             body = wire.stored_event(event, event_id, seq)
             log.last = event_id
             log.entries.append(body)
@@ -287,7 +313,8 @@ class MemoryEventBus:
     def _log(self, user_id: str) -> _UserLog:
         log = self._users.get(user_id)
         if log is None:
-            log = self._users[user_id] = _UserLog(self._boot, self._run_state_capacity)
+            runs = _RunStates(self._run_state_capacity, self._run_state_hold_ms, self._run_state_max)
+            log = self._users[user_id] = _UserLog(self._boot, runs)
         return log
 
     @staticmethod

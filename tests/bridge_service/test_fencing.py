@@ -120,3 +120,22 @@ async def test_runs_of_different_users_are_fenced_apart(bridge: Bridge, make_con
     await bridge.publish(alice, event(alice, run_id=RUN, seq=1, type="agent_completed"))
     response = await bridge.publish_response(bob, event(bob, run_id=RUN, seq=1))
     assert list(response.seqs) == [1]
+
+
+async def test_a_run_is_still_fenced_after_1500_later_runs_of_the_same_user(
+    bridge: Bridge, make_context: ContextFactory
+) -> None:
+    # More finished runs than RUN_STATE_CAPACITY (1000), all within RUN_STATE_HOLD_S (600 s):
+    # a publisher may still retry any of them, so none may lose its fencing state.
+    ctx = make_context()
+    end = event(ctx, run_id=RUN, seq=2, type="agent_completed")
+    first = await bridge.publish(ctx, event(ctx, run_id=RUN, seq=1), end)
+    assert all(first)
+    for start in range(0, 1500, 500):
+        later = [
+            event(ctx, run_id=f"run_later{index:016d}", seq=1, type="agent_cancelled")
+            for index in range(start, start + 500)
+        ]
+        assert all(await bridge.publish(ctx, *later))
+    retried = await bridge.publish_response(ctx, end, event(ctx, run_id=RUN, seq=3))
+    assert (list(retried.event_ids), list(retried.seqs)) == (["", ""], [0, 0])

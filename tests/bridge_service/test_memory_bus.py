@@ -224,7 +224,7 @@ async def test_a_cursor_taken_from_an_empty_log_resumes_without_a_gap() -> None:
 
 
 async def test_run_state_is_bounded_and_forgets_finished_runs_first() -> None:
-    bus = MemoryEventBus(run_state_capacity=2)
+    bus = MemoryEventBus(run_state_capacity=2, run_state_hold_s=0)  # no retry window to wait for
     run_a, run_b, run_c = (f"run_{x}_0123456789abcdefgh" for x in "abc")
     await publish(bus, ALICE, [RunEvent(user_id=ALICE, run_id=run_a, seq=1, type="agent_completed")])
     await publish(bus, ALICE, [ev(run_id=run_b, seq=1)])
@@ -232,6 +232,53 @@ async def test_run_state_is_bounded_and_forgets_finished_runs_first() -> None:
     assert await publish(bus, ALICE, [ev(run_id=run_b, seq=1)]) == [""]  # still fenced
     # run_a was forgotten: a late duplicate of it is stored again (documented trade-off).
     assert len((await publish(bus, ALICE, [ev(run_id=run_a, seq=1)]))[0]) > 0
+
+
+def ended(run_id: str) -> RunEvent:
+    return RunEvent(user_id=ALICE, run_id=run_id, seq=1, type="agent_completed")
+
+
+async def test_finished_runs_keep_their_fencing_state_for_the_hold_whatever_their_number() -> None:
+    now = [1_000_000]
+    bus = MemoryEventBus(run_state_capacity=2, run_state_hold_s=10, clock=lambda: now[0])
+    runs = [f"run_hold{i}_0123456789abcdef" for i in range(5)]
+    for run in runs:
+        assert await publish(bus, ALICE, [ended(run)]) != [""]
+    # Beyond the capacity, but all finished within the hold: every one is still fenced.
+    for run in runs:
+        assert await publish(bus, ALICE, [ended(run)]) == [""]
+    now[0] += 10_001  # the hold is over: beyond the capacity, the oldest finished runs go first
+    fresh = "run_fresh_0123456789abcde"
+    await publish(bus, ALICE, [ended(fresh)])
+    assert await publish(bus, ALICE, [ended(runs[-1])]) == [""]  # within the capacity, still kept
+    assert await publish(bus, ALICE, [ended(runs[0])]) != [""]  # forgotten: stored again
+
+
+async def test_fencing_state_beyond_the_hard_bound_goes_oldest_first_even_within_the_hold() -> None:
+    bus = MemoryEventBus(run_state_capacity=2, run_state_max=3)
+    runs = [f"run_hard{i}_0123456789abcdef" for i in range(5)]
+    for run in runs:
+        await publish(bus, ALICE, [ended(run)])
+    assert [await publish(bus, ALICE, [ended(run)]) == [""] for run in runs[2:]] == [True] * 3
+    assert await publish(bus, ALICE, [ended(runs[1])]) != [""]
+
+
+async def test_live_runs_are_forgotten_only_beyond_the_hard_bound() -> None:
+    bus = MemoryEventBus(run_state_capacity=1, run_state_max=2, run_state_hold_s=0)
+    runs = [f"run_live{i}_0123456789abcdef" for i in range(3)]
+    for run in runs[:2]:
+        await publish(bus, ALICE, [ev(run_id=run, seq=1)])
+    assert await publish(bus, ALICE, [ev(run_id=runs[0], seq=1)]) == [""]  # two live runs: both kept
+    await publish(bus, ALICE, [ev(run_id=runs[2], seq=1)])  # beyond the bound: the least recently active
+    assert await publish(bus, ALICE, [ev(run_id=runs[1], seq=1)]) == [""]
+    assert await publish(bus, ALICE, [ev(run_id=runs[0], seq=1)]) != [""]  # forgotten: stored again
+
+
+def test_the_fencing_bounds_are_checked() -> None:
+    with pytest.raises(ValueError):
+        MemoryEventBus(run_state_capacity=3, run_state_max=2)
+    with pytest.raises(ValueError):
+        MemoryEventBus(run_state_hold_s=-1)
 
 
 async def test_log_is_also_bounded_by_the_bytes_of_its_events_keeping_the_newest() -> None:
