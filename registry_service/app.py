@@ -3,14 +3,16 @@
 ``running_service`` opens the database engine, migrates the schema when
 ``migrate_on_start`` is set, opens the channel to the bridge (when
 ``bridge_target`` is set), builds the servicer, starts the gRPC server, then
-starts the death sweeper and yields the server. On exit the server drains,
-stopping the sweeper first (its sweep in progress may finish); in-flight
+starts the death sweeper and the retention purger (unless ``retention_days``
+is 0) and yields the server. On exit the server drains, stopping both first
+(a sweep or purge batch in progress may finish); in-flight
 calls still need the database, so the bridge channel is closed and the
 engine disposed only after that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,6 +23,7 @@ from registry_service.database import open_database
 from registry_service.metrics import RegistryMetrics
 from registry_service.migrator import upgrade_schema
 from registry_service.notifier import BRIDGE_SERVICE_NAME, BridgeDeathNotifier
+from registry_service.retention import RetentionPolicy, RetentionPurger
 from registry_service.servicer import SERVICE_NAME, RegistryServicer
 from registry_service.settings import RegistrySettings
 from registry_service.sweeper import DeathSweeper, SweepPolicy
@@ -93,6 +96,17 @@ async def running_service(
             notifier=notifier,
             metrics=metrics,
         )
+        purger = None
+        if settings.retention_days > 0:
+            purger = RetentionPurger(
+                database,
+                policy=RetentionPolicy(
+                    retention_s=settings.retention_days * 86_400,
+                    interval_s=settings.retention_interval_s,
+                    batch=settings.retention_batch,
+                ),
+                metrics=metrics,
+            )
 
         def register(server: grpc.aio.Server) -> None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
@@ -107,10 +121,16 @@ async def running_service(
         # Also after the drain, in case the drain hook timed out or never ran.
         stack.push_async_callback(sweeper.stop, timeout_s=0)
         sweeper.start()
+        if purger is not None:
+            stack.push_async_callback(purger.stop, timeout_s=0)
+            purger.start()
         stop_timeout_s = settings.grace_period_s / 2
 
-        async def stop_sweeper() -> None:
-            await sweeper.stop(timeout_s=stop_timeout_s)
+        async def stop_background() -> None:
+            stops = [sweeper.stop(timeout_s=stop_timeout_s)]
+            if purger is not None:
+                stops.append(purger.stop(timeout_s=stop_timeout_s))
+            await asyncio.gather(*stops)
 
-        stack.push_async_callback(server.drain, stop_sweeper)
+        stack.push_async_callback(server.drain, stop_background)
         yield server

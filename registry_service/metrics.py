@@ -26,6 +26,12 @@ class RegistryMetrics:
         self.death_notices = Counter(
             "runwire_registry_death_notices", "agent_death notices by outcome", ["outcome"], registry=target
         )
+        self.retention_purged = Counter(
+            "runwire_registry_retention_purged",
+            "Rows deleted because their run ended longer ago than the retention, by kind",
+            ["kind"],
+            registry=target,
+        )
         # Labelled children by label value: prometheus_client's labels() validates and locks on
         # every call, and the hot path counts three to five of them per run.
         self._children: dict[tuple[int, str], Counter] = {}
@@ -42,3 +48,8 @@ class RegistryMetrics:
 
     def count_transition(self, to_state: str) -> None:
         self._child(self.transitions, to_state).inc()
+
+    def count_purged(self, runs: int, messages: int, inputs: int) -> None:
+        for kind, rows in (("runs", runs), ("messages", messages), ("inputs", inputs)):
+            if rows:
+                self._child(self.retention_purged, kind).inc(rows)

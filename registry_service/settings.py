@@ -82,6 +82,11 @@ class RegistrySettings(ServerSettings, DatabaseSettings):
     retried) and stay well below the bridge's fencing retention
     (``RUNWIRE_BRIDGE_RUN_STATE_HOLD_S``, 600 s), past which a late copy
     could be taken for a first terminal event.
+
+    Retention: runs that ended more than ``retention_days`` ago are deleted
+    with their thread messages and input requests, ``retention_batch`` runs
+    per transaction, on a pass every ``retention_interval_s``
+    (:mod:`registry_service.retention`); 0 days keeps everything.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_REGISTRY_", populate_by_name=True, extra="ignore")
@@ -108,6 +113,16 @@ class RegistrySettings(ServerSettings, DatabaseSettings):
         gt=0,
         le=300,
         description="how long after a run's end the registry delivers its terminal event as a safety net",
+    )
+
+    retention_days: float = Field(
+        default=30.0, ge=0, description="how long ended runs, their messages and inputs are kept; 0 = forever"
+    )
+    retention_interval_s: float = Field(
+        default=3_600.0, gt=0, le=86_400, description="how often runs past the retention are purged"
+    )
+    retention_batch: int = Field(
+        default=500, ge=1, le=10_000, description="runs deleted per transaction by the retention purge"
     )
 
     @field_validator("bridge_target")
