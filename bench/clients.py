@@ -88,6 +88,8 @@ class ClientResult:
     missing_events: int = 0
     duplicate_events: int = 0
     stray_events: int = 0
+    # seqs that arrived inside coalesced partial_result frames (counted in ``events`` too)
+    coalesced_events: int = 0
     accepted_s: array[float] = field(default_factory=lambda: array("d"))
     delivery_s: array[float] = field(default_factory=lambda: array("d"))
     t_first_send: float = 0.0
@@ -168,8 +170,9 @@ class _Recorder:
 async def _client_load(spec: ClientSpec, index: int, conn: ClientConnection, rec: _Recorder) -> None:
     """Run after run on one connection; see the module docstring for what is recorded.
 
-    Events are grouped by ``run_id``: a completed run with fewer distinct ``seq``
-    than expected counts ``missing_events``, a repeated ``seq`` counts
+    Events are grouped by ``run_id``: a coalesced ``partial_result`` frame counts
+    as every seq it stands for (``merged_from``..``seq``); a completed run with
+    fewer distinct ``seq`` than expected counts ``missing_events``, a repeated ``seq`` counts
     ``duplicate_events``, and an event of an earlier run arriving during this one
     counts ``stray_events`` (it came after its own run's terminal event).
     """
@@ -193,13 +196,17 @@ async def _client_load(spec: ClientSpec, index: int, conn: ClientConnection, rec
                     parsed: dict[str, Any] = json.loads(message)
                     kind = parsed.get("type")
                     if "seq" in parsed:
-                        received += 1
+                        # A coalesced partial_result frame stands for the seqs merged_from..seq.
+                        covered = range(parsed.get("merged_from", parsed["seq"]), parsed["seq"] + 1)
+                        received += len(covered)
+                        if len(covered) > 1:
+                            result.coalesced_events += len(covered)
                         result.event_bytes += len(message)
                         result.delivery_s.append(now - parse_rfc3339(parsed["timestamp"]))
                         result.t_last_event = max(result.t_last_event, now)
                         seen = seqs.setdefault(parsed["run_id"], set())
-                        result.duplicate_events += parsed["seq"] in seen
-                        seen.add(parsed["seq"])
+                        result.duplicate_events += sum(seq in seen for seq in covered)
+                        seen.update(covered)
                         done = done or (kind in TERMINAL and (not run_id or parsed["run_id"] == run_id))
                     elif kind == "run.accepted":
                         result.accepted_s.append(time.monotonic() - sent)

@@ -63,6 +63,7 @@ class FleetResult(ClientResult):
             "missing_events": self.missing_events,
             "duplicate_events": self.duplicate_events,
             "stray_events": self.stray_events,
+            "coalesced_events": self.coalesced_events,
             "mean_event_frame_bytes": round(self.event_bytes / self.events, 1) if self.events else 0,
             "duration_s": round(self.duration_s, 3),
             "events_per_s": round(self.events_per_s, 1),
@@ -85,6 +86,7 @@ class FleetResult(ClientResult):
         self.missing_events += part.missing_events
         self.duplicate_events += part.duplicate_events
         self.stray_events += part.stray_events
+        self.coalesced_events += part.coalesced_events
         self.accepted_s.extend(part.accepted_s)
         self.delivery_s.extend(part.delivery_s)
         self.driver_cpu_s.append(part.cpu_s)

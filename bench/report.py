@@ -135,7 +135,7 @@ def _lat(block: Mapping[str, Any]) -> str:
 def _load_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = [
         "| users | runs | Runwire events/s | baseline events/s | ratio | accepted p50 / p99 / max ms (Runwire) "
-        "| (baseline) | delivery p50 / p99 / max ms (Runwire) | (baseline) | delivery p99 ratio | failed runs R / B | missing / dup / stray events R "
+        "| (baseline) | delivery p50 / p99 / max ms (Runwire) | (baseline) | delivery p99 ratio | failed runs R / B | missing / dup / stray / coalesced events R "
         "| driver CPU util (busiest) R / B |",
         "|---:|---:|---:|---:|---:|---|---|---|---|---:|---|---|---|",
     ]
@@ -146,7 +146,7 @@ def _load_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"| {_fmt(ratio['events_per_s'], 2)}x | {_lat(rw['accepted_latency'])} | {_lat(base['accepted_latency'])} "
             f"| {_lat(rw['delivery_latency'])} | {_lat(base['delivery_latency'])} "
             f"| {_fmt(ratio['delivery_latency.p99_ms'], 2)}x | {rw['runs_failed']} / {base['runs_failed']} "
-            f"| {rw['missing_events']} / {rw['duplicate_events']} / {rw['stray_events']} "
+            f"| {rw['missing_events']} / {rw['duplicate_events']} / {rw['stray_events']} / {rw.get('coalesced_events', 0)} "
             f"| {rw['driver_busiest_core_util']:.2f} / {base['driver_busiest_core_util']:.2f} |"
         )
     errors = [
