@@ -31,6 +31,15 @@ format, ``event_id`` and ``seq`` set): it is serialized once when stored and
 framed into ``SubscribeResponse`` bytes without being parsed again, and a
 serialized event costs a fraction of the memory of a upb message object.
 
+Replay reads the log in pages of at most :data:`REPLAY_PAGE` events, one page
+when the caller asks for more than the previous one held: a resume from a very
+old cursor never copies the whole log, and a caller that stops pulling (no
+credit) stops the reads too. If the events after the last one delivered were
+trimmed between two pages, the subscription ends with
+:class:`SubscriberOverflow` and that cursor, and the resumed subscription
+reports the :class:`Gap`. Each bus counts its reads in ``log_reads``
+(:class:`LogReads`).
+
 The subscription is an async generator: callers close it when they stop
 early (``contextlib.aclosing``) so it is unregistered at once.
 """
@@ -47,6 +56,8 @@ from runwire.common.v1 import event_pb2
 from runwire_common.errors import ResourceExhausted, Unavailable
 
 RunEvent = event_pb2.RunEvent
+
+REPLAY_PAGE = 256  # at most this many events per read of a user's log (replay, catching up)
 
 
 class Verdict(Enum):
@@ -85,6 +96,21 @@ class PublishResult:
     def stored(self) -> tuple[str, ...]:
         """The ids of the events actually stored."""
         return tuple(event_id for event_id in self.event_ids if event_id)
+
+
+@dataclass(slots=True)
+class LogReads:
+    """What a bus read from its users' logs to replay or catch up: reads, events, the largest read."""
+
+    reads: int = 0
+    events: int = 0
+    largest: int = 0
+
+    def count(self, events: int) -> None:
+        self.reads += 1
+        self.events += events
+        if events > self.largest:
+            self.largest = events
 
 
 class Events(NamedTuple):

@@ -1,6 +1,6 @@
 """The in-memory :class:`~bridge_service.bus.EventBus`: one process, zero setup.
 
-State is per bus instance, keyed by user id: a bounded deque of retained
+State is per bus instance, keyed by user id: a bounded list of retained
 events, the id of the last event trimmed from it (the *floor*), the last id
 assigned, the fencing state of the user's runs, and the set of live
 subscribers. Every operation on that state is synchronous (no ``await``
@@ -33,18 +33,21 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 
 from bridge_service import wire
 from bridge_service.bus import (
+    REPLAY_PAGE,
     BusDraining,
     BusItem,
     Events,
     Gap,
+    LogReads,
     PublishResult,
     ReplayComplete,
     RunEvent,
+    SubscriberOverflow,
     Verdict,
     fence,
 )
@@ -56,6 +59,7 @@ from runwire_common.names import TERMINAL_EVENT_TYPES
 _log = logging.getLogger("runwire.bridge.memory")
 
 SWEEP_INTERVAL_MS = 60_000  # at most this long between sweeps for users idle past the retention
+COMPACT_AT = 1024  # trimmed entries a user's list may hold before it is compacted
 
 
 class _RunStates:
@@ -106,12 +110,61 @@ class _RunStates:
             (finished if finished else self._live).popitem(last=False)
 
 
+class _Retained:
+    """A user's retained events, serialized, oldest first: a list read by index from ``head``.
+
+    Not a ``deque``: a replay reads the log a page at a time, each page found
+    by binary search for the last id delivered, so it needs cheap random access
+    (a deque's index or ``islice`` walks from one end). Trimming moves
+    ``head``; the list is compacted once the dropped part outweighs the rest.
+    """
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
+    def __iter__(self) -> Iterator[bytes]:
+        return itertools.islice(self.items, self.head, None)
+
+    def first(self) -> bytes:
+        return self.items[self.head]
+
+    def append(self, body: bytes) -> None:
+        self.items.append(body)
+
+    def popleft(self) -> bytes:
+        items = self.items
+        body = items[self.head]
+        self.head += 1
+        if self.head == len(items):
+            self.items, self.head = [], 0
+        elif self.head >= COMPACT_AT and 2 * self.head >= len(items):
+            del items[: self.head]
+            self.head = 0
+        return body
+
+    def page(self, after: EventId, *, upto: EventId, count: int) -> list[bytes]:
+        """At most ``count`` events with ids above ``after`` and not above ``upto``, oldest first."""
+        items = self.items
+        # Ids increase along the log: binary search, reading only ~log2(n) ids.
+        start = bisect.bisect_right(items, after, lo=self.head, key=wire.stored_event_id)
+        stop = min(len(items), start + count)
+        if stop > start and wire.stored_event_id(items[stop - 1]) > upto:
+            stop = bisect.bisect_right(items, upto, lo=start, hi=stop, key=wire.stored_event_id)
+        return items[start:stop]
+
+
 class _UserLog:
     __slots__ = ("entries", "floor", "last", "runs", "size", "subscribers")
 
     def __init__(self, floor: EventId, runs: _RunStates) -> None:
         # Retained events, serialized, oldest first (ids read back with wire.stored_event_id).
-        self.entries: deque[bytes] = deque()
+        self.entries = _Retained()
         self.size = 0  # their total length
         # Id of the newest event no longer retained; every retained id is above it.
         self.floor = floor
@@ -130,7 +183,7 @@ class _UserLog:
         while entries and (
             len(entries) > capacity
             or (self.size > max_bytes and len(entries) > 1)
-            or wire.stored_event_id(entries[0]).ms < older_than_ms
+            or wire.stored_event_id(entries.first()).ms < older_than_ms
         ):
             dropped = entries.popleft()
             self.size -= len(dropped)
@@ -158,11 +211,12 @@ class MemoryEventBus:
         run_state_hold_s: float = 600.0,
         run_state_max: int = 20_000,
         clock: Callable[[], int] = wall_clock_ms,
+        replay_page: int = REPLAY_PAGE,
     ) -> None:
-        if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch) < 1:
+        if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch, replay_page) < 1:
             raise ValueError(
-                "log_capacity, log_max_bytes, subscriber_queue, run_state_capacity and max_batch"
-                " must be at least 1"
+                "log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch"
+                " and replay_page must be at least 1"
             )
         if retention_s <= 0:
             raise ValueError("retention_s must be positive")
@@ -178,6 +232,8 @@ class MemoryEventBus:
         self._run_state_max = run_state_max
         self._retention_ms = max(1, int(retention_s * 1000))
         self._max_batch = max_batch
+        self._replay_page = replay_page
+        self.log_reads = LogReads()
         self._clock = clock
         self._boot = EventId(clock(), 0)
         self._users: dict[str, _UserLog] = {}
@@ -252,15 +308,26 @@ class MemoryEventBus:
         try:
             if self._draining:
                 raise BusDraining(after or str(log.last))
-            gap, replay, last = self._plan(log, after, cursor)
+            gap, last = self._plan(log, after, cursor)
             if gap is not None:
                 yield gap
-            for start in range(0, len(replay), limit):
-                page = replay[start : start + limit]
-                end = wire.stored_event_id(page[-1])
-                yield Events(page, end)
-                last = end
-            yield ReplayComplete(replayed=len(replay), resume_after=str(last))
+            # Replay up to the newest event as of the registration; later ones are queued.
+            end = log.last
+            replayed = 0
+            while last < end:
+                if last < log.floor:
+                    # Trimmed between two pages: the resumed subscription reports the gap.
+                    raise SubscriberOverflow(str(last))
+                page = log.entries.page(last, upto=end, count=self._replay_page)
+                self.log_reads.count(len(page))
+                if not page:
+                    break
+                for start in range(0, len(page), limit):
+                    chunk = page[start : start + limit]
+                    last = wire.stored_event_id(chunk[-1])
+                    yield Events(chunk, last)
+                replayed += len(page)
+            yield ReplayComplete(replayed=replayed, resume_after=str(last))
             while True:
                 batch = await subscriber.take(last, limit)
                 if batch[0][0] <= last:  # already replayed (defensive: the queue starts after the snapshot)
@@ -318,8 +385,8 @@ class MemoryEventBus:
         return log
 
     @staticmethod
-    def _plan(log: _UserLog, after: str, cursor: EventId | None) -> tuple[Gap | None, list[bytes], EventId]:
-        """What to replay for ``cursor``: (gap or None, serialized events, position before them).
+    def _plan(log: _UserLog, after: str, cursor: EventId | None) -> tuple[Gap | None, EventId]:
+        """Where to replay from for ``cursor``: (gap or None, the position the replay reads after).
 
         * no cursor: nothing; live events follow the newest id assigned so far;
         * cursor at or above the floor and not beyond the newest id: the
@@ -331,11 +398,8 @@ class MemoryEventBus:
           while trusting an unknown cursor could silently skip events.
         """
         if cursor is None:
-            return None, [], log.last
-        entries = log.entries
+            return None, log.last
         if cursor < log.floor or cursor > log.last:
-            oldest = str(wire.stored_event_id(entries[0])) if entries else ""
-            return Gap(requested_after=after, oldest_event_id=oldest), list(entries), log.floor
-        # Ids increase along the log: binary search, reading only ~log2(n) ids.
-        start = bisect.bisect_right(entries, cursor, key=wire.stored_event_id)
-        return None, list(itertools.islice(entries, start, None)), cursor
+            oldest = str(wire.stored_event_id(log.entries.first())) if log.entries else ""
+            return Gap(requested_after=after, oldest_event_id=oldest), log.floor
+        return None, cursor

@@ -83,11 +83,13 @@ from redis.typing import EncodableT
 
 from bridge_service import wire
 from bridge_service.bus import (
+    REPLAY_PAGE,
     BackendUnavailable,
     BusDraining,
     BusItem,
     Events,
     Gap,
+    LogReads,
     PublishResult,
     ReplayComplete,
     RunEvent,
@@ -121,7 +123,6 @@ UNAVAILABLE_ERRORS = (
     TimeoutError,
     OSError,
 )
-PAGE = 256  # events per XRANGE
 CONFIRM_TIMEOUT_S = 5.0  # for the SUBSCRIBE confirmation
 HEALTH_CHECK_S = 10  # PING an idle connection before use (a quiet Pub/Sub connection) after this long
 
@@ -282,14 +283,17 @@ class RedisEventBus:
         pubsub_shards: int = 4,
         sharded_pubsub: bool = False,
         live_body_max_bytes: int = 64 * 1024,
+        replay_page: int = REPLAY_PAGE,
     ) -> None:
-        if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch) < 1:
+        if min(log_capacity, log_max_bytes, subscriber_queue, run_state_capacity, max_batch, replay_page) < 1:
             raise ValueError("capacities must be at least 1")
         if retention_s <= 0 or run_state_hold_s < 0 or run_state_max < run_state_capacity:
             raise ValueError("retention_s must be positive and run_state_max at least run_state_capacity")
         if live_body_max_bytes < 0:
             raise ValueError("live_body_max_bytes must not be negative")
         self._max_batch = max_batch
+        self._replay_page = replay_page
+        self.log_reads = LogReads()
         self._client = client
         self._prefix = key_prefix
         self._log_capacity = log_capacity
@@ -408,7 +412,7 @@ class RedisEventBus:
                     yield Events([body for _, body in chunk], position)
                     replayed += len(chunk)
                     resume = str(position)
-                if len(page) < PAGE:
+                if len(page) < self._replay_page:
                     break
             if position is None:  # gap, nothing retained: follow from the newest assigned id
                 position = last
@@ -558,7 +562,7 @@ class RedisEventBus:
         start = follower.fetched
         assert start is not None
         try:
-            page = await self._range(keys.stream, start, min(PAGE, queue.room()))
+            page = await self._range(keys.stream, start, min(self._replay_page, queue.room()))
             if not page or page[0][0].n != start.n + 1:
                 raise await self._ended_by_hole(keys, start, resume)
         except UNAVAILABLE_ERRORS as exc:
@@ -582,9 +586,10 @@ class RedisEventBus:
         )
         return parse_event_id(_text(born)), parse_event_id(_text(last)), bool(int(created))
 
-    async def _range(self, stream: str, after: EventId | None, count: int = PAGE) -> list[Entry]:
+    async def _range(self, stream: str, after: EventId | None, count: int = 0) -> list[Entry]:
+        """At most ``count`` (default: a replay page) events after ``after`` (None: the oldest)."""
         start = "-" if after is None else f"({after}"
-        rows = await self._client.xrange(stream, start, "+", count=count)
+        rows = await self._client.xrange(stream, start, "+", count=count or self._replay_page)
         entries: list[Entry] = []
         for raw_id, fields in rows or ():
             body = (fields or {}).get(b"e", b"")
@@ -592,6 +597,7 @@ class RedisEventBus:
             # The stored event has no event_id; appending the field sets it (see bridge_service.wire).
             stored = body if isinstance(body, bytes) else body.encode()
             entries.append((parse_event_id(text.decode()), stored + wire.event_id_field(text)))
+        self.log_reads.count(len(entries))
         return entries
 
     async def _ended_by_hole(self, keys: UserKeys, position: EventId, resume: str) -> Exception:
