@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from bridge_service.bus import EventBus
+from bridge_service.canary import DeliveryCanary
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.redis_bus import RedisEventBus, connect, connect_cluster
@@ -87,7 +88,10 @@ async def running_service(
 
     ``bus`` overrides the configured backend (tests pass one to inspect it);
     the caller then still owns it, but it is drained and closed here too.
-    On exit the server drains: health turns NOT_SERVING, every live
+    With the Redis backend, a :class:`~bridge_service.canary.DeliveryCanary`
+    keeps the bridge service's health in step with delivery through this
+    replica's own subscriptions (``canary_interval_s``; 0 turns it off).
+    On exit the canary stops and the server drains: health turns NOT_SERVING, every live
     ``Subscribe`` ends with ``UNAVAILABLE`` and its resume cursor (so the
     drain does not wait the whole grace period for streams that never end),
     in-flight ``Publish`` calls finish, then the bus is closed.
@@ -100,13 +104,14 @@ async def running_service(
         )
         event_bus = bus if bus is not None else await stack.enter_async_context(open_bus(settings))
         stack.push_async_callback(event_bus.close)
+        metrics = BridgeMetrics(observability.metrics)
         servicer = BridgeServicer(
             event_bus,
             attestor=settings.attestor(),
             limits=PublishLimits(
                 max_events=settings.max_events_per_publish, max_payload_bytes=settings.max_payload_bytes
             ),
-            metrics=BridgeMetrics(observability.metrics),
+            metrics=metrics,
             max_batch=settings.max_subscribe_batch,
             telemetry=observability.telemetry,
         )
@@ -114,6 +119,18 @@ async def running_service(
         server = GrpcServer(settings, [binding], interceptors=observability.telemetry.server_interceptors())
         await server.start()
         stack.push_async_callback(server.drain, functools.partial(_drain, servicer, event_bus))
+        if isinstance(event_bus, RedisEventBus) and settings.canary_interval_s > 0:
+            # Readiness follows delivery through this replica's own Redis subscriptions.
+            canary = DeliveryCanary(
+                event_bus,
+                health_servicer=server.health,
+                service=SERVICE_NAME,
+                metrics=metrics,
+                interval_s=settings.canary_interval_s,
+                timeout_s=settings.canary_timeout_s,
+            )
+            canary.start()
+            stack.push_async_callback(canary.stop)  # first thing on the way out, before the drain
         yield server
 
 

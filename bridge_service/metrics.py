@@ -71,6 +71,24 @@ class BridgeMetrics:
             "runwire_bridge_fabric_events_delivered", "Events written to Fabric streams", registry=target
         )
 
+        # Delivery canary (bridge_service.canary; Redis backend only).
+        self.canary_failures = Counter(
+            "runwire_bridge_canary_failures",
+            "Canary rounds in which an event did not come back through this replica's own"
+            " Redis subscription in time (readiness turned NOT_SERVING)",
+            registry=target,
+        )
+        self.canary_latency = Gauge(
+            "runwire_bridge_canary_latency_seconds",
+            "Publish-to-delivery time of the slowest canary of the last complete round",
+            registry=target,
+        )
+        self.canary_ready = Gauge(
+            "runwire_bridge_canary_ready",
+            "1 while the last canary round arrived in full (readiness SERVING), else 0",
+            registry=target,
+        )
+
     def count_published(self, result: PublishResult) -> None:
         """Count one stored batch's events by outcome (Publish and PublishStream)."""
         stored = sum(1 for event_id in result.event_ids if event_id)

@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -94,6 +95,13 @@ from bridge_service.bus import (
     ReplayComplete,
     RunEvent,
     SubscriberOverflow,
+)
+from bridge_service.canary import (
+    CANARY_EVENT_TYPE,
+    CANARY_RUN_ID,
+    CanaryFailed,
+    CanaryListener,
+    canary_users,
 )
 from bridge_service.event_ids import EventId, parse_event_id
 from bridge_service.redis_fanout import ClusterFanout, Fanout, SlotRange
@@ -125,6 +133,8 @@ UNAVAILABLE_ERRORS = (
 )
 CONFIRM_TIMEOUT_S = 5.0  # for the SUBSCRIBE confirmation
 HEALTH_CHECK_S = 10  # PING an idle connection before use (a quiet Pub/Sub connection) after this long
+CANARY_RETENTION_MS = 600_000  # a canary user's keys expire this long after its last canary
+CANARY_MAX_BYTES = 4096  # the byte bound of a canary user's log (it keeps one small event)
 
 
 def connect(url: str, *, client_name: str, timeout_s: float, max_connections: int = 6) -> aioredis.Redis:
@@ -326,6 +336,13 @@ class RedisEventBus:
             )
         self._subscribers: dict[str, set[_Follower]] = {}
         self._draining = False
+        # Delivery canaries (bridge_service.canary): one reserved user per shared Pub/Sub
+        # connection, under a token of this bus's own, so replicas never hear each other's.
+        token = secrets.token_hex(6)
+        self._canaries = [
+            CanaryListener(user, self.keys(user).live.encode())
+            for user in canary_users(token, pubsub_shards, lambda user: self.keys(user).live.encode())
+        ]
 
     def keys(self, user_id: str) -> UserKeys:
         return user_keys(self._prefix, user_id)
@@ -453,6 +470,67 @@ class RedisEventBus:
         fanout = self._fanout
         return fanout.connections_by_node() if isinstance(fanout, ClusterFanout) else {}
 
+    async def probe_delivery(self, timeout_s: float) -> float:
+        """One canary round: an event per Pub/Sub connection, back through this bus's own subscription.
+
+        Returns the slowest canary's publish-to-delivery time in seconds;
+        raises :class:`~bridge_service.canary.CanaryFailed` when any did not
+        arrive within ``timeout_s`` (its subscription could not be confirmed,
+        the publish failed, or the message never came).
+        """
+        results = await asyncio.gather(
+            *(self._probe_canary(canary, timeout_s) for canary in self._canaries), return_exceptions=True
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure  # cancellation
+        if failures:
+            raise CanaryFailed(f"{len(failures)} of {len(results)} canaries failed: {failures[0]}")
+        return max(result for result in results if isinstance(result, float))
+
+    async def _probe_canary(self, canary: CanaryListener, timeout_s: float) -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(timeout_s):
+                if not canary.registered:
+                    await self._fanout.add(canary.channel, canary, timeout_s=timeout_s)
+                    canary.registered = True
+                await canary.wait_for(await self._publish_canary(canary.user_id))
+        except TimeoutError as exc:
+            raise CanaryFailed(f"no canary through its subscription within {timeout_s} s") from exc
+        except (redis_errors.RedisError, OSError) as exc:
+            raise CanaryFailed(f"canary failed: {exc!r}") from exc
+        return loop.time() - started
+
+    async def _publish_canary(self, user_id: str) -> EventId:
+        """Store one canary event for the reserved ``user_id``: a log of one, the state of one run."""
+        keys = self.keys(user_id)
+        body = RunEvent(user_id=user_id, run_id=CANARY_RUN_ID, type=CANARY_EVENT_TYPE, payload_json="{}")
+        reply = await self._publish_script(
+            keys=keys.script_keys(),
+            args=[
+                keys.live,
+                1,  # log capacity
+                CANARY_RETENTION_MS,
+                1,  # run state capacity
+                self._live_body_max_bytes,
+                self._publish_command,
+                CANARY_MAX_BYTES,
+                0,  # run state hold
+                1,  # run state max
+                CANARY_RUN_ID,
+                0,  # seq: the run's next
+                0,  # never terminal
+                body.SerializeToString(),
+            ],
+        )
+        raw_id = _text(reply[0])
+        if not raw_id:
+            raise CanaryFailed(f"the canary was not stored ({_text(reply[2])})")
+        return parse_event_id(raw_id)
+
     async def retained(self, user_id: str) -> list[str]:
         """The event ids retained for ``user_id``, oldest first (introspection)."""
         rows = await self._client.xrange(self.keys(user_id).stream, "-", "+")
@@ -526,6 +604,9 @@ class RedisEventBus:
             newest, entries = parse_live_message(data)
         except ValueError:
             log.exception("unreadable live message")
+            return
+        if followers and type(followers[0]) is CanaryListener:
+            followers[0].heard(newest)  # a canary channel has its canary as its one listener
             return
         overflow_at = 2 * self._subscriber_queue
         for follower in followers:

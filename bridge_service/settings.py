@@ -8,7 +8,7 @@
 ``_MAX_SUBSCRIBE_BATCH`` [256], ``_REDIS_MAX_CONNECTIONS`` [6],
 ``_REDIS_PUBSUB_SHARDS`` [4], ``_REDIS_SHARDED_PUBSUB`` [false],
 ``_REDIS_CLUSTER`` [false], ``_REDIS_LIVE_BODY_MAX_BYTES`` [65536],
-``_REDIS_ALLOW_EVICTION`` [false].
+``_REDIS_ALLOW_EVICTION`` [false], ``_CANARY_INTERVAL_S`` [5], ``_CANARY_TIMEOUT_S`` [2].
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class BridgeSettings(ServerSettings):
     routing because of one ``INFO`` answer. A live message carries the
     published events themselves up to ``redis_live_body_max_bytes`` (0: only
     the newest id), so caught-up subscribers need no stream read.
+
+    Delivery-aware readiness (Redis backend, :mod:`bridge_service.canary`):
+    every ``canary_interval_s`` the replica publishes a canary event per
+    shared Pub/Sub connection to a reserved internal user and waits up to
+    ``canary_timeout_s`` for it to arrive through its own subscription; a
+    missing one turns the bridge service's health ``NOT_SERVING`` until a
+    round arrives in full again. ``canary_interval_s=0`` turns it off.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_BRIDGE_", populate_by_name=True, extra="ignore")
@@ -118,6 +125,13 @@ class BridgeSettings(ServerSettings):
     )
     redis_allow_eviction: bool = Field(
         default=False, description="start even on an evicting maxmemory-policy (with a warning)"
+    )
+
+    canary_interval_s: float = Field(
+        default=5.0, ge=0, description="seconds between delivery canary rounds (Redis backend; 0 = off)"
+    )
+    canary_timeout_s: float = Field(
+        default=2.0, gt=0, description="how long a canary may take to come back before readiness fails"
     )
 
     @field_validator("redis_key_prefix")

@@ -63,6 +63,8 @@ class Bridge:
 
 
 def settings_for(key_spec: str, **overrides: Any) -> BridgeSettings:
+    """Settings of a test bridge: no delivery canary unless asked (its channels would be counted)."""
+    overrides.setdefault("canary_interval_s", 0)
     return BridgeSettings(attestation_keys=SecretStr(key_spec), host="127.0.0.1", port=0, **overrides)
 
 

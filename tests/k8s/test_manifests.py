@@ -144,6 +144,17 @@ def test_grpc_services_are_probed_natively_on_their_configured_port(
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_bridge_readiness_follows_delivery_and_liveness_only_the_process(
+    rendered: dict[str, Docs], target: str
+) -> None:
+    docs = rendered[target]
+    (container,) = [c for _, c in runwire_containers(docs) if module_of(c) == "bridge_service"]
+    # The delivery canary turns the service name NOT_SERVING, never the process's "".
+    assert container["readinessProbe"]["grpc"]["service"] == "runwire.bridge.v1.BridgeService"
+    assert container["livenessProbe"]["grpc"].get("service", "") == ""
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_the_gateway_is_probed_on_healthz_of_its_websocket_port(
     rendered: dict[str, Docs], target: str
 ) -> None:
