@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from registry_service.database import Database, open_database
 from registry_service.migrator import upgrade_schema
-from registry_service.models import INPUT_REQUESTS, RUNS, THREAD_MESSAGES
+from registry_service.models import RUNS
 from registry_service.retention import Purged, RetentionPolicy, RetentionPurger, purge_expired
 from registry_service.settings import DatabaseSettings, RegistrySettings
 from registry_service.states import COMPLETED, FAILED, RUNNING, WAITING
@@ -23,6 +23,7 @@ from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2
 from runwire_common.ids import new_id
 from runwire_common.timeutil import utcnow
+from tests.registry_service.rows import add_run, kept
 from tests.registry_service.support import CALL_TIMEOUT_S, open_registry
 
 DAY = timedelta(days=1)
@@ -34,94 +35,6 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     async with open_database(DatabaseSettings(database_url=database_url)) as opened:
         await upgrade_schema(opened.write_engine())
         yield opened
-
-
-def _insert_run(
-    connection: Connection, *, run_id: str, user_id: str, state: str, ended_at: datetime, owed: bool
-) -> None:
-    connection.execute(
-        RUNS.insert().values(
-            run_id=run_id,
-            user_id=user_id,
-            tenant_id="",
-            thread_id=f"thread_{run_id}",
-            agent="scripted",
-            state=state,
-            created_at=ended_at - timedelta(minutes=1),
-            updated_at=ended_at,
-            finished_at=ended_at if state not in (RUNNING, WAITING) else None,
-            input_json="{}",
-            version=3,
-            executor_id="executor-a",
-            cancel_requested=False,
-            multitask_strategy="reject",
-            timeout_seconds=0,
-            death_notice_pending=owed,
-        )
-    )
-    connection.execute(
-        THREAD_MESSAGES.insert().values(
-            user_id=user_id,
-            tenant_id="",
-            thread_id=f"thread_{run_id}",
-            run_id=run_id,
-            role="user",
-            content="hello",
-            tool_calls_json="",
-            tool_call_id="",
-            name="",
-            created_at=ended_at - timedelta(minutes=1),
-        )
-    )
-    connection.execute(
-        INPUT_REQUESTS.insert().values(
-            run_id=run_id,
-            request_id="ask_0123456789abcdef",
-            user_id=user_id,
-            kind="input",
-            prompt="Which city?",
-            schema_json="",
-            tool_name="",
-            call_id="",
-            parameters_json="",
-            run_version=3,
-            created_at=ended_at - timedelta(minutes=1),
-        )
-    )
-
-
-async def add_run(
-    database: Database,
-    *,
-    state: str = COMPLETED,
-    ended_at: datetime,
-    owed: bool = False,
-    user_id: str | None = None,
-) -> str:
-    run_id = new_id("run")
-    await database.write(
-        functools.partial(
-            _insert_run,
-            run_id=run_id,
-            user_id=user_id or new_id("user"),
-            state=state,
-            ended_at=ended_at,
-            owed=owed,
-        )
-    )
-    return run_id
-
-
-def _kept(connection: Connection) -> dict[str, set[str]]:
-    return {
-        "runs": set(connection.execute(select(RUNS.c.run_id)).scalars()),
-        "messages": set(connection.execute(select(THREAD_MESSAGES.c.run_id)).scalars()),
-        "inputs": set(connection.execute(select(INPUT_REQUESTS.c.run_id)).scalars()),
-    }
-
-
-async def kept(database: Database) -> dict[str, set[str]]:
-    return await database.read(_kept)
 
 
 def _count_runs(connection: Connection) -> int:
@@ -136,9 +49,9 @@ async def test_runs_that_ended_before_the_retention_go_with_their_messages_and_i
     database: Database,
 ) -> None:
     now = utcnow()
-    old = await add_run(database, ended_at=now - 31 * DAY)
+    old = await add_run(database, state=COMPLETED, ended_at=now - 31 * DAY)
     old_failed = await add_run(database, state=FAILED, ended_at=now - 45 * DAY)
-    recent = await add_run(database, ended_at=now - 29 * DAY)
+    recent = await add_run(database, state=COMPLETED, ended_at=now - 29 * DAY)
 
     purged = await purger(database, now).purge()
 
@@ -159,7 +72,7 @@ async def test_a_live_run_and_what_it_wrote_are_never_purged_however_old(databas
 
 async def test_a_run_whose_notice_is_still_owed_stays_until_the_notice_was_sent(database: Database) -> None:
     now = utcnow()
-    owed = await add_run(database, ended_at=now - 40 * DAY, owed=True)
+    owed = await add_run(database, state=COMPLETED, ended_at=now - 40 * DAY, owed=True)
 
     assert await purger(database, now).purge() == Purged()
     assert (await kept(database))["runs"] == {owed}
@@ -170,7 +83,7 @@ async def test_each_transaction_deletes_at_most_one_batch_and_a_pass_at_most_max
 ) -> None:
     now = utcnow()
     for age in range(40, 45):
-        await add_run(database, ended_at=now - age * DAY)
+        await add_run(database, state=COMPLETED, ended_at=now - age * DAY)
 
     before = now - 30 * DAY
     first = await database.write(functools.partial(purge_expired, before=before, limit=2))
@@ -186,9 +99,9 @@ async def test_each_transaction_deletes_at_most_one_batch_and_a_pass_at_most_max
 
 async def test_the_oldest_runs_go_first(database: Database) -> None:
     now = utcnow()
-    await add_run(database, ended_at=now - 60 * DAY)
-    await add_run(database, ended_at=now - 50 * DAY)
-    old = await add_run(database, ended_at=now - 40 * DAY)
+    await add_run(database, state=COMPLETED, ended_at=now - 60 * DAY)
+    await add_run(database, state=COMPLETED, ended_at=now - 50 * DAY)
+    old = await add_run(database, state=COMPLETED, ended_at=now - 40 * DAY)
 
     await database.write(functools.partial(purge_expired, before=now - 30 * DAY, limit=2))
     assert (await kept(database))["runs"] == {old}
@@ -201,8 +114,8 @@ async def test_the_registry_purges_runs_past_its_retention_in_the_background(
     user = new_id("user")
     async with open_database(settings.database()) as database:
         await upgrade_schema(database.write_engine())
-        old = await add_run(database, ended_at=utcnow() - 31 * DAY, user_id=user)
-        recent = await add_run(database, ended_at=utcnow() - 1 * DAY, user_id=user)
+        old = await add_run(database, state=COMPLETED, ended_at=utcnow() - 31 * DAY, user_id=user)
+        recent = await add_run(database, state=COMPLETED, ended_at=utcnow() - 1 * DAY, user_id=user)
     async with open_registry(settings, make_context) as registry:
 
         async def get(run_id: str) -> run_pb2.Run:
