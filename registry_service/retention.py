@@ -140,7 +140,7 @@ def purge_owner_batch(connection: Connection, *, tenant_id: str, user_id: str, l
         select(RUNS.c.run_id)
         .where(_of_owner(tenant_id, user_id), RUNS.c.state.in_(TERMINAL_STATES))
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update()  # wait for a row another call holds: none may be left behind
     )
     purged = _delete_runs(connection, connection.execute(candidates).scalars().all())
     if purged.runs:
