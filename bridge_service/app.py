@@ -47,7 +47,7 @@ async def open_bus(settings: BridgeSettings) -> AsyncIterator[EventBus]:
         )
         return
     client = (connect_cluster if settings.redis_cluster else connect)(
-        settings.redis_url,
+        settings.redis_url.get_secret_value(),
         client_name=redis_client_name(settings),
         timeout_s=settings.call_timeout_s,
         max_connections=settings.redis_max_connections,

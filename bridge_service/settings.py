@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import re
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runwire_common.settings import ServerSettings
 
 _PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class BridgeSettings(ServerSettings):
@@ -84,7 +86,10 @@ class BridgeSettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_BRIDGE_", populate_by_name=True, extra="ignore")
 
     backend: Literal["memory", "redis"] = Field(default="memory", description="event log and fan-out backend")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis server of backend 'redis'")
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis server of backend 'redis' (a secret: it may carry the password)",
+    )
     redis_key_prefix: str = Field(default="runwire", description="first part of every Redis key")
     retention_s: float = Field(default=86_400.0, gt=0, description="age after which events are trimmed")
     log_capacity: int = Field(default=10_000, ge=1, description="retained events per user")
@@ -126,6 +131,17 @@ class BridgeSettings(ServerSettings):
     redis_allow_eviction: bool = Field(
         default=False, description="start even on an evicting maxmemory-policy (with a warning)"
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        try:
+            scheme = urlsplit(value.get_secret_value()).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(f"redis_url must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        return value
 
     canary_interval_s: float = Field(
         default=5.0, ge=0, description="seconds between delivery canary rounds (Redis backend; 0 = off)"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from runwire_common.attestation import ContextAttestor
+from runwire_common.settings import SecretSettings, parse_attestation_keys
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset(
@@ -23,7 +24,7 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 MIN_HMAC_SECRET_BYTES = 32
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(SecretSettings):
     """Settings of one gateway process."""
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_GATEWAY_", populate_by_name=True, extra="ignore")
@@ -116,9 +117,8 @@ class GatewaySettings(BaseSettings):
 
     @field_validator("attestation_keys")
     @classmethod
-    def _keys_parse(cls, value: SecretStr) -> SecretStr:
-        ContextAttestor.from_spec(value.get_secret_value())
-        return value
+    def _keys_parse(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        return parse_attestation_keys(value, info)
 
     @field_validator("jwt_algorithms", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, event, exc
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, make_url
@@ -91,7 +92,7 @@ def _sqlite_begin(conn: Connection) -> None:
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     """An engine for ``settings.database_url``, configured for its backend."""
-    url = make_url(settings.database_url)
+    url = make_url(settings.database_url.get_secret_value())
     if url.get_backend_name() != "sqlite":
         return create_async_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
     if url.database:
@@ -104,7 +105,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
 
 def create_sqlite_thread_engine(settings: DatabaseSettings) -> Engine:
     """The synchronous (stdlib ``sqlite3``) engine of the same file, for :class:`_SqliteThreads`."""
-    url = make_url(settings.database_url).set(drivername="sqlite+pysqlite")
+    url = make_url(settings.database_url.get_secret_value()).set(drivername="sqlite+pysqlite")
     engine = create_sync_engine(
         url,
         connect_args={"timeout": settings.sqlite_busy_timeout_s, "check_same_thread": False},
@@ -167,7 +168,9 @@ class Database:
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
             self._threads = _SqliteThreads(
-                create_sqlite_thread_engine(settings or DatabaseSettings(database_url=str(engine.url)))
+                create_sqlite_thread_engine(
+                    settings or DatabaseSettings(database_url=SecretStr(str(engine.url)))
+                )
             )
 
     async def write(self, work: Callable[[Connection], T]) -> T:

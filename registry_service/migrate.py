@@ -24,6 +24,7 @@ from registry_service.database import open_database
 from registry_service.migrator import current_revision, downgrade_schema, upgrade_schema
 from registry_service.settings import DatabaseSettings
 from runwire_common.logs import configure_logging
+from runwire_common.settings import describe_invalid_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = DatabaseSettings()
     except ValidationError as exc:
-        print(f"registry migrate: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"registry migrate: invalid configuration: {describe_invalid_settings(exc)}", file=sys.stderr)
         return 2
     configure_logging("registry-migrate")
     try:

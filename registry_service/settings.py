@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from runwire_common.settings import ServerSettings
+from runwire_common.settings import SecretSettings, ServerSettings
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.runwire/registry.db"
 DATABASE_URL_ALIASES = ("RUNWIRE_REGISTRY_DATABASE_URL", "RUNWIRE_DATABASE_URL", "database_url")
@@ -29,8 +29,9 @@ def normalize_database_url(value: str) -> str:
     """Return ``value`` with an asyncio driver, or raise ``ValueError``."""
     try:
         url: URL = make_url(value)
-    except ArgumentError as exc:
-        raise ValueError(f"not a database URL: {exc}") from exc
+    except (ArgumentError, ValueError):
+        # The parser's own message quotes the URL, password included.
+        raise ValueError("not a database URL: expected DRIVER://USER:PASSWORD@HOST:PORT/DATABASE") from None
     backend = "postgresql" if url.get_backend_name() in ("postgres", "postgresql") else url.get_backend_name()
     drivers = dict(ASYNC_DRIVERS)
     if backend not in drivers:
@@ -43,13 +44,16 @@ def normalize_database_url(value: str) -> str:
     return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
 
 
-class DatabaseSettings(BaseSettings):
-    """Just the database, for ``python -m registry_service.migrate`` (no attestation keys needed)."""
+class DatabaseSettings(SecretSettings):
+    """Just the database, for ``python -m registry_service.migrate`` (no attestation keys needed).
+
+    ``database_url`` is a secret (it may carry the password): use ``get_secret_value()``.
+    """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_REGISTRY_", populate_by_name=True, extra="ignore")
 
-    database_url: str = Field(
-        default=DEFAULT_DATABASE_URL, validation_alias=AliasChoices(*DATABASE_URL_ALIASES)
+    database_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_DATABASE_URL), validation_alias=AliasChoices(*DATABASE_URL_ALIASES)
     )
     sqlite_busy_timeout_s: float = Field(
         default=30.0, gt=0, description="how long a SQLite writer waits for the file lock"
@@ -57,8 +61,8 @@ class DatabaseSettings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _async_url(cls, value: str) -> str:
-        return normalize_database_url(value)
+    def _async_url(cls, value: SecretStr) -> SecretStr:
+        return SecretStr(normalize_database_url(value.get_secret_value()))
 
 
 class RegistrySettings(ServerSettings, DatabaseSettings):

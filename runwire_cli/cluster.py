@@ -194,6 +194,8 @@ class Cluster:
         env.update(
             {
                 "RUNWIRE_ATTESTATION_KEYS": self.config.attestation_keys,
+                # A development system: known development secrets are accepted (see runwire_common.settings).
+                "RUNWIRE_DEV_MODE": "true",
                 "PYTHONUNBUFFERED": "1",
                 f"{prefix}READY_FILE": str(self.config.data_dir / "run" / f"{kind}-{index}.json"),
                 f"{prefix}GRACE_PERIOD_S": str(self.config.grace_period_s),

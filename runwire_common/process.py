@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from runwire_common.logs import configure_logging
+from runwire_common.settings import describe_invalid_settings
 
 S = TypeVar("S")
 
@@ -27,8 +28,9 @@ def run_service(
     try:
         settings = load_settings()
     except ValidationError as exc:
-        print(f"{name}: invalid configuration:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+        # Never str(exc): pydantic's text repeats every input value, secrets included.
+        print(f"{name}: invalid configuration: {describe_invalid_settings(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(name, getattr(settings, "log_level", "INFO"))
     try:
         import uvloop

@@ -53,7 +53,7 @@ def test_redis_backend_settings_come_from_the_launchers_variables(
     monkeypatch.setenv("RUNWIRE_BRIDGE_RETENTION_S", "3600")
     monkeypatch.setenv("RUNWIRE_BRIDGE_RUN_STATE_CAPACITY", "50")
     settings = BridgeSettings()  # type: ignore[call-arg]
-    assert (settings.backend, settings.redis_url, settings.redis_key_prefix) == (
+    assert (settings.backend, settings.redis_url.get_secret_value(), settings.redis_key_prefix) == (
         "redis",
         "redis://cache:6380/2",
         "rw-prod",

@@ -8,8 +8,10 @@ import os
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from bridge_service.settings import BridgeSettings
+from gateway.settings import GatewaySettings
 from tests.k8s.conftest import TARGETS, Docs, target_namespace
 from tests.k8s.render import containers, named, of_kind, workloads
 from tests.k8s.workload import (
@@ -83,6 +85,47 @@ def test_the_dev_environment_loads_the_settings_of_every_process(
     if module == "bridge_service":
         assert isinstance(settings, BridgeSettings)
         assert settings.backend == "redis"
+    if module == "gateway":
+        assert isinstance(settings, GatewaySettings)
+        assert settings.jwt_audience and settings.jwt_issuer
+
+
+@pytest.mark.parametrize("module", sorted(SETTINGS_BY_MODULE))
+def test_the_base_placeholders_are_refused_outside_development_mode(
+    rendered: dict[str, Docs], module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["base"]
+    (container,) = [c for _, c in runwire_containers(docs) if module_of(c) == module]
+    for name in [n for n in os.environ if n.upper().startswith("RUNWIRE_")]:
+        monkeypatch.delenv(name)
+    for name, value in container_env(container, docs).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="known development value.*RUNWIRE_DEV_MODE=true"):
+        SETTINGS_BY_MODULE[module]()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_dev_overlay_runs_in_development_mode(rendered: dict[str, Docs], target: str) -> None:
+    docs = rendered[target]
+    modes = {
+        f"{workload['metadata']['name']}/{container['name']}": container_env(container, docs).get(
+            "RUNWIRE_DEV_MODE"
+        )
+        for workload, container in runwire_containers(docs)
+    }
+    expected = "true" if target == "dev" else None
+    assert modes == dict.fromkeys(modes, expected)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_gateway_checks_the_audience_and_issuer_of_every_token(
+    rendered: dict[str, Docs], target: str
+) -> None:
+    docs = rendered[target]
+    (container,) = [c for _, c in runwire_containers(docs) if module_of(c) == "gateway"]
+    env = container_env(container, docs)
+    for name in ("RUNWIRE_GATEWAY_JWT_AUDIENCE", "RUNWIRE_GATEWAY_JWT_ISSUER"):
+        assert env.get(name, "").strip(), f"{target}: {name} is not set"
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -26,7 +26,7 @@ def test_the_defaults_are_a_local_sqlite_file_three_live_runs_and_migrating_on_s
 ) -> None:
     settings = RegistrySettings(attestation_keys=SecretStr(attestation_key_spec))
 
-    assert settings.database_url == "sqlite+aiosqlite:///./.runwire/registry.db"
+    assert settings.database_url.get_secret_value() == "sqlite+aiosqlite:///./.runwire/registry.db"
     assert settings.max_live_runs_per_user == 3
     assert settings.migrate_on_start is True
 
@@ -41,7 +41,7 @@ def test_the_prefixed_environment_configures_the_registry(
 
     settings = RegistrySettings()  # type: ignore[call-arg]
 
-    assert settings.database_url == "postgresql+asyncpg://db.internal/runs"
+    assert settings.database_url.get_secret_value() == "postgresql+asyncpg://db.internal/runs"
     assert settings.max_live_runs_per_user == 5
     assert settings.migrate_on_start is False
 
@@ -50,10 +50,10 @@ def test_the_shared_database_variable_is_accepted_and_loses_to_the_prefixed_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RUNWIRE_DATABASE_URL", "postgresql+asyncpg://shared/runs")
-    assert DatabaseSettings().database_url == "postgresql+asyncpg://shared/runs"
+    assert DatabaseSettings().database_url.get_secret_value() == "postgresql+asyncpg://shared/runs"
 
     monkeypatch.setenv("RUNWIRE_REGISTRY_DATABASE_URL", "postgresql+asyncpg://own/runs")
-    assert DatabaseSettings().database_url == "postgresql+asyncpg://own/runs"
+    assert DatabaseSettings().database_url.get_secret_value() == "postgresql+asyncpg://own/runs"
 
 
 @pytest.mark.parametrize(

@@ -195,3 +195,15 @@ def test_only_the_launchers_gateway_offers_development_sign_in(
     assert cluster._env("gateway", 0)["RUNWIRE_GATEWAY_DEV_TOKENS"] == "true"
     for kind in ("registry", "bridge", "execution"):
         assert not any(name.endswith("DEV_TOKENS") for name in cluster._env(kind, 0))
+
+
+def test_runwire_up_runs_every_service_in_development_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runwire_cli.cluster import Cluster, ClusterConfig
+
+    monkeypatch.setenv("RUNWIRE_DEV_MODE", "false")  # the caller's own environment does not decide
+    cluster = Cluster(ClusterConfig(data_dir=tmp_path, attestation_keys=generate_key_spec(), jwt_secret="s"))
+    monkeypatch.setattr(cluster, "_targets", lambda kind: f"127.0.0.1:{len(kind)}")  # nothing launched here
+    for kind in ("registry", "bridge", "execution", "gateway"):
+        assert cluster._env(kind, 0)["RUNWIRE_DEV_MODE"] == "true", kind
