@@ -7,8 +7,13 @@ Two rules must hold cluster-wide, however many registry replicas race:
   multitask strategy (``reject`` refuses it, ``enqueue`` queues it as a
   ``pending`` run, ``interrupt`` cancels the thread's live runs first).
 
-Both are "count, then insert", so admissions of one user are serialised by
-the database: the transaction first locks the user's row in ``run_owners``.
+Both count per owner, ``(tenant_id, user_id)``: equal user ids in two
+tenants are two users with a quota each. Both are "count, then insert", so
+admissions of one user are serialised by the database: the transaction
+first locks the user's row in ``run_owners``. That row is keyed by
+``user_id`` alone, so equal user ids of two tenants share it: their
+admissions wait for each other, which costs a little concurrency and keeps
+every count exact (a coarser lock serialises a superset).
 On PostgreSQL that is one statement, ``INSERT … ON CONFLICT DO UPDATE``,
 which creates the row or takes its row lock; the next admission of that user
 waits on the lock and, once it has it (read committed), counts with a fresh
@@ -69,6 +74,7 @@ from registry_service.states import (
 )
 from runwire_common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from runwire_common.ids import new_id
+from runwire_common.owners import Owner
 
 # initial state → the transitions that take a new pending run there, in order (each one counted).
 INITIAL_STEPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -135,7 +141,11 @@ NEW_RUN_COLUMNS = tuple(
 STATEMENTS: Mapping[str, Executable] = MappingProxyType(
     {
         "live_runs": select(RUNS.c.run_id, RUNS.c.thread_id)
-        .where(RUNS.c.user_id == bindparam("user_id"), RUNS.c.state.in_(LIVE_STATES))
+        .where(
+            RUNS.c.user_id == bindparam("user_id"),
+            RUNS.c.tenant_id == bindparam("tenant_id"),
+            RUNS.c.state.in_(LIVE_STATES),
+        )
         .order_by(RUNS.c.created_at, RUNS.c.run_id),
         # The run, if its thread has no live run and its user fewer than max_live_runs: one statement.
         "admit_on_free_thread": RUNS.insert()
@@ -144,11 +154,16 @@ STATEMENTS: Mapping[str, Executable] = MappingProxyType(
             select(*(bindparam(name, type_=RUNS.c[name].type) for name in NEW_RUN_COLUMNS)).where(
                 select(func.count())
                 .select_from(RUNS)
-                .where(RUNS.c.user_id == bindparam("user_id"), RUNS.c.state.in_(LIVE_STATES))
+                .where(
+                    RUNS.c.user_id == bindparam("user_id"),
+                    RUNS.c.tenant_id == bindparam("tenant_id"),
+                    RUNS.c.state.in_(LIVE_STATES),
+                )
                 .scalar_subquery()
                 < bindparam("max_live_runs"),
                 ~exists().where(
                     RUNS.c.user_id == bindparam("user_id"),
+                    RUNS.c.tenant_id == bindparam("tenant_id"),
                     RUNS.c.thread_id == bindparam("thread_id"),
                     RUNS.c.state.in_(LIVE_STATES),
                 ),
@@ -166,9 +181,11 @@ def lock_owner(connection: Connection, user_id: str, *, now: datetime) -> None:
     connection.execute(LOCK_OWNER[dialect], {"user_id": user_id, "now": now})
 
 
-def live_runs(connection: Connection, user_id: str) -> list[LiveRun]:
-    """The user's live runs, oldest first (at most the quota, so few)."""
-    rows = connection.execute(STATEMENTS["live_runs"], {"user_id": user_id})
+def live_runs(connection: Connection, owner: Owner) -> list[LiveRun]:
+    """The owner's live runs, oldest first (at most the quota, so few)."""
+    rows = connection.execute(
+        STATEMENTS["live_runs"], {"user_id": owner.user_id, "tenant_id": owner.tenant_id}
+    )
     return [LiveRun(run_id=row.run_id, thread_id=row.thread_id) for row in rows]
 
 
@@ -194,7 +211,7 @@ def _refuse_busy_thread(request: NewRun, busy: LiveRun) -> FailedPrecondition:
 
 
 def interrupt_thread(
-    connection: Connection, *, user_id: str, thread_id: str, now: datetime
+    connection: Connection, *, owner: Owner, thread_id: str, now: datetime
 ) -> list[Row[Any]]:
     """Cancel every live run of the thread (queued ones too); return them oldest first.
 
@@ -204,7 +221,12 @@ def interrupt_thread(
     """
     statement = (
         update(RUNS)
-        .where(RUNS.c.user_id == user_id, RUNS.c.thread_id == thread_id, RUNS.c.state.in_(LIVE_STATES))
+        .where(
+            RUNS.c.user_id == owner.user_id,
+            RUNS.c.tenant_id == owner.tenant_id,
+            RUNS.c.thread_id == thread_id,
+            RUNS.c.state.in_(LIVE_STATES),
+        )
         .values(
             state=CANCELLED,
             error_code=INTERRUPTED,
@@ -277,7 +299,7 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
     if admitted is not None:
         return Admission(run=admitted, entered=_steps(request, queued=False))
     # The thread is busy or the quota reached: decide from the live runs (still under the lock).
-    live = live_runs(connection, request.user_id)
+    live = live_runs(connection, Owner(request.tenant_id, request.user_id))
     on_thread = [run for run in live if run.thread_id == request.thread_id]
     if on_thread and request.multitask_strategy not in (ENQUEUE, INTERRUPT):
         raise _refuse_busy_thread(request, on_thread[0])
@@ -291,7 +313,7 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
     interrupted: list[Row[Any]] = []
     if interrupting:
         interrupted = interrupt_thread(
-            connection, user_id=request.user_id, thread_id=request.thread_id, now=now
+            connection, owner=Owner(request.tenant_id, request.user_id), thread_id=request.thread_id, now=now
         )
     queued = bool(on_thread) and request.multitask_strategy == ENQUEUE
     if queued:

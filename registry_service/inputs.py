@@ -23,7 +23,7 @@ declared dead while waiting keeps its request unanswered; answering it then
 is ``FAILED_PRECONDITION`` (the run is no longer waiting).
 
 Everything here is SQLAlchemy Core on one synchronous ``Connection``; every
-query is scoped by ``user_id`` (another user's request is ``NOT_FOUND``).
+query is scoped by the owner, ``(tenant_id, user_id)``: another owner's request is ``NOT_FOUND``.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from sqlalchemy import Executable, Row, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from registry_service.models import INPUT_REQUESTS, RUNS
+from registry_service.ownership import input_of_owner, owner_parameters, run_of_owner
 from registry_service.runs import RunPage, find_run, get_run, not_found
 from registry_service.states import RUNNING, WAITING, is_terminal
 from runwire_common.errors import AlreadyExists, FailedPrecondition, NotFound
+from runwire_common.owners import Owner
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def _move(to_state: str, *, source: str, with_version: bool) -> Executable:
         update(RUNS)
         .where(
             RUNS.c.run_id == bindparam("match_run_id"),
-            RUNS.c.user_id == bindparam("match_user_id"),
+            *run_of_owner(),
             RUNS.c.state == source,
         )
         .values(state=to_state, version=RUNS.c.version + 1, updated_at=bindparam("now"))
@@ -81,14 +83,14 @@ STATEMENTS: Mapping[str, Executable] = MappingProxyType(
         "find": select(INPUT_REQUESTS).where(
             INPUT_REQUESTS.c.run_id == bindparam("match_run_id"),
             INPUT_REQUESTS.c.request_id == bindparam("match_request_id"),
-            INPUT_REQUESTS.c.user_id == bindparam("match_user_id"),
+            *input_of_owner(),
         ),
         "insert": INPUT_REQUESTS.insert().returning(*INPUT_REQUESTS.c),
         "answer": update(INPUT_REQUESTS)
         .where(
             INPUT_REQUESTS.c.run_id == bindparam("match_run_id"),
             INPUT_REQUESTS.c.request_id == bindparam("match_request_id"),
-            INPUT_REQUESTS.c.user_id == bindparam("match_user_id"),
+            *input_of_owner(),
             INPUT_REQUESTS.c.answered_at.is_(None),
         )
         .values(response_json=bindparam("response_json"), answered_at=bindparam("now"))
@@ -101,13 +103,13 @@ def input_not_found(request_id: str, run_id: str) -> NotFound:
     return NotFound(f"input request {request_id!r} of run {run_id!r} not found")
 
 
-def find_input(connection: Connection, *, user_id: str, run_id: str, request_id: str) -> Row[Any] | None:
-    parameters = {"match_run_id": run_id, "match_request_id": request_id, "match_user_id": user_id}
+def find_input(connection: Connection, *, owner: Owner, run_id: str, request_id: str) -> Row[Any] | None:
+    parameters = {"match_run_id": run_id, "match_request_id": request_id, **owner_parameters(owner)}
     return connection.execute(STATEMENTS["find"], parameters).one_or_none()
 
 
 def request_input(
-    connection: Connection, new: NewInput, *, user_id: str, run_id: str, now: datetime
+    connection: Connection, new: NewInput, *, owner: Owner, run_id: str, now: datetime
 ) -> tuple[Row[Any], Row[Any]]:
     """Move the running run to ``waiting`` and store ``new``; return the run and the stored request.
 
@@ -115,19 +117,19 @@ def request_input(
     run already used ``new.request_id``, ``FAILED_PRECONDITION`` when the run
     is not ``running``. A refusal changes nothing (the transaction rolls back).
     """
-    parameters = {"match_run_id": run_id, "match_user_id": user_id, "now": now}
+    parameters = {"match_run_id": run_id, **owner_parameters(owner), "now": now}
     waiting = connection.execute(STATEMENTS["wait"], parameters).one_or_none()
     if waiting is None:
-        raise _why_not_waiting(connection, new, user_id=user_id, run_id=run_id)
+        raise _why_not_waiting(connection, new, owner=owner, run_id=run_id)
     # Under the run's row lock: no other request of this run can be inserted meanwhile.
-    if find_input(connection, user_id=user_id, run_id=run_id, request_id=new.request_id) is not None:
+    if find_input(connection, owner=owner, run_id=run_id, request_id=new.request_id) is not None:
         raise _duplicate(new, run_id)
     stored = connection.execute(
         STATEMENTS["insert"],
         {
             "run_id": run_id,
             "request_id": new.request_id,
-            "user_id": user_id,
+            "user_id": owner.user_id,
             "kind": new.kind,
             "prompt": new.prompt,
             "schema_json": new.schema_json,
@@ -149,12 +151,12 @@ def _duplicate(new: NewInput, run_id: str) -> AlreadyExists:
 
 
 def _why_not_waiting(
-    connection: Connection, new: NewInput, *, user_id: str, run_id: str
+    connection: Connection, new: NewInput, *, owner: Owner, run_id: str
 ) -> NotFound | AlreadyExists | FailedPrecondition:
-    run = find_run(connection, user_id=user_id, run_id=run_id)
+    run = find_run(connection, owner=owner, run_id=run_id)
     if run is None:
         return not_found(run_id)
-    if find_input(connection, user_id=user_id, run_id=run_id, request_id=new.request_id) is not None:
+    if find_input(connection, owner=owner, run_id=run_id, request_id=new.request_id) is not None:
         return _duplicate(new, run_id)
     if is_terminal(run.state):
         return FailedPrecondition(f"run is already {run.state}")
@@ -162,7 +164,7 @@ def _why_not_waiting(
 
 
 def answer_input(
-    connection: Connection, *, user_id: str, run_id: str, request_id: str, response_json: str, now: datetime
+    connection: Connection, *, owner: Owner, run_id: str, request_id: str, response_json: str, now: datetime
 ) -> tuple[Row[Any], Row[Any]]:
     """Record the answer to the run's pending request and resume the run; return both.
 
@@ -170,7 +172,7 @@ def answer_input(
     ``FAILED_PRECONDITION`` when the request was already answered or the run
     is no longer waiting for it. A refusal changes nothing.
     """
-    request = find_input(connection, user_id=user_id, run_id=run_id, request_id=request_id)
+    request = find_input(connection, owner=owner, run_id=run_id, request_id=request_id)
     if request is None:
         raise input_not_found(request_id, run_id)
     already = FailedPrecondition(f"input request {request_id!r} was already answered")
@@ -179,7 +181,7 @@ def answer_input(
     parameters = {
         "match_run_id": run_id,
         "match_request_id": request_id,
-        "match_user_id": user_id,
+        **owner_parameters(owner),
         "response_json": response_json,
         "now": now,
     }
@@ -190,23 +192,23 @@ def answer_input(
         STATEMENTS["resume"],
         {
             "match_run_id": run_id,
-            "match_user_id": user_id,
+            **owner_parameters(owner),
             "now": now,
             "expected_version": request.run_version,
         },
     ).one_or_none()
     if resumed is None:  # raising rolls the answer back
-        run = get_run(connection, user_id=user_id, run_id=run_id)
+        run = get_run(connection, owner=owner, run_id=run_id)
         raise FailedPrecondition(f"run is {run.state}, no longer waiting for input request {request_id!r}")
     return resumed, answered
 
 
 def get_input(
-    connection: Connection, *, user_id: str, run_id: str, request_id: str
+    connection: Connection, *, owner: Owner, run_id: str, request_id: str
 ) -> tuple[Row[Any], Row[Any], Row[Any] | None]:
     """The request (with its answer once given), the run now, and the run's pending request."""
-    run = get_run(connection, user_id=user_id, run_id=run_id)
-    request = find_input(connection, user_id=user_id, run_id=run_id, request_id=request_id)
+    run = get_run(connection, owner=owner, run_id=run_id)
+    request = find_input(connection, owner=owner, run_id=run_id, request_id=request_id)
     if request is None:
         raise input_not_found(request_id, run_id)
     if is_pending(request, run):

@@ -1,9 +1,10 @@
 """Reading runs and moving them through the state machine.
 
-Every query is scoped by ``user_id``: another user's run is indistinguishable
+Every query is scoped by the owner, ``(tenant_id, user_id)`` (see
+:mod:`registry_service.ownership`): another owner's run is indistinguishable
 from a run that does not exist (``NOT_FOUND``).
 
-A transition is one conditional ``UPDATE … WHERE run_id AND user_id AND
+A transition is one conditional ``UPDATE … WHERE run_id AND owner AND
 state IN (legal sources) [AND version = expected] RETURNING …``; whether it
 happened is decided by the row it affected, never by reading first. Only
 when no row matched is the run read, and then only to say *why* (missing,
@@ -46,6 +47,7 @@ from sqlalchemy.engine import Connection
 
 from registry_service.admission import lock_owner
 from registry_service.models import RUNS
+from registry_service.ownership import owned_by, owner_parameters, run_of_owner
 from registry_service.paging import PageCursor
 from registry_service.states import (
     ACTIVE_STATES,
@@ -63,6 +65,7 @@ from registry_service.states import (
     is_terminal,
 )
 from runwire_common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, RunwireError
+from runwire_common.owners import Owner
 
 
 @dataclass(frozen=True)
@@ -118,24 +121,20 @@ def not_found(run_id: str) -> NotFound:
 
 
 # The hot statements are built once: executing a prebuilt statement skips building it per call.
-# run_id, user_id → the run (a mapping only because the module-state scan trusts immutable containers).
+# run_id, owner → the run (a mapping only because the module-state scan trusts immutable containers).
 FIND_RUN: Mapping[str, Select[Any]] = MappingProxyType(
-    {
-        "by_owner": select(RUNS).where(
-            RUNS.c.run_id == bindparam("match_run_id"), RUNS.c.user_id == bindparam("match_user_id")
-        )
-    }
+    {"by_owner": select(RUNS).where(RUNS.c.run_id == bindparam("match_run_id"), *run_of_owner())}
 )
 
 
-def find_run(connection: Connection, *, user_id: str, run_id: str) -> Row[Any] | None:
+def find_run(connection: Connection, *, owner: Owner, run_id: str) -> Row[Any] | None:
     return connection.execute(
-        FIND_RUN["by_owner"], {"match_run_id": run_id, "match_user_id": user_id}
+        FIND_RUN["by_owner"], {"match_run_id": run_id, **owner_parameters(owner)}
     ).one_or_none()
 
 
-def get_run(connection: Connection, *, user_id: str, run_id: str) -> Row[Any]:
-    record = find_run(connection, user_id=user_id, run_id=run_id)
+def get_run(connection: Connection, *, owner: Owner, run_id: str) -> Row[Any]:
+    record = find_run(connection, owner=owner, run_id=run_id)
     if record is None:
         raise not_found(run_id)
     return record
@@ -179,7 +178,7 @@ def _update_for(
         update(RUNS)
         .where(
             RUNS.c.run_id == bindparam("match_run_id"),
-            RUNS.c.user_id == bindparam("match_user_id"),
+            *run_of_owner(),
             RUNS.c.state.in_(sorted(sources if sources is not None else TRANSITION_SOURCES[to_state])),
         )
         .values(values)
@@ -228,8 +227,8 @@ THROUGH_COMPLETING: Mapping[tuple[bool, bool], Update] = MappingProxyType(
 )
 
 
-def _parameters(change: Transition, *, user_id: str, run_id: str, now: datetime) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"match_run_id": run_id, "match_user_id": user_id, "now": now}
+def _parameters(change: Transition, *, owner: Owner, run_id: str, now: datetime) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"match_run_id": run_id, **owner_parameters(owner), "now": now}
     if change.to_state == STARTING:
         parameters["started_at"] = now
     if is_terminal(change.to_state):
@@ -251,7 +250,7 @@ def _parameters(change: Transition, *, user_id: str, run_id: str, now: datetime)
 
 
 def try_transition(
-    connection: Connection, change: Transition, *, user_id: str, run_id: str, now: datetime
+    connection: Connection, change: Transition, *, owner: Owner, run_id: str, now: datetime
 ) -> tuple[Row[Any], tuple[str, ...]] | None:
     """Apply ``change`` if its one conditional ``UPDATE`` can; return the run and the states it entered.
 
@@ -270,13 +269,13 @@ def try_transition(
         statement, entered = UNQUEUED_STARTS[with_version], (STARTING,)
     else:
         statement, entered = UPDATES[(change.to_state, with_result, with_version)], (change.to_state,)
-    parameters = _parameters(change, user_id=user_id, run_id=run_id, now=now)
+    parameters = _parameters(change, owner=owner, run_id=run_id, now=now)
     updated = connection.execute(statement, parameters).one_or_none()
     return None if updated is None else (updated, entered)
 
 
 def transition_run(
-    connection: Connection, change: Transition, *, user_id: str, run_id: str, now: datetime
+    connection: Connection, change: Transition, *, owner: Owner, run_id: str, now: datetime
 ) -> Row[Any]:
     """Apply ``change`` atomically and return the updated run.
 
@@ -286,23 +285,23 @@ def transition_run(
     start yet.
     """
     if not TRANSITION_SOURCES[change.to_state]:
-        raise _why_not(connection, change, user_id=user_id, run_id=run_id)
+        raise _why_not(connection, change, owner=owner, run_id=run_id)
     with_version = bool(change.expected_version)
     statement = UPDATES[(change.to_state, change.result_json is not None, with_version)]
-    parameters = _parameters(change, user_id=user_id, run_id=run_id, now=now)
+    parameters = _parameters(change, owner=owner, run_id=run_id, now=now)
     if change.to_state == STARTING:
         # Unqueued runs: the one UPDATE. Queued (or unknown) ones fall through to the thread check.
         updated = connection.execute(UNQUEUED_STARTS[with_version], parameters).one_or_none()
         if updated is not None:
             return updated
-        _wait_for_the_thread(connection, user_id=user_id, run_id=run_id, now=now)
+        _wait_for_the_thread(connection, owner=owner, run_id=run_id, now=now)
     updated = connection.execute(statement, parameters).one_or_none()
     if updated is not None:
         return updated
-    raise _why_not(connection, change, user_id=user_id, run_id=run_id)
+    raise _why_not(connection, change, owner=owner, run_id=run_id)
 
 
-def _wait_for_the_thread(connection: Connection, *, user_id: str, run_id: str, now: datetime) -> None:
+def _wait_for_the_thread(connection: Connection, *, owner: Owner, run_id: str, now: datetime) -> None:
     """Refuse with ``ABORTED`` to start a queued run while its thread is busy or a run before it waits.
 
     Runs under the owner lock that ``CreateRun`` takes (PostgreSQL row lock,
@@ -312,10 +311,10 @@ def _wait_for_the_thread(connection: Connection, *, user_id: str, run_id: str, n
     are the thread's active runs, its unqueued pending run (admitted before
     any run was queued behind it) and older queued runs.
     """
-    lock_owner(connection, user_id, now=now)
+    lock_owner(connection, owner.user_id, now=now)
     run = connection.execute(
         select(RUNS.c.thread_id, RUNS.c.created_at, RUNS.c.state).where(
-            RUNS.c.run_id == run_id, RUNS.c.user_id == user_id
+            RUNS.c.run_id == run_id, owned_by(RUNS, owner)
         )
     ).one_or_none()
     if run is None or run.state != PENDING:
@@ -328,7 +327,7 @@ def _wait_for_the_thread(connection: Connection, *, user_id: str, run_id: str, n
     blocking = connection.execute(
         select(RUNS.c.run_id)
         .where(
-            RUNS.c.user_id == user_id,
+            owned_by(RUNS, owner),
             RUNS.c.thread_id == run.thread_id,
             RUNS.c.run_id != run_id,
             or_(RUNS.c.state.in_(ACTIVE_STATES), and_(RUNS.c.state == PENDING, ahead)),
@@ -341,7 +340,7 @@ def _wait_for_the_thread(connection: Connection, *, user_id: str, run_id: str, n
 
 
 def complete_through(
-    connection: Connection, change: Transition, *, user_id: str, run_id: str, now: datetime
+    connection: Connection, change: Transition, *, owner: Owner, run_id: str, now: datetime
 ) -> tuple[Row[Any], tuple[str, ...]]:
     """Complete a ``running`` run through ``completing`` (or a ``completing`` one); return it and the states it entered.
 
@@ -352,7 +351,7 @@ def complete_through(
     ``expected_version`` compared to the version before the call.
     """
     with_result, with_version = change.result_json is not None, bool(change.expected_version)
-    parameters = _parameters(change, user_id=user_id, run_id=run_id, now=now)
+    parameters = _parameters(change, owner=owner, run_id=run_id, now=now)
     updated = connection.execute(THROUGH_COMPLETING[(with_result, with_version)], parameters).one_or_none()
     if updated is not None:
         return updated, (COMPLETING, COMPLETED)
@@ -360,20 +359,18 @@ def complete_through(
     updated = connection.execute(UPDATES[(COMPLETED, with_result, with_version)], parameters).one_or_none()
     if updated is not None:
         return updated, (COMPLETED,)
-    raise _why_not(
-        connection, change, user_id=user_id, run_id=run_id, sources=frozenset({RUNNING, COMPLETING})
-    )
+    raise _why_not(connection, change, owner=owner, run_id=run_id, sources=frozenset({RUNNING, COMPLETING}))
 
 
 def _why_not(
     connection: Connection,
     change: Transition,
     *,
-    user_id: str,
+    owner: Owner,
     run_id: str,
     sources: frozenset[str] | None = None,
 ) -> RunwireError:
-    current = find_run(connection, user_id=user_id, run_id=run_id)
+    current = find_run(connection, owner=owner, run_id=run_id)
     if current is None:
         return not_found(run_id)
     if is_terminal(current.state):
@@ -399,7 +396,7 @@ def _heartbeat_update(*, with_executor: bool) -> Update:
         update(RUNS)
         .where(
             RUNS.c.run_id == bindparam("match_run_id"),
-            RUNS.c.user_id == bindparam("match_user_id"),
+            *run_of_owner(),
             RUNS.c.state.in_(LIVE_STATES),
         )
         .values(values)
@@ -414,7 +411,7 @@ HEARTBEATS: Mapping[bool, Update] = MappingProxyType(
 
 
 def heartbeat(
-    connection: Connection, *, user_id: str, run_id: str, executor_id: str, now: datetime
+    connection: Connection, *, owner: Owner, run_id: str, executor_id: str, now: datetime
 ) -> Row[Any]:
     """Record that ``executor_id`` still runs a live run, and return the run.
 
@@ -423,26 +420,26 @@ def heartbeat(
     stop. Heartbeats do not count as transitions, so ``version`` is untouched.
     One ``UPDATE … RETURNING``; only a run that is not live is read again.
     """
-    parameters: dict[str, Any] = {"match_run_id": run_id, "match_user_id": user_id, "now": now}
+    parameters: dict[str, Any] = {"match_run_id": run_id, **owner_parameters(owner), "now": now}
     if executor_id:
         parameters["executor_id"] = executor_id
     updated = connection.execute(HEARTBEATS[bool(executor_id)], parameters).one_or_none()
     if updated is not None:
         return updated
-    return get_run(connection, user_id=user_id, run_id=run_id)
+    return get_run(connection, owner=owner, run_id=run_id)
 
 
 def list_runs(
     connection: Connection,
     *,
-    user_id: str,
+    owner: Owner,
     limit: int,
     thread_id: str = "",
     state: str = "",
     after: PageCursor | None = None,
 ) -> RunPage:
     """The caller's runs, newest first, at most ``limit`` of them after ``after``."""
-    statement = select(RUNS).where(RUNS.c.user_id == user_id)
+    statement = select(RUNS).where(owned_by(RUNS, owner))
     if thread_id:
         statement = statement.where(RUNS.c.thread_id == thread_id)
     if state:

@@ -3,7 +3,7 @@
 Each method validates the caller's ``UserContext``, validates the message,
 runs the call as one database transaction of the domain modules; the
 ``@unary`` decorator maps domain errors to status codes. Run-scoped calls act
-on ``user_context.run_id`` and always within ``user_context.user_id``.
+on ``user_context.run_id`` and always within the caller's ``(tenant_id, user_id)``.
 
 A waiting run's ``pending_input`` is read in the same transaction as the run
 (``GetRun``, ``ListRuns``, ``Heartbeat``, ``GetInput``); only waiting runs cost
@@ -50,6 +50,7 @@ from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import RunwireError
 from runwire_common.logs import bind
+from runwire_common.owners import owner_of
 from runwire_common.servicer import unary
 from runwire_common.timeutil import utcnow
 
@@ -112,21 +113,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.TransitionRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         change = validation.transition(request)
-        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
         moved = await self._database.write_statement(
-            lambda connection: try_transition(connection, change, user_id=user_id, run_id=run_id, now=now)
+            lambda connection: try_transition(connection, change, owner=owner, run_id=run_id, now=now)
         )
         if moved is not None:
             record, entered = moved
         elif change.through_completing:
             record, entered = await self._database.write(
-                lambda connection: complete_through(
-                    connection, change, user_id=user_id, run_id=run_id, now=now
-                )
+                lambda connection: complete_through(connection, change, owner=owner, run_id=run_id, now=now)
             )
         else:
             record = await self._database.write(
-                lambda connection: transition_run(connection, change, user_id=user_id, run_id=run_id, now=now)
+                lambda connection: transition_run(connection, change, owner=owner, run_id=run_id, now=now)
             )
             entered = (str(record.state),)
         for state in entered:
@@ -141,11 +140,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.HeartbeatResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         executor_id = validation.executor_id(request.executor_id)
-        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
         record, pending = await self._database.write_statement(
             lambda connection: with_pending(
                 connection,
-                heartbeat(connection, user_id=user_id, run_id=run_id, executor_id=executor_id, now=now),
+                heartbeat(connection, owner=owner, run_id=run_id, executor_id=executor_id, now=now),
             )
         )
         return registry_pb2.HeartbeatResponse(run=run_message(record, pending=pending))
@@ -155,9 +154,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetRunRequest, context: Context
     ) -> registry_pb2.GetRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
-        user_id, run_id = ctx.user_id, ctx.run_id
+        owner, run_id = owner_of(ctx), ctx.run_id
         record, pending = await self._database.read(
-            lambda connection: with_pending(connection, get_run(connection, user_id=user_id, run_id=run_id))
+            lambda connection: with_pending(connection, get_run(connection, owner=owner, run_id=run_id))
         )
         return registry_pb2.GetRunResponse(run=run_message(record, pending=pending))
 
@@ -169,12 +168,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         thread_id, state = validation.list_filters(request)
         limit = page_size(request.page_size)
         after = decode_page_token(request.page_token)
-        user_id = ctx.user_id
+        owner = owner_of(ctx)
         page, pending = await self._database.read(
             lambda connection: with_pendings(
                 connection,
                 list_runs(
-                    connection, user_id=user_id, limit=limit, thread_id=thread_id, state=state, after=after
+                    connection, owner=owner, limit=limit, thread_id=thread_id, state=state, after=after
                 ),
             )
         )
@@ -188,9 +187,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.RequestInputResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         new = validation.new_input(request)
-        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
         record, stored = await self._database.write(
-            lambda connection: request_input(connection, new, user_id=user_id, run_id=run_id, now=now)
+            lambda connection: request_input(connection, new, owner=owner, run_id=run_id, now=now)
         )
         self._metrics.count_transition(WAITING)
         if log.isEnabledFor(logging.DEBUG):
@@ -203,11 +202,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.AnswerInputResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         request_id, response_json = validation.answer(request)
-        user_id, run_id, now = ctx.user_id, ctx.run_id, self._clock()
+        owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
         record, answered = await self._database.write(
             lambda connection: answer_input(
                 connection,
-                user_id=user_id,
+                owner=owner,
                 run_id=run_id,
                 request_id=request_id,
                 response_json=response_json,
@@ -225,9 +224,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.GetInputResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         request_id = validation.request_id(request.request_id)
-        user_id, run_id = ctx.user_id, ctx.run_id
+        owner, run_id = owner_of(ctx), ctx.run_id
         stored, record, pending = await self._database.read(
-            lambda connection: get_input(connection, user_id=user_id, run_id=run_id, request_id=request_id)
+            lambda connection: get_input(connection, owner=owner, run_id=run_id, request_id=request_id)
         )
         return registry_pb2.GetInputResponse(
             input=input_message(stored), run=run_message(record, pending=pending)
@@ -239,10 +238,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.AppendMessagesResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id", "thread_id"))
         messages = validation.messages(request, run_id=ctx.run_id)
-        user_id, thread_id, run_id, now = ctx.user_id, ctx.thread_id, ctx.run_id, self._clock()
+        owner, thread_id, run_id, now = owner_of(ctx), ctx.thread_id, ctx.run_id, self._clock()
         stored = await self._database.write(
             lambda connection: append_messages(
-                connection, messages, user_id=user_id, thread_id=thread_id, run_id=run_id, now=now
+                connection, messages, owner=owner, thread_id=thread_id, run_id=run_id, now=now
             )
         )
         return registry_pb2.AppendMessagesResponse(stored=stored)
@@ -254,9 +253,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         ctx = validate_context(request.user_context, attestor=self._attestor)
         limit = page_size(request.page_size)
         after = decode_thread_token(request.page_token)
-        user_id = ctx.user_id
+        owner = owner_of(ctx)
         page = await self._database.read(
-            lambda connection: list_threads(connection, user_id=user_id, limit=limit, after=after)
+            lambda connection: list_threads(connection, owner=owner, limit=limit, after=after)
         )
         token = encode_thread_token(page.next_cursor) if page.next_cursor is not None else ""
         return registry_pb2.ListThreadsResponse(
@@ -269,10 +268,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.GetThreadResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
         max_messages = validation.max_messages(request.max_messages)
-        user_id, thread_id = ctx.user_id, ctx.thread_id
+        owner, thread_id = owner_of(ctx), ctx.thread_id
         summary, messages = await self._database.read(
             lambda connection: get_thread(
-                connection, user_id=user_id, thread_id=thread_id, max_messages=max_messages
+                connection, owner=owner, thread_id=thread_id, max_messages=max_messages
             )
         )
         return registry_pb2.GetThreadResponse(
@@ -284,9 +283,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DeleteThreadRequest, context: Context
     ) -> registry_pb2.DeleteThreadResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
-        user_id, thread_id, now = ctx.user_id, ctx.thread_id, self._clock()
+        owner, thread_id, now = owner_of(ctx), ctx.thread_id, self._clock()
         runs, messages = await self._database.write(
-            lambda connection: delete_thread(connection, user_id=user_id, thread_id=thread_id, now=now)
+            lambda connection: delete_thread(connection, owner=owner, thread_id=thread_id, now=now)
         )
         bind(log, ctx).info("thread deleted", extra={"deleted_runs": runs, "deleted_messages": messages})
         return registry_pb2.DeleteThreadResponse(deleted_runs=runs, deleted_messages=messages)

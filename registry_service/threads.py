@@ -17,7 +17,7 @@ live and deletes the thread's input requests, runs and messages, in that
 order and in one transaction. An append racing the delete either finished
 first (its messages are deleted with the rest) or finds its run gone.
 
-Everything is scoped by ``user_id``: another user's thread is ``NOT_FOUND``.
+Everything is scoped by the owner, ``(tenant_id, user_id)``: another owner's thread is ``NOT_FOUND``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from sqlalchemy.engine import Connection
 
 from registry_service.admission import lock_owner
 from registry_service.models import INPUT_REQUESTS, RUNS, THREAD_MESSAGES, UTCDateTime
+from registry_service.ownership import owned_by
 from registry_service.paging import ThreadCursor
 from registry_service.runs import not_found
 from registry_service.states import LIVE_STATES, TERMINAL_STATES
 from runwire_common.errors import FailedPrecondition, NotFound
+from runwire_common.owners import Owner
 
 TITLE_LENGTH = 80
 # Read a little more than the title, so collapsing white space still leaves a full one.
@@ -79,7 +81,7 @@ def append_messages(
     connection: Connection,
     messages: Sequence[NewMessage],
     *,
-    user_id: str,
+    owner: Owner,
     thread_id: str,
     run_id: str,
     now: datetime,
@@ -91,7 +93,7 @@ def append_messages(
     """
     run = connection.execute(
         select(RUNS.c.thread_id, RUNS.c.tenant_id)
-        .where(RUNS.c.run_id == run_id, RUNS.c.user_id == user_id)
+        .where(RUNS.c.run_id == run_id, owned_by(RUNS, owner))
         .with_for_update()
     ).one_or_none()
     if run is None:
@@ -109,7 +111,7 @@ def append_messages(
         THREAD_MESSAGES.insert(),
         [
             {
-                "user_id": user_id,
+                "user_id": owner.user_id,
                 "tenant_id": run.tenant_id,
                 "thread_id": thread_id,
                 "run_id": run_id,
@@ -126,10 +128,10 @@ def append_messages(
     return len(messages)
 
 
-def _summaries(user_id: str, *, thread_id: str | None = None) -> tuple[Select[Any], ColumnElement[Any]]:
-    """Each thread of ``user_id`` (or only ``thread_id``) with its times, and the ``updated_at`` column."""
-    runs_filter = [RUNS.c.user_id == user_id]
-    messages_filter = [THREAD_MESSAGES.c.user_id == user_id]
+def _summaries(owner: Owner, *, thread_id: str | None = None) -> tuple[Select[Any], ColumnElement[Any]]:
+    """Each thread of ``owner`` (or only ``thread_id``) with its times, and the ``updated_at`` column."""
+    runs_filter = [owned_by(RUNS, owner)]
+    messages_filter = [owned_by(THREAD_MESSAGES, owner)]
     if thread_id is not None:
         runs_filter.append(RUNS.c.thread_id == thread_id)
         messages_filter.append(THREAD_MESSAGES.c.thread_id == thread_id)
@@ -166,8 +168,8 @@ def _summaries(user_id: str, *, thread_id: str | None = None) -> tuple[Select[An
     return statement, updated_at
 
 
-def _details(connection: Connection, user_id: str, rows: Sequence[Row[Any]]) -> list[ThreadSummary]:
-    """``rows`` of :func:`_summaries` completed with the newest run's state and tenant, and the title."""
+def _details(connection: Connection, owner: Owner, rows: Sequence[Row[Any]]) -> list[ThreadSummary]:
+    """``rows`` of :func:`_summaries` completed with the newest run's state and the title."""
     thread_ids = [row.thread_id for row in rows]
     if not thread_ids:
         return []
@@ -175,24 +177,21 @@ def _details(connection: Connection, user_id: str, rows: Sequence[Row[Any]]) -> 
         select(
             RUNS.c.thread_id,
             RUNS.c.state,
-            RUNS.c.tenant_id,
             func.row_number()
             .over(partition_by=RUNS.c.thread_id, order_by=(RUNS.c.created_at.desc(), RUNS.c.run_id.desc()))
             .label("rank"),
         )
-        .where(RUNS.c.user_id == user_id, RUNS.c.thread_id.in_(thread_ids))
+        .where(owned_by(RUNS, owner), RUNS.c.thread_id.in_(thread_ids))
         .subquery("ranked_runs")
     )
     newest = {
         row.thread_id: row
-        for row in connection.execute(
-            select(ranked.c.thread_id, ranked.c.state, ranked.c.tenant_id).where(ranked.c.rank == 1)
-        )
+        for row in connection.execute(select(ranked.c.thread_id, ranked.c.state).where(ranked.c.rank == 1))
     }
     first_user = (
         select(THREAD_MESSAGES.c.thread_id, func.min(THREAD_MESSAGES.c.id).label("first_id"))
         .where(
-            THREAD_MESSAGES.c.user_id == user_id,
+            owned_by(THREAD_MESSAGES, owner),
             THREAD_MESSAGES.c.thread_id.in_(thread_ids),
             THREAD_MESSAGES.c.role == USER_ROLE,
         )
@@ -211,8 +210,8 @@ def _details(connection: Connection, user_id: str, rows: Sequence[Row[Any]]) -> 
     return [
         ThreadSummary(
             thread_id=row.thread_id,
-            user_id=user_id,
-            tenant_id=newest[row.thread_id].tenant_id,
+            user_id=owner.user_id,
+            tenant_id=owner.tenant_id,
             created_at=row.created_at,
             updated_at=row.updated_at,
             last_run_state=newest[row.thread_id].state,
@@ -231,10 +230,10 @@ def title_of(content: str) -> str:
 
 
 def list_threads(
-    connection: Connection, *, user_id: str, limit: int, after: ThreadCursor | None = None
+    connection: Connection, *, owner: Owner, limit: int, after: ThreadCursor | None = None
 ) -> ThreadPage:
     """The caller's threads, most recently updated first, at most ``limit`` of them after ``after``."""
-    statement, updated_at = _summaries(user_id)
+    statement, updated_at = _summaries(owner)
     thread_id = statement.selected_columns.thread_id
     if after is not None:
         statement = statement.where(
@@ -245,7 +244,7 @@ def list_threads(
         )
     statement = statement.order_by(updated_at.desc(), thread_id.desc()).limit(limit + 1)
     rows = list(connection.execute(statement).all())
-    threads = _details(connection, user_id, rows[:limit])
+    threads = _details(connection, owner, rows[:limit])
     if len(rows) <= limit:
         return ThreadPage(threads=threads, next_cursor=None)
     last = threads[-1]
@@ -255,16 +254,16 @@ def list_threads(
 
 
 def get_thread(
-    connection: Connection, *, user_id: str, thread_id: str, max_messages: int = 0
+    connection: Connection, *, owner: Owner, thread_id: str, max_messages: int = 0
 ) -> tuple[ThreadSummary, list[Row[Any]]]:
     """The thread and its messages, oldest first (only the newest ``max_messages`` when positive)."""
-    statement, _ = _summaries(user_id, thread_id=thread_id)
+    statement, _ = _summaries(owner, thread_id=thread_id)
     rows = list(connection.execute(statement).all())
     if not rows:
         raise thread_not_found(thread_id)
-    (summary,) = _details(connection, user_id, rows)
+    (summary,) = _details(connection, owner, rows)
     messages = select(THREAD_MESSAGES).where(
-        THREAD_MESSAGES.c.user_id == user_id, THREAD_MESSAGES.c.thread_id == thread_id
+        owned_by(THREAD_MESSAGES, owner), THREAD_MESSAGES.c.thread_id == thread_id
     )
     if max_messages > 0:
         newest = connection.execute(messages.order_by(THREAD_MESSAGES.c.id.desc()).limit(max_messages)).all()
@@ -272,17 +271,17 @@ def get_thread(
     return summary, list(connection.execute(messages.order_by(THREAD_MESSAGES.c.id)).all())
 
 
-def delete_thread(connection: Connection, *, user_id: str, thread_id: str, now: datetime) -> tuple[int, int]:
+def delete_thread(connection: Connection, *, owner: Owner, thread_id: str, now: datetime) -> tuple[int, int]:
     """Delete the thread's input requests, runs and messages; return how many runs and messages.
 
     ``NOT_FOUND`` for a thread without runs of the caller, ``FAILED_PRECONDITION``
     while one of its runs is live (nothing is deleted then).
     """
-    of_thread = and_(RUNS.c.user_id == user_id, RUNS.c.thread_id == thread_id)
+    of_thread = and_(owned_by(RUNS, owner), RUNS.c.thread_id == thread_id)
     if connection.execute(select(RUNS.c.run_id).where(of_thread).limit(1)).first() is None:
         raise thread_not_found(thread_id)
     # Admissions take this lock too: no run of the thread can start living until we commit.
-    lock_owner(connection, user_id, now=now)
+    lock_owner(connection, owner.user_id, now=now)
     live = connection.execute(
         select(RUNS.c.run_id, RUNS.c.state).where(of_thread, RUNS.c.state.in_(LIVE_STATES)).limit(1)
     ).first()
@@ -292,14 +291,14 @@ def delete_thread(connection: Connection, *, user_id: str, thread_id: str, now: 
         )
     connection.execute(
         delete(INPUT_REQUESTS).where(
-            INPUT_REQUESTS.c.user_id == user_id,
+            INPUT_REQUESTS.c.user_id == owner.user_id,
             INPUT_REQUESTS.c.run_id.in_(select(RUNS.c.run_id).where(of_thread)),
         )
     )
     runs = connection.execute(delete(RUNS).where(of_thread, RUNS.c.state.in_(TERMINAL_STATES)))
     messages = connection.execute(
         delete(THREAD_MESSAGES).where(
-            THREAD_MESSAGES.c.user_id == user_id, THREAD_MESSAGES.c.thread_id == thread_id
+            owned_by(THREAD_MESSAGES, owner), THREAD_MESSAGES.c.thread_id == thread_id
         )
     )
     return int(runs.rowcount or 0), int(messages.rowcount or 0)

@@ -83,7 +83,9 @@ class Registry:
         return response.run
 
     def run_context(self, run: run_pb2.Run, *, user: str | None = None) -> context_pb2.UserContext:
-        return self.make_context(user or run.user_id, thread_id=run.thread_id, run_id=run.run_id)
+        return self.make_context(
+            user or run.user_id, tenant_id=run.tenant_id, thread_id=run.thread_id, run_id=run.run_id
+        )
 
     async def transition(
         self,

@@ -27,6 +27,7 @@ from registry_service.validation import transition as parse_transition
 from runwire.common.v1 import run_pb2
 from runwire.registry.v1 import registry_pb2
 from runwire_common.errors import InvalidArgument
+from runwire_common.owners import owner_of
 from runwire_common.timeutil import utcnow
 from tests.registry_service.test_death_outbox import add_run
 
@@ -44,9 +45,9 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 
 async def end_run(database: Database, run_id: str, now: datetime, *, end: EndEvent | None = END) -> None:
     async with database.writing() as session:
-        user_id = (await session.get(RunRecord, run_id)).user_id  # type: ignore[union-attr]
+        owner = owner_of(await session.get(RunRecord, run_id))  # type: ignore[arg-type]
     change = Transition(to_state=FAILED, error=RunError("boom", "it broke"), end_event=end)
-    await database.write(lambda c: transition_run(c, change, user_id=user_id, run_id=run_id, now=now))
+    await database.write(lambda c: transition_run(c, change, owner=owner, run_id=run_id, now=now))
 
 
 async def claim(database: Database, now: datetime) -> list[DeathNotice]:

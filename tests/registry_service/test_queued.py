@@ -18,6 +18,7 @@ from registry_service.runs import get_run
 from registry_service.settings import DatabaseSettings
 from runwire.common.v1 import run_pb2
 from runwire_common.ids import new_id
+from runwire_common.owners import owner_of
 from tests.registry_service.support import Registry, rpc_error
 
 S = run_pb2
@@ -33,7 +34,7 @@ async def database(registry: Registry) -> AsyncIterator[Database]:
 
 
 async def queued_of(database: Database, run: run_pb2.Run) -> bool | None:
-    row = await database.read(lambda c: get_run(c, user_id=run.user_id, run_id=run.run_id))
+    row = await database.read(lambda c: get_run(c, owner=owner_of(run), run_id=run.run_id))
     value: Any = row.queued
     return None if value is None else bool(value)
 

@@ -33,6 +33,7 @@ from runwire.common.v1 import context_pb2, run_pb2
 from runwire_common.errors import InvalidArgument
 from runwire_common.ids import new_id
 from runwire_common.names import STATE_NAMES, TERMINAL_STATES
+from runwire_common.owners import Owner, owner_of
 from tests.registry_service.support import Registry, open_registry, rpc_error, status_of
 
 S = run_pb2
@@ -63,6 +64,7 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 STEPS = MappingProxyType({STARTING: (STARTING,), RUNNING: (STARTING, RUNNING)})
 MESSAGES = MappingProxyType({STARTING: S.RUN_STATE_STARTING, RUNNING: S.RUN_STATE_RUNNING})
 VERSIONS = MappingProxyType({STARTING: 2, RUNNING: 3})
+TENANT = "tenant-a"
 initial_states = pytest.mark.parametrize("initial", (STARTING, RUNNING))
 
 
@@ -71,7 +73,7 @@ def _new_run(
 ) -> NewRun:
     return NewRun(
         user_id=user,
-        tenant_id="tenant-a",
+        tenant_id=TENANT,
         thread_id=thread_id or new_id("thread"),
         agent="scripted",
         input_json='{"steps": []}',
@@ -86,7 +88,7 @@ def _steps_to(connection: Any, run: Any, state: str, *, now: datetime) -> Any:
     """``run`` (pending) moved to ``state`` one ``transition_run`` at a time, as an executor would."""
     for step in STEPS[state]:
         change = Transition(to_state=step)
-        run = transition_run(connection, change, user_id=run.user_id, run_id=run.run_id, now=now)
+        run = transition_run(connection, change, owner=owner_of(run), run_id=run.run_id, now=now)
     return run
 
 
@@ -105,7 +107,9 @@ async def test_a_run_created_in_an_initial_state_is_stored_as_create_then_each_s
         lambda c: create_run(c, _new_run(user, initial_state=initial), max_live_runs=3, now=now)
     )
     created = admitted.run
-    stored = await database.read(lambda connection: get_run(connection, user_id=user, run_id=created.run_id))
+    stored = await database.read(
+        lambda connection: get_run(connection, owner=Owner(TENANT, user), run_id=created.run_id)
+    )
 
     assert _row(created) == _row(expected)
     assert _row(stored) == _row(expected)
@@ -432,21 +436,21 @@ async def test_completing_through_equals_completing_then_completed_in_one_transa
         )
         return await database.write(
             lambda c: transition_run(
-                c, Transition(to_state=RUNNING), user_id=user, run_id=run.run_id, now=now
+                c, Transition(to_state=RUNNING), owner=Owner(TENANT, user), run_id=run.run_id, now=now
             )
         )
 
     first, second = await running_run(), await running_run()
 
     def two_steps(connection: Any) -> Any:
-        kwargs = {"user_id": user, "run_id": first.run_id, "now": now}
+        kwargs = {"owner": Owner(TENANT, user), "run_id": first.run_id, "now": now}
         transition_run(connection, Transition(to_state=COMPLETING, result_json=RESULT), **kwargs)
         return transition_run(connection, Transition(to_state=COMPLETED, result_json=RESULT), **kwargs)
 
     expected = await database.write(two_steps)
     change = Transition(to_state=COMPLETED, result_json=RESULT, through_completing=True)
     through, entered = await database.write(
-        lambda c: complete_through(c, change, user_id=user, run_id=second.run_id, now=now)
+        lambda c: complete_through(c, change, owner=Owner(TENANT, user), run_id=second.run_id, now=now)
     )
 
     assert entered == (COMPLETING, COMPLETED)
