@@ -40,6 +40,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg.exceptions as asyncpg_errors  # type: ignore[import-untyped]
 from pydantic import SecretStr
 from sqlalchemy import Engine, event, exc
 from sqlalchemy import create_engine as create_sync_engine
@@ -57,7 +58,9 @@ T = TypeVar("T")
 # Execution option marking an engine whose transactions take SQLite's write lock up front.
 SQLITE_WRITE_OPTION = "runwire_sqlite_write"
 # PostgreSQL pool: enough connections for a busy replica without crowding the server. No
-# pre-ping per checkout: a connection that died is reported as UNAVAILABLE (retryable) by
+# pre-ping round trip per checkout: a pooled connection the server closed (a restart, a failover,
+# pg_terminate_backend) is already known closed to the driver and is replaced at checkout
+# (_replace_closed); one that dies during a call is reported as UNAVAILABLE (retryable) by
 # _outages_unavailable and its disconnect invalidates the pool, so the retry gets a fresh one.
 # All 20 are kept once opened (opened on demand, as before): "overflow" connections were closed
 # on return whenever more than 10 calls overlapped, and each replacement paid for a connect,
@@ -90,11 +93,25 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN DEFERRED")
 
 
+def _replace_closed(dbapi_connection: Any, connection_record: ConnectionPoolEntry, proxy: Any) -> None:
+    """Checkout: a pooled connection the server has closed meanwhile is replaced, not handed out.
+
+    The driver learns of the close as it happens (the socket's end, read by the
+    event loop), so this costs no round trip, unlike a pre-ping. The pool
+    answers :class:`~sqlalchemy.exc.DisconnectionError` by discarding the
+    connection and checking out another.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise exc.DisconnectionError("the server closed this pooled connection")
+
+
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     """An engine for ``settings.database_url``, configured for its backend."""
     url = make_url(settings.database_url.get_secret_value())
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
+        engine = create_async_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
+        event.listen(engine.sync_engine, "checkout", _replace_closed)
+        return engine
     if url.database:
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": settings.sqlite_busy_timeout_s})
@@ -119,12 +136,35 @@ def create_sqlite_thread_engine(settings: DatabaseSettings) -> Engine:
 
 @contextmanager
 def _outages_unavailable() -> Iterator[None]:
-    """Report a database that cannot be reached (or stays locked) as ``UNAVAILABLE``: retryable."""
+    """Report a database that cannot be reached (or stays locked) as ``UNAVAILABLE``: retryable.
+
+    A lost connection (the server closed it under the call) is :class:`ConnectionLost`.
+    """
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError) as error:
+    except exc.DBAPIError as error:
+        # A connection closed under the call (asyncpg reports "closed in the middle of operation"
+        # as a plain DBAPIError), or one whose close the driver had only half read.
+        if error.connection_invalidated or _lost_connection(error):
+            log.warning("database connection lost", exc_info=True)
+            raise ConnectionLost("the run registry's database connection was lost; retry") from error
+        if not isinstance(error, exc.OperationalError | exc.InterfaceError):
+            raise
         log.exception("database unavailable")
         raise Unavailable("the run registry's database is unavailable; retry later") from error
+    except (exc.TimeoutError, OSError) as error:
+        log.exception("database unavailable")
+        raise Unavailable("the run registry's database is unavailable; retry later") from error
+
+
+class ConnectionLost(Unavailable):
+    """The call's connection was closed under it (the server itself may be fine)."""
+
+
+def _lost_connection(error: exc.DBAPIError) -> bool:
+    """Whether the driver's error says the connection is gone (asyncpg: closed, or shutting down)."""
+    cause = error.orig.__cause__ if error.orig is not None else None
+    return isinstance(cause, asyncpg_errors.ConnectionDoesNotExistError | asyncpg_errors.InternalClientError)
 
 
 class _SqliteThreads:
@@ -197,7 +237,17 @@ class Database:
                 return await connection.run_sync(work)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one read transaction."""
+        """Run ``work`` in one read transaction; once more on a fresh connection if its connection was lost.
+
+        Reading again is harmless, so a connection closed under the call (a
+        failover, ``pg_terminate_backend``) does not fail the caller's request.
+        """
+        try:
+            return await self._read(work)
+        except ConnectionLost:
+            return await self._read(work)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
         with _outages_unavailable():
             if self._threads is not None:
                 return await self._threads.run(work, write=False)
