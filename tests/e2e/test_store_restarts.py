@@ -173,8 +173,9 @@ async def _after_the_fault(owners: list[Owner], streaming: list[str]) -> None:
 
 
 async def test_redis_killed_and_started_empty_mid_stream(
-    launch: Launch, redis_server: RedisServer, user: Callable[[], str]
+    redis_server: RedisServer, launch: Launch, user: Callable[[], str]
 ) -> None:
+    # (launch last: its cluster stops before the Redis server does)
     system = launch(
         grace_period_s=2.0,
         redis_url=redis_server.url,
