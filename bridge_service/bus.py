@@ -2,7 +2,9 @@
 
 A bus keeps one ordered, bounded log per user and fans new events out to that
 user's live subscribers. The servicer only talks to this interface, so the
-backend is a configuration choice.
+backend is a configuration choice. A "user" here is an owner: the ``user_id``
+argument of every method is :func:`runwire_common.owners.owner_key` of the
+events' ``(tenant_id, user_id)`` (the plain user id for an owner without a tenant).
 
 Publishing is fenced per run (see :func:`fence`): ``seq = 0`` takes the run's
 next seq, an event whose seq the run already has is ignored (a retried

@@ -16,7 +16,7 @@ Requests:
   is refused with ``ended{INVALID_ARGUMENT}`` naming the duplicate, and the
   live subscription is left exactly as it was: that ``ended`` answers the
   refused add, not the live one (which still needs its ``remove``).
-* ``remove`` — ``user_context.user_id`` must be the subscription's owner;
+* ``remove`` — ``user_context``'s ``(tenant_id, user_id)`` must be the subscription's owner;
   otherwise the request is ignored (logged, and counted in
   ``runwire_bridge_fabric_requests_ignored``), because answering ``ended``
   would tell the gateway that a subscription which is still live is over.
@@ -93,6 +93,7 @@ from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import InvalidArgument, ResourceExhausted, RunwireError, Unavailable
+from runwire_common.owners import key_of
 from runwire_common.servicer import status_of
 
 log = logging.getLogger("runwire.bridge.fabric")
@@ -134,14 +135,14 @@ class FabricOptions:
 class _Subscription:
     """One live subscription of a stream: kept small, a gateway holds one per connected user."""
 
-    __slots__ = ("credit", "cursor", "ended", "id", "removed", "stream", "task", "user_id", "waiter")
+    __slots__ = ("credit", "cursor", "ended", "id", "owner", "removed", "stream", "task", "waiter")
 
     def __init__(
-        self, stream: FabricStream, subscription_id: int, user_id: str, credit: int, cursor: str
+        self, stream: FabricStream, subscription_id: int, owner: str, credit: int, cursor: str
     ) -> None:
         self.stream = stream
         self.id = subscription_id
-        self.user_id = user_id
+        self.owner = owner  # runwire_common.owners.owner_key of the subscriber
         self.credit = credit
         # Where the gateway resumes: the last event sent, or the requested cursor / resume_after.
         self.cursor: EventId | str = cursor
@@ -329,9 +330,9 @@ class FabricStream:
             return
         max_batch = min(add.max_batch, self._max_batch) if add.max_batch else self._max_batch
         credit = add.initial_credit or self._initial_credit
-        subscription = _Subscription(self, subscription_id, ctx.user_id, credit, add.after)
+        subscription = _Subscription(self, subscription_id, key_of(ctx), credit, add.after)
         self._subscriptions[subscription_id] = subscription
-        items = self._bus.subscribe(ctx.user_id, after=add.after, max_batch=max_batch)
+        items = self._bus.subscribe(subscription.owner, after=add.after, max_batch=max_batch)
         task = subscription.task = asyncio.create_task(self._pump(subscription, items))
         task.add_done_callback(subscription)
         self._metrics.fabric_subscriptions.inc()
@@ -341,7 +342,7 @@ class FabricStream:
         subscription = self._subscriptions.get(subscription_id)
         if subscription is None:
             return  # it already ended (its ended item may be on its way)
-        if ctx.user_id != subscription.user_id:
+        if key_of(ctx) != subscription.owner:
             self._metrics.fabric_requests_ignored.labels(reason="remove_not_owner").inc()
             log.warning(
                 "fabric remove by another user ignored",
@@ -463,7 +464,7 @@ class FabricStream:
                 "fabric subscription ended",
                 extra={
                     "subscription_id": subscription.id,
-                    "user_id": subscription.user_id,
+                    "owner": subscription.owner,
                     "reason": message,
                 },
             )

@@ -55,6 +55,7 @@ from bridge_service.event_ids import EventId, next_event_id, parse_event_id, wal
 from bridge_service.subscriber import SubscriberQueue
 from runwire_common.errors import InvalidArgument
 from runwire_common.names import TERMINAL_EVENT_TYPES
+from runwire_common.owners import key_of
 
 _log = logging.getLogger("runwire.bridge.memory")
 
@@ -242,8 +243,8 @@ class MemoryEventBus:
 
     async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
         for index, event in enumerate(events):
-            if event.user_id != user_id:
-                raise InvalidArgument(f"events[{index}].user_id is not the publisher's user_id")
+            if key_of(event) != user_id:
+                raise InvalidArgument(f"events[{index}] is not owned by the publisher's owner")
         log = self._log(user_id)
         ids: list[str] = []
         seqs: list[int] = []

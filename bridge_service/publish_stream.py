@@ -38,6 +38,7 @@ from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import Unavailable
+from runwire_common.owners import key_of
 from runwire_common.servicer import status_of
 from runwire_common.telemetry import Telemetry
 
@@ -167,7 +168,7 @@ class PublishStream:
         reader.cancel()
 
     def _dispatch(self, request: bridge_pb2.PublishStreamRequest) -> None:
-        key = request.user_context.user_id
+        key = key_of(request.user_context)
         lane = self._lanes.get(key)
         if lane is not None:
             lane.append(request)
@@ -208,7 +209,7 @@ class PublishStream:
         try:
             ctx = self._contexts.validate(request.user_context)
             events = prepare_events(request.events, ctx, limits=self._limits)
-            result = await self._bus.publish(ctx.user_id, events)
+            result = await self._bus.publish(key_of(ctx), events)
         except Exception as exc:  # noqa: BLE001 - a refused batch is answered, the stream goes on
             code, message = status_of(exc)
             self._metrics.publish_stream_batches.labels(code=code.name.lower()).inc()

@@ -116,6 +116,7 @@ from bridge_service.redis_scripts import (
 from bridge_service.subscriber import Entry, SubscriberQueue
 from runwire_common.errors import InvalidArgument, Unavailable
 from runwire_common.names import TERMINAL_EVENT_TYPES
+from runwire_common.owners import key_of
 
 log = logging.getLogger("runwire.bridge.redis")
 
@@ -349,8 +350,8 @@ class RedisEventBus:
 
     async def publish(self, user_id: str, events: Sequence[RunEvent]) -> PublishResult:
         for index, event in enumerate(events):
-            if event.user_id != user_id:
-                raise InvalidArgument(f"events[{index}].user_id is not the publisher's user_id")
+            if key_of(event) != user_id:
+                raise InvalidArgument(f"events[{index}] is not owned by the publisher's owner")
         keys = self.keys(user_id)
         args: list[str | int | bytes] = [
             keys.live,
@@ -365,8 +366,6 @@ class RedisEventBus:
             # Serialized as it is, without a copy: the id a reader appends to the
             # stored bytes wins over any event_id the caller left in it.
             terminal = 1 if event.type in TERMINAL_EVENT_TYPES else 0
-            if terminal and not event.seq:  # a notice: its end time, for the before_log rule
-                terminal = max(1, event.timestamp.ToMilliseconds())
             args += [event.run_id, event.seq, terminal, event.SerializeToString()]
         try:
             reply = await self._publish_script(keys=keys.script_keys(), args=args)
@@ -384,11 +383,6 @@ class RedisEventBus:
                 log.warning(
                     "seq gap in published events",
                     extra={"user_id": user_id, "run_id": event.run_id, "seq": int(seq)},
-                )
-            elif _text(verdict) == "before_log":
-                log.warning(
-                    "terminal event of a run that ended before the event log was lost: not stored",
-                    extra={"user_id": user_id, "run_id": event.run_id},
                 )
         return PublishResult(tuple(ids), tuple(seqs))
 

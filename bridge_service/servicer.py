@@ -29,6 +29,7 @@ from runwire.bridge.v1 import bridge_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.logs import bind
+from runwire_common.owners import key_of
 from runwire_common.servicer import server_stream, unary
 from runwire_common.telemetry import Telemetry
 
@@ -88,7 +89,7 @@ class BridgeServicer:
     ) -> bridge_pb2.PublishResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor)
         events = prepare_events(request.events, ctx, limits=self._limits)
-        result = await self._bus.publish(ctx.user_id, events)
+        result = await self._bus.publish(key_of(ctx), events)
         self._metrics.count_published(result)
         return bridge_pb2.PublishResponse(event_ids=result.event_ids, seqs=result.seqs)
 
@@ -109,7 +110,7 @@ class BridgeServicer:
         try:
             # aclosing: the bus unregisters the subscription the moment this
             # call ends, including on client cancellation.
-            items = self._bus.subscribe(ctx.user_id, after=request.after, max_batch=max_batch)
+            items = self._bus.subscribe(key_of(ctx), after=request.after, max_batch=max_batch)
             async with aclosing(items):
                 async for item in items:
                     if isinstance(item, Events):

@@ -74,6 +74,8 @@ def _check_event(
 ) -> None:
     if event.user_id != ctx.user_id:
         raise InvalidArgument(f"{field}.user_id must be the caller's user_context.user_id")
+    if event.tenant_id != ctx.tenant_id:
+        raise InvalidArgument(f"{field}.tenant_id must be the caller's user_context.tenant_id")
     if event.type not in EVENT_TYPES:
         raise InvalidArgument(f"{field}.type {event.type[:64]!r} is not an event type")
     problem = id_problem(event.run_id) if event.run_id else "is required"

@@ -51,6 +51,7 @@ from execution_service.waiting import INPUT_TIMEOUT_CODE, InputWaiter, WaitConfi
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire_common import names
 from runwire_common.errors import Aborted, FailedPrecondition, NotFound, RunwireError
+from runwire_common.owners import owner_of
 
 SHUTDOWN_REASON = "the executor is shutting down"
 T = TypeVar("T")
@@ -95,7 +96,7 @@ class RunEngine:
     ) -> None:
         user = identity.context()
         self.run_id = run.run_id
-        self.user_id = user.user_id
+        self.owner = owner_of(user)
         self._spec = spec
         self._identity = identity
         self._thread_id = run.thread_id or user.thread_id

@@ -41,6 +41,7 @@ from execution_service.retry import Backoff
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.errors import Unavailable
+from runwire_common.owners import key_of
 from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
 from runwire_common.telemetry import Telemetry
 
@@ -179,7 +180,7 @@ class StreamPublisher:
         """Publish one owner's events as one batch; their event ids (``""`` where fenced)."""
         if self._closed:
             raise Unavailable("the bridge publisher is closed")
-        stream = self._stream(await self._replica_for(ctx.user_id))
+        stream = self._stream(await self._replica_for(key_of(ctx)))
         batch_id = next(self._batch_ids)
         request = bridge_pb2.PublishStreamRequest(user_context=ctx, batch_id=batch_id, events=events)
         if self._telemetry is not None:
@@ -205,13 +206,14 @@ class StreamPublisher:
             await channel.close()
         self._channels.clear()
 
-    async def _replica_for(self, user_id: str) -> str:
+    async def _replica_for(self, owner_key: str) -> str:
+        """The bridge replica of the owner (the gateway's choice too: its events are followed there)."""
         replicas = await self._replicas()
         now = asyncio.get_running_loop().time()
         reachable = [replica for replica in replicas if self._down_until.get(replica, 0.0) <= now]
         if not reachable:
             raise Unavailable("no bridge replica is reachable")
-        return rendezvous(user_id, reachable)
+        return rendezvous(owner_key, reachable)
 
     async def _replicas(self) -> tuple[str, ...]:
         if self._fixed is not None:

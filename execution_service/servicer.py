@@ -40,6 +40,7 @@ from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import FailedPrecondition, InvalidArgument, Unavailable, bounded_detail
 from runwire_common.logs import bind
+from runwire_common.owners import owner_of
 from runwire_common.servicer import unary
 
 DEFAULT_CANCEL_REASON = "cancelled by user"
@@ -177,7 +178,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         """Stop the interrupted runs that execute here, and announce the end of each."""
         announcements = []
         for old in interrupted:
-            engine = self._supervisor.find(old.run_id, user_id=ctx.user_id)
+            engine = self._supervisor.find(old.run_id, owner=owner_of(ctx))
             if engine is not None:
                 engine.stop_silently(old, INTERRUPT_REASON)
             announcements.append(self._announcer.announce(ctx, old, Outcome.cancelled(INTERRUPT_REASON)))
@@ -192,7 +193,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
     ) -> execution_pb2.CancelRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
         reason = bounded_detail(request.reason.strip()) or DEFAULT_CANCEL_REASON
-        engine = self._supervisor.find(ctx.run_id, user_id=ctx.user_id)
+        engine = self._supervisor.find(ctx.run_id, owner=owner_of(ctx))
         ctx = self._identity(ctx).context()  # attested once for this call's peer calls
         if engine is not None:
             # Runs here: the engine records `cancelled` and announces agent_cancelled itself.
@@ -222,7 +223,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         if problem is not None:
             raise InvalidArgument(problem)
         run, _ = await self._registry.answer_input(ctx, request.request_id, request.response_json)
-        engine = self._supervisor.find(ctx.run_id, user_id=ctx.user_id)
+        engine = self._supervisor.find(ctx.run_id, owner=owner_of(ctx))
         if engine is not None:  # runs here: hand the answer over now rather than at its next poll
             engine.inputs.deliver(request.request_id, request.response_json)
         return execution_pb2.RespondRunResponse(run=run)

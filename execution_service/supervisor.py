@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from execution_service.engine import RunEngine
 from runwire_common.errors import Unavailable
+from runwire_common.owners import Owner
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,10 @@ class RunSupervisor:
             del self._runs[run_id]
             self.runs_finished += 1
 
-    def find(self, run_id: str, *, user_id: str) -> RunEngine | None:
-        """The live engine of ``run_id`` if it runs here and belongs to ``user_id``."""
+    def find(self, run_id: str, *, owner: Owner) -> RunEngine | None:
+        """The live engine of ``run_id`` if it runs here and belongs to ``owner``."""
         live = self._runs.get(run_id)
-        if live is None or live.engine.user_id != user_id:
+        if live is None or live.engine.owner != owner:
             return None
         return live.engine
 

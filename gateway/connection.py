@@ -61,6 +61,7 @@ from gateway.transport import GatewayConnection
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
+from runwire_common.owners import Owner
 from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.gateway.connection")
@@ -122,7 +123,7 @@ class Session:
         self._limiter = SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
         self._sink = EventSink(
             websocket,
-            user_id=identity.user_id,
+            owner=Owner(identity.tenant_id, identity.user_id),
             connection_id=self.connection_id,
             minter=self._minter,
             feeds=feeds,

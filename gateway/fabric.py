@@ -37,6 +37,7 @@ from gateway.stats import GatewayStats
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.channels import open_channel
+from runwire_common.owners import Owner
 from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
 
 BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
@@ -120,14 +121,14 @@ class FabricStream:
             self._replicas.stats.fabric_streams += 1
         return sid
 
-    def remove(self, sid: int, user_id: str) -> None:
+    def remove(self, sid: int, owner: Owner) -> None:
         """Close a subscription; anything still in flight for it is dropped on arrival."""
         if self._handlers.pop(sid, None) is None:
             return
         self._credits.pop(sid, None)
         self._send(
             bridge_pb2.FabricRequest(
-                user_context=context_pb2.UserContext(user_id=user_id),
+                user_context=context_pb2.UserContext(user_id=owner.user_id, tenant_id=owner.tenant_id),
                 remove=bridge_pb2.FabricRemove(subscription_id=sid),
             )
         )
@@ -312,13 +313,13 @@ class BridgeReplicas:
         if addresses:
             self._addresses = addresses
 
-    def choose(self, user_id: str) -> FabricStream:
-        """The stream of the replica that serves ``user_id`` now."""
+    def choose(self, owner_key: str) -> FabricStream:
+        """The stream of the replica that serves the owner of ``owner_key`` (``runwire_common.owners``) now."""
         if not self._addresses:
             raise RuntimeError("no bridge replica known")
         now = time.monotonic()
         healthy = [a for a in self._addresses if self._down.get(a, (0.0, 0))[0] <= now]
-        return self._stream(rendezvous(user_id, healthy or self._addresses))
+        return self._stream(rendezvous(owner_key, healthy or self._addresses))
 
     def mark_down(self, address: str) -> None:
         _, failures = self._down.get(address, (0.0, 0))

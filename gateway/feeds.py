@@ -38,6 +38,7 @@ from gateway.stats import GatewayStats
 from gateway.subscription import INTERRUPTED, FabricPolicy, Subscription
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2, event_pb2
+from runwire_common.owners import Owner
 
 if TYPE_CHECKING:
     from gateway.sink import EventSink
@@ -46,19 +47,19 @@ if TYPE_CHECKING:
 class UserFeed(Subscription):
     """The subscription of one user on this gateway, shared by all of the user's sockets."""
 
-    __slots__ = ("_user_id", "_waiter", "sinks", "subscribed")
+    __slots__ = ("_owner", "_waiter", "sinks", "subscribed")
 
-    def __init__(self, feeds: Feeds, user_id: str) -> None:
+    def __init__(self, feeds: Feeds, owner: Owner) -> None:
         super().__init__(feeds, after="")
-        self._user_id = user_id
+        self._owner = owner
         self.sinks: list[EventSink] = []
         # True once the bridge confirmed the subscription, or once it was given up.
         self.subscribed = False
         self._waiter: asyncio.Future[None] | None = None
 
     @property
-    def user_id(self) -> str:
-        return self._user_id
+    def owner(self) -> Owner:
+        return self._owner
 
     async def wait_subscribed(self) -> None:
         if self.subscribed:
@@ -133,8 +134,8 @@ class ReplaySubscription(Subscription):
         self.replayed = 0
 
     @property
-    def user_id(self) -> str:
-        return self._sink.user_id
+    def owner(self) -> Owner:
+        return self._sink.owner
 
     def _mint(self) -> context_pb2.UserContext:
         return self._sink.minter.mint()
@@ -175,7 +176,7 @@ class ReplaySubscription(Subscription):
 
 
 class Feeds:
-    """The users subscribed through this gateway: ``user_id`` → :class:`UserFeed`."""
+    """The users subscribed through this gateway: owner key (``runwire_common.owners``) → :class:`UserFeed`."""
 
     def __init__(self, replicas: BridgeReplicas, *, policy: FabricPolicy, stats: GatewayStats) -> None:
         self.replicas = replicas
@@ -186,14 +187,14 @@ class Feeds:
     def __len__(self) -> int:
         return len(self._feeds)
 
-    def get(self, user_id: str) -> UserFeed | None:
-        return self._feeds.get(user_id)
+    def get(self, owner_key: str) -> UserFeed | None:
+        return self._feeds.get(owner_key)
 
     def join(self, sink: EventSink) -> UserFeed:
         """Add ``sink`` to its user's feed, adding the user's subscription if it is the first."""
-        feed = self._feeds.get(sink.user_id)
+        feed = self._feeds.get(sink.owner_key)
         if feed is None:
-            feed = self._feeds[sink.user_id] = UserFeed(self, sink.user_id)
+            feed = self._feeds[sink.owner_key] = UserFeed(self, sink.owner)
             feed.sinks.append(sink)
             self.stats.users_subscribed = len(self._feeds)
             feed.open()
@@ -214,8 +215,8 @@ class Feeds:
             feed.grant()  # the leaving socket may have been the one holding credit back
 
     def forget(self, feed: UserFeed) -> None:
-        if self._feeds.get(feed.user_id) is feed:
-            del self._feeds[feed.user_id]
+        if self._feeds.get(feed.owner.key) is feed:
+            del self._feeds[feed.owner.key]
             self.stats.users_subscribed = len(self._feeds)
 
     def replay(

@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway import frames, legacy
 from runwire.common.v1 import event_pb2
+from runwire_common.owners import key_of
 
 PARTIAL_RESULT = "partial_result"
 
@@ -41,13 +42,13 @@ class EventFrame:
     others: once per event, and never for a user without a legacy socket.
     """
 
-    __slots__ = ("_legacy", "event_id", "partial", "run_id", "seq", "text", "ts", "type", "user_id")
+    __slots__ = ("_legacy", "event_id", "owner", "partial", "run_id", "seq", "text", "ts", "type")
     _legacy: str  # unset until :attr:`legacy_text` is first read
 
     def __init__(self, event: event_pb2.RunEvent) -> None:
         self.text = frames.event_frame(event)
         self.event_id = event.event_id
-        self.user_id = event.user_id
+        self.owner = key_of(event)  # runwire_common.owners: compared with the socket's owner
         self.run_id = event.run_id
         self.type = event.type
         self.seq = event.seq
@@ -161,6 +162,7 @@ def can_merge(last: event_pb2.RunEvent, event: event_pb2.RunEvent) -> bool:
         and last.type == PARTIAL_RESULT
         and event.run_id == last.run_id
         and event.user_id == last.user_id
+        and event.tenant_id == last.tenant_id
         and event.seq == last.seq + 1
     )
 

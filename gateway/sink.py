@@ -42,6 +42,7 @@ from gateway.protocol import INVALID_ARGUMENT, UNAVAILABLE, ClientId
 from gateway.stats import GatewayStats
 from gateway.transport import GatewayConnection
 from runwire_common.logs import bind
+from runwire_common.owners import Owner
 
 if TYPE_CHECKING:
     from gateway.feeds import Feeds, ReplaySubscription, UserFeed
@@ -80,6 +81,8 @@ class EventSink:
         "feed",
         "legacy",
         "minter",
+        "owner",
+        "owner_key",
         "send_lock",
         "stalled",
         "user_id",
@@ -90,7 +93,7 @@ class EventSink:
         self,
         websocket: GatewayConnection,
         *,
-        user_id: str,
+        owner: Owner,
         connection_id: str,
         minter: ContextMinter,
         feeds: Feeds,
@@ -102,7 +105,9 @@ class EventSink:
         self._ws = websocket
         # Writes the legacy projection of event frames (see :mod:`gateway.legacy`).
         self.legacy = legacy
-        self.user_id = user_id
+        self.owner = owner
+        self.owner_key = owner.key
+        self.user_id = owner.user_id
         self.connection_id = connection_id
         self.minter = minter
         self._feeds = feeds
@@ -204,14 +209,14 @@ class EventSink:
         if outbox is None:
             outbox = self._outbox = Outbox()
         stats = self._stats
-        user_id = self.user_id
+        owner = self.owner_key
         coalesce_after = self._limits.coalesce_after
         queued = 0
         for frame in batch:
             self.cursor = frame.event_id
-            if frame.user_id != user_id or not user_id:
+            if frame.owner != owner or not owner:
                 stats.events_blocked_owner_mismatch += 1
-                bind(log, user_id=user_id, connection_id=self.connection_id).warning(
+                bind(log, user_id=self.user_id, connection_id=self.connection_id).warning(
                     "dropped an event of another user",
                     extra={"event_id": frame.event_id, "run_id": frame.run_id},
                 )

@@ -36,6 +36,7 @@ from gateway.fabric import STREAM_LOST, FabricStream
 from gateway.protocol import CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2, event_pb2
+from runwire_common.owners import Owner
 
 if TYPE_CHECKING:
     from gateway.feeds import Feeds
@@ -92,7 +93,7 @@ class Subscription:
     # -- what subclasses provide ---------------------------------------------
 
     @property
-    def user_id(self) -> str:
+    def owner(self) -> Owner:
         raise NotImplementedError
 
     def _mint(self) -> context_pb2.UserContext:
@@ -126,7 +127,7 @@ class Subscription:
     def open(self) -> None:
         feeds = self._feeds
         policy = feeds.policy
-        stream = self._stream = feeds.replicas.choose(self.user_id)
+        stream = self._stream = feeds.replicas.choose(self.owner.key)
         self._address = stream.address
         self._confirmed = False
         self._outstanding = policy.credit
@@ -141,7 +142,7 @@ class Subscription:
             self._retry = None
         stream, self._stream = self._stream, None
         if stream is not None:
-            stream.remove(self._sid, self.user_id)
+            stream.remove(self._sid, self.owner)
 
     def grant(self) -> None:
         """Return credit for what the sockets consumed, keeping ``credit`` events in the pipe."""
@@ -189,7 +190,7 @@ class Subscription:
                 self._stopped(CLOSE_POLICY_VIOLATION, "identity no longer accepted")
             else:
                 log.error(
-                    "event subscription failed", extra={"grpc_code": code.name, "user_id": self.user_id}
+                    "event subscription failed", extra={"grpc_code": code.name, "user_id": self.owner.user_id}
                 )
                 self._stopped(CLOSE_INTERNAL_ERROR, "event stream failed")
             return
@@ -203,7 +204,12 @@ class Subscription:
             self._interrupted()
         log.info(
             "resubscribing",
-            extra={"user_id": self.user_id, "after": self.cursor, "cause": code.name, "reason": message},
+            extra={
+                "user_id": self.owner.user_id,
+                "after": self.cursor,
+                "cause": code.name,
+                "reason": message,
+            },
         )
         if code == grpc.StatusCode.UNAVAILABLE and message != STREAM_LOST and self._address:
             # The replica ended it (draining, store lost): prefer another one for a while.

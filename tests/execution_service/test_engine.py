@@ -19,6 +19,7 @@ from execution_service.outcomes import EXECUTOR_LOST_MESSAGE
 from execution_service.sdk import Agent, AgentResult, RunContext, ToolCall, tool
 from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
+from runwire_common.owners import Owner
 from tests.execution_service.fakes import Harness
 
 TERMINAL = {"agent_completed", "agent_error", "agent_cancelled", "agent_death"}
@@ -319,8 +320,9 @@ async def test_per_run_objects_are_distinct_and_released_after_the_run() -> None
     run_ids = [e.run_id for e in engines]
     for engine in engines:
         supervisor.start(engine)
-    assert supervisor.find(run_ids[0], user_id=h.user) is engines[0]
-    assert supervisor.find(run_ids[0], user_id="someone_else_entirely") is None
+    assert supervisor.find(run_ids[0], owner=Owner("", h.user)) is engines[0]
+    assert supervisor.find(run_ids[0], owner=Owner("", "someone_else_entirely")) is None
+    assert supervisor.find(run_ids[0], owner=Owner("tenant_other", h.user)) is None
     del engines, engine
     for _ in range(100):
         if not len(supervisor):

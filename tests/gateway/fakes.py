@@ -25,6 +25,7 @@ from gateway.subscription import FabricPolicy
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import event_pb2
 from runwire_common.attestation import ContextAttestor
+from runwire_common.owners import Owner
 
 # One subscription: items to yield, then the status to end with (None = stay open).
 Script = tuple[list[bridge_pb2.SubscribeResponse], grpc.StatusCode | None]
@@ -182,7 +183,7 @@ async def detached_sink(
     stops: list[tuple[int, str]] = []
     sink = EventSink(
         socket,  # type: ignore[arg-type]
-        user_id=user_id,
+        owner=Owner("", user_id),
         connection_id="conn_0123456789abcdef",
         minter=ContextMinter(attestor, identity, connection_id="conn_0123456789abcdef", ttl_s=60),
         feeds=feeds,
