@@ -366,6 +366,8 @@ class RedisEventBus:
             # Serialized as it is, without a copy: the id a reader appends to the
             # stored bytes wins over any event_id the caller left in it.
             terminal = 1 if event.type in TERMINAL_EVENT_TYPES else 0
+            if terminal and not event.seq:  # a notice: its end time, for the before_log rule
+                terminal = max(1, event.timestamp.ToMilliseconds())
             args += [event.run_id, event.seq, terminal, event.SerializeToString()]
         try:
             reply = await self._publish_script(keys=keys.script_keys(), args=args)
@@ -383,6 +385,11 @@ class RedisEventBus:
                 log.warning(
                     "seq gap in published events",
                     extra={"user_id": user_id, "run_id": event.run_id, "seq": int(seq)},
+                )
+            elif _text(verdict) == "before_log":
+                log.warning(
+                    "terminal event of a run that ended before the event log was lost: not stored",
+                    extra={"user_id": user_id, "run_id": event.run_id},
                 )
         return PublishResult(tuple(ids), tuple(seqs))
 

@@ -159,9 +159,19 @@ return {id, id, 1}
 # ARGV: live channel, log capacity, retention ms, run state capacity,
 #       live body cap (bytes; 0 = ids only), publish command (PUBLISH | SPUBLISH),
 #       log max bytes, run state hold ms, run state max, then
-#       4 per event: run id, seq (0 = next), terminal (0|1), serialized RunEvent.
+#       4 per event: run id, seq (0 = next), terminal (0 = no; 1 = yes; for a terminal event
+#       with seq 0, its timestamp in ms, see before_log), serialized RunEvent.
 # Returns 3 per event: event id ('' if ignored), stored seq (0 if ignored),
-# verdict (store | gap | duplicate | after_terminal; see bridge_service.bus.fence).
+# verdict (store | gap | duplicate | after_terminal | before_log; see bridge_service.bus.fence).
+#
+# before_log: a terminal event with seq 0 (an end or death notice, an announcement:
+# its publisher does not know the run's seq) carries its timestamp as its terminal flag. If
+# the log has no fencing state for its run and the run ended before this log incarnation
+# was born (by an earlier call: Redis lost the previous one, e.g. restarted without
+# persistence), it is ignored: the run's own terminal event may have gone with the lost
+# log, and storing this one could give the owner a second; every cursor into the lost
+# log is answered with a gap instead. A log born by this very call (no earlier trace of
+# the user at all) stores it.
 #
 # The live message carries the stored events themselves when they fit the cap,
 # so a subscriber that is caught up appends them without reading the stream:
@@ -199,20 +209,25 @@ local function varint(x)
 end
 local now = now_ms()
 local ms, n
+local born_ms, fresh = 0, false
 local last = redis.call('HGET', meta, 'last')
-if last and redis.call('HEXISTS', meta, 'born') == 1 then
+local born = redis.call('HGET', meta, 'born')
+if last and born then
   local a, b = string.match(last, '^(%d+)-(%d+)$')
   ms, n = tonumber(a), tonumber(b)
+  born_ms = tonumber(string.match(born, '^(%d+)-'))
 else
   -- A new incarnation: whatever stream is left cannot be resumed exactly.
   redis.call('DEL', stream)
   ms, n = now, 0
+  born_ms, fresh = now, true
   redis.call('HSET', meta, 'born', fmt(ms) .. '-0', 'last', fmt(ms) .. '-0', 'bytes', '0')
 end
 local reply = {}
 local stored, added = 0, 0
 for i = 10, #ARGV, 4 do
-  local run, seq, terminal = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+  local run, seq, flag = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local terminal, stamp = flag ~= 0, flag > 1 and flag or 0
   local last_seq, finished = 0, false
   local state = redis.call('HGET', runs, run)
   if state then
@@ -222,6 +237,8 @@ for i = 10, #ARGV, 4 do
   local verdict = 'store'
   if finished then
     verdict = 'after_terminal'
+  elseif seq == 0 and not state and not fresh and stamp > 0 and stamp < born_ms then
+    verdict = 'before_log'
   elseif seq == 0 then
     seq = last_seq + 1
   elseif seq <= last_seq then

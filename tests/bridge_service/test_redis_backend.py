@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,6 +15,7 @@ from bridge_service.app import open_bus, redis_client_name
 from bridge_service.bus import Events, RunEvent
 from bridge_service.redis_bus import RedisEventBus
 from bridge_service.settings import BridgeSettings
+from runwire.common.v1 import context_pb2
 from runwire_common.ids import new_id
 from tests.bridge_service.harness import (
     ContextFactory,
@@ -155,6 +157,43 @@ async def test_a_log_lost_in_redis_is_reported_as_a_gap_on_resume(
         assert (before[0].gap.requested_after, before[0].gap.oldest_event_id) == (new, after_loss[0])
         assert [i.event.event_id for i in before[1:]] == after_loss and replayed == 2
         call.cancel()
+
+
+def _notice(ctx: context_pb2.UserContext, run_id: str, stamp_ms: int) -> RunEvent:
+    """A terminal event whose seq is left to the bridge (an end or death notice), stamped ``stamp_ms``."""
+    notice = event(ctx, run_id=run_id, seq=0, type="agent_completed")
+    notice.timestamp.FromMilliseconds(stamp_ms)
+    return notice
+
+
+async def test_a_notice_for_a_run_that_ended_before_the_log_was_lost_is_not_stored_again(
+    make_settings: SettingsFactory, make_context: ContextFactory, redis: aioredis.Redis
+) -> None:
+    settings = make_settings()
+    async with open_bridge(settings) as bridge:
+        ctx = make_context()
+        ended, running = new_id("run"), new_id("run")
+        await bridge.publish(
+            ctx,
+            event(ctx, run_id=ended, seq=1),
+            event(ctx, run_id=ended, seq=2, type="agent_completed"),
+            event(ctx, run_id=running, seq=1),
+        )
+        ended_at = int(time.time() * 1000)
+        await asyncio.sleep(0.01)
+        await delete_user_keys(redis, settings, ctx.user_id)  # Redis restarted without persistence
+        assert all(await bridge.publish(ctx, event(ctx, run_id=running, seq=2)))
+
+        # The registry's copy of the ended run's terminal event: it may have gone with the log.
+        assert await bridge.publish(ctx, _notice(ctx, ended, ended_at)) == [""]
+        # A run ending after the loss is announced as ever, once.
+        now = int(time.time() * 1000) + 1
+        assert all(await bridge.publish(ctx, _notice(ctx, running, now)))
+        assert await bridge.publish(ctx, _notice(ctx, running, now)) == [""]
+
+        # A user with no log at all (none lost): an old notice is the first event, stored.
+        newcomer = make_context()
+        assert all(await bridge.publish(newcomer, _notice(newcomer, new_id("run"), ended_at)))
 
 
 async def test_a_subscription_whose_log_is_lost_while_following_ends_unavailable(
