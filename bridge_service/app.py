@@ -116,7 +116,12 @@ async def running_service(
             telemetry=observability.telemetry,
         )
         binding = ServiceBinding(SERVICE_NAME, functools.partial(register, servicer))
-        server = GrpcServer(settings, [binding], interceptors=observability.telemetry.server_interceptors())
+        server = GrpcServer(
+            settings,
+            [binding],
+            interceptors=observability.telemetry.server_interceptors(),
+            tls=settings.tls(),
+        )
         await server.start()
         stack.push_async_callback(server.drain, functools.partial(_drain, servicer, event_bus))
         if isinstance(event_bus, RedisEventBus) and settings.canary_interval_s > 0:

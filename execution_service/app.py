@@ -71,8 +71,9 @@ async def running_service(
             )
         )
         traced = observability.telemetry.client_interceptors()
+        tls = settings.tls()
         registry_channel = open_channel(
-            settings.registry_target, service_names=(REGISTRY_SERVICE,), interceptors=traced
+            settings.registry_target, service_names=(REGISTRY_SERVICE,), interceptors=traced, tls=tls
         )
         stack.push_async_callback(registry_channel.close)
         registry = GrpcRegistry(registry_channel, call_timeout_s=settings.call_timeout_s)
@@ -81,7 +82,7 @@ async def running_service(
             settings.bridge_target,
             # No gRPC retries: the publisher resends unacknowledged batches itself.
             open_channel=lambda replica: open_channel(
-                replica, service_names=(BRIDGE_SERVICE,), interceptors=traced, retries=False
+                replica, service_names=(BRIDGE_SERVICE,), interceptors=traced, retries=False, tls=tls
             ),
             ack_timeout_s=settings.call_timeout_s,
             log=log,
@@ -108,6 +109,7 @@ async def running_service(
             settings,
             [ServiceBinding(EXECUTION_SERVICE, register)],
             interceptors=observability.telemetry.server_interceptors(),
+            tls=tls,
         )
         await server.start()
 

@@ -50,12 +50,13 @@ async def running_gateway(
             )
         )
         interceptors = observability.telemetry.client_interceptors()
+        tls = settings.tls()
         channels: list[grpc.aio.Channel] = []
         for target, service in (
             (settings.execution_target, EXECUTION_SERVICE),
             (settings.registry_target, REGISTRY_SERVICE),
         ):
-            channel = open_channel(target, service_names=(service,), interceptors=interceptors)
+            channel = open_channel(target, service_names=(service,), interceptors=interceptors, tls=tls)
             stack.push_async_callback(channel.close)
             channels.append(channel)
         execution, registry = channels
@@ -64,6 +65,7 @@ async def running_gateway(
             settings.bridge_target,
             stats=stats,
             interceptors=interceptors,
+            tls=tls,
             # Longer than a subscription's retry delays, so a re-add goes elsewhere.
             cooldown_s=settings.resubscribe_max_backoff_s,
             max_cooldown_s=REPLICA_MAX_COOLDOWN_S,

@@ -15,6 +15,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from runwire_common.attestation import ContextAttestor
 from runwire_common.settings import SecretSettings, parse_attestation_keys
+from runwire_common.tls import TlsSettings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset(
@@ -24,8 +25,13 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 MIN_HMAC_SECRET_BYTES = 32
 
 
-class GatewaySettings(SecretSettings):
-    """Settings of one gateway process."""
+class GatewaySettings(SecretSettings, TlsSettings):
+    """Settings of one gateway process.
+
+    Its gRPC channels to the services speak TLS when ``RUNWIRE_TLS_CA_FILE`` is
+    set (:mod:`runwire_common.tls`; with client authentication it presents
+    ``RUNWIRE_TLS_CERT_FILE``).
+    """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_GATEWAY_", populate_by_name=True, extra="ignore")
 

@@ -60,12 +60,14 @@ async def running_service(
         if settings.migrate_on_start:
             await upgrade_schema(database.write_engine())
         attestor = settings.attestor()
+        tls = settings.tls()
         notifier = None
         if settings.bridge_target:
             channel = open_channel(
                 settings.bridge_target,
                 service_names=(BRIDGE_SERVICE_NAME,),
                 interceptors=tracing.client_interceptors(),
+                tls=tls,
             )
             stack.push_async_callback(channel.close)
             notifier = BridgeDeathNotifier(
@@ -115,6 +117,7 @@ async def running_service(
             settings,
             [ServiceBinding(name=SERVICE_NAME, register=register)],
             interceptors=tracing.server_interceptors(),
+            tls=tls,
         )
         stack.push_async_callback(server.stop_now)  # only matters if start() fails half-way
         await server.start()

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from runwire_cli.health import probe
+from runwire_common.tls import TlsConfig
 
 # The registry publishes death notices to the bridge, so the bridge comes first.
 TIERS = (("bridge",), ("registry",), ("execution",), ("gateway",))
@@ -54,6 +55,7 @@ class ServiceProcess:
     port: int = 0
     started_at: float = 0.0  # unix time of the current process's start
     _terminated: bool = False
+    _tls: TlsConfig | None = None  # what the process serves, for the health checks
 
     @property
     def name(self) -> str:
@@ -70,6 +72,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self._terminated = False
+        self._tls = TlsConfig.from_environment(self.env)
         self.started_at = time.time()
         self.ready_path.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ class ServiceProcess:
         if not self.ready_path.exists():
             return False
         self.port = int(json.loads(self.ready_path.read_text())["port"])
-        return probe(self.kind, self.address) == "SERVING"
+        return probe(self.kind, self.address, tls=self._tls) == "SERVING"
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -16,6 +16,8 @@ from typing import Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runwire_common.tls import TlsConfig
+
 Health = Literal["SERVING", "NOT_SERVING", "down"]
 
 GRPC_SERVICE_NAMES: Mapping[str, str] = MappingProxyType(
@@ -29,11 +31,14 @@ GATEWAY_HEALTH_PATH = "/healthz"
 NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def probe(kind: str, address: str, *, timeout_s: float = 2.0) -> Health:
-    """``SERVING``, ``NOT_SERVING`` (it answers but does not serve), or ``down`` (no answer)."""
+def probe(kind: str, address: str, *, timeout_s: float = 2.0, tls: TlsConfig | None = None) -> Health:
+    """``SERVING``, ``NOT_SERVING`` (it answers but does not serve), or ``down`` (no answer).
+
+    ``tls``: the gRPC services serve TLS (:mod:`runwire_common.tls`); the probe uses it too.
+    """
     if kind == "gateway":
         return _probe_http(address, timeout_s)
-    return _probe_grpc(GRPC_SERVICE_NAMES[kind], address, timeout_s)
+    return _probe_grpc(GRPC_SERVICE_NAMES[kind], address, timeout_s, tls)
 
 
 def _probe_http(address: str, timeout_s: float) -> Health:
@@ -48,8 +53,14 @@ def _probe_http(address: str, timeout_s: float) -> Health:
         conn.close()
 
 
-def _probe_grpc(service: str, address: str, timeout_s: float) -> Health:
-    with grpc.insecure_channel(address) as channel:
+def _channel(address: str, tls: TlsConfig | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=tls.channel_options())
+
+
+def _probe_grpc(service: str, address: str, timeout_s: float, tls: TlsConfig | None) -> Health:
+    with _channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

@@ -2,7 +2,10 @@
 
 Targets may be ``host:port`` or ``dns:///name:port``; the service config turns
 on round-robin balancing over every resolved address and retries calls that
-fail with ``UNAVAILABLE`` (the peer was draining or restarting).
+fail with ``UNAVAILABLE`` (the peer was draining or restarting). With the
+process's :class:`~runwire_common.tls.TlsConfig` the channel speaks TLS,
+verifies the peer against the configured CA and, for mutual TLS, presents the
+process's own certificate.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 from collections.abc import Sequence
 
 import grpc
+
+from runwire_common.tls import TlsConfig
 
 
 def service_config(service_names: tuple[str, ...]) -> str:
@@ -41,8 +46,9 @@ def open_channel(
     keepalive_time_s: float = 30.0,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     retries: bool = True,
+    tls: TlsConfig | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure channel inside the cluster (mTLS is the mesh's job).
+    """A channel to another service: TLS when ``tls`` is given (:mod:`runwire_common.tls`), else plaintext.
 
     ``retries=False`` is for a channel that carries a long-lived stream whose
     owner recovers by itself (the event fabric): gRPC's transparent retries
@@ -60,4 +66,9 @@ def open_channel(
     ]
     if retries:
         options.append(("grpc.service_config", service_config(service_names)))
+    if tls is not None:
+        options += tls.channel_options()
+        return grpc.aio.secure_channel(
+            target, tls.channel_credentials(), options=options, interceptors=list(interceptors) or None
+        )
     return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)

@@ -2,7 +2,10 @@
 
 ``GrpcServer`` builds the server with keepalive and ``max_connection_age`` (so
 long streams rebalance across replicas), the standard health service and,
-optionally, reflection. ``run_until_terminated`` serves until SIGTERM/SIGINT,
+optionally, reflection; with a :class:`~runwire_common.tls.TlsConfig` it
+serves TLS (mutual when configured), and ``health_port`` adds a plaintext
+port that serves only the health service, for probes that cannot speak TLS.
+``run_until_terminated`` serves until SIGTERM/SIGINT,
 then drains: health turns ``NOT_SERVING``, the ``draining`` event is set so
 servicers can refuse new work, the service's own drain hook runs, and the
 server stops accepting and waits for in-flight calls within the grace period.
@@ -25,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runwire_common.settings import ServerSettings
+from runwire_common.tls import TlsConfig
 
 log = logging.getLogger("runwire.server")
 
@@ -110,9 +114,12 @@ class GrpcServer:
         bindings: Sequence[ServiceBinding],
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         self._settings = settings
         self._bindings = tuple(bindings)
+        self._tls = tls
+        self.health_port = 0
         self.draining = asyncio.Event()
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -132,6 +139,10 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        # Health only, plaintext: the kubelet's gRPC probe cannot speak TLS.
+        self._health_server = (
+            grpc.aio.server(options=[("grpc.so_reuseport", 0)]) if settings.health_port is not None else None
+        )
 
     @property
     def address(self) -> str:
@@ -146,9 +157,20 @@ class GrpcServer:
             names = [b.name for b in self._bindings]
             names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
             reflection.enable_server_reflection(names, self._server)
-        self.port = self._server.add_insecure_port(f"{self._settings.host}:{self._settings.port}")
+        address = f"{self._settings.host}:{self._settings.port}"
+        if self._tls is not None:
+            self.port = self._server.add_secure_port(address, self._tls.server_credentials())
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
-            raise RuntimeError(f"could not bind {self._settings.host}:{self._settings.port}")
+            raise RuntimeError(f"could not bind {address}")
+        if self._health_server is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            health_address = f"{self._settings.host}:{self._settings.health_port}"
+            self.health_port = self._health_server.add_insecure_port(health_address)
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind {health_address}")
+            await self._health_server.start()
         await self._server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
@@ -158,7 +180,15 @@ class GrpcServer:
             _write_atomically(
                 Path(self._settings.ready_file), json.dumps({"port": self.port, "pid": os.getpid()})
             )
-        log.info("serving", extra={"address": self.address, "services": [b.name for b in self._bindings]})
+        log.info(
+            "serving",
+            extra={
+                "address": self.address,
+                "services": [b.name for b in self._bindings],
+                "tls": "off" if self._tls is None else "mutual" if self._tls.client_auth else "on",
+                "health_port": self.health_port or None,
+            },
+        )
         return self.port
 
     async def drain(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -175,11 +205,15 @@ class GrpcServer:
             except TimeoutError:
                 log.warning("drain hook did not finish within the grace period")
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         log.info("stopped")
 
     async def stop_now(self) -> None:
         self.draining.set()
         await self._server.stop(None)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
 
 
 async def wait_for_termination() -> None:

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runwire_common.attestation import ContextAttestor
 from runwire_common.errors import InvalidArgument
 from runwire_common.redaction import REDACTED, redact_text
+from runwire_common.tls import TlsSettings
 
 DEV_MODE_ENV = "RUNWIRE_DEV_MODE"
 # What the repository's published secrets contain: the base Secret's placeholders and the
@@ -150,8 +151,14 @@ def describe_invalid_settings(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-class ServerSettings(SecretSettings):
-    """Settings of one gRPC service process."""
+class ServerSettings(SecretSettings, TlsSettings):
+    """Settings of one gRPC service process.
+
+    TLS (``RUNWIRE_TLS_*``, :mod:`runwire_common.tls`) covers the server and
+    every channel the service opens to the others. ``health_port`` adds a
+    plaintext port that serves only ``grpc.health.v1``, for probes that cannot
+    speak TLS (the kubelet's ``grpc`` probe).
+    """
 
     model_config = SettingsConfigDict(env_prefix="RUNWIRE_", populate_by_name=True, extra="ignore")
 
@@ -174,11 +181,23 @@ class ServerSettings(SecretSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics here (unset = off, 0 = free port)"
     )
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="plaintext port serving only grpc.health.v1, for probes without TLS (unset = none)",
+    )
 
     @field_validator("attestation_keys")
     @classmethod
     def _keys_parse(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         return parse_attestation_keys(value, info)
+
+    @model_validator(mode="after")
+    def _tls_server_has_a_certificate(self) -> Self:
+        if self.tls_ca_file and not self.tls_cert_file:
+            raise ValueError("a gRPC server with TLS needs RUNWIRE_TLS_CERT_FILE and RUNWIRE_TLS_KEY_FILE")
+        return self
 
     def attestor(self) -> ContextAttestor:
         return ContextAttestor.from_spec(self.attestation_keys.get_secret_value())

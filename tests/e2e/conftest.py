@@ -71,6 +71,7 @@ def launch(tmp_path: Path, attestation_key_spec: str) -> Iterator[Launch]:
         redis_url: str | None = None,
         database_url: str | None = None,
         service_env: dict[str, dict[str, str]] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> System:
         jwt_secret = secrets.token_urlsafe(32)
         env = {"gateway": {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000"}}
@@ -87,6 +88,7 @@ def launch(tmp_path: Path, attestation_key_spec: str) -> Iterator[Launch]:
                 redis_url=redis_url,
                 database_url=database_url,
                 service_env=env,
+                extra_env=extra_env or {},
             )
         )
         started.append(cluster)
