@@ -39,6 +39,7 @@ from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.channels import open_channel
 from runwire_common.owners import Owner
 from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
+from runwire_common.tls import TlsConfig
 
 BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
 
@@ -276,6 +277,7 @@ class BridgeReplicas:
         *,
         stats: GatewayStats,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        tls: TlsConfig | None = None,
         cooldown_s: float = 2.0,
         max_cooldown_s: float = 30.0,
         open_timeout_s: float = 5.0,
@@ -284,6 +286,7 @@ class BridgeReplicas:
         self.open_timeout_s = open_timeout_s
         self.stats = stats
         self._interceptors = interceptors
+        self._tls = tls
         self._cooldown_s = cooldown_s
         self._max_cooldown_s = max_cooldown_s
         fixed = static_replicas(target)
@@ -343,7 +346,11 @@ class BridgeReplicas:
         if stream is None:
             # No gRPC retries: the stream's owner re-adds every subscription itself, from its cursor.
             channel = open_channel(
-                address, service_names=(BRIDGE_SERVICE,), interceptors=self._interceptors, retries=False
+                address,
+                service_names=(BRIDGE_SERVICE,),
+                interceptors=self._interceptors,
+                retries=False,
+                tls=self._tls,
             )
             self._channels[address] = channel
             stream = self._streams[address] = FabricStream(address, channel, self)
