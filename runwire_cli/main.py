@@ -4,7 +4,8 @@
 keeps it running; ``status`` shows each of its processes and their health;
 ``token`` mints a development JWT; ``chat`` and ``runs`` are a tiny client of
 the WebSocket gateway; ``context mint`` gives operators and internal services
-an attested ``UserContext`` for calling the gRPC APIs directly.
+an attested ``UserContext`` for calling the gRPC APIs directly; ``admin
+purge-user`` deletes everything kept of one user (:mod:`runwire_cli.admin`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 
+from registry_service.settings import DatabaseSettings
 from runwire.common.v1 import context_pb2
-from runwire_cli import devsecrets, state
+from runwire_cli import admin, devsecrets, state
 from runwire_cli.client import chat, get_thread, list_runs, list_threads
 from runwire_cli.cluster import MODULES, Cluster, ClusterConfig, LaunchError
 from runwire_cli.health import Health, probe
@@ -33,7 +37,7 @@ from runwire_cli.questions import TerminalAnswerer
 from runwire_cli.supervisor import RestartPolicy, Supervisor
 from runwire_cli.tokens import mint_token
 from runwire_common.attestation import ContextAttestor
-from runwire_common.errors import InvalidArgument
+from runwire_common.errors import InvalidArgument, RunwireError
 from runwire_common.ids import new_id
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws"
@@ -304,6 +308,39 @@ def cmd_context_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_purge_user(args: argparse.Namespace) -> int:
+    try:
+        database = (
+            DatabaseSettings(database_url=args.database_url) if args.database_url else DatabaseSettings()
+        )
+    except ValidationError as exc:
+        # The messages only: the error's text would quote the URL, password included.
+        problems = "; ".join(str(error["msg"]) for error in exc.errors())
+        print(f"runwire admin purge-user: --database-url: {problems}", file=sys.stderr)
+        return 2
+    try:
+        outcome = asyncio.run(
+            admin.purge_user(
+                args.user,
+                tenant_id=args.tenant or "",
+                database=database,
+                redis_url=args.redis_url or "",
+                redis_key_prefix=args.redis_key_prefix,
+                redis_cluster=args.redis_cluster,
+                force=args.force,
+                settle_s=args.settle,
+            )
+        )
+    except (OSError, RunwireError, RedisError) as exc:
+        print(f"runwire admin purge-user: {exc}", file=sys.stderr)
+        return 1
+    lines = admin.describe(
+        outcome, user_id=args.user, tenant_id=args.tenant or "", redis=bool(args.redis_url)
+    )
+    print("\n".join(lines), file=sys.stdout if outcome.complete else sys.stderr)
+    return 0 if outcome.complete else 1
+
+
 def _service_setting(text: str) -> tuple[str, str, str]:
     kind, colon, setting = text.partition(":")
     name, equals, value = setting.partition("=")
@@ -396,6 +433,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mint.add_argument("--format", choices=("json", "base64"), default="json")
     mint.set_defaults(func=cmd_context_mint)
+
+    admin_parser = commands.add_parser("admin", help="operator commands against the stores")
+    admin_commands = admin_parser.add_subparsers(dest="admin_command", required=True)
+    purge = admin_commands.add_parser(
+        "purge-user",
+        help="delete a user's runs, threads, input requests, outbox entries and event log",
+        description=admin.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    purge.add_argument("user", help="the user id (the token's sub)")
+    purge.add_argument("--tenant", help="the user's tenant (default: none, as for tokens without one)")
+    purge.add_argument(
+        "--database-url",
+        help="the registry's database (default $RUNWIRE_REGISTRY_DATABASE_URL, then $RUNWIRE_DATABASE_URL)",
+    )
+    purge.add_argument("--redis-url", help="also delete the user's event log from this Redis")
+    purge.add_argument(
+        "--redis-key-prefix", default="runwire", help="the bridge's RUNWIRE_BRIDGE_REDIS_KEY_PREFIX"
+    )
+    purge.add_argument("--redis-cluster", action="store_true", help="--redis-url is a Redis Cluster node")
+    purge.add_argument(
+        "--force", action="store_true", help="end the user's live runs as cancelled and delete them too"
+    )
+    purge.add_argument(
+        "--settle",
+        type=float,
+        default=admin.DEFAULT_SETTLE_S,
+        help="with --force: seconds to let executors notice their runs ended before deleting",
+    )
+    purge.set_defaults(func=cmd_admin_purge_user)
     return parser
 
 
