@@ -19,7 +19,8 @@ from bridge_service.bus import (
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.redis_bus import RedisEventBus
 from runwire_common.ids import new_id
-from tests.bridge_service.harness import SettingsFactory
+from tests.bridge_service.harness import ContextFactory, SettingsFactory
+from tests.bridge_service.stream_harness import FabricClient, open_stream_bridge
 
 LONG_LOG = 20_000
 PUBLISH_BATCH = 500
@@ -131,3 +132,33 @@ async def test_events_trimmed_while_a_paged_replay_waits_end_it_with_its_cursor_
             assert isinstance(await next_item(resumed), Gap)
         finally:
             await resumed.aclose()
+
+
+async def test_a_fabric_resume_reads_the_log_only_as_fast_as_the_gateway_grants_credit(
+    make_settings: SettingsFactory, make_context: ContextFactory
+) -> None:
+    ctx = make_context()
+    settings = make_settings(log_capacity=LONG_LOG, log_max_bytes=64 * 1024 * 1024)
+    async with open_stream_bridge(settings) as bridge:
+        bus = bridge.bus.inner
+        assert isinstance(bus, MemoryEventBus | RedisEventBus)
+        published = await publish_long_log(bus, ctx.user_id, LONG_LOG)
+        fabric = FabricClient(bridge.stub)
+        try:
+            before = bus.log_reads.events
+            await fabric.add(ctx, 1, after=published[0], initial_credit=300, max_batch=100)
+            await fabric.wait_for_events(1, 300)
+            # A round trip on the same stream: the pump had every chance to read ahead by now.
+            other = make_context()
+            await fabric.add(other, 2)
+            await fabric.wait_for_replay(2)
+            assert len(fabric.events(1)) == 300
+            assert bus.log_reads.events - before <= 300 + REPLAY_PAGE
+
+            await fabric.credit(1, LONG_LOG)
+            done = await fabric.wait_for_replay(1)
+        finally:
+            await fabric.close()
+        assert done.replayed == LONG_LOG - 1
+        assert [event.event_id for event in fabric.events(1)] == published[1:]
+        assert bus.log_reads.largest <= REPLAY_PAGE
