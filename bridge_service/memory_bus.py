@@ -303,17 +303,16 @@ class MemoryEventBus:
             older_than_ms=now - self._retention_ms,
         )
         subscriber = SubscriberQueue(self._subscriber_queue)
-        # Register before taking the replay snapshot, with no await in between:
-        # every event published from now on is either in the snapshot or queued.
+        # Register and note where the replay ends with no await in between: every
+        # event up to ``end`` is replayed from the log, every later one is queued.
         log.subscribers.add(subscriber)
+        end = log.last
         try:
             if self._draining:
                 raise BusDraining(after or str(log.last))
             gap, last = self._plan(log, after, cursor)
             if gap is not None:
                 yield gap
-            # Replay up to the newest event as of the registration; later ones are queued.
-            end = log.last
             replayed = 0
             while last < end:
                 if last < log.floor:
@@ -331,7 +330,7 @@ class MemoryEventBus:
             yield ReplayComplete(replayed=replayed, resume_after=str(last))
             while True:
                 batch = await subscriber.take(last, limit)
-                if batch[0][0] <= last:  # already replayed (defensive: the queue starts after the snapshot)
+                if batch[0][0] <= last:  # already replayed (defensive: the queue starts after ``end``)
                     batch = [entry for entry in batch if entry[0] > last]
                     if not batch:
                         continue
