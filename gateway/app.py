@@ -2,7 +2,8 @@
 
 settings → channels (execution, registry; opened once) → the bridge's
 replicas (a channel and, once needed, a ``Fabric`` stream each) → backends →
-WebSocket server. On exit the server drains first (connections close with
+the per-user limits (a Redis client when ``redis_url`` is set) → WebSocket
+server. On exit the server drains first (connections close with
 1012 so clients reconnect elsewhere), then the fabric streams and the
 channels close, in reverse order of opening.
 """
@@ -22,6 +23,7 @@ from gateway.fabric import BridgeReplicas
 from gateway.server import GatewayServer
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
+from gateway.user_limits import UserLimits, connect_redis
 from runwire_common.channels import open_channel
 from runwire_common.observability import open_observability
 from runwire_common.telemetry import Telemetry
@@ -74,6 +76,12 @@ async def running_gateway(
         stack.push_async_callback(replicas.close)
         await replicas.resolve()
         backends = Backends(execution=execution, registry=registry, call_timeout_s=settings.call_timeout_s)
+        redis = None
+        if settings.redis_url is not None:
+            # Not contacted here: an unreachable Redis degrades the limits, it does not stop the gateway.
+            redis = connect_redis(settings)
+            stack.push_async_callback(redis.aclose)
+        limits = await stack.enter_async_context(UserLimits(settings, stats=stats, redis=redis).running())
         server = GatewayServer(
             settings,
             backends=backends,
@@ -82,6 +90,7 @@ async def running_gateway(
             attestor=attestor,
             telemetry=observability.telemetry,
             metrics=observability.metrics,
+            limits=limits,
         )
         await server.start()
         stack.push_async_callback(server.drain)

@@ -30,9 +30,10 @@ from gateway import frames, legacy
 from gateway.auth import Identity
 from gateway.calls import Backends, ContextMinter, error_for_status
 from gateway.feeds import Feeds, UserFeed
-from gateway.limits import InFlightLimit, SlidingWindowLimiter
+from gateway.limits import InFlightLimit
 from gateway.protocol import (
     CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
     INTERNAL,
     RATE_LIMITED,
     RESOURCE_EXHAUSTED,
@@ -58,10 +59,11 @@ from gateway.settings import GatewaySettings
 from gateway.sink import EventSink, OutboxLimits
 from gateway.stats import GatewayStats
 from gateway.transport import GatewayConnection
+from gateway.user_limits import FrameGate, UserLimits
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
-from runwire_common.owners import Owner
+from runwire_common.owners import Owner, owner_key
 from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.gateway.connection")
@@ -78,13 +80,14 @@ class Session:
         "_calls",
         "_closing",
         "_expiry",
-        "_limiter",
+        "_gate",
         "_minter",
         "_settings",
         "_sink",
         "_start_runs",
         "_stats",
         "_telemetry",
+        "_user_limits",
         "_ws",
         "connection_id",
         "identity",
@@ -102,6 +105,7 @@ class Session:
         feeds: Feeds,
         limits: OutboxLimits,
         start_runs: InFlightLimit,
+        user_limits: UserLimits,
         after: str = "",
         telemetry: Telemetry | None = None,
         legacy: bool = False,
@@ -116,11 +120,12 @@ class Session:
         self._stats = stats
         self._after = after
         self._start_runs = start_runs
+        self._user_limits = user_limits
         self.connection_id = new_id("conn")
         self._minter = ContextMinter(
             attestor, identity, connection_id=self.connection_id, ttl_s=settings.context_ttl_s
         )
-        self._limiter = SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
+        self._gate = FrameGate(settings, user_limits, owner_key(identity.tenant_id, identity.user_id))
         self._sink = EventSink(
             websocket,
             owner=Owner(identity.tenant_id, identity.user_id),
@@ -131,6 +136,7 @@ class Session:
             stats=stats,
             on_stop=self._event_stream_stopped,
             legacy=legacy,
+            send_timeout_s=settings.send_timeout_s,
         )
         self._calls: set[asyncio.Task[None]] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -164,8 +170,7 @@ class Session:
                 await asyncio.gather(self._closing, return_exceptions=True)
 
     async def send(self, text: str) -> None:
-        async with self._sink.send_lock:
-            await self._ws.send(text)
+        await self._sink.send(text)
 
     # -- client frames -------------------------------------------------------
 
@@ -179,7 +184,22 @@ class Session:
             await self._reply_error(None, INTERNAL, "internal error")
 
     async def _serve_message(self, message: str | bytes) -> None:
-        allowed = self._limiter.allow()
+        if self._closing is not None:
+            return  # closing: nothing more is served
+        # Rate limits first, before the frame is parsed: a flood costs a count, not a parse.
+        refusal = await self._gate.admit()
+        if refusal is not None:
+            self._stats.frames_rate_limited += 1
+            if self._gate.flooding:
+                self._stats.connections_closed_flooding += 1
+                self._log.warning(
+                    "closing: kept sending past the rate limit", extra={"refused": self._gate.refused}
+                )
+                self._close_soon(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+            else:
+                # Never parsed, so the frame's id is not known: the reply's id is null.
+                await self._reply_error(None, RATE_LIMITED, refusal)
+            return
         try:
             command = parse_frame(
                 message,
@@ -187,21 +207,9 @@ class Session:
                 default_agent=self._settings.default_agent,
             )
         except FrameError as exc:
-            if not allowed:
-                await self._reply_error(exc.client_id, RATE_LIMITED, self._rate_message())
-            else:
-                await self._reply_error(exc.client_id, exc.code, exc.message)
-            return
-        if not allowed:
-            await self._reply_error(command.id, RATE_LIMITED, self._rate_message())
+            await self._reply_error(exc.client_id, exc.code, exc.message)
             return
         await self._dispatch(command)
-
-    def _rate_message(self) -> str:
-        return (
-            f"more than {self._settings.rate_limit_messages} messages in "
-            f"{self._settings.rate_limit_window_s:g} s; frame not processed"
-        )
 
     async def _dispatch(self, command: Command) -> None:
         if isinstance(command, PingFrame):
@@ -251,6 +259,18 @@ class Session:
 
     async def _run_command(self, command: CallFrame) -> None:
         if isinstance(command, RunStartFrame):
+            identity = self.identity
+            wait_s = await self._user_limits.allow_run_start(owner_key(identity.tenant_id, identity.user_id))
+            if wait_s:
+                self._stats.run_starts_rate_limited += 1
+                settings = self._settings
+                await self._reply_error(
+                    command.id,
+                    RATE_LIMITED,
+                    f"more than {settings.run_start_rate_limit} run.start in "
+                    f"{settings.run_start_rate_window_s:g} s for this user; retry in {wait_s:.1f} s",
+                )
+                return
             start_runs = self._start_runs
             if not start_runs.try_acquire():
                 # Queueing it would only run into the call deadline; say so now.
@@ -337,6 +357,10 @@ class Session:
     def _event_stream_stopped(self, code: int, reason: str) -> None:
         """The user's event stream cannot be kept up: say why, then close with ``code``."""
         self._log.warning("closing: event stream stopped", extra={"reason": reason})
+        if code == CLOSE_TRY_AGAIN_LATER:
+            # The client does not read: an error frame would wait behind what it left unread.
+            self._close_soon(code, reason, grace_s=0.0)
+            return
         error = "unauthenticated" if code == CLOSE_POLICY_VIOLATION else "unavailable"
         if self._closing is None:
             self._closing = asyncio.create_task(self._stop_with(code, reason, error))
@@ -351,7 +375,20 @@ class Session:
         self._log.info("closing: token expired")
         self._close_soon(CLOSE_POLICY_VIOLATION, "token expired")
 
-    def _close_soon(self, code: int, reason: str) -> None:
+    def _close_soon(self, code: int, reason: str, *, grace_s: float | None = None) -> None:
         # Closing waits for the receive loop, which cancels the caller; run it apart.
         if self._closing is None:
-            self._closing = asyncio.create_task(self._ws.close(code, reason))
+            grace = self._settings.send_timeout_s if grace_s is None else grace_s
+            self._closing = asyncio.create_task(self._close(code, reason, grace))
+
+    async def _close(self, code: int, reason: str, grace_s: float) -> None:
+        """Close with ``code``; a client that does not take the close frame in ``grace_s`` is cut off.
+
+        websockets' ``close`` first waits for the socket's buffer to drain, which a
+        client that stopped reading never lets happen.
+        """
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            self._ws.transport.abort()

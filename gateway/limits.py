@@ -1,7 +1,8 @@
-"""Edge limits: per-connection message rate and per-user connection count.
+"""Edge limits kept in one process: a sliding window, and a bound on calls in flight.
 
-Both are plain instance state owned by one gateway server (or one connection),
-never module state, so two gateways in one process do not share counts.
+Plain instance state owned by one gateway server (or one connection), never
+module state, so two gateways in one process do not share counts. The
+per-user limits that hold across replicas are in :mod:`gateway.user_limits`.
 """
 
 from __future__ import annotations
@@ -44,38 +45,20 @@ class SlidingWindowLimiter:
         accepted.append(now)
         return True
 
+    def refund(self) -> None:
+        """Take back the last accepted event (a later check refused what it stood for)."""
+        if self._accepted:
+            self._accepted.pop()
 
-class ConnectionSlots:
-    """Counts open (and opening) connections per user against a fixed limit."""
+    def wait_s(self) -> float:
+        """Seconds until the oldest accepted event leaves the window (0 when there is room)."""
+        if len(self._accepted) < self._limit:
+            return 0.0
+        return max(0.0, self._accepted[0] + self._window_s - self._clock())
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._counts: dict[str, int] = {}
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    def acquire(self, user_id: str) -> bool:
-        """Reserve a slot for ``user_id``; ``False`` when the user is at the limit."""
-        count = self._counts.get(user_id, 0)
-        if count >= self._limit:
-            return False
-        self._counts[user_id] = count + 1
-        return True
-
-    def release(self, user_id: str) -> None:
-        count = self._counts.get(user_id, 0) - 1
-        if count > 0:
-            self._counts[user_id] = count
-        else:
-            self._counts.pop(user_id, None)
-
-    def count(self, user_id: str) -> int:
-        return self._counts.get(user_id, 0)
-
-    def total(self) -> int:
-        return sum(self._counts.values())
+    def idle(self) -> bool:
+        """Whether nothing accepted is left in the window (the limiter may be dropped)."""
+        return not self._accepted or self._accepted[-1] <= self._clock() - self._window_s
 
 
 class InFlightLimit:

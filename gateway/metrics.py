@@ -41,6 +41,11 @@ class GatewayCollector(Collector):
             "Open Fabric streams (one per bridge replica)",
             value=stats.fabric_streams,
         )
+        yield GaugeMetricFamily(
+            "runwire_gateway_limits_degraded",
+            "1 while Redis does not answer and per-user limits are counted per process",
+            value=stats.limits_degraded,
+        )
         for name, doc, value in (
             (
                 "runwire_gateway_fabric_credits_granted",
@@ -73,6 +78,31 @@ class GatewayCollector(Collector):
                 "runwire_gateway_start_runs_refused_overload",
                 "run.start answered resource_exhausted because the gateway had too many in flight",
                 stats.start_runs_refused_overload,
+            ),
+            (
+                "runwire_gateway_frames_rate_limited",
+                "Client frames refused by a rate limit before being parsed",
+                stats.frames_rate_limited,
+            ),
+            (
+                "runwire_gateway_connections_closed_flooding",
+                "Connections closed (1008) for sending on past their rate limit",
+                stats.connections_closed_flooding,
+            ),
+            (
+                "runwire_gateway_slow_consumers_closed",
+                "Connections closed (1013) because the client did not read what was sent",
+                stats.slow_consumers_closed,
+            ),
+            (
+                "runwire_gateway_run_starts_rate_limited",
+                "run.start refused because the user started too many runs in the window",
+                stats.run_starts_rate_limited,
+            ),
+            (
+                "runwire_gateway_limits_redis_failures",
+                "Per-user limit checks that fell back to per-process counts (Redis unreachable)",
+                stats.limits_redis_failures,
             ),
         ):
             yield CounterMetricFamily(name, doc, value=value)

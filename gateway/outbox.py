@@ -214,11 +214,23 @@ class Outbox:
         self._entries.append(control)
         self.bytes += control.size
 
-    def take(self, limit: int) -> list[Entry]:
-        """The oldest ``limit`` entries (all when fewer), removed from the outbox."""
+    def take(self, limit: int, *, max_bytes: int | None = None) -> list[Entry]:
+        """The oldest ``limit`` entries (all when fewer), removed from the outbox.
+
+        With ``max_bytes``, no more entries than fit in it (but always the first).
+        """
         entries = self._entries
-        taken = [entries.popleft() for _ in range(min(limit, len(entries)))]
-        self.bytes -= sum(entry.size for entry in taken)
+        if max_bytes is None:
+            taken = [entries.popleft() for _ in range(min(limit, len(entries)))]
+            size = sum(entry.size for entry in taken)
+        else:
+            taken = []
+            size = 0
+            while entries and len(taken) < limit and (not taken or size + entries[0].size <= max_bytes):
+                entry = entries.popleft()
+                taken.append(entry)
+                size += entry.size
+        self.bytes -= size
         if not entries:
             self.bytes = 0
         return taken

@@ -51,6 +51,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
 
 # Error codes of the protocol (§6).
 INVALID_MESSAGE = "invalid_message"

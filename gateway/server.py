@@ -32,7 +32,7 @@ from gateway.devtokens import DevTokens
 from gateway.fabric import BridgeReplicas
 from gateway.feeds import Feeds
 from gateway.legacy import CHAT_PATH, PROFILE_LEGACY, is_legacy
-from gateway.limits import ConnectionSlots, InFlightLimit
+from gateway.limits import InFlightLimit
 from gateway.metrics import GatewayCollector
 from gateway.protocol import CLOSE_SERVICE_RESTART, cursor_problem
 from gateway.settings import GatewaySettings
@@ -41,7 +41,9 @@ from gateway.site import ConsoleSite
 from gateway.stats import GatewayStats
 from gateway.subscription import FabricPolicy
 from gateway.transport import GatewayConnection
+from gateway.user_limits import UserLimits
 from runwire_common.attestation import ContextAttestor
+from runwire_common.owners import owner_key
 from runwire_common.telemetry import Telemetry
 
 log = logging.getLogger("runwire.gateway.server")
@@ -70,16 +72,18 @@ class GatewayServer:
         telemetry: Telemetry | None = None,
         metrics: CollectorRegistry | None = None,
         site: ConsoleSite | None = None,
+        limits: UserLimits | None = None,
     ) -> None:
         self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._settings = settings
         self._backends = backends
         self._attestor = attestor
         self._verifier = verifier or TokenVerifier(settings)
-        self._slots = ConnectionSlots(settings.max_connections_per_user)
         self._sessions: set[Session] = set()
         self._server: Server | None = None
         self.stats = stats if stats is not None else replicas.stats
+        # Connections, frames and run.start per user: in Redis when configured, else per process.
+        self.limits = limits if limits is not None else UserLimits(settings, stats=self.stats)
         # Shared by every session of this gateway (never copied per connection).
         self.replicas = replicas
         self.feeds = Feeds(replicas, policy=fabric_policy(settings), stats=self.stats)
@@ -106,8 +110,8 @@ class GatewayServer:
     def sessions(self) -> frozenset[Session]:
         return frozenset(self._sessions)
 
-    def connections_of(self, user_id: str) -> int:
-        return self._slots.count(user_id)
+    def connections_of(self, user_id: str, tenant_id: str = "") -> int:
+        return self.limits.count(owner_key(tenant_id, user_id))
 
     async def start(self) -> int:
         """Listen; return the bound port."""
@@ -122,6 +126,10 @@ class GatewayServer:
             ping_interval=settings.ping_interval_s,
             ping_timeout=settings.ping_timeout_s,
             max_size=settings.hard_max_frame_bytes,
+            # Bounded both ways: received frames waiting for the session (reading pauses past
+            # it) and bytes waiting for the client (the writer waits past it, send_timeout_s).
+            max_queue=settings.incoming_queue_frames,
+            write_limit=settings.write_limit_bytes,
             create_connection=GatewayConnection,
             server_header=None,
         )
@@ -156,7 +164,7 @@ class GatewayServer:
 
     # -- handshake -----------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == HEALTH_PATH:
             return self._health(connection)
@@ -179,14 +187,17 @@ class GatewayServer:
             response = self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, exc.reason)
             response.headers["WWW-Authenticate"] = 'Bearer realm="runwire"'
             return response
-        if not self._slots.acquire(identity.user_id):
+        limits = self.limits
+        owner = owner_key(identity.tenant_id, identity.user_id)
+        lease = await limits.acquire_connection(owner)
+        if lease is None:
             return self._refuse(
                 connection,
                 http.HTTPStatus.TOO_MANY_REQUESTS,
-                f"too many connections for this user (limit {self._slots.limit})",
+                f"too many connections for this user (limit {limits.connection_limit})",
             )
         # Released when the TCP connection goes, however the handshake or session ends.
-        connection.connection_lost_waiter.add_done_callback(lambda _: self._slots.release(identity.user_id))
+        connection.connection_lost_waiter.add_done_callback(lambda _: limits.release_connection(owner, lease))
         assert isinstance(connection, GatewayConnection)
         connection.identity = identity
         connection.after = after
@@ -237,6 +248,7 @@ class GatewayServer:
             feeds=self.feeds,
             limits=self._limits,
             start_runs=self._start_runs,
+            user_limits=self.limits,
         )
         self._sessions.add(session)
         self.stats.connections_opened += 1

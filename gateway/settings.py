@@ -59,13 +59,54 @@ class GatewaySettings(SecretSettings, TlsSettings):
     jwt_leeway_s: float = Field(default=0.0, ge=0, le=300)
 
     context_ttl_s: float = Field(default=300.0, gt=0, description="lifetime of a minted UserContext")
-    max_connections_per_user: int = Field(default=5, gt=0)
+    max_connections_per_user: int = Field(
+        default=5, gt=0, description="per user: across the replicas with redis_url, else per process"
+    )
     max_frame_bytes: int = Field(default=65536, gt=0)
     hard_frame_factor: int = Field(
         default=16, ge=2, description="frames above max_frame_bytes * this close the connection (1009)"
     )
-    rate_limit_messages: int = Field(default=30, gt=0)
+    rate_limit_messages: int = Field(default=30, gt=0, description="client frames per window per connection")
     rate_limit_window_s: float = Field(default=10.0, gt=0)
+    user_rate_limit_messages: int | None = Field(
+        default=None,
+        gt=0,
+        description="client frames per window per user, all connections and replicas "
+        "(unset = max_connections_per_user * rate_limit_messages)",
+    )
+    rate_limit_close_after: int = Field(
+        default=30, gt=0, description="refused frames in a row after which the connection is closed (1008)"
+    )
+    run_start_rate_limit: int = Field(default=60, gt=0, description="run.start requests per window per user")
+    run_start_rate_window_s: float = Field(default=60.0, gt=0)
+    send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a write the client does not take within this closes the socket (1013)",
+    )
+    write_limit_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="bytes buffered for a socket before its writer waits"
+    )
+    incoming_queue_frames: int = Field(
+        default=8, ge=1, description="received frames buffered per socket before reading pauses"
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis shared by the replicas for the per-user limits (a secret: it may carry "
+        "the password); unset = per-process limits",
+    )
+    redis_key_prefix: str = Field(default="runwire", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    redis_cluster: bool = Field(default=False, description="redis_url is a node of a Redis Cluster")
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="per Redis command; past it, per process")
+    redis_retry_s: float = Field(
+        default=2.0, gt=0, description="per-process limits this long after a Redis failure"
+    )
+    redis_max_connections: int = Field(default=16, gt=0)
+    connection_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a connection counts in Redis this long after its gateway last refreshed it",
+    )
     max_in_flight: int = Field(default=8, gt=0, description="concurrent gRPC calls per connection")
     ping_interval_s: float = Field(default=25.0, gt=0)
     ping_timeout_s: float = Field(default=20.0, gt=0)
@@ -163,6 +204,12 @@ class GatewaySettings(SecretSettings, TlsSettings):
     def min_hmac_secret_bytes(self) -> int:
         sizes = [int(alg[2:]) // 8 for alg in self.jwt_algorithms if alg in HMAC_ALGORITHMS]
         return max([MIN_HMAC_SECRET_BYTES, *sizes])
+
+    @property
+    def effective_user_rate_limit(self) -> int:
+        if self.user_rate_limit_messages is not None:
+            return self.user_rate_limit_messages
+        return self.max_connections_per_user * self.rate_limit_messages
 
     @property
     def hard_max_frame_bytes(self) -> int:

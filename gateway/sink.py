@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway import frames
 from gateway.calls import ContextMinter
 from gateway.outbox import Control, EventFrame, Outbox
-from gateway.protocol import INVALID_ARGUMENT, UNAVAILABLE, ClientId
+from gateway.protocol import CLOSE_TRY_AGAIN_LATER, INVALID_ARGUMENT, UNAVAILABLE, ClientId
 from gateway.stats import GatewayStats
 from gateway.transport import GatewayConnection
 from runwire_common.logs import bind
@@ -49,8 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runwire.gateway.sink")
 
-# Frames written with one flush at most (one writelines, one drain).
+# Frames written with one flush at most (one writelines, one drain), and their bytes at most
+# (past the first frame): what one flush can add to a socket's buffer stays bounded.
 WRITE_BATCH = 256
+WRITE_BATCH_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class EventSink:
         "_on_stop",
         "_outbox",
         "_replay",
+        "_send_timeout_s",
         "_stats",
         "_writer",
         "_writing",
@@ -101,6 +104,7 @@ class EventSink:
         stats: GatewayStats,
         on_stop: Callable[[int, str], None],
         legacy: bool = False,
+        send_timeout_s: float = 10.0,
     ) -> None:
         self._ws = websocket
         # Writes the legacy projection of event frames (see :mod:`gateway.legacy`).
@@ -114,6 +118,7 @@ class EventSink:
         self._limits = limits
         self._stats = stats
         self._on_stop = on_stop
+        self._send_timeout_s = send_timeout_s
         self.send_lock = asyncio.Lock()
         self._outbox: Outbox | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -309,6 +314,31 @@ class EventSink:
 
     # -- the writer ------------------------------------------------------------
 
+    async def send(self, text: str) -> None:
+        """Write one frame (a reply) between the writer's batches, within the send timeout."""
+        async with self.send_lock:
+            await self._timed(self._ws.send(text))
+
+    async def _timed(self, write: Awaitable[None]) -> None:
+        """``write``, or — when the client takes nothing for ``send_timeout_s`` — close (1013).
+
+        A client that stops reading fills the socket's buffer (``write_limit_bytes``)
+        and every write then waits; it is closed instead of holding its queue, and it
+        resumes from the last event it did read with ``?after=``.
+        """
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await write
+        except TimeoutError:
+            if not self._closed:
+                self._closed = True
+                self._stats.slow_consumers_closed += 1
+                bind(log, user_id=self.user_id, connection_id=self.connection_id).warning(
+                    "closing: the client does not read", extra={"after": self.written}
+                )
+                self.stop(CLOSE_TRY_AGAIN_LATER, "not reading: reconnect with ?after=<last event_id>")
+            raise ConnectionClosed(None, None) from None
+
     def _kick(self) -> None:
         if self._writer is None and self._outbox is not None and len(self._outbox):
             self._writer = asyncio.create_task(self._write())
@@ -318,7 +348,7 @@ class EventSink:
         legacy = self.legacy
         try:
             while self._outbox is not None and len(self._outbox):
-                batch = self._outbox.take(WRITE_BATCH)
+                batch = self._outbox.take(WRITE_BATCH, max_bytes=WRITE_BATCH_BYTES)
                 self._writing = len(batch)
                 texts: list[str] = []
                 position: str | None = None
@@ -336,9 +366,9 @@ class EventSink:
                 if texts:
                     async with self.send_lock:
                         if len(texts) == 1:
-                            await self._ws.send(texts[0])
+                            await self._timed(self._ws.send(texts[0]))
                         else:
-                            await self._ws.send_texts(texts)
+                            await self._timed(self._ws.send_texts(texts))
                 if position is not None:
                     self.written = position
                 self._writing = 0

@@ -56,6 +56,15 @@ class GatewayStats:
     resubscribes: int = 0
     connections_opened: int = 0
     start_runs_refused_overload: int = 0
+    # Abuse at the edge: frames refused by a rate limit (never parsed), connections closed for
+    # flooding (1008) or for not reading (1013), run.start refused by the user's creation rate.
+    frames_rate_limited: int = 0
+    connections_closed_flooding: int = 0
+    slow_consumers_closed: int = 0
+    run_starts_rate_limited: int = 0
+    # Per-user limits in Redis: checks that fell back to per-process counts, and whether they do now.
+    limits_redis_failures: int = 0
+    limits_degraded: int = 0
     # The event fabric: users with a subscription, open streams (gauges), and counters.
     users_subscribed: int = 0
     fabric_streams: int = 0

@@ -58,6 +58,7 @@ def expected_flows(docs: Docs, namespace: str) -> set[Flow]:
         ("registry", database, 5432, "TCP"),
         ("registry-migrate", database, 5432, "TCP"),
         ("bridge", cache, 6379, "TCP"),
+        ("gateway", cache, 6379, "TCP"),  # the per-user limits shared by the replicas
     }
     flows |= {(peer.name, "gateway", 8080, "TCP") for peer in OUTSIDE}  # the edge: from anywhere
     flows |= {("prometheus", service, 9090, "TCP") for service in SERVICES}
@@ -75,6 +76,7 @@ def expected_flows(docs: Docs, namespace: str) -> set[Flow]:
             ("registry", peer.name, 5432, "TCP"),
             ("registry-migrate", peer.name, 5432, "TCP"),
             ("bridge", peer.name, 6379, "TCP"),
+            ("gateway", peer.name, 6379, "TCP"),
         }
     return flows
 
@@ -116,7 +118,6 @@ def test_exactly_the_real_flows_are_allowed(rendered: dict[str, Docs], target: s
         ("gateway", "postgres", 5432),
         ("execution", "redis", 6379),
         ("registry", "redis", 6379),
-        ("gateway", "redis", 6379),
         ("execution", "gateway", 8080),
         ("bridge", "registry", 50051),
         ("registry", "execution", 50051),
@@ -157,7 +158,12 @@ def test_the_dev_datastores_accept_only_their_own_clients(rendered: dict[str, Do
         for destination, port in (("postgres", 5432), ("redis", 6379))
         if connection_allowed(policies, pods[source], pods[destination], port)
     }
-    assert clients == {("registry", "postgres"), ("registry-migrate", "postgres"), ("bridge", "redis")}
+    assert clients == {
+        ("registry", "postgres"),
+        ("registry-migrate", "postgres"),
+        ("bridge", "redis"),
+        ("gateway", "redis"),
+    }
 
 
 # --- the evaluator itself -------------------------------------------------------------------
