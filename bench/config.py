@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("load", "paced", "stability", "idle", "registry", "prod")
+SECTIONS = ("load", "paced", "abuse", "stability", "idle", "registry", "prod")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class BenchConfig:
     paced_users: int = 100
     paced_rate: float = 10.0  # events per second each paced user receives
     paced_runs: int = 3
+    abuse_users: int = 100  # normal users (paced) measured with and without a flooder and a non-reader
+    abuse_pingers: int = 10  # extra normal connections timing pings (2.5 per second each:
+    abuse_ping_interval_s: float = 0.4  # within the default 30 frames per 10 s)
     stability_users: int = 100
     stability_runs: int = 1000
     idle_counts: tuple[int, ...] = (1000, 10000)
@@ -65,6 +68,8 @@ class BenchConfig:
             "paced_users": 2,
             "paced_rate": 50.0,
             "paced_runs": 1,
+            "abuse_users": 2,
+            "abuse_pingers": 2,
             "stability_users": 4,
             "stability_runs": 8,
             "idle_counts": (10, 30),

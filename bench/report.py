@@ -391,6 +391,7 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
             "",
             *_load_table([paced]),
         ]
+    lines += _abuse_lines(results.get("abuse") or {})
     stab = results.get("stability") or {}
     if "delta_kb" in stab:
         lines += ["", f"## RSS stability: {stab['runs']} runs by {stab['users']} users", ""]
@@ -551,3 +552,25 @@ def write(results: dict[str, Any], out_root: Path, stamp: str) -> Path:
         markdown(results, "latest.png").replace("files `profile-", f"files `{stamp}/profile-")
     )
     return folder
+
+
+def _abuse_lines(abuse: dict[str, Any]) -> list[str]:
+    """The normal users' p99s without and with the two abusers, side by side."""
+    quiet, noisy = abuse.get("without_abusers"), abuse.get("with_abusers")
+    if not quiet or not noisy:
+        return []
+    abusers = noisy.get("abusers", {})
+    closes = ", ".join(f"{k}: {v}" for k, v in sorted(abusers.get("closes", {}).items())) or "none"
+    return [
+        "",
+        f"## Abuse: {abuse['users']} paced users next to a 64 KiB flooder and a client that never reads",
+        "",
+        "| normal users | without abusers | with abusers |",
+        "|---|---:|---:|",
+        f"| delivery p99 ms | {quiet['delivery_latency']['p99_ms']:.1f} | {noisy['delivery_latency']['p99_ms']:.1f} |",
+        f"| ping p99 ms | {quiet['ping_latency']['p99_ms']:.1f} | {noisy['ping_latency']['p99_ms']:.1f} |",
+        f"| pings answered | {quiet['pings']} | {noisy['pings']} |",
+        f"| runs ok / failed | {quiet['runs_ok']} / {quiet['runs_failed']} | {noisy['runs_ok']} / {noisy['runs_failed']} |",
+        "",
+        f"Flood frames sent: {abusers.get('flood_frames_sent', 0)}; abusers' connections closed: {closes}.",
+    ]

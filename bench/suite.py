@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bench import profiling, report, scenarios, systems
+from bench import abuse, profiling, report, scenarios, systems
 from bench.baseline import BaselineChain
 from bench.config import BenchConfig
 from bench.procstats import raise_nofile_limit
@@ -384,6 +384,9 @@ def run(cfg: BenchConfig, command: str) -> tuple[Path, dict[str, Any]]:
                     return _prod_idle_on(cfg, prod, results)
 
             _section(results, "prod_idle", prod_idle)
+        if "abuse" not in cfg.skip:
+            print("[bench] abuse: normal users with and without two abusers", file=sys.stderr, flush=True)
+            _section(results, "abuse", lambda: abuse.abuse(cfg, work / "abuse"))
         if "registry" not in cfg.skip:
             _section(results, "registry", lambda: _registry(cfg, work))
     finally:

@@ -30,7 +30,9 @@ from bench.redisstats import RedisProbe
 from runwire_cli.cluster import Cluster, ClusterConfig, ServiceProcess
 from runwire_common.attestation import generate_key_spec
 
-BENCH_GATEWAY_ENV: Mapping[str, str] = MappingProxyType({"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "100000000"})
+BENCH_GATEWAY_ENV: Mapping[str, str] = MappingProxyType(
+    {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "100000000", "RUNWIRE_GATEWAY_RUN_START_RATE_LIMIT": "100000000"}
+)
 
 
 @dataclass(frozen=True)

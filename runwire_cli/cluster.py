@@ -225,6 +225,8 @@ class Cluster:
             env[f"{prefix}BRIDGE_TARGET"] = self._targets("bridge")
             env[f"{prefix}JWT_SECRET"] = self.config.jwt_secret
             env[f"{prefix}DEV_TOKENS"] = "true"  # generated development secrets: the console's sign-in
+            if self.config.redis_url:  # the per-user limits, shared by the gateway replicas
+                env[f"{prefix}REDIS_URL"] = self.config.redis_url
             port = self.config.gateway_port
             env[f"{prefix}WS_PORT"] = str(port + index if port else 0)
         env.update(self.config.extra_env)

@@ -146,6 +146,13 @@ def test_bench_smoke_runs_every_measurement(smoke: Smoke) -> None:
     _check_load(results["paced"], "runwire")
     _check_load(results["paced"], "baseline")
 
+    # The normal users' p99s without and with a flooder and a non-reader, side by side.
+    abuse = results["abuse"]
+    for side in ("without_abusers", "with_abusers"):
+        assert abuse[side]["runs_ok"] > 0 and abuse[side]["pings"] > 0
+        assert abuse[side]["delivery_latency"]["p99_ms"] > 0 and abuse[side]["ping_latency"]["p99_ms"] > 0
+    assert abuse["with_abusers"]["abusers"]["flood_frames_sent"] > 0
+
     stability = results["stability"]
     assert 0 < stability["runs_ok"] <= stability["runs"]
     assert set(stability["delta_kb"]) == SERVICES
@@ -171,6 +178,7 @@ def test_bench_smoke_runs_every_measurement(smoke: Smoke) -> None:
     assert (smoke.out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (smoke.out / "latest.md").read_text()
     assert "## Targets" in table and "| users |" in table and "latest.png" in table
+    assert "## Abuse:" in table and "| ping p99 ms |" in table
     prod = results["meta"]["prod"]
     assert prod["skipped"] or "## Production configuration: Redis + PostgreSQL" in table
 

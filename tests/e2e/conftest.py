@@ -18,6 +18,10 @@ from runwire_cli.tokens import mint_token
 from runwire_common.ids import new_id
 
 
+# The tests send far more frames and start far more runs per user than the defaults allow.
+E2E_GATEWAY_ENV = {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000", "RUNWIRE_GATEWAY_RUN_START_RATE_LIMIT": "1000"}
+
+
 class System:
     def __init__(self, cluster: Cluster, jwt_secret: str) -> None:
         self.cluster = cluster
@@ -45,7 +49,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, attestation_key_spec: str) 
             jwt_secret=jwt_secret,
             gateway_port=0,
             grace_period_s=5,
-            service_env={"gateway": {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000"}},
+            service_env={"gateway": dict(E2E_GATEWAY_ENV)},
         )
     )
     cluster.start()
@@ -74,7 +78,7 @@ def launch(tmp_path: Path, attestation_key_spec: str) -> Iterator[Launch]:
         extra_env: dict[str, str] | None = None,
     ) -> System:
         jwt_secret = secrets.token_urlsafe(32)
-        env = {"gateway": {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000"}}
+        env = {"gateway": dict(E2E_GATEWAY_ENV)}
         for kind, values in (service_env or {}).items():
             env.setdefault(kind, {}).update(values)
         cluster = Cluster(

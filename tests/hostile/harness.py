@@ -170,6 +170,7 @@ async def running_stack(data_dir: Path, key_spec: str, **gateway_overrides: Any)
             "call_timeout_s": 5.0,
             "grace_period_s": 2.0,
             "rate_limit_messages": 1_000_000,
+            "run_start_rate_limit": 1_000_000,
             "max_connections_per_user": 50,
         }
         gateway = await stack.enter_async_context(
