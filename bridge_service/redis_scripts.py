@@ -3,7 +3,7 @@
 Every key of one user carries the user id as a Redis Cluster hash tag, so a
 user's keys live on one shard (scripts may touch them together) while users
 spread across shards. Redis hashes only what lies between the first ``{``
-and the next ``}``, so the id is escaped inside the tag (:func:`hash_tag`:
+and the next ``}``, so the id is escaped inside the tag (:func:`runwire_common.redis_keys.hash_tag`:
 ``%`` → ``%25``, ``{`` → ``%7B``, ``}`` → ``%7D``): the tag never holds a
 brace whatever the id, distinct ids keep distinct tags, and ordinary ids stay
 readable as they are. ``<user>`` below is that escaped id.
@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from bridge_service.event_ids import EventId
+from runwire_common.redis_keys import user_key_base
 
 
 class UserKeys(NamedTuple):
@@ -53,16 +54,9 @@ class UserKeys(NamedTuple):
         return [self.stream, self.meta, self.runs, self.run_order]
 
 
-def hash_tag(user_id: str) -> str:
-    """``user_id`` escaped so it holds no brace (an injective escape: ``%`` is escaped too)."""
-    if "%" not in user_id and "{" not in user_id and "}" not in user_id:
-        return user_id
-    return user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
 def user_keys(prefix: str, user_id: str) -> UserKeys:
     """The keys of ``user_id``'s log, all on the slot of its escaped id (see module doc)."""
-    tagged = f"{prefix}:{{{hash_tag(user_id)}}}"
+    tagged = user_key_base(prefix, user_id)
     return UserKeys(
         stream=f"{tagged}:events",
         meta=f"{tagged}:meta",

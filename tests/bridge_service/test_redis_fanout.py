@@ -25,9 +25,10 @@ from bridge_service.bus import (
 )
 from bridge_service.event_ids import EventId, parse_event_id
 from bridge_service.redis_bus import RedisEventBus
-from bridge_service.redis_scripts import hash_tag, user_keys
+from bridge_service.redis_scripts import user_keys
 from bridge_service.settings import BridgeSettings
 from runwire_common.ids import new_id
+from runwire_common.redis_keys import hash_tag
 from tests.bridge_service.harness import SettingsFactory
 
 pytestmark = pytest.mark.parametrize("backend", ["redis"])
