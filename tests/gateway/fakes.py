@@ -174,16 +174,22 @@ class RecordingSocket:
 
 @asynccontextmanager
 async def detached_sink(
-    socket: RecordingSocket, stats: GatewayStats, attestor: ContextAttestor, *, user_id: str, **limits: int
+    socket: RecordingSocket,
+    stats: GatewayStats,
+    attestor: ContextAttestor,
+    *,
+    user_id: str,
+    tenant_id: str = "",
+    **limits: int,
 ) -> AsyncIterator[EventSink]:
     """An :class:`EventSink` on ``socket`` that belongs to no feed (nothing listens at its bridge)."""
     replicas = BridgeReplicas("127.0.0.1:9", stats=stats)
     feeds = Feeds(replicas, policy=FabricPolicy(attempts=1, backoff_s=0.01, max_backoff_s=0.01), stats=stats)
-    identity = Identity(user_id=user_id, tenant_id="", roles=(), expires_at=2e9)
+    identity = Identity(user_id=user_id, tenant_id=tenant_id, roles=(), expires_at=2e9)
     stops: list[tuple[int, str]] = []
     sink = EventSink(
         socket,  # type: ignore[arg-type]
-        owner=Owner("", user_id),
+        owner=Owner(tenant_id, user_id),
         connection_id="conn_0123456789abcdef",
         minter=ContextMinter(attestor, identity, connection_id="conn_0123456789abcdef", ttl_s=60),
         feeds=feeds,
