@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from runwire_common.attestation import ContextAttestor
-from runwire_common.settings import SecretSettings, parse_attestation_keys
+from runwire_common.settings import DEV_MODE_ENV, SecretSettings, parse_attestation_keys
 from runwire_common.tls import TlsSettings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -152,7 +152,10 @@ class GatewaySettings(SecretSettings, TlsSettings):
     )
     dev_tokens: bool = Field(
         default=False,
-        description="development only: POST /dev/token?user=NAME mints a token for anyone (runwire up sets it)",
+        description=(
+            "development only: POST /dev/token?user=NAME mints a token for anyone (runwire up sets it); "
+            "refused unless RUNWIRE_DEV_MODE=true"
+        ),
     )
     dev_token_ttl_s: float = Field(
         default=900.0, gt=0, le=86400, description="lifetime of a development token"
@@ -199,6 +202,11 @@ class GatewaySettings(SecretSettings, TlsSettings):
             raise ValueError("jwt_public_key is required for public-key algorithms")
         if self.dev_tokens and not uses_hmac:
             raise ValueError("dev_tokens needs an HS* algorithm and jwt_secret to sign with")
+        if self.dev_tokens and not self.dev_mode:
+            # It signs a token for any user name: never on by accident in a real deployment.
+            raise ValueError(
+                f"dev_tokens lets anyone sign in as any user: it needs {DEV_MODE_ENV}=true (development mode)"
+            )
         return self
 
     def min_hmac_secret_bytes(self) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -60,7 +61,7 @@ async def http(
 
 @pytest.fixture
 async def gateway_dev(start_gateway: GatewayFactory) -> GatewayServer:
-    return await start_gateway(dev_tokens=True, dev_token_ttl_s=120)
+    return await start_gateway(dev_tokens=True, dev_token_ttl_s=120, dev_mode=True)
 
 
 async def test_get_root_serves_the_console_with_a_restrictive_csp(gateway: GatewayServer) -> None:
@@ -189,7 +190,22 @@ def test_dev_tokens_need_an_hmac_secret(attestation_key_spec: str) -> None:
             jwt_algorithms=("RS256",),
             jwt_public_key="-----BEGIN PUBLIC KEY-----",
             dev_tokens=True,
+            dev_mode=True,
         )
+
+
+def test_dev_tokens_are_refused_outside_development_mode(attestation_key_spec: str) -> None:
+    fields: dict[str, Any] = {
+        "attestation_keys": attestation_key_spec,
+        "execution_target": "x:1",
+        "registry_target": "x:1",
+        "bridge_target": "x:1",
+        "jwt_secret": "s" * 64,
+        "dev_tokens": True,
+    }
+    with pytest.raises(ValueError, match="RUNWIRE_DEV_MODE=true"):
+        GatewaySettings(**fields)
+    assert GatewaySettings(**fields, dev_mode=True).dev_tokens
 
 
 def test_the_file_table_skips_symlinks_odd_names_and_unknown_types(tmp_path: Path) -> None:
