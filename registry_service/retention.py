@@ -25,8 +25,6 @@ interrupted run.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -40,6 +38,7 @@ from sqlalchemy.engine import Connection
 from registry_service.database import Database
 from registry_service.metrics import RegistryMetrics
 from registry_service.models import INPUT_REQUESTS, OWNERS, RUNS, THREAD_MESSAGES
+from registry_service.periodic import Periodic
 from registry_service.states import CANCELLED, LIVE_STATES, TERMINAL_STATES
 from runwire_common.timeutil import utcnow
 
@@ -194,8 +193,13 @@ class RetentionPurger:
         self._policy = policy
         self._clock = clock
         self._metrics = metrics if metrics is not None else RegistryMetrics()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.purge,
+            interval_s=policy.interval_s,
+            name="registry-retention-purger",
+            log=log,
+            failure="retention purge failed; trying again next interval",
+        )
 
     async def purge(self) -> Purged:
         """One pass: batches until one comes back short, ``max_batches`` or a stop; errors propagate."""
@@ -207,7 +211,7 @@ class RetentionPurger:
             purged = await self._database.write(work)
             total += purged
             self._metrics.count_purged(purged.runs, purged.messages, purged.inputs)
-            if purged.runs < policy.batch or self._stopping.is_set():
+            if purged.runs < policy.batch or self._periodic.stopping:
                 break
         if total.runs:
             log.info(
@@ -216,27 +220,9 @@ class RetentionPurger:
             )
         return total
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.purge()
-            except Exception:
-                log.exception("retention purge failed; trying again next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._policy.interval_s)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="registry-retention-purger")
+        self._periodic.start()
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         """Let the batch in progress finish (up to ``timeout_s``), then end the task. Idempotent."""
-        self._stopping.set()
-        task = self._task
-        if task is None:
-            return
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self._periodic.stop(timeout_s=timeout_s)

@@ -20,7 +20,6 @@ when the server drains.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from registry_service.database import Database
 from registry_service.death import DeathNotice, claim_notices, mark_dead, mark_notified, release_claims
 from registry_service.metrics import RegistryMetrics
 from registry_service.notifier import DeathNotifier
+from registry_service.periodic import Periodic
 from runwire_common.timeutil import utcnow
 
 log = logging.getLogger("runwire.registry.sweeper")
@@ -72,8 +72,13 @@ class DeathSweeper:
         self._policy = policy
         self._notifier = notifier
         self._clock = clock
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.sweep,
+            interval_s=policy.interval_s,
+            name="registry-death-sweeper",
+            log=log,
+            failure="death sweep failed; trying again next interval",
+        )
 
     async def sweep(self) -> SweepReport:
         """One sweep; database and bridge failures propagate (the loop logs them)."""
@@ -143,27 +148,9 @@ class DeathSweeper:
         log.log(level, "notice delivered", extra={"run_id": notice.run_id, "user_id": notice.user_id})
         return True
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("death sweep failed; trying again next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._policy.interval_s)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="registry-death-sweeper")
+        self._periodic.start()
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         """Let the sweep in progress finish (up to ``timeout_s``), then end the task. Idempotent."""
-        self._stopping.set()
-        task = self._task
-        if task is None:
-            return
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self._periodic.stop(timeout_s=timeout_s)
