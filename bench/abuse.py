@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,12 +43,21 @@ from bench.stats import latency_summary_ms
 from runwire_cli.tokens import mint_token
 from runwire_common.ids import new_id
 
-FLOOD_FRAME = json.dumps({"type": "ping", "pad": "x" * (64 * 1024 - 64)})
+FLOOD_FRAME_BYTES = 64 * 1024
 # The gateway's defaults, which the benchmark otherwise raises for its load clients.
-DEFAULT_LIMITS: Mapping[str, str] = {
-    "RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "30",
-    "RUNWIRE_GATEWAY_RUN_START_RATE_LIMIT": "60",
-}
+DEFAULT_LIMITS: Mapping[str, str] = MappingProxyType(
+    {
+        "RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "30",
+        "RUNWIRE_GATEWAY_RUN_START_RATE_LIMIT": "60",
+    }
+)
+
+
+def flood_frame() -> str:
+    """A ``ping`` frame padded to :data:`FLOOD_FRAME_BYTES`."""
+    return json.dumps({"type": "ping", "pad": "x" * (FLOOD_FRAME_BYTES - 64)})
+
+
 BIG_EVENTS = 200  # the non-reader's run: 200 partials of ~60 KB, far more than socket buffers hold
 
 
@@ -71,6 +81,7 @@ class _Abusers:
 
     async def flood(self) -> None:
         user = new_id("flooder")
+        frame = flood_frame()
         while not self.stop.is_set():
             try:
                 async with connect(self.url, additional_headers=self._headers(user), compression=None) as ws:
@@ -78,7 +89,7 @@ class _Abusers:
                     replies = asyncio.create_task(_drain(ws))
                     try:
                         while not self.stop.is_set():
-                            await ws.send(FLOOD_FRAME)
+                            await ws.send(frame)
                             self.frames_sent += 1
                         return
                     except ConnectionClosed as exc:
