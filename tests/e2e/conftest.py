@@ -17,9 +17,11 @@ from runwire_cli.cluster import Cluster, ClusterConfig
 from runwire_cli.tokens import mint_token
 from runwire_common.ids import new_id
 
-
 # The tests send far more frames and start far more runs per user than the defaults allow.
-E2E_GATEWAY_ENV = {"RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000", "RUNWIRE_GATEWAY_RUN_START_RATE_LIMIT": "1000"}
+E2E_GATEWAY_ENV = {
+    "RUNWIRE_GATEWAY_RATE_LIMIT_MESSAGES": "1000",
+    "RUNWIRE_GATEWAY_RUN_START_RATE_LIMIT": "1000",
+}
 
 
 class System:
