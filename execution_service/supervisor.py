@@ -82,13 +82,18 @@ class RunSupervisor:
         """Let live runs finish for ``finish_within_s``, then end the rest dead within ``stop_within_s``.
 
         Runs admitted while the first phase lasts (calls already in flight when
-        the drain began) still start; the server refuses new calls.
+        the drain began) still start, and get the rest of that phase too: the
+        wait takes in what was admitted meanwhile until nothing is left or the
+        phase is over. The server refuses new calls.
         """
+        loop = asyncio.get_running_loop()
+        finish_by = loop.time() + finish_within_s
         pending = self._pending()
         if pending:
             self._log.info("draining runs", extra={"live_runs": len(self._runs)})
-            if finish_within_s > 0:
-                await asyncio.wait(pending, timeout=finish_within_s)
+        while pending and (left := finish_by - loop.time()) > 0:
+            await asyncio.wait(pending, timeout=left)
+            pending = self._pending()
         self._closed = True
         remaining = list(self._runs.values())
         for live in remaining:

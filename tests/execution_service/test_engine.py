@@ -362,6 +362,28 @@ async def test_draining_lets_runs_finish_then_ends_the_rest_dead() -> None:
         assert h.registry.runs[engine.run_id].error.code == "executor_lost"
 
 
+async def test_a_run_admitted_while_the_drain_waits_gets_the_rest_of_the_finish_phase() -> None:
+    # A StartRun already in flight when the drain began is admitted during it; the drain must
+    # wait for that run too, not end it dead as soon as the runs it saw at first are done.
+    h = Harness()
+    supervisor = RunSupervisor(log=logging.getLogger("test"))
+    first = await h.engine("scripted", {"steps": [{"sleep_ms": 50}]})
+    supervisor.start(first)
+    late = await h.engine("scripted", {"steps": [{"sleep_ms": 200}]})
+
+    async def admit_late() -> None:
+        await asyncio.sleep(0.02)  # the drain has begun and waits for ``first``
+        supervisor.start(late)
+
+    admitting = asyncio.create_task(admit_late())
+    await supervisor.drain(finish_within_s=2.0, stop_within_s=0.5)
+    await admitting
+    assert supervisor.closed and len(supervisor) == 0
+    assert h.bridge.types(first.run_id)[-1] == "agent_completed"
+    assert h.bridge.types(late.run_id)[-1] == "agent_completed"
+    assert h.state(late.run_id) == "completed"
+
+
 async def test_publishing_batches_pending_events_in_one_call() -> None:
     h = Harness(config=EngineConfig(executor_id="exec_batch_test_0000000", heartbeat_interval_s=1.0))
     steps = [{"partial": str(i)} for i in range(50)]
