@@ -121,54 +121,55 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: execution_pb2.StartRunRequest, context: Context
     ) -> execution_pb2.StartRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor)
-        self._supervisor.check_open()
-        spec = self._catalog.agent(request.agent)
-        if spec.unavailable_reason:  # listed, but not configured on this server (the llm agent)
-            raise FailedPrecondition(spec.unavailable_reason)
-        run_input = parse_input(request.input_json)
-        spec.check_input(run_input.value)
-        timeout_s = effective_timeout(
-            spec.timeout_s, self._settings.default_timeout_s, request.timeout_seconds
-        )
-        # Attested once for the whole run; on a new thread when the caller named none.
-        identity = self._identity(new_run_context(ctx))
-        created = await self._registry.create_run(
-            identity.context(),
-            agent=spec.name,
-            input_json=run_input.redacted_json,
-            multitask_strategy=request.multitask_strategy,
-            executor_id=self._settings.executor_id,
-            timeout_seconds=max(1, round(timeout_s)),
-            # Created RUNNING unless it queues behind its thread: two round trips less.
-            initial_state=run_pb2.RUN_STATE_RUNNING,
-        )
-        run = created.run
-        identity.bind_run(run.run_id)
-        run_ctx = identity.context()
-        log = bind(self._log, run_ctx, agent=spec.name)
-        if created.interrupted:
-            await self._announce_interrupted(run_ctx, created.interrupted, context)
-        engine = RunEngine(
-            spec=spec,
-            run=run,
-            identity=identity,
-            run_input=run_input,
-            timeout_s=timeout_s,
-            tools=self._catalog.tools_of(spec),
-            registry=self._registry,
-            bridge=self._bridge,
-            config=self._engine_config,
-            log=log,
-        )
-        try:
-            self._supervisor.start(engine)
-        except Unavailable:
-            await self._announcer.end_run(
-                run_ctx,
-                failure(EXECUTOR_SHUTDOWN, EXECUTOR_SHUTDOWN_MESSAGE),
-                wait_s=time_left(context, at_most=self._settings.call_timeout_s),
+        # Until the run is started (or refused), a drain waits for this call: see RunSupervisor.drain.
+        async with self._supervisor.admitting():
+            spec = self._catalog.agent(request.agent)
+            if spec.unavailable_reason:  # listed, but not configured on this server (the llm agent)
+                raise FailedPrecondition(spec.unavailable_reason)
+            run_input = parse_input(request.input_json)
+            spec.check_input(run_input.value)
+            timeout_s = effective_timeout(
+                spec.timeout_s, self._settings.default_timeout_s, request.timeout_seconds
             )
-            raise
+            # Attested once for the whole run; on a new thread when the caller named none.
+            identity = self._identity(new_run_context(ctx))
+            created = await self._registry.create_run(
+                identity.context(),
+                agent=spec.name,
+                input_json=run_input.redacted_json,
+                multitask_strategy=request.multitask_strategy,
+                executor_id=self._settings.executor_id,
+                timeout_seconds=max(1, round(timeout_s)),
+                # Created RUNNING unless it queues behind its thread: two round trips less.
+                initial_state=run_pb2.RUN_STATE_RUNNING,
+            )
+            run = created.run
+            identity.bind_run(run.run_id)
+            run_ctx = identity.context()
+            log = bind(self._log, run_ctx, agent=spec.name)
+            if created.interrupted:
+                await self._announce_interrupted(run_ctx, created.interrupted, context)
+            engine = RunEngine(
+                spec=spec,
+                run=run,
+                identity=identity,
+                run_input=run_input,
+                timeout_s=timeout_s,
+                tools=self._catalog.tools_of(spec),
+                registry=self._registry,
+                bridge=self._bridge,
+                config=self._engine_config,
+                log=log,
+            )
+            try:
+                self._supervisor.start(engine)
+            except Unavailable:
+                await self._announcer.end_run(
+                    run_ctx,
+                    failure(EXECUTOR_SHUTDOWN, EXECUTOR_SHUTDOWN_MESSAGE),
+                    wait_s=time_left(context, at_most=self._settings.call_timeout_s),
+                )
+                raise
         log.info("run accepted", extra={"timeout_s": timeout_s})
         return execution_pb2.StartRunResponse(run=run)
 

@@ -12,7 +12,9 @@ which knows the run's seq, and everything is flushed before the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from execution_service.engine import RunEngine
@@ -32,6 +34,8 @@ class RunSupervisor:
     def __init__(self, *, log: logging.Logger | logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
         self._runs: dict[str, _LiveRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # StartRun calls between their admission check and their run's start (see admitting).
+        self._admissions: set[asyncio.Future[None]] = set()
         self._closed = False
         self._log = log
         self.runs_started = 0  # counters for metrics
@@ -47,6 +51,23 @@ class RunSupervisor:
     def check_open(self) -> None:
         if self._closed:
             raise Unavailable("this executor is shutting down; retry on another replica")
+
+    @contextlib.asynccontextmanager
+    async def admitting(self) -> AsyncIterator[None]:
+        """A ``StartRun`` from its admission check to its run's start: a drain waits for it.
+
+        Refused at once (``Unavailable``) once the drain has closed the
+        supervisor; otherwise the drain's first phase does not end while the
+        call creates its run, so the run it starts is waited for as well.
+        """
+        self.check_open()
+        admission: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._admissions.add(admission)
+        try:
+            yield
+        finally:
+            self._admissions.discard(admission)
+            admission.set_result(None)
 
     def start(self, engine: RunEngine) -> None:
         """Run ``engine`` in the background until its run ends."""
@@ -75,16 +96,16 @@ class RunSupervisor:
             return None
         return live.engine
 
-    def _pending(self) -> list[asyncio.Task[None]]:
-        return [live.task for live in self._runs.values()] + list(self._tasks)
+    def _pending(self) -> list[asyncio.Future[None]]:
+        return [live.task for live in self._runs.values()] + [*self._tasks, *self._admissions]
 
     async def drain(self, *, finish_within_s: float, stop_within_s: float) -> None:
         """Let live runs finish for ``finish_within_s``, then end the rest dead within ``stop_within_s``.
 
-        Runs admitted while the first phase lasts (calls already in flight when
-        the drain began) still start, and get the rest of that phase too: the
-        wait takes in what was admitted meanwhile until nothing is left or the
-        phase is over. The server refuses new calls.
+        ``StartRun`` calls already in flight when the drain began (see
+        :meth:`admitting`) still start their runs, and those runs get the rest
+        of that phase too: the wait takes in what was admitted meanwhile until
+        nothing is left or the phase is over. The server refuses new calls.
         """
         loop = asyncio.get_running_loop()
         finish_by = loop.time() + finish_within_s

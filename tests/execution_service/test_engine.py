@@ -19,6 +19,7 @@ from execution_service.outcomes import EXECUTOR_LOST_MESSAGE
 from execution_service.sdk import Agent, AgentResult, RunContext, ToolCall, tool
 from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
+from runwire_common.errors import Unavailable
 from runwire_common.owners import Owner
 from tests.execution_service.fakes import Harness
 
@@ -382,6 +383,31 @@ async def test_a_run_admitted_while_the_drain_waits_gets_the_rest_of_the_finish_
     assert h.bridge.types(first.run_id)[-1] == "agent_completed"
     assert h.bridge.types(late.run_id)[-1] == "agent_completed"
     assert h.state(late.run_id) == "completed"
+
+
+async def test_a_drain_waits_for_a_start_run_still_creating_its_run_and_then_for_that_run() -> None:
+    # The drain begins with no live run while a StartRun is between its admission and its start
+    # (creating the run in the registry): the drain must not close under it (which would end
+    # the just-created run at once) but wait for the call and then for the run it starts.
+    h = Harness()
+    supervisor = RunSupervisor(log=logging.getLogger("test"))
+    engine = await h.engine("scripted", {"steps": [{"sleep_ms": 100}]})
+    admitted = asyncio.Event()
+
+    async def start_run() -> None:
+        async with supervisor.admitting():
+            admitted.set()
+            await asyncio.sleep(0.1)  # the registry round trip
+            supervisor.start(engine)
+
+    call = asyncio.create_task(start_run())
+    await admitted.wait()
+    await supervisor.drain(finish_within_s=2.0, stop_within_s=0.5)
+    await call
+    assert h.bridge.types(engine.run_id)[-1] == "agent_completed"
+    with pytest.raises(Unavailable):
+        async with supervisor.admitting():
+            pass
 
 
 async def test_publishing_batches_pending_events_in_one_call() -> None:
