@@ -53,6 +53,7 @@ from gateway.protocol import (
     ThreadGetFrame,
     ThreadsListFrame,
     TypingFrame,
+    leading_id,
     parse_frame,
 )
 from gateway.settings import GatewaySettings
@@ -197,8 +198,8 @@ class Session:
                 )
                 self._close_soon(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
             else:
-                # Never parsed, so the frame's id is not known: the reply's id is null.
-                await self._reply_error(None, RATE_LIMITED, refusal)
+                # Never parsed: the reply carries the id only when it leads the frame (leading_id).
+                await self._reply_error(leading_id(message), RATE_LIMITED, refusal)
             return
         try:
             command = parse_frame(

@@ -248,7 +248,8 @@ class RunwireClient:
             socket = await self._open_socket()
             request_id, reply = self._requests.add()
             try:
-                await socket.send(json.dumps({**frame, "id": request_id}))
+                # The id leads the frame, so even a reply to a frame refused unparsed (rate limits) carries it.
+                await socket.send(json.dumps({"id": request_id, **frame}))
                 async with asyncio.timeout(self._request_timeout_s):
                     answer = await reply
             except ConnectionClosed:

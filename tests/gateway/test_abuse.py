@@ -82,9 +82,23 @@ async def test_frames_over_the_rate_limit_are_refused_before_they_are_parsed(
         await recv_json(ws)
         replies = [await request(ws, {"type": "ping", "id": n}) for n in range(6)]
     assert [r["type"] for r in replies] == ["pong"] * 3 + ["error"] * 3
-    assert [(r["code"], r["id"]) for r in replies[3:]] == [("rate_limited", None)] * 3
+    # Not parsed: the id comes back only because it leads the frame (gateway.protocol.leading_id).
+    assert [(r["code"], r["id"]) for r in replies[3:]] == [
+        ("rate_limited", 3),
+        ("rate_limited", 4),
+        ("rate_limited", 5),
+    ]
     assert len(parsed) == 3
-    assert server.stats.frames_rate_limited == 3
+    # An id behind a nested value is not looked for: the refusal's id is null then.
+    buried = {"type": "run.start", "input": {"id": "nested"}, "agent": "scripted", "id": "late"}
+    async with open_ws(server, make_token()) as ws:
+        await recv_json(ws)
+        for n in range(3):
+            await request(ws, {"type": "ping", "id": n})
+        refused = await request(ws, buried)
+    assert (refused["code"], refused["id"]) == ("rate_limited", None)
+    assert len(parsed) == 6
+    assert server.stats.frames_rate_limited == 4
 
 
 async def test_a_client_flooding_64_kib_frames_is_closed_with_1008_while_others_are_served(

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from gateway.protocol import MAX_NESTING, FrameError, PingFrame, parse_frame
+from gateway.protocol import MAX_NESTING, FrameError, PingFrame, leading_id, parse_frame
 from gateway.server import GatewayServer
 from tests.gateway.conftest import GatewayFactory, TokenFactory, open_ws, recv_json, request
 
@@ -192,8 +192,8 @@ async def test_too_many_frames_are_rate_limited_and_the_connection_recovers_afte
             replies.append(await request(ws, {"type": "ping", "id": n}))
         assert [r["type"] for r in replies] == ["pong"] * 5 + ["error"] * 3
         assert {r["code"] for r in replies[5:]} == {"rate_limited"}
-        # Refused before being parsed: the frame's id is not read.
-        assert [r["id"] for r in replies[5:]] == [None, None, None]
+        # Refused before being parsed; the id, leading the frame, is still read back.
+        assert [r["id"] for r in replies[5:]] == [5, 6, 7]
         await asyncio.sleep(0.6)
         await assert_still_answers_ping(ws)
 
@@ -257,3 +257,27 @@ def test_frames_nested_deeper_than_the_limit_are_refused_whatever_the_stack(dept
         with pytest.raises(FrameError) as refused:
             parse_frame(text, max_frame_bytes=65536, default_agent="assistant")
         assert refused.value.code == "invalid_message" and "nested" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('{"type":"ping","id":7}', 7),
+        ('  { "type" : "run.start" , "id" : "c-1" , "input": {"id": "nested"}}', "c-1"),
+        ('{"id":"first","type":"ping"}', "first"),
+        ('{"id":-5}', -5),
+        # Behind a nested value, escaped, not an integer, not an object, too long: not looked for.
+        ('{"type":"run.start","input":{"id":"nested"},"id":"late"}', None),
+        ('{"agent":"scripted","id":"after-another-member"}', None),
+        ('{"id":"a\\"b"}', None),
+        ('{"id":1.5}', None),
+        ('{"id":01}', None),
+        ('[{"id":1}]', None),
+        ('{"id":"' + "x" * 129 + '"}', None),
+        (b'{"id":1}', None),
+    ],
+)
+def test_the_id_of_a_frame_refused_unparsed_is_read_only_where_it_leads(
+    frame: str | bytes, expected: object
+) -> None:
+    assert leading_id(frame) == expected

@@ -25,7 +25,8 @@ export class Requests {
   add(frame) {
     const id = `${this._prefix}${this._next++}`;
     return new Promise((resolve, reject) => {
-      const entry = { frame: { ...frame, id }, conn: null, resolve, reject, timer: null };
+      // The id leads the frame, so even a reply to a frame refused unparsed (rate limits) carries it.
+      const entry = { frame: { id, ...frame }, conn: null, resolve, reject, timer: null };
       if (this._timeoutMs > 0) {
         entry.timer = setTimeout(() => {
           this._pending.delete(id);
