@@ -53,13 +53,13 @@ from gateway.protocol import (
     ThreadGetFrame,
     ThreadsListFrame,
     TypingFrame,
-    leading_id,
     parse_frame,
 )
 from gateway.settings import GatewaySettings
 from gateway.sink import EventSink, OutboxLimits
 from gateway.stats import GatewayStats
 from gateway.transport import GatewayConnection
+from gateway.unparsed import leading_id
 from gateway.user_limits import FrameGate, UserLimits
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
@@ -198,7 +198,7 @@ class Session:
                 )
                 self._close_soon(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
             else:
-                # Never parsed: the reply carries the id only when it leads the frame (leading_id).
+                # Never parsed: the reply carries the id only when it leads the frame (gateway.unparsed.leading_id).
                 await self._reply_error(leading_id(message), RATE_LIMITED, refusal)
             return
         try:

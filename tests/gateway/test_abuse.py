@@ -82,7 +82,7 @@ async def test_frames_over_the_rate_limit_are_refused_before_they_are_parsed(
         await recv_json(ws)
         replies = [await request(ws, {"type": "ping", "id": n}) for n in range(6)]
     assert [r["type"] for r in replies] == ["pong"] * 3 + ["error"] * 3
-    # Not parsed: the id comes back only because it leads the frame (gateway.protocol.leading_id).
+    # Not parsed: the id comes back only because it leads the frame (gateway.unparsed.leading_id).
     assert [(r["code"], r["id"]) for r in replies[3:]] == [
         ("rate_limited", 3),
         ("rate_limited", 4),

@@ -11,8 +11,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from gateway.protocol import MAX_NESTING, FrameError, PingFrame, leading_id, parse_frame
+from gateway.protocol import MAX_NESTING, FrameError, PingFrame, parse_frame
 from gateway.server import GatewayServer
+from gateway.unparsed import leading_id
 from tests.gateway.conftest import GatewayFactory, TokenFactory, open_ws, recv_json, request
 
 RUN_ID = "run_0123456789abcdef0123456789abcdef"
