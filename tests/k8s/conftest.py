@@ -8,11 +8,10 @@ missing renderer is a failure, like a missing PostgreSQL or Redis.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from tests.k8s.render import K8S, NETWORK_POLICIES, Docs, Renderer, find_renderer
+from tests.k8s.render import K8S, NETWORK_POLICIES, Docs, Renderer, find_renderer, with_component
 
 # Every combination the repository offers: the base alone, the base with the optional
 # NetworkPolicy component, and the two overlays (which both include the component).
@@ -33,24 +32,13 @@ def renderer() -> Renderer:
     pytest.skip(reason)
 
 
-def _combination(directory: Path) -> Path:
-    # kustomize refuses absolute paths to bases and components: refer to them relatively.
-    base = os.path.relpath(K8S / "base", directory)
-    component = os.path.relpath(NETWORK_POLICIES, directory)
-    (directory / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
-        "kind: Kustomization\n"
-        f"resources: [{base}]\n"
-        f"components: [{component}]\n"
-    )
-    return directory
-
-
 @pytest.fixture(scope="session")
 def rendered(renderer: Renderer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Docs]:
     directories = {
         "base": K8S / "base",
-        "base+network-policies": _combination(tmp_path_factory.mktemp("combination")),
+        "base+network-policies": with_component(
+            tmp_path_factory.mktemp("combination"), K8S / "base", NETWORK_POLICIES
+        ),
         "dev": K8S / "overlays" / "dev",
         "prod": K8S / "overlays" / "prod",
     }

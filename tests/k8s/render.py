@@ -77,6 +77,22 @@ def find_renderer() -> Renderer | str:
     return "; ".join(reasons)
 
 
+def with_component(directory: Path, resources: Path, component: Path) -> Path:
+    """``directory`` holding a kustomization of ``resources`` plus one optional ``component``.
+
+    kustomize refuses absolute paths to bases and components: both are referred to relatively.
+    """
+    base = os.path.relpath(resources, directory)
+    extra = os.path.relpath(component, directory)
+    (directory / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources: [{base}]\n"
+        f"components: [{extra}]\n"
+    )
+    return directory
+
+
 def of_kind(docs: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] in kinds]
 

@@ -8,14 +8,12 @@ the service is told to serve.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
-from tests.k8s.render import K8S, Docs, Renderer, named, of_kind, pod_spec
+from tests.k8s.render import K8S, Docs, Renderer, named, of_kind, pod_spec, with_component
 from tests.k8s.workload import (
     GRPC_SERVICES,
     SETTINGS_BY_MODULE,
@@ -33,22 +31,12 @@ SECRET_KEYS = {"ca.crt", "tls.crt", "tls.key"}
 OVERLAYS = ("dev", "prod")
 
 
-def _with_component(directory: Path, overlay: str) -> Path:
-    base = os.path.relpath(K8S / "overlays" / overlay, directory)
-    component = os.path.relpath(COMPONENT, directory)
-    (directory / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
-        "kind: Kustomization\n"
-        f"resources: [{base}]\n"
-        f"components: [{component}]\n"
-    )
-    return directory
-
-
 @pytest.fixture(scope="module")
 def with_tls(renderer: Renderer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Docs]:
     return {
-        overlay: renderer.render(_with_component(tmp_path_factory.mktemp(f"tls-{overlay}"), overlay))
+        overlay: renderer.render(
+            with_component(tmp_path_factory.mktemp(f"tls-{overlay}"), K8S / "overlays" / overlay, COMPONENT)
+        )
         for overlay in OVERLAYS
     }
 
