@@ -9,11 +9,9 @@ green while deliveries were silently lost).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import socket
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire_common.context import id_problem
 from tests.bridge_service.harness import ContextFactory, event, read_events, read_until_replay_complete
 from tests.bridge_service.own_redis import own_redis_server
+from tests.bridge_service.process import spawn_bridge
 from tests.bridge_service.stall_proxy import StallProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -102,20 +101,8 @@ async def bridge_process(
         "RUNWIRE_BRIDGE_CANARY_INTERVAL_S": "0.2",
         "RUNWIRE_BRIDGE_CANARY_TIMEOUT_S": "1",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge_service",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process, port = await spawn_bridge(env, ready)
     try:
-        async with asyncio.timeout(20):
-            while not ready.exists():
-                assert process.returncode is None, "the bridge exited during start-up"
-                await asyncio.sleep(0.05)
-        port = json.loads(ready.read_text())["port"]
         yield BridgeProcess(process, f"127.0.0.1:{port}", metrics_port, redis_url)
     finally:
         if process.returncode is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from tests.bridge_service.harness import (
     read_item,
     read_until_replay_complete,
 )
+from tests.bridge_service.process import spawn_bridge
 
 PACKAGE_DIR = Path(bridge_service.__file__).parent
 
@@ -68,20 +68,8 @@ async def test_python_dash_m_bridge_service_serves_and_exits_cleanly_on_sigterm(
         "RUNWIRE_BRIDGE_PORT": "0",
         "RUNWIRE_BRIDGE_READY_FILE": str(ready),
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge_service",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process, port = await spawn_bridge(env, ready, stderr=asyncio.subprocess.PIPE)
     try:
-        async with asyncio.timeout(20):
-            while not ready.exists():
-                assert process.returncode is None, "the bridge exited during start-up"
-                await asyncio.sleep(0.05)
-        port = json.loads(ready.read_text())["port"]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             ctx = make_context()
             response = await bridge_pb2_grpc.BridgeServiceStub(channel).Publish(
