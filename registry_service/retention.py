@@ -32,14 +32,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, delete, false, select, update
+from sqlalchemy import Row, delete, false, select, update
 from sqlalchemy.engine import Connection
 
 from registry_service.database import Database
 from registry_service.metrics import RegistryMetrics
 from registry_service.models import INPUT_REQUESTS, OWNERS, RUNS, THREAD_MESSAGES
+from registry_service.ownership import owned_by
 from registry_service.periodic import Periodic
 from registry_service.states import CANCELLED, LIVE_STATES, TERMINAL_STATES
+from runwire_common.owners import Owner
 from runwire_common.timeutil import utcnow
 
 log = logging.getLogger("runwire.registry.retention")
@@ -91,15 +93,11 @@ def purge_expired(connection: Connection, *, before: datetime, limit: int) -> Pu
     return _delete_runs(connection, connection.execute(candidates).scalars().all())
 
 
-def _of_owner(tenant_id: str, user_id: str) -> ColumnElement[bool]:
-    return and_(RUNS.c.user_id == user_id, RUNS.c.tenant_id == tenant_id)
-
-
 def live_runs(connection: Connection, *, tenant_id: str, user_id: str) -> Sequence[Row[Any, Any, Any]]:
     """The owner's live runs (``run_id``, ``thread_id``, ``state``), oldest first."""
     statement = (
         select(RUNS.c.run_id, RUNS.c.thread_id, RUNS.c.state)
-        .where(_of_owner(tenant_id, user_id), RUNS.c.state.in_(LIVE_STATES))
+        .where(owned_by(RUNS, Owner(tenant_id, user_id)), RUNS.c.state.in_(LIVE_STATES))
         .order_by(RUNS.c.created_at, RUNS.c.run_id)
     )
     return connection.execute(statement).all()
@@ -113,7 +111,7 @@ def end_live_runs(connection: Connection, *, tenant_id: str, user_id: str, now: 
     """
     statement = (
         update(RUNS)
-        .where(_of_owner(tenant_id, user_id), RUNS.c.state.in_(LIVE_STATES))
+        .where(owned_by(RUNS, Owner(tenant_id, user_id)), RUNS.c.state.in_(LIVE_STATES))
         .values(
             state=CANCELLED,
             error_code=PURGED,
@@ -137,7 +135,7 @@ def purge_owner_batch(connection: Connection, *, tenant_id: str, user_id: str, l
     """
     candidates = (
         select(RUNS.c.run_id)
-        .where(_of_owner(tenant_id, user_id), RUNS.c.state.in_(TERMINAL_STATES))
+        .where(owned_by(RUNS, Owner(tenant_id, user_id)), RUNS.c.state.in_(TERMINAL_STATES))
         .limit(limit)
         .with_for_update()  # wait for a row another call holds: none may be left behind
     )
@@ -148,7 +146,9 @@ def purge_owner_batch(connection: Connection, *, tenant_id: str, user_id: str, l
         delete(THREAD_MESSAGES).where(
             THREAD_MESSAGES.c.user_id == user_id,
             THREAD_MESSAGES.c.tenant_id == tenant_id,
-            THREAD_MESSAGES.c.run_id.not_in(select(RUNS.c.run_id).where(_of_owner(tenant_id, user_id))),
+            THREAD_MESSAGES.c.run_id.not_in(
+                select(RUNS.c.run_id).where(owned_by(RUNS, Owner(tenant_id, user_id)))
+            ),
         )
     )
     if connection.execute(select(RUNS.c.run_id).where(RUNS.c.user_id == user_id).limit(1)).first() is None:
