@@ -88,7 +88,6 @@ class EventSink:
         "owner_key",
         "send_lock",
         "stalled",
-        "user_id",
         "written",
     )
 
@@ -111,7 +110,6 @@ class EventSink:
         self.legacy = legacy
         self.owner = owner
         self.owner_key = owner.key
-        self.user_id = owner.user_id
         self.connection_id = connection_id
         self.minter = minter
         self._feeds = feeds
@@ -221,7 +219,7 @@ class EventSink:
             self.cursor = frame.event_id
             if frame.owner != owner or not owner:
                 stats.events_blocked_owner_mismatch += 1
-                bind(log, user_id=self.user_id, connection_id=self.connection_id).warning(
+                bind(log, user_id=self.owner.user_id, connection_id=self.connection_id).warning(
                     "dropped an event of another user",
                     extra={"event_id": frame.event_id, "run_id": frame.run_id},
                 )
@@ -306,7 +304,7 @@ class EventSink:
         self._drop_replay()
         self.stalled = True
         self._stats.backlog_resumes += 1
-        bind(log, user_id=self.user_id, connection_id=self.connection_id).info(
+        bind(log, user_id=self.owner.user_id, connection_id=self.connection_id).info(
             "socket backlogged; resuming it from its cursor", extra={"after": self.written}
         )
         if self.feed is not None:
@@ -333,7 +331,7 @@ class EventSink:
             if not self._closed:
                 self._closed = True
                 self._stats.slow_consumers_closed += 1
-                bind(log, user_id=self.user_id, connection_id=self.connection_id).warning(
+                bind(log, user_id=self.owner.user_id, connection_id=self.connection_id).warning(
                     "closing: the client does not read", extra={"after": self.written}
                 )
                 self.stop(CLOSE_TRY_AGAIN_LATER, "not reading: reconnect with ?after=<last event_id>")
