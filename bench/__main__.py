@@ -105,6 +105,15 @@ def parse(argv: list[str]) -> BenchConfig:
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of services under load")
     parser.add_argument("--profile-users", type=int, help="users of the profiled load (100)")
     parser.add_argument(
+        "--profile-runs",
+        type=int,
+        dest="profile_runs_per_user",
+        help="runs per user of the profiled load (5)",
+    )
+    parser.add_argument(
+        "--profile-rate", type=int, help="py-spy samples per second (100; 500 resolves sub-millisecond costs)"
+    )
+    parser.add_argument(
         "--profile-native",
         action="store_true",
         help="py-spy --native: C frames too (pauses the services per sample: far slower under load)",

@@ -51,6 +51,7 @@ class BenchConfig:
     profile: bool = False
     profile_users: int = 100
     profile_runs_per_user: int = 5
+    profile_rate: int = 100
     profile_services: tuple[str, ...] = ("gateway", "execution", "bridge", "registry")
     profile_native: bool = False  # py-spy --native: C frames too, but it pauses the process per sample
     smoke: bool = False

@@ -234,7 +234,7 @@ def _profile(cfg: BenchConfig, rw: systems.Runwire, out_folder: Path) -> dict[st
 
     pids = {name: pid for name, pid in rw.pids().items() if name in cfg.profile_services}
     raw_dir = out_folder / "raw-profiles"
-    recorder = profiling.Recorder(pids, raw_dir, native=cfg.profile_native)
+    recorder = profiling.Recorder(pids, raw_dir, rate=cfg.profile_rate, native=cfg.profile_native)
     try:
         load = scenarios.measure_load(
             rw.url,
