@@ -16,12 +16,13 @@ from bridge_service.bus import EventBus
 from bridge_service.canary import DeliveryCanary
 from bridge_service.memory_bus import MemoryEventBus
 from bridge_service.metrics import BridgeMetrics
-from bridge_service.redis_bus import RedisEventBus, connect, connect_cluster
+from bridge_service.redis_bus import RedisEventBus
 from bridge_service.redis_policy import check_eviction_policy
 from bridge_service.servicer import SERVICE_NAME, BridgeServicer, register
 from bridge_service.settings import BridgeSettings
 from bridge_service.validation import PublishLimits
 from runwire_common.observability import open_observability
+from runwire_common.redis_clients import connect, connect_cluster
 from runwire_common.server import GrpcServer, ServiceBinding
 from runwire_common.telemetry import Telemetry
 

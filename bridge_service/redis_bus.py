@@ -16,7 +16,8 @@ one run (on any replicas) are fenced one after the other.
 
 Connections: a bus holds a fixed number of them whatever its subscriber
 count — the client's bounded command pool plus ``pubsub_shards`` shared
-Pub/Sub connections (:mod:`bridge_service.redis_fanout`). A user's channel
+Pub/Sub connections (:mod:`bridge_service.redis_fanout`, opened by
+:mod:`bridge_service.redis_connections`). A user's channel
 is subscribed on its shard while the user has local subscribers.
 
 Subscribe: register on the live channel and wait for Redis's confirmation
@@ -46,7 +47,7 @@ events in between were trimmed). A subscription that finds such a hole
 with ``RESOURCE_EXHAUSTED`` resp. ``UNAVAILABLE`` and its cursor, so the
 resumed subscription reports the gap.
 
-Redis Cluster: pass a :func:`connect_cluster` client (``sharded_pubsub``
+Redis Cluster: pass a :func:`~runwire_common.redis_clients.connect_cluster` client (``sharded_pubsub``
 required). Commands go to the node owning their keys' slot (one user's keys
 and channel share a hash tag, so each script touches one slot); the live
 channels are routed by slot too (:class:`~bridge_service.redis_fanout.ClusterFanout`,
@@ -65,22 +66,15 @@ the shard connects again for the next subscription. No command is retried here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.maint_notifications import MaintNotificationsConfig
-from redis.retry import Retry
-from redis.typing import EncodableT
 
 from bridge_service import wire
 from bridge_service.bus import (
@@ -104,7 +98,8 @@ from bridge_service.canary import (
     canary_users,
 )
 from bridge_service.event_ids import EventId, parse_event_id
-from bridge_service.redis_fanout import ClusterFanout, Fanout, SlotRange
+from bridge_service.redis_connections import node_connection, server_connection, slot_ranges, text
+from bridge_service.redis_fanout import ClusterFanout, Fanout
 from bridge_service.redis_policy import refused_batch
 from bridge_service.redis_scripts import (
     OPEN_SCRIPT,
@@ -117,6 +112,7 @@ from bridge_service.subscriber import Entry, SubscriberQueue
 from runwire_common.errors import InvalidArgument, Unavailable
 from runwire_common.names import TERMINAL_EVENT_TYPES
 from runwire_common.owners import key_of
+from runwire_common.redis_clients import HEALTH_CHECK_S
 
 log = logging.getLogger("runwire.bridge.redis")
 
@@ -133,112 +129,8 @@ UNAVAILABLE_ERRORS = (
     OSError,
 )
 CONFIRM_TIMEOUT_S = 5.0  # for the SUBSCRIBE confirmation
-HEALTH_CHECK_S = 10  # PING an idle connection before use (a quiet Pub/Sub connection) after this long
 CANARY_RETENTION_MS = 600_000  # a canary user's keys expire this long after its last canary
 CANARY_MAX_BYTES = 4096  # the byte bound of a canary user's log (it keeps one small event)
-
-
-def connect(url: str, *, client_name: str, timeout_s: float, max_connections: int = 6) -> aioredis.Redis:
-    """The process's command client: no hidden retries, bounded time and connections, named.
-
-    The pool blocks (up to ``timeout_s``) for a free connection rather than
-    opening more than ``max_connections``: with the bus's Pub/Sub shards, a
-    process's Redis connections stay fixed however many subscribe at once.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        client_name=client_name,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_S,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-class BoundedRedisCluster(RedisCluster):
-    """A ``RedisCluster`` whose commands wait (up to ``wait_s``) for one of ``max_connections`` turns.
-
-    redis-py's cluster pools raise ``MaxConnectionsError`` at once when a
-    node's pool is full; here at most ``max_connections`` commands are in
-    flight at all, so no node's pool (``max_connections`` each) ever runs
-    out, and a burst waits like the single server's blocking pool.
-    """
-
-    def __init__(self, *, max_connections: int, wait_s: float, **kwargs: Any) -> None:
-        super().__init__(max_connections=max_connections, **kwargs)
-        self.turns = asyncio.Semaphore(max_connections)
-        self.wait_s = wait_s
-        self.url_host: str = kwargs.get("host") or "127.0.0.1"
-
-    async def initialize(
-        self,
-        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
-        last_failed_node_name: str | None = None,
-    ) -> BoundedRedisCluster:
-        """Discover the nodes; a seed node's own pool gives way to the discovered node's.
-
-        redis-py keeps the seed (``url``'s node) as a separate object with
-        its own connection: one more connection to that node than the bound.
-        """
-        await super().initialize(additional_startup_nodes_info, last_failed_node_name)
-        manager = self.nodes_manager
-        for name, seed in list(manager.startup_nodes.items()):
-            node = manager.nodes_cache.get(name)
-            if node is not None and node is not seed:
-                manager.startup_nodes[name] = node
-                with contextlib.suppress(Exception):
-                    await seed.disconnect()
-        return self
-
-    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
-        try:
-            async with asyncio.timeout(self.wait_s):
-                await self.turns.acquire()
-        except TimeoutError as exc:
-            raise redis_errors.ConnectionError("no free connection to the event store") from exc
-        try:
-            return await super().execute_command(*args, **kwargs)
-        finally:
-            self.turns.release()
-
-
-def connect_cluster(
-    url: str, *, client_name: str, timeout_s: float, max_connections: int = 6
-) -> BoundedRedisCluster:
-    """The command client for a Redis Cluster (``url``: any of its nodes; db 0).
-
-    Same rules as :func:`connect`: no hidden retries (a failed node makes the
-    next command load the topology again), bounded time, named connections,
-    at most ``max_connections`` commands in flight and as many connections
-    per node. The nodes are discovered on the first command.
-    """
-    parsed = urlparse(url)
-    if parsed.scheme not in ("redis", "rediss"):
-        raise ValueError("a Redis Cluster URL is redis://host:port or rediss://host:port")
-    return BoundedRedisCluster(
-        host=parsed.hostname or "127.0.0.1",
-        port=parsed.port or 6379,
-        username=unquote(parsed.username) if parsed.username else None,
-        password=unquote(parsed.password) if parsed.password else None,
-        ssl=parsed.scheme == "rediss",
-        max_connections=max_connections,
-        wait_s=timeout_s,
-        client_name=client_name,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_S,
-        retry=AsyncRetry(NoBackoff(), 0),
-        # A MOVED patches that slot only: redis-py's periodic full reload on MOVED closes every
-        # connection, in-flight commands included, which would fail unrelated calls mid-resharding.
-        reinitialize_steps=0,
-        # No CLIENT MAINT_NOTIFICATIONS handshake (open-source Redis has none; a slot move is a MOVED).
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
-    )
 
 
 class _LogHole(Exception):
@@ -321,15 +213,15 @@ class RedisEventBus:
             if not sharded_pubsub:
                 raise ValueError("a Redis Cluster needs sharded_pubsub (SSUBSCRIBE/SPUBLISH by slot)")
             self._fanout = ClusterFanout(
-                connect=self._connect_node,
-                slots=self._cluster_slots,
+                connect=functools.partial(node_connection, client),
+                slots=functools.partial(slot_ranges, client),
                 dispatch=self._dispatch,
                 shards=pubsub_shards,
                 health_check_s=HEALTH_CHECK_S,
             )
         else:
             self._fanout = Fanout(
-                connect=self._connect_pubsub,
+                connect=functools.partial(server_connection, client),
                 dispatch=self._dispatch,
                 shards=pubsub_shards,
                 sharded_pubsub=sharded_pubsub,
@@ -379,14 +271,14 @@ class RedisEventBus:
         seqs: list[int] = []
         for index, event in enumerate(events):
             raw_id, seq, verdict = reply[3 * index : 3 * index + 3]
-            ids.append(_text(raw_id))
+            ids.append(text(raw_id))
             seqs.append(int(seq))
-            if _text(verdict) == "gap":
+            if text(verdict) == "gap":
                 log.warning(
                     "seq gap in published events",
                     extra={"user_id": user_id, "run_id": event.run_id, "seq": int(seq)},
                 )
-            elif _text(verdict) == "before_log":
+            elif text(verdict) == "before_log":
                 log.warning(
                     "terminal event of a run that ended before the event log was lost: not stored",
                     extra={"user_id": user_id, "run_id": event.run_id},
@@ -534,15 +426,15 @@ class RedisEventBus:
                 body.SerializeToString(),
             ],
         )
-        raw_id = _text(reply[0])
+        raw_id = text(reply[0])
         if not raw_id:
-            raise CanaryFailed(f"the canary was not stored ({_text(reply[2])})")
+            raise CanaryFailed(f"the canary was not stored ({text(reply[2])})")
         return parse_event_id(raw_id)
 
     async def retained(self, user_id: str) -> list[str]:
         """The event ids retained for ``user_id``, oldest first (introspection)."""
         rows = await self._client.xrange(self.keys(user_id).stream, "-", "+")
-        return [_text(raw_id) for raw_id, _ in rows or ()]
+        return [text(raw_id) for raw_id, _ in rows or ()]
 
     async def drain(self) -> None:
         self._draining = True
@@ -553,58 +445,6 @@ class RedisEventBus:
     async def close(self) -> None:
         await self.drain()
         await self._fanout.close()
-
-    async def _connect_pubsub(self) -> AbstractConnection:
-        """A new connection for a Pub/Sub shard, with the client's settings and name.
-
-        Outside the command pool, so Pub/Sub never waits for a command
-        connection; the fan-out PINGs it itself (a subscribed connection
-        answers PING as a push message, which redis-py's own check would misread).
-        """
-        client = self._client
-        assert isinstance(client, aioredis.Redis)
-        pool = client.connection_pool
-        kwargs: dict[str, Any] = {
-            **pool.connection_kwargs,
-            "health_check_interval": 0,
-            "decode_responses": False,
-        }
-        connection: AbstractConnection = pool.connection_class(**kwargs)
-        await connection.connect()  # type: ignore[no-untyped-call]
-        return connection
-
-    async def _connect_node(self, host: str, port: int) -> AbstractConnection:
-        """A Pub/Sub connection to one cluster node, with the cluster client's settings and name."""
-        client = self._client
-        assert isinstance(client, RedisCluster)
-        kwargs: dict[str, Any] = {
-            key: value
-            for key, value in client.connection_kwargs.items()
-            if key not in ("max_connections", "connection_class", "response_callbacks")
-        }
-        kwargs.update(
-            host=host,
-            port=port,
-            health_check_interval=0,
-            decode_responses=False,
-            retry=AsyncRetry(NoBackoff(), 0),
-        )
-        connection: AbstractConnection = client.connection_kwargs["connection_class"](**kwargs)
-        await connection.connect()  # type: ignore[no-untyped-call]
-        return connection
-
-    async def _cluster_slots(self) -> list[SlotRange]:
-        """The cluster's slot ranges and their primaries (``CLUSTER SLOTS``)."""
-        client = self._client
-        assert isinstance(client, RedisCluster)
-        reply: Any = await client.cluster_slots()
-        default_host = getattr(client, "url_host", "127.0.0.1")
-        ranges: list[SlotRange] = []
-        for (first, last), nodes in reply.items():
-            host, port = nodes["primary"][0], nodes["primary"][1]
-            host = _text(host) or default_host  # "" when the node announces no address
-            ranges.append((int(first), int(last), host, int(port)))
-        return ranges
 
     def _dispatch(self, followers: tuple[Any, ...], data: bytes) -> None:
         """A shard reader's hand-off of one live message to the channel's followers."""
@@ -673,7 +513,7 @@ class RedisEventBus:
         born, last, created = await self._open_script(
             keys=[keys.stream, keys.meta], args=[self._retention_ms]
         )
-        return parse_event_id(_text(born)), parse_event_id(_text(last)), bool(int(created))
+        return parse_event_id(text(born)), parse_event_id(text(last)), bool(int(created))
 
     async def _range(self, stream: str, after: EventId | None, count: int = 0) -> list[Entry]:
         """At most ``count`` (default: a replay page) events after ``after`` (None: the oldest)."""
@@ -700,7 +540,7 @@ class RedisEventBus:
     async def _reset_since(self, keys: UserKeys, position: EventId) -> bool:
         """Whether the log was started anew after ``position`` (rather than trimmed past it)."""
         born: Any = await self._client.hget(keys.meta, "born")
-        return born is None or parse_event_id(_text(born)) > position
+        return born is None or parse_event_id(text(born)) > position
 
     def _unregister(self, follower: _Follower) -> None:
         followers = self._subscribers.get(follower.user_id)
@@ -716,7 +556,3 @@ def _hole_after(position: EventId, page: list[Entry], last: EventId) -> bool:
     if page:
         return page[0][0].n != position.n + 1
     return position < last
-
-
-def _text(value: bytes | str | Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

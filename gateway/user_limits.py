@@ -39,21 +39,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.limits import SlidingWindowLimiter
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats
 from runwire_common.ids import new_id
+from runwire_common.redis_clients import RedisClient, connect, connect_cluster
 from runwire_common.redis_keys import user_key_base
 
 log = logging.getLogger("runwire.gateway.limits")
 
-RedisClient = aioredis.Redis | RedisCluster
 T = TypeVar("T")
 
 _NOW = """
@@ -119,29 +115,15 @@ def limit_keys(prefix: str, user: str) -> LimitKeys:
 
 
 def connect_redis(settings: GatewaySettings) -> RedisClient:
-    """The gateway's one Redis client: short timeouts, no hidden retries, bounded connections."""
+    """The gateway's one Redis client, built like the bridge's (:mod:`runwire_common.redis_clients`)."""
     assert settings.redis_url is not None
-    url = settings.redis_url.get_secret_value()
-    timeout = settings.redis_timeout_s
-    name = f"runwire-gateway.{settings.redis_key_prefix}.{os.getpid()}"
-    if settings.redis_cluster:
-        return RedisCluster.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            client_name=name,
-            max_connections=settings.redis_max_connections,
-        )
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+    build = connect_cluster if settings.redis_cluster else connect
+    return build(
+        settings.redis_url.get_secret_value(),
+        client_name=f"runwire-gateway.{settings.redis_key_prefix}.{os.getpid()}",
+        timeout_s=settings.redis_timeout_s,
         max_connections=settings.redis_max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        client_name=name,
-        retry=Retry(NoBackoff(), 0),
     )
-    return aioredis.Redis.from_pool(pool)
 
 
 class FrameGate:
