@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -99,12 +99,6 @@ from runwire_common.servicer import status_of
 log = logging.getLogger("runwire.bridge.fabric")
 
 MAX_CREDIT = 2**31 - 1  # a subscription's outstanding credit saturates here
-
-# Tags (field number << 3 | wire type 2, or 0 for the varint id).
-_RESPONSE_ITEM = bytes((1 << 3 | 2,))  # FabricResponse.items
-_ITEM_ID = bytes((1 << 3 | 0,))  # FabricItem.subscription_id
-_BATCH_EVENT = bytes((1 << 3 | 2,))  # EventBatch.events
-_FRAMING_PER_EVENT = 6  # tag and length of one event inside a batch, generously
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,13 +392,21 @@ class FabricStream:
                         gap = bridge_pb2.Gap(
                             requested_after=item.requested_after, oldest_event_id=item.oldest_event_id
                         )
-                        self._queue(subscription, _item(subscription.id, 3, gap.SerializeToString()))
+                        self._queue(
+                            subscription,
+                            wire.fabric_item(subscription.id, wire.FABRIC_GAP, gap.SerializeToString()),
+                        )
                     else:
                         subscription.cursor = item.resume_after
                         done = bridge_pb2.ReplayComplete(
                             replayed=item.replayed, resume_after=item.resume_after
                         )
-                        self._queue(subscription, _item(subscription.id, 4, done.SerializeToString()))
+                        self._queue(
+                            subscription,
+                            wire.fabric_item(
+                                subscription.id, wire.FABRIC_REPLAY_COMPLETE, done.SerializeToString()
+                            ),
+                        )
             finally:
                 # What contextlib.aclosing does, without an object per subscription: the bus
                 # unregisters the subscription now, also when the pump is cancelled (remove).
@@ -446,7 +448,7 @@ class FabricStream:
             end = min(count, start + subscription.credit)
             chunk = bodies if start == 0 and end == count else bodies[start:end]
             subscription.credit -= end - start
-            for entry in _event_items(subscription.id, chunk, self._max_response_bytes):
+            for entry in wire.fabric_event_items(subscription.id, chunk, self._max_response_bytes):
                 self._queue(subscription, entry)
             subscription.cursor = item.last if end == count else wire.stored_event_id(chunk[-1])
             self._metrics.fabric_events_delivered.inc(end - start)
@@ -471,31 +473,9 @@ class FabricStream:
         self._queue(subscription, _ended(subscription.id, code, message, cursor))
 
 
-def _item(subscription_id: int, field: int, body: bytes) -> bytes:
-    """A framed ``FabricResponse.items`` entry: ``subscription_id`` and one serialized ``item`` field."""
-    item = _ITEM_ID + wire.varint(subscription_id) + bytes((field << 3 | 2,)) + wire.varint(len(body)) + body
-    return _RESPONSE_ITEM + wire.varint(len(item)) + item
-
-
 def _ended(subscription_id: int, code: grpc.StatusCode, message: str, cursor: str) -> bytes:
     """A framed ``ended`` item; ``INVALID_ARGUMENT`` carries no cursor (resuming would fail alike)."""
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         cursor = ""
     ended = bridge_pb2.FabricEnded(code=code.value[0], message=message, cursor=cursor)
-    return _item(subscription_id, 5, ended.SerializeToString())
-
-
-def _event_items(subscription_id: int, bodies: Sequence[bytes], max_bytes: int) -> list[bytes]:
-    """``bodies`` (stored events) as framed ``events`` items of at most about ``max_bytes`` each."""
-    items: list[bytes] = []
-    batch: list[bytes] = []
-    size = 0
-    for body in bodies:
-        if batch and size + len(body) + _FRAMING_PER_EVENT > max_bytes:
-            items.append(_item(subscription_id, 2, b"".join(batch)))
-            batch, size = [], 0
-        batch.append(_BATCH_EVENT + wire.varint(len(body)) + body)
-        size += len(body) + _FRAMING_PER_EVENT
-    if batch:
-        items.append(_item(subscription_id, 2, b"".join(batch)))
-    return items
+    return wire.fabric_item(subscription_id, wire.FABRIC_ENDED, ended.SerializeToString())

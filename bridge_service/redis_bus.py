@@ -50,7 +50,7 @@ resumed subscription reports the gap.
 Redis Cluster: pass a :func:`~runwire_common.redis_clients.connect_cluster` client (``sharded_pubsub``
 required). Commands go to the node owning their keys' slot (one user's keys
 and channel share a hash tag, so each script touches one slot); the live
-channels are routed by slot too (:class:`~bridge_service.redis_fanout.ClusterFanout`,
+channels are routed by slot too (:class:`~bridge_service.redis_cluster_fanout.ClusterFanout`,
 ``pubsub_shards`` connections per primary). A channel whose slot moved ends
 its subscriptions with ``UNAVAILABLE`` and their cursors; they resume on the
 new node.
@@ -98,8 +98,9 @@ from bridge_service.canary import (
     canary_users,
 )
 from bridge_service.event_ids import EventId, parse_event_id
+from bridge_service.redis_cluster_fanout import ClusterFanout
 from bridge_service.redis_connections import node_connection, server_connection, slot_ranges, text
-from bridge_service.redis_fanout import ClusterFanout, Fanout
+from bridge_service.redis_fanout import Fanout
 from bridge_service.redis_policy import refused_batch
 from bridge_service.redis_scripts import (
     OPEN_SCRIPT,

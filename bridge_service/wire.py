@@ -3,7 +3,8 @@
 Events are kept serialized (``RunEvent`` wire format). A ``SubscribeResponse``
 carrying them is framed around those bytes: ``event`` is field 1 and the
 ``events`` batch is field 4 (an ``EventBatch`` whose field 1 repeats the
-events), each length-delimited. Setting a scalar field of a stored event is
+events), each length-delimited; a ``FabricResponse`` likewise (``items``,
+field 1: each a ``FabricItem`` with its ``subscription_id`` and one item). Setting a scalar field of a stored event is
 appending it: a parser keeps the last occurrence of a field, which is how the
 Redis script sets ``seq`` and how ``event_id`` is set here.
 """
@@ -22,6 +23,14 @@ _RESPONSE_EVENT = bytes((1 << 3 | 2,))  # SubscribeResponse.event
 _RESPONSE_EVENTS = bytes((4 << 3 | 2,))  # SubscribeResponse.events
 _BATCH_EVENT = bytes((1 << 3 | 2,))  # EventBatch.events
 _MAX_ID_LENGTH = 41  # "<ms>-<n>", each part at most 20 digits
+_RESPONSE_ITEM = bytes((1 << 3 | 2,))  # FabricResponse.items
+_ITEM_ID = bytes((1 << 3 | 0,))  # FabricItem.subscription_id
+_FRAMING_PER_EVENT = 6  # tag and length of one event inside a batch, generously
+# FabricItem's oneof fields (each length-delimited).
+FABRIC_EVENTS = 2
+FABRIC_GAP = 3
+FABRIC_REPLAY_COMPLETE = 4
+FABRIC_ENDED = 5
 
 
 def varint(value: int) -> bytes:
@@ -67,3 +76,25 @@ def batch_response(bodies: Sequence[bytes]) -> bytes:
     """A serialized ``SubscribeResponse`` with ``events`` = the serialized events ``bodies``."""
     batch = b"".join([_BATCH_EVENT + varint(len(body)) + body for body in bodies])
     return _RESPONSE_EVENTS + varint(len(batch)) + batch
+
+
+def fabric_item(subscription_id: int, field: int, body: bytes) -> bytes:
+    """A framed ``FabricResponse.items`` entry: ``subscription_id`` and one serialized ``item`` field."""
+    item = _ITEM_ID + varint(subscription_id) + bytes((field << 3 | 2,)) + varint(len(body)) + body
+    return _RESPONSE_ITEM + varint(len(item)) + item
+
+
+def fabric_event_items(subscription_id: int, bodies: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """``bodies`` (stored events) as framed ``events`` items of at most about ``max_bytes`` each."""
+    items: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for body in bodies:
+        if batch and size + len(body) + _FRAMING_PER_EVENT > max_bytes:
+            items.append(fabric_item(subscription_id, FABRIC_EVENTS, b"".join(batch)))
+            batch, size = [], 0
+        batch.append(_BATCH_EVENT + varint(len(body)) + body)
+        size += len(body) + _FRAMING_PER_EVENT
+    if batch:
+        items.append(fabric_item(subscription_id, FABRIC_EVENTS, b"".join(batch)))
+    return items

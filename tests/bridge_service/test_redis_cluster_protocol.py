@@ -16,7 +16,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
-from bridge_service.redis_fanout import ClusterFanout, SlotRange
+from bridge_service.redis_cluster_fanout import ClusterFanout
+from bridge_service.redis_fanout import SlotRange
 
 WAIT_S = 5.0
 A, B = ("10.0.0.1", 7001), ("10.0.0.2", 7002)
