@@ -10,7 +10,9 @@ resumable event log. Layout:
 - ``subscriber`` — the bounded per-subscription queue both backends use;
 - ``memory_bus`` — the in-process backend (``backend=memory``, the default);
 - ``redis_bus`` / ``redis_scripts`` — Redis Streams + Pub/Sub
-  (``backend=redis``): any replica serves any user;
+  (``backend=redis``): any replica serves any user; its live fan-out over a
+  few shared connections is ``redis_fanout`` (``redis_cluster_fanout`` on
+  Redis Cluster), opened by ``redis_connections``;
 - ``validation`` — checks on published events;
 - ``servicer`` — the thin gRPC adapter; ``app`` — the composition root.
 
