@@ -14,7 +14,9 @@ Two processes, started like Runwire's services:
   ``run.start`` over one server-stream call and writes every streamed frame to
   the socket (``run.accepted`` when the stream's first message arrives).
 
-Both run on uvloop, with WebSocket compression off, as the services do. There
+Both run on uvloop, with WebSocket compression off and the services' garbage
+collector settings (:func:`runwire_common.process.tune_garbage_collector`), as
+the services do. There
 is no authentication, registry, event log or ownership check: the ratio of a
 Runwire figure to the baseline's is what that machinery costs.
 """
@@ -221,6 +223,9 @@ def main() -> None:
     args = parser.parse_args()
     import uvloop
 
+    from runwire_common.process import tune_garbage_collector
+
+    tune_garbage_collector()  # as every service process does
     runner = asyncio.run if os.environ.get("BENCH_BASELINE_LOOP") == "asyncio" else uvloop.run
     try:
         if args.role == "grpc":
