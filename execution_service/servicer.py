@@ -121,6 +121,28 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: execution_pb2.StartRunRequest, context: Context
     ) -> execution_pb2.StartRunResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor)
+        # Once the registry is asked for the run, the run is created *and started* whatever the
+        # caller does: a call cancelled while CreateRun was in flight (the gateway restarting, a
+        # client gone) would otherwise leave a run the registry has and no engine runs, which
+        # only the death sweeper ends, as agent_death. A call cancelled before that creates nothing.
+        admission = asyncio.ensure_future(self._admit(request, ctx, context, caller=asyncio.current_task()))
+        try:
+            run, log, timeout_s = await asyncio.shield(admission)
+        except asyncio.CancelledError:
+            admission.add_done_callback(self._admitted_without_caller)
+            raise
+        log.info("run accepted", extra={"timeout_s": timeout_s})
+        return execution_pb2.StartRunResponse(run=run)
+
+    async def _admit(
+        self,
+        request: execution_pb2.StartRunRequest,
+        ctx: context_pb2.UserContext,
+        context: Context,
+        *,
+        caller: asyncio.Task[Any] | None,
+    ) -> tuple[run_pb2.Run, logging.LoggerAdapter, float]:  # type: ignore[type-arg]
+        """Create the run and start its engine; the run, its logger and its timeout."""
         # Until the run is started (or refused), a drain waits for this call: see RunSupervisor.drain.
         async with self._supervisor.admitting():
             spec = self._catalog.agent(request.agent)
@@ -133,6 +155,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             )
             # Attested once for the whole run; on a new thread when the caller named none.
             identity = self._identity(new_run_context(ctx))
+            if caller is not None and caller.cancelling():
+                raise asyncio.CancelledError  # nobody waits for this run any more: do not create it
             created = await self._registry.create_run(
                 identity.context(),
                 agent=spec.name,
@@ -170,8 +194,18 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
                     wait_s=time_left(context, at_most=self._settings.call_timeout_s),
                 )
                 raise
-        log.info("run accepted", extra={"timeout_s": timeout_s})
-        return execution_pb2.StartRunResponse(run=run)
+        return run, log, timeout_s
+
+    def _admitted_without_caller(self, admission: asyncio.Future[Any]) -> None:
+        """Log how a run whose StartRun call was cancelled came out (its events reach the owner)."""
+        if admission.cancelled():
+            return
+        error = admission.exception()
+        if error is None:
+            _, log, _ = admission.result()
+            log.info("run started after its caller went away")
+        elif not isinstance(error, asyncio.CancelledError):
+            self._log.warning("run not started after its caller went away", extra={"error": repr(error)})
 
     async def _announce_interrupted(
         self, ctx: context_pb2.UserContext, interrupted: Sequence[run_pb2.Run], context: Context

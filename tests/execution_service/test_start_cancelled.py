@@ -1,0 +1,105 @@
+"""A StartRun call that goes away mid-way never leaves a run the registry has and nobody runs.
+
+The gateway cancels its in-flight calls when it restarts, and a client may
+hang up at any time. If that happens while CreateRun is on its way back, the
+registry already holds the run (created ``running`` on this executor); before
+the fix no engine ever ran it, and only the death sweeper ended it, with an
+``agent_death`` as its one and only event (seen once in the key-rotation e2e
+test). Now the run is started anyway, and its events reach its owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import SecretStr
+
+from execution_service.catalog import AgentCatalog
+from execution_service.peers import CreatedRun
+from execution_service.servicer import ExecutionServicer
+from execution_service.settings import ExecutionSettings
+from execution_service.supervisor import RunSupervisor
+from runwire.common.v1 import context_pb2, run_pb2
+from runwire.execution.v1 import execution_pb2
+from runwire_common.attestation import ContextAttestor, generate_key_spec
+from runwire_common.ids import new_id
+from tests.execution_service.fakes import FakeBridge, FakeRegistry
+
+SCRIPT = '{"steps": [{"partial": "hello"}], "result": "done"}'
+
+
+class SlowReplyRegistry(FakeRegistry):
+    """Creates the run at once, then holds the reply until ``reply`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created = asyncio.Event()
+        self.reply = asyncio.Event()
+        self.create_calls = 0
+
+    async def create_run(self, ctx: context_pb2.UserContext, **kwargs: Any) -> CreatedRun:
+        self.create_calls += 1
+        created = await super().create_run(ctx, **kwargs)
+        self.created.set()
+        await self.reply.wait()
+        return created
+
+
+class CallContext:
+    def time_remaining(self) -> None:
+        return None
+
+
+def servicer_for(registry: FakeRegistry, bridge: FakeBridge) -> tuple[ExecutionServicer, RunSupervisor, Any]:
+    key_spec = generate_key_spec()
+    attestor = ContextAttestor.from_spec(key_spec)
+    settings = ExecutionSettings(
+        attestation_keys=SecretStr(key_spec), registry_target="127.0.0.1:1", bridge_target="127.0.0.1:2"
+    )
+    supervisor = RunSupervisor(log=logging.getLogger("test"))
+    servicer = ExecutionServicer(
+        settings=settings,
+        attestor=attestor,
+        catalog=AgentCatalog.discover(entry_points=False),
+        supervisor=supervisor,
+        registry=registry,
+        bridge=bridge,
+    )
+    ctx = attestor.mint(
+        context_pb2.UserContext(user_id=new_id("user"), thread_id=new_id("thread"), request_id=new_id("req")),
+        ttl_s=60,
+    )
+    request = execution_pb2.StartRunRequest(user_context=ctx, agent="scripted", input_json=SCRIPT)
+    return servicer, supervisor, request
+
+
+async def test_a_call_cancelled_while_create_run_is_in_flight_still_starts_the_run() -> None:
+    registry, bridge = SlowReplyRegistry(), FakeBridge()
+    servicer, supervisor, request = servicer_for(registry, bridge)
+    call = asyncio.create_task(servicer.StartRun(request, CallContext()))  # type: ignore[arg-type]
+    await asyncio.wait_for(registry.created.wait(), 5)
+    call.cancel()
+    registry.reply.set()
+    await asyncio.gather(call, return_exceptions=True)
+    assert call.cancelled()
+    await supervisor.drain(finish_within_s=5.0, stop_within_s=1.0)
+
+    (run,) = registry.runs.values()
+    assert run.state == run_pb2.RUN_STATE_COMPLETED
+    assert bridge.types(run.run_id) == ["agent_started", "partial_result", "agent_completed"]
+
+
+async def test_a_call_cancelled_before_the_registry_is_asked_creates_no_run() -> None:
+    registry, bridge = SlowReplyRegistry(), FakeBridge()
+    servicer, supervisor, request = servicer_for(registry, bridge)
+    call = asyncio.create_task(servicer.StartRun(request, CallContext()))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the call has begun: it validated the context and handed over
+    assert not call.done()
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    await asyncio.sleep(0.05)  # anything the call left behind would run now
+    await supervisor.drain(finish_within_s=1.0, stop_within_s=1.0)
+    assert call.cancelled()
+    assert registry.create_calls == 0 and registry.runs == {}
