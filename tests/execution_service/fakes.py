@@ -16,13 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from execution_service.catalog import AgentCatalog
 from execution_service.engine import EngineConfig, RunEngine
 from execution_service.identity import RunIdentity
 from execution_service.outcomes import TerminalEvent
 from execution_service.peers import CreatedRun
 from execution_service.run_input import parse_input
+from execution_service.servicer import ExecutionServicer
+from execution_service.settings import ExecutionSettings
+from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
+from runwire.execution.v1 import execution_pb2
 from runwire_common import names
 from runwire_common.attestation import ContextAttestor, generate_key_spec
 from runwire_common.errors import (
@@ -419,3 +425,40 @@ class Harness:
 
     def state(self, run_id: str) -> str:
         return names.state_name(self.registry.runs[run_id].state)
+
+
+@dataclass
+class ServicerUnderTest:
+    """An ExecutionServicer over fakes, its supervisor, and a StartRun request of one new user."""
+
+    servicer: ExecutionServicer
+    supervisor: RunSupervisor
+    attestor: ContextAttestor
+
+    def start_request(self, input_json: str, agent: str = "scripted") -> execution_pb2.StartRunRequest:
+        ctx = self.attestor.mint(
+            context_pb2.UserContext(
+                user_id=new_id("user"), thread_id=new_id("thread"), request_id=new_id("req")
+            ),
+            ttl_s=60,
+        )
+        return execution_pb2.StartRunRequest(user_context=ctx, agent=agent, input_json=input_json)
+
+
+def servicer_over(registry: FakeRegistry, bridge: FakeBridge) -> ServicerUnderTest:
+    """The real StartRun path with fake peers: the registry and bridge given, a fresh key."""
+    key_spec = generate_key_spec()
+    attestor = ContextAttestor.from_spec(key_spec)
+    settings = ExecutionSettings(
+        attestation_keys=SecretStr(key_spec), registry_target="127.0.0.1:1", bridge_target="127.0.0.1:2"
+    )
+    supervisor = RunSupervisor(log=logging.getLogger("test"))
+    servicer = ExecutionServicer(
+        settings=settings,
+        attestor=attestor,
+        catalog=AgentCatalog.discover(entry_points=False),
+        supervisor=supervisor,
+        registry=registry,
+        bridge=bridge,
+    )
+    return ServicerUnderTest(servicer, supervisor, attestor)

@@ -11,27 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 import execution_service
 from execution_service import announcer as announcer_module
 from execution_service import emitter as emitter_module
 from execution_service.announcer import Announcer
-from execution_service.catalog import AgentCatalog
 from execution_service.emitter import encode_payload
 from execution_service.identity import RunIdentity
 from execution_service.outcomes import Outcome, terminal_event
 from execution_service.redaction import redact
 from execution_service.retry import Backoff
-from execution_service.servicer import ExecutionServicer
-from execution_service.settings import ExecutionSettings
-from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
-from runwire.execution.v1 import execution_pb2
 from runwire_common.attestation import ContextAttestor, generate_key_spec, parse_keys
 from runwire_common.ids import new_id
 from tests.conftest import ContextFactory
-from tests.execution_service.fakes import FakeBridge, FakeRegistry, Harness
+from tests.execution_service.fakes import FakeBridge, FakeRegistry, Harness, servicer_over
 from tests.execution_service.system import System, running_system
 
 MARKER = "marker-7f3a9c"
@@ -159,26 +153,10 @@ class CallContext:
 async def start_run(
     input_json: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Counter, FakeRegistry, FakeBridge]:
-    key_spec = generate_key_spec()
-    key_spec_attestor = ContextAttestor.from_spec(key_spec)
-    settings = ExecutionSettings(
-        attestation_keys=SecretStr(key_spec), registry_target="127.0.0.1:1", bridge_target="127.0.0.1:2"
-    )
     registry, bridge = FakeRegistry(), FakeBridge()
-    supervisor = RunSupervisor(log=logging.getLogger("test"))
-    servicer = ExecutionServicer(
-        settings=settings,
-        attestor=key_spec_attestor,
-        catalog=AgentCatalog.discover(entry_points=False),
-        supervisor=supervisor,
-        registry=registry,
-        bridge=bridge,
-    )
-    ctx = key_spec_attestor.mint(
-        context_pb2.UserContext(user_id=new_id("user"), thread_id=new_id("thread"), request_id=new_id("req")),
-        ttl_s=60,
-    )
-    request = execution_pb2.StartRunRequest(user_context=ctx, agent="scripted", input_json=input_json)
+    under_test = servicer_over(registry, bridge)
+    servicer, supervisor = under_test.servicer, under_test.supervisor
+    request = under_test.start_request(input_json)
     counter = Counter(monkeypatch, redact(json.loads(input_json)))  # the input as it leaves
     response = await servicer.StartRun(request, CallContext())  # type: ignore[arg-type]
     await supervisor.drain(finish_within_s=5.0, stop_within_s=1.0)

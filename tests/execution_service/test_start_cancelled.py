@@ -11,21 +11,13 @@ test). Now the run is started anyway, and its events reach its owner.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
-from pydantic import SecretStr
-
-from execution_service.catalog import AgentCatalog
 from execution_service.peers import CreatedRun
 from execution_service.servicer import ExecutionServicer
-from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
 from runwire.common.v1 import context_pb2, run_pb2
-from runwire.execution.v1 import execution_pb2
-from runwire_common.attestation import ContextAttestor, generate_key_spec
-from runwire_common.ids import new_id
-from tests.execution_service.fakes import FakeBridge, FakeRegistry
+from tests.execution_service.fakes import FakeBridge, FakeRegistry, servicer_over
 
 SCRIPT = '{"steps": [{"partial": "hello"}], "result": "done"}'
 
@@ -53,26 +45,8 @@ class CallContext:
 
 
 def servicer_for(registry: FakeRegistry, bridge: FakeBridge) -> tuple[ExecutionServicer, RunSupervisor, Any]:
-    key_spec = generate_key_spec()
-    attestor = ContextAttestor.from_spec(key_spec)
-    settings = ExecutionSettings(
-        attestation_keys=SecretStr(key_spec), registry_target="127.0.0.1:1", bridge_target="127.0.0.1:2"
-    )
-    supervisor = RunSupervisor(log=logging.getLogger("test"))
-    servicer = ExecutionServicer(
-        settings=settings,
-        attestor=attestor,
-        catalog=AgentCatalog.discover(entry_points=False),
-        supervisor=supervisor,
-        registry=registry,
-        bridge=bridge,
-    )
-    ctx = attestor.mint(
-        context_pb2.UserContext(user_id=new_id("user"), thread_id=new_id("thread"), request_id=new_id("req")),
-        ttl_s=60,
-    )
-    request = execution_pb2.StartRunRequest(user_context=ctx, agent="scripted", input_json=SCRIPT)
-    return servicer, supervisor, request
+    under_test = servicer_over(registry, bridge)
+    return under_test.servicer, under_test.supervisor, under_test.start_request(SCRIPT)
 
 
 async def test_a_call_cancelled_while_create_run_is_in_flight_still_starts_the_run() -> None:
