@@ -41,14 +41,21 @@ def connect(url: str, *, client_name: str, timeout_s: float, max_connections: in
         url,
         max_connections=max_connections,
         timeout=timeout_s,
-        client_name=client_name,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_S,
         retry=Retry(NoBackoff(), 0),
+        **_connection_options(client_name, timeout_s),
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def _connection_options(client_name: str, timeout_s: float) -> dict[str, Any]:
+    """What every connection of both clients carries: its name, its timeouts, keepalive and a health check."""
+    return {
+        "client_name": client_name,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_S,
+    }
 
 
 class BoundedRedisCluster(RedisCluster):
@@ -119,12 +126,8 @@ def connect_cluster(
         ssl=parsed.scheme == "rediss",
         max_connections=max_connections,
         wait_s=timeout_s,
-        client_name=client_name,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_S,
         retry=AsyncRetry(NoBackoff(), 0),
+        **_connection_options(client_name, timeout_s),
         # A MOVED patches that slot only: redis-py's periodic full reload on MOVED closes every
         # connection, in-flight commands included, which would fail unrelated calls mid-resharding.
         reinitialize_steps=0,
