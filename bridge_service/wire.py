@@ -4,9 +4,10 @@ Events are kept serialized (``RunEvent`` wire format). A ``SubscribeResponse``
 carrying them is framed around those bytes: ``event`` is field 1 and the
 ``events`` batch is field 4 (an ``EventBatch`` whose field 1 repeats the
 events), each length-delimited; a ``FabricResponse`` likewise (``items``,
-field 1: each a ``FabricItem`` with its ``subscription_id`` and one item). Setting a scalar field of a stored event is
-appending it: a parser keeps the last occurrence of a field, which is how the
-Redis script sets ``seq`` and how ``event_id`` is set here.
+field 1: each a ``FabricItem`` with its ``subscription_id`` and one item).
+Setting a scalar field of a stored event is appending it: a parser keeps the
+last occurrence of a field, which is how the Redis script sets ``seq`` and
+how ``event_id`` is set here.
 """
 
 from __future__ import annotations
