@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
+from bridge_service.redis_connections import text
 from runwire_common.errors import Unavailable
 
 log = logging.getLogger("runwire.bridge.redis")
@@ -63,7 +64,7 @@ async def check_eviction_policy(
             SAFE_POLICY,
         )
         return ""
-    policies = {_text(answer.get("maxmemory-policy", "")) for answer in answers}
+    policies = {text(answer.get("maxmemory-policy", "")) for answer in answers}
     evicting = sorted(policy for policy in policies if policy and policy != SAFE_POLICY)
     if not evicting:
         return SAFE_POLICY if policies == {SAFE_POLICY} else ""
@@ -76,10 +77,6 @@ async def check_eviction_policy(
         raise EvictingRedis(message + " (or RUNWIRE_BRIDGE_REDIS_ALLOW_EVICTION=true to start anyway)")
     log.warning(message + "; starting anyway because redis_allow_eviction is set")
     return policy
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def refused_batch(exc: redis_errors.ResponseError, *, user_id: str) -> Unavailable:
