@@ -87,14 +87,13 @@ from bridge_service.bus import (
 )
 from bridge_service.event_ids import EventId
 from bridge_service.metrics import BridgeMetrics
-from bridge_service.validation import read_failure
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import InvalidArgument, ResourceExhausted, RunwireError, Unavailable
 from runwire_common.owners import key_of
-from runwire_common.servicer import status_of
+from runwire_common.servicer import read_failure, status_of
 
 log = logging.getLogger("runwire.bridge.fabric")
 

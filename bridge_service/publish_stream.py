@@ -32,14 +32,14 @@ from collections.abc import AsyncIterator, Callable
 
 from bridge_service.bus import EventBus
 from bridge_service.metrics import BridgeMetrics
-from bridge_service.validation import PublishLimits, prepare_events, read_failure
+from bridge_service.validation import PublishLimits, prepare_events
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import Unavailable
 from runwire_common.owners import key_of
-from runwire_common.servicer import status_of
+from runwire_common.servicer import read_failure, status_of
 from runwire_common.telemetry import Telemetry
 
 # The name of a batch's span (the stream's own span lasts as long as the stream).

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from bridge_service.bus import RunEvent
 from runwire.common.v1 import context_pb2
 from runwire_common.context import id_problem
@@ -99,14 +97,3 @@ def _check_payload(payload_json: str, *, field: str, max_bytes: int) -> None:
     text = payload_json.strip(JSON_WHITESPACE)
     if not (text.startswith("{") and text.endswith("}")):
         raise InvalidArgument(f"{field} must be one JSON object")
-
-
-def read_failure(exc: Exception, *, message: str) -> Exception:
-    """The error a stream ends with when reading its next request raised ``exc``.
-
-    A request that does not parse (the stream's ``message`` type) is the
-    caller's fault: ``INVALID_ARGUMENT`` rather than an internal error.
-    """
-    if isinstance(exc, DecodeError):
-        return InvalidArgument(f"a {message} could not be parsed")
-    return exc

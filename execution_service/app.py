@@ -25,6 +25,7 @@ from execution_service.llm.wiring import bind_llm, open_client
 from execution_service.metrics import ExecutionCollector
 from execution_service.peers import BRIDGE_SERVICE, REGISTRY_SERVICE, GrpcRegistry
 from execution_service.publisher import StreamPublisher
+from execution_service.registry_writes import RunWrites
 from execution_service.servicer import ExecutionServicer
 from execution_service.settings import ExecutionSettings
 from execution_service.supervisor import RunSupervisor
@@ -76,7 +77,16 @@ async def running_service(
             settings.registry_target, service_names=(REGISTRY_SERVICE,), interceptors=traced, tls=tls
         )
         stack.push_async_callback(registry_channel.close)
-        registry = GrpcRegistry(registry_channel, call_timeout_s=settings.call_timeout_s)
+        writes = None
+        if settings.registry_write_stream:
+            writes = RunWrites(
+                registry_channel,
+                timeout_s=settings.call_timeout_s,
+                log=log,
+                telemetry=observability.telemetry,
+            )
+            stack.push_async_callback(writes.aclose)  # after the runs have drained
+        registry = GrpcRegistry(registry_channel, call_timeout_s=settings.call_timeout_s, writes=writes)
         # One PublishStream per bridge replica, each on its own channel (opened when first used).
         bridge = StreamPublisher(
             settings.bridge_target,

@@ -7,7 +7,10 @@ the second. Callers pass contexts that are already attested (a run's
 :class:`~execution_service.identity.RunIdentity`, minted once per run). Every
 registry call carries a deadline and turns a ``grpc.aio.AioRpcError`` into the
 matching ``runwire_common.errors`` error with the peer's message, so a registry
-``RESOURCE_EXHAUSTED`` reaches the client unchanged.
+``RESOURCE_EXHAUSTED`` reaches the client unchanged. ``CreateRun`` and
+``TransitionRun`` travel over the registry's ``WriteRuns`` stream when the
+process has one (:mod:`execution_service.registry_writes`), with the same
+errors.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from runwire_common import errors
 
 if TYPE_CHECKING:
     from execution_service.outcomes import TerminalEvent
+    from execution_service.registry_writes import RunWrites
 
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
@@ -71,6 +75,21 @@ def _error_for(code: grpc.StatusCode, details: str, *, peer: str) -> errors.Runw
     if error_class is errors.Unavailable:
         return errors.Unavailable(f"{peer} is unavailable ({code.name.lower()})")
     return error_class(details or f"{peer}: {code.name.lower()}")
+
+
+class WritesUnsupported(Exception):
+    """The registry has no ``WriteRuns`` stream; nothing was carried out: use the unary call."""
+
+
+M = TypeVar("M", registry_pb2.CreateRunRequest, registry_pb2.TransitionRunRequest)
+
+
+def _with_context(request: M, ctx: context_pb2.UserContext) -> M:
+    """A copy of ``request`` carrying ``ctx``, for the unary call."""
+    message = type(request)()
+    message.CopyFrom(request)
+    message.user_context.CopyFrom(ctx)
+    return message
 
 
 @dataclass(frozen=True)
@@ -157,15 +176,31 @@ class BridgePort(Protocol):
 class GrpcRegistry:
     """:class:`RegistryPort` over a ``grpc.aio`` channel; contexts arrive attested."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, call_timeout_s: float) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, call_timeout_s: float, writes: RunWrites | None = None
+    ) -> None:
         self._timeout = call_timeout_s
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        # CreateRun and TransitionRun go over the registry's WriteRuns stream when there is one.
+        self._writes = writes
 
     async def _call(self, invoke: Callable[[float], Awaitable[T]]) -> T:
         try:
             return await invoke(self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, peer="registry") from None
+
+    async def _written(
+        self, over_stream: Callable[[RunWrites], Awaitable[T]], unary: Callable[[float], Awaitable[T]]
+    ) -> T:
+        """A write over the ``WriteRuns`` stream, or the unary call where the registry has none."""
+        writes = self._writes
+        if writes is not None and writes.supported:
+            try:
+                return await over_stream(writes)
+            except WritesUnsupported:
+                pass  # nothing was carried out
+        return await self._call(unary)
 
     async def create_run(
         self,
@@ -179,7 +214,6 @@ class GrpcRegistry:
         initial_state: run_pb2.RunState.ValueType = run_pb2.RUN_STATE_PENDING,
     ) -> CreatedRun:
         request = registry_pb2.CreateRunRequest(
-            user_context=ctx,
             agent=agent,
             input_json=input_json,
             multitask_strategy=multitask_strategy,
@@ -187,7 +221,10 @@ class GrpcRegistry:
             timeout_seconds=timeout_seconds,
             initial_state=initial_state,
         )
-        response = await self._call(lambda t: self._stub.CreateRun(request, timeout=t))
+        response = await self._written(
+            lambda writes: writes.create_run(ctx, request),
+            lambda t: self._stub.CreateRun(_with_context(request, ctx), timeout=t),
+        )
         return CreatedRun(run=response.run, interrupted=tuple(response.interrupted_runs))
 
     async def transition(
@@ -201,7 +238,6 @@ class GrpcRegistry:
         end_event: TerminalEvent | None = None,
     ) -> run_pb2.Run:
         request = registry_pb2.TransitionRunRequest(
-            user_context=ctx,
             to_state=to_state,
             error=error,
             result_json=result_json,
@@ -211,7 +247,10 @@ class GrpcRegistry:
             # Kept as the run's end notice: the registry delivers it if our publication never arrives.
             request.end_event_type = end_event.type
             request.end_payload_json = end_event.payload_json
-        response = await self._call(lambda t: self._stub.TransitionRun(request, timeout=t))
+        response = await self._written(
+            lambda writes: writes.transition_run(ctx, request),
+            lambda t: self._stub.TransitionRun(_with_context(request, ctx), timeout=t),
+        )
         return response.run
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run:

@@ -56,6 +56,13 @@ class ExecutionSettings(ServerSettings):
     registry_retry_s: float = Field(
         default=10.0, gt=0, description="how long recording a run's end is retried while the registry is down"
     )
+    registry_write_stream: bool = Field(
+        default=True,
+        description=(
+            "send runs' CreateRun and TransitionRun over one WriteRuns stream (false: a unary call each, "
+            "e.g. behind a proxy that cuts long-lived streams)"
+        ),
+    )
     queue_poll_initial_s: float = Field(
         default=0.2, gt=0, description="first wait of a queued (enqueue) run before it asks to start again"
     )

@@ -85,6 +85,7 @@ async def running_service(
             attestor=attestor,
             max_live_runs_per_user=settings.max_live_runs_per_user,
             metrics=metrics,
+            telemetry=tracing,
         )
         sweeper = DeathSweeper(
             database,
@@ -130,6 +131,7 @@ async def running_service(
         stop_timeout_s = settings.grace_period_s / 2
 
         async def stop_background() -> None:
+            servicer.drain()
             stops = [sweeper.stop(timeout_s=stop_timeout_s)]
             if purger is not None:
                 stops.append(purger.stop(timeout_s=stop_timeout_s))

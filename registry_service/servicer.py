@@ -15,8 +15,9 @@ of the call's CPU); interruptions, refusals and errors are logged as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -45,13 +46,16 @@ from registry_service.runs import (
 )
 from registry_service.states import RUNNING, WAITING
 from registry_service.threads import append_messages, delete_thread, get_thread, list_threads
+from registry_service.write_stream import DEFAULT_MAX_WRITES_IN_FLIGHT, RunWriteStream
+from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import RunwireError
 from runwire_common.logs import bind
 from runwire_common.owners import owner_of
-from runwire_common.servicer import unary
+from runwire_common.servicer import server_stream, unary
+from runwire_common.telemetry import Telemetry
 from runwire_common.timeutil import utcnow
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
@@ -70,18 +74,53 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         max_live_runs_per_user: int,
         clock: Callable[[], datetime] = utcnow,
         metrics: RegistryMetrics | None = None,
+        max_writes_in_flight: int = DEFAULT_MAX_WRITES_IN_FLIGHT,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry
+        # Set by drain(): WriteRuns streams then stop reading, answer what they read and end.
+        self._draining = asyncio.Event()
+        self._max_writes_in_flight = max_writes_in_flight
         self._metrics = metrics if metrics is not None else RegistryMetrics()
         self._database = database
         self._attestor = attestor
         self._max_live_runs = max_live_runs_per_user
         self._clock = clock
 
+    def drain(self) -> None:
+        """Stop reading ``WriteRuns`` streams: they answer what they read, then end (``drained``)."""
+        self._draining.set()
+
     @unary
     async def CreateRun(
         self, request: registry_pb2.CreateRunRequest, context: Context
     ) -> registry_pb2.CreateRunResponse:
-        ctx = validate_context(request.user_context, attestor=self._attestor, require=("thread_id",))
+        return await self.create(request.user_context, request)
+
+    @unary
+    async def TransitionRun(
+        self, request: registry_pb2.TransitionRunRequest, context: Context
+    ) -> registry_pb2.TransitionRunResponse:
+        return await self.transition(request.user_context, request)
+
+    @server_stream
+    async def WriteRuns(
+        self, requests: AsyncIterator[registry_pb2.WriteRunsRequest], context: Context
+    ) -> AsyncIterator[registry_pb2.WriteRunsResponse]:
+        # Response headers at once: they commit the call at the sender (no transparent retry of
+        # a stream whose writes the registry may have carried out).
+        await context.send_initial_metadata(())
+        stream = RunWriteStream(
+            self, draining=self._draining, max_in_flight=self._max_writes_in_flight, telemetry=self._telemetry
+        )
+        async for response in stream.serve(requests):
+            yield response
+
+    async def create(
+        self, user_context: context_pb2.UserContext, request: registry_pb2.CreateRunRequest
+    ) -> registry_pb2.CreateRunResponse:
+        """``CreateRun`` for the owner ``user_context`` (the unary call's or a ``WriteRuns`` write's)."""
+        ctx = validate_context(user_context, attestor=self._attestor, require=("thread_id",))
         new = validation.new_run(request, ctx)
         now, max_live_runs = self._clock(), self._max_live_runs
         try:
@@ -107,11 +146,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             run=run_message(record), interrupted_runs=[run_message(r) for r in admitted.interrupted]
         )
 
-    @unary
-    async def TransitionRun(
-        self, request: registry_pb2.TransitionRunRequest, context: Context
+    async def transition(
+        self, user_context: context_pb2.UserContext, request: registry_pb2.TransitionRunRequest
     ) -> registry_pb2.TransitionRunResponse:
-        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        """``TransitionRun`` for the owner ``user_context`` (the unary call's or a ``WriteRuns`` write's)."""
+        ctx = validate_context(user_context, attestor=self._attestor, require=("run_id",))
         change = validation.transition(request)
         owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
         moved = await self._database.write_statement(

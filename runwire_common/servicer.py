@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from runwire_common.errors import RunwireError, bounded_detail
+from runwire_common.errors import InvalidArgument, RunwireError, bounded_detail
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -36,6 +37,17 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, bounded_detail(exc.message)
     log.exception("unhandled error in RPC", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def read_failure(exc: Exception, *, message: str) -> Exception:
+    """The error a stream ends with when reading its next request raised ``exc``.
+
+    A request that does not parse (the stream's ``message`` type) is the
+    caller's fault: ``INVALID_ARGUMENT`` rather than an internal error.
+    """
+    if isinstance(exc, DecodeError):
+        return InvalidArgument(f"a {message} could not be parsed")
+    return exc
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:

@@ -37,6 +37,7 @@ EXPECTED_METHODS = {
         "ListThreads",
         "GetThread",
         "DeleteThread",
+        "WriteRuns",
     },
 }
 

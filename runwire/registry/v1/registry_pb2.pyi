@@ -653,3 +653,117 @@ class DeleteThreadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteThreadResponse: _TypeAlias = DeleteThreadResponse  # noqa: Y015
+
+@_typing.final
+class WriteRunsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    USER_CONTEXT_FIELD_NUMBER: _builtins.int
+    WRITE_ID_FIELD_NUMBER: _builtins.int
+    CREATE_RUN_FIELD_NUMBER: _builtins.int
+    TRANSITION_RUN_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    write_id: _builtins.int
+    """Chosen by the sender, echoed in the answer; unique among the stream's
+    unanswered writes.
+    """
+    @_builtins.property
+    def user_context(self) -> _context_pb2.UserContext:
+        """The owner of the run written, attested. It stands for the user_context
+        of the embedded request, which must be left empty.
+        """
+
+    @_builtins.property
+    def create_run(self) -> Global___CreateRunRequest: ...
+    @_builtins.property
+    def transition_run(self) -> Global___TransitionRunRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the work that made the
+        write. The stream outlives every request, so each write carries the trace
+        it belongs to and the registry records it as a span of that trace, named
+        like the unary call it stands for.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_context: _context_pb2.UserContext | None = ...,
+        write_id: _builtins.int = ...,
+        create_run: Global___CreateRunRequest | None = ...,
+        transition_run: Global___TransitionRunRequest | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "trace_context", b"trace_context", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write", "write_id", b"write_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_write: _TypeAlias = _typing.Literal["create_run", "transition_run"]  # noqa: Y015
+    _WhichOneofArgType_write: _TypeAlias = _typing.Literal["write", b"write"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_write) -> _WhichOneofReturnType_write | None: ...
+
+Global___WriteRunsRequest: _TypeAlias = WriteRunsRequest  # noqa: Y015
+
+@_typing.final
+class WriteRunsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_ID_FIELD_NUMBER: _builtins.int
+    CREATE_RUN_FIELD_NUMBER: _builtins.int
+    TRANSITION_RUN_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
+    write_id: _builtins.int
+    code: _builtins.int
+    """A gRPC status code: 0 = done; otherwise the write was refused (or could
+    not be carried out now: UNAVAILABLE) and `message` says why.
+    """
+    message: _builtins.str
+    drained: _builtins.bool
+    """The write was not carried out because the registry is draining (code is
+    UNAVAILABLE): send it, and every later write, on a new stream.
+    """
+    @_builtins.property
+    def create_run(self) -> Global___CreateRunResponse: ...
+    @_builtins.property
+    def transition_run(self) -> Global___TransitionRunResponse: ...
+    def __init__(
+        self,
+        *,
+        write_id: _builtins.int = ...,
+        create_run: Global___CreateRunResponse | None = ...,
+        transition_run: Global___TransitionRunResponse | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        drained: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "result", b"result", "transition_run", b"transition_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_run", b"create_run", "drained", b"drained", "message", b"message", "result", b"result", "transition_run", b"transition_run", "write_id", b"write_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["create_run", "transition_run"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___WriteRunsResponse: _TypeAlias = WriteRunsResponse  # noqa: Y015

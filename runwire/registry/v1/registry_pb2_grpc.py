@@ -97,6 +97,11 @@ class RegistryServiceStub:
                 request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadRequest.SerializeToString,
                 response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadResponse.FromString,
                 _registered_method=True)
+        self.WriteRuns = channel.stream_stream(
+                '/runwire.registry.v1.RegistryService/WriteRuns',
+                request_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.WriteRunsRequest.SerializeToString,
+                response_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.WriteRunsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -205,6 +210,24 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteRuns(self, request_iterator, context):
+        """CreateRun and TransitionRun over one long-lived stream: the execution
+        service's writes of every run it executes, without the cost of a call
+        each. Every request is one write with its owner's attested context and a
+        write_id chosen by the sender, answered by one response with that
+        write_id: the response the unary call would have given, or the status
+        code and message of its refusal. A refused write never ends the stream.
+        Writes are carried out concurrently and answered in completion order: a
+        sender that needs one write after another waits for the first answer.
+        A registry that drains finishes the writes it has begun and answers each
+        later one, without carrying it out, with UNAVAILABLE and `drained` set:
+        send it again on a new stream. It ends the stream once the sender has
+        half-closed it and every write is answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +290,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteThread,
                     request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadRequest.FromString,
                     response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadResponse.SerializeToString,
+            ),
+            'WriteRuns': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteRuns,
+                    request_deserializer=runwire_dot_registry_dot_v1_dot_registry__pb2.WriteRunsRequest.FromString,
+                    response_serializer=runwire_dot_registry_dot_v1_dot_registry__pb2.WriteRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -596,6 +624,33 @@ class RegistryService:
             '/runwire.registry.v1.RegistryService/DeleteThread',
             runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadRequest.SerializeToString,
             runwire_dot_registry_dot_v1_dot_registry__pb2.DeleteThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteRuns(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/runwire.registry.v1.RegistryService/WriteRuns',
+            runwire_dot_registry_dot_v1_dot_registry__pb2.WriteRunsRequest.SerializeToString,
+            runwire_dot_registry_dot_v1_dot_registry__pb2.WriteRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,20 @@ class RegistryServiceStub:
     """Deletes user_context.thread_id: its runs and messages. A thread with a
     live run answers FAILED_PRECONDITION.
     """
+    WriteRuns: _grpc.StreamStreamMultiCallable[_registry_pb2.WriteRunsRequest, _registry_pb2.WriteRunsResponse]
+    """CreateRun and TransitionRun over one long-lived stream: the execution
+    service's writes of every run it executes, without the cost of a call
+    each. Every request is one write with its owner's attested context and a
+    write_id chosen by the sender, answered by one response with that
+    write_id: the response the unary call would have given, or the status
+    code and message of its refusal. A refused write never ends the stream.
+    Writes are carried out concurrently and answered in completion order: a
+    sender that needs one write after another waits for the first answer.
+    A registry that drains finishes the writes it has begun and answers each
+    later one, without carrying it out, with UNAVAILABLE and `drained` set:
+    send it again on a new stream. It ends the stream once the sender has
+    half-closed it and every write is answered.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -140,6 +154,20 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     DeleteThread: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteThreadRequest, _registry_pb2.DeleteThreadResponse]  # type: ignore[assignment]
     """Deletes user_context.thread_id: its runs and messages. A thread with a
     live run answers FAILED_PRECONDITION.
+    """
+    WriteRuns: _aio.StreamStreamMultiCallable[_registry_pb2.WriteRunsRequest, _registry_pb2.WriteRunsResponse]  # type: ignore[assignment]
+    """CreateRun and TransitionRun over one long-lived stream: the execution
+    service's writes of every run it executes, without the cost of a call
+    each. Every request is one write with its owner's attested context and a
+    write_id chosen by the sender, answered by one response with that
+    write_id: the response the unary call would have given, or the status
+    code and message of its refusal. A refused write never ends the stream.
+    Writes are carried out concurrently and answered in completion order: a
+    sender that needs one write after another waits for the first answer.
+    A registry that drains finishes the writes it has begun and answers each
+    later one, without carrying it out, with UNAVAILABLE and `drained` set:
+    send it again on a new stream. It ends the stream once the sender has
+    half-closed it and every write is answered.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -266,6 +294,26 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.DeleteThreadResponse, _abc.Awaitable[_registry_pb2.DeleteThreadResponse]]:
         """Deletes user_context.thread_id: its runs and messages. A thread with a
         live run answers FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteRuns(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_pb2.WriteRunsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.WriteRunsResponse], _abc.AsyncIterator[_registry_pb2.WriteRunsResponse]]:
+        """CreateRun and TransitionRun over one long-lived stream: the execution
+        service's writes of every run it executes, without the cost of a call
+        each. Every request is one write with its owner's attested context and a
+        write_id chosen by the sender, answered by one response with that
+        write_id: the response the unary call would have given, or the status
+        code and message of its refusal. A refused write never ends the stream.
+        Writes are carried out concurrently and answered in completion order: a
+        sender that needs one write after another waits for the first answer.
+        A registry that drains finishes the writes it has begun and answers each
+        later one, without carrying it out, with UNAVAILABLE and `drained` set:
+        send it again on a new stream. It ends the stream once the sender has
+        half-closed it and every write is answered.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

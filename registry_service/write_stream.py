@@ -1,0 +1,182 @@
+"""``RegistryService.WriteRuns``: an execution process's run writes over one stream.
+
+Every ``WriteRunsRequest`` is one write — a ``CreateRun`` or a
+``TransitionRun`` — with its owner's attested context in field 1. It goes
+through exactly what the unary call does (:class:`RunWriter`, the servicer's
+own methods) and is answered by one ``WriteRunsResponse`` with its
+``write_id``: code 0 and the unary call's response, or the status code and
+message of its refusal, mapped by :func:`runwire_common.servicer.status_of`
+as for an aborted call. A refused write never ends the stream.
+
+What this saves is the per-call cost of gRPC: a unary call costs its server
+about four times the CPU of one message on an open stream (see
+``docs/internals.md``), and a run makes two such writes.
+
+Concurrency: writes run concurrently, as concurrent unary calls would; at
+most ``max_in_flight`` are read and not yet answered, beyond which the stream
+stops reading (HTTP/2 flow control pushes back on the sender). Answers leave
+in completion order; a sender that needs one write after another waits for
+the first answer, as the execution service does.
+
+Draining: writes already begun are finished and answered; every write read
+after the drain began is answered at once, without being carried out, with
+``UNAVAILABLE`` and ``drained`` set, and the sender sends it again on a new
+stream (another replica). The stream goes on reading until the sender
+half-closes it, so no write is left unread and unanswered: a write the
+sender has no answer for is one the registry may have carried out. (A
+server that stops reading and closes instead loses its last answers to the
+TCP reset that unread data causes.) The server's grace period ends a stream
+whose sender never half-closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
+from typing import Protocol
+
+import grpc
+
+from runwire.common.v1 import context_pb2
+from runwire.registry.v1 import registry_pb2
+from runwire_common.errors import InvalidArgument, RunwireError
+from runwire_common.servicer import read_failure, status_of
+from runwire_common.telemetry import Telemetry
+
+DEFAULT_MAX_WRITES_IN_FLIGHT = 64
+# A traced write's span is named like the unary call it stands for.
+TRACED_METHODS: Mapping[str, str] = MappingProxyType(
+    {
+        "create_run": "/runwire.registry.v1.RegistryService/CreateRun",
+        "transition_run": "/runwire.registry.v1.RegistryService/TransitionRun",
+    }
+)
+TRACED_STREAM = "/runwire.registry.v1.RegistryService/WriteRuns"
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+DRAINING = "the registry is draining: the write was not carried out; send it again on a new stream"
+
+
+class RunWriter(Protocol):
+    """The two writes a stream carries, as the unary calls perform them."""
+
+    async def create(
+        self, user_context: context_pb2.UserContext, request: registry_pb2.CreateRunRequest
+    ) -> registry_pb2.CreateRunResponse: ...
+
+    async def transition(
+        self, user_context: context_pb2.UserContext, request: registry_pb2.TransitionRunRequest
+    ) -> registry_pb2.TransitionRunResponse: ...
+
+
+class RunWriteStream:
+    """The state of one ``WriteRuns`` call; :meth:`serve` runs it."""
+
+    def __init__(
+        self,
+        writer: RunWriter,
+        *,
+        draining: asyncio.Event,
+        max_in_flight: int,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._writer = writer
+        self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
+        self._draining = draining
+        self._slots = asyncio.Semaphore(max(1, max_in_flight))
+        self._workers: set[asyncio.Task[None]] = set()
+        # Answers to send; None wakes the writer when reading has stopped.
+        self._out: asyncio.Queue[registry_pb2.WriteRunsResponse | None] = asyncio.Queue()
+        self._unanswered = 0
+        self._reading = True
+        self._read_error: BaseException | None = None
+
+    async def serve(
+        self, requests: AsyncIterator[registry_pb2.WriteRunsRequest]
+    ) -> AsyncIterator[registry_pb2.WriteRunsResponse]:
+        """Answer every write read from ``requests``; end when the sender has half-closed."""
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while self._reading or self._unanswered:
+                response = await self._out.get()
+                if response is None:
+                    continue
+                yield response
+                self._unanswered -= 1
+                self._slots.release()
+            if self._read_error is not None:
+                raise self._read_error
+        finally:
+            tasks = [reader, *self._workers]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, requests: AsyncIterator[registry_pb2.WriteRunsRequest]) -> None:
+        try:
+            while True:
+                await self._slots.acquire()
+                try:
+                    request = await anext(requests)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                self._unanswered += 1
+                worker = asyncio.create_task(self._answer(request))
+                self._workers.add(worker)
+                worker.add_done_callback(self._workers.discard)
+        except StopAsyncIteration:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported when the stream ends
+            self._read_error = read_failure(exc, message="WriteRunsRequest")
+        finally:
+            self._reading = False
+            self._out.put_nowait(None)
+
+    async def _answer(self, request: registry_pb2.WriteRunsRequest) -> None:
+        if self._draining.is_set():
+            response = registry_pb2.WriteRunsResponse(code=UNAVAILABLE, message=DRAINING, drained=True)
+        else:
+            try:
+                response = await self._traced(request)
+            except Exception as exc:  # noqa: BLE001 - a refused write is answered, the stream goes on
+                code, message = status_of(exc)
+                response = registry_pb2.WriteRunsResponse(code=code.value[0], message=message)
+        response.write_id = request.write_id
+        self._out.put_nowait(response)
+
+    async def _traced(self, request: registry_pb2.WriteRunsRequest) -> registry_pb2.WriteRunsResponse:
+        telemetry = self._telemetry
+        if telemetry is None or not request.trace_context:
+            return await self._carry_out(request)
+        ctx = request.user_context
+        kind = request.WhichOneof("write")
+        method = TRACED_METHODS.get(kind or "", TRACED_STREAM)
+        with telemetry.continued_span(
+            method, request.trace_context, user_id=ctx.user_id, run_id=ctx.run_id, thread_id=ctx.thread_id
+        ) as span:
+            try:
+                return await self._carry_out(request)
+            except Exception as exc:
+                code = exc.code if isinstance(exc, RunwireError) else grpc.StatusCode.INTERNAL
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                raise
+
+    async def _carry_out(self, request: registry_pb2.WriteRunsRequest) -> registry_pb2.WriteRunsResponse:
+        kind = request.WhichOneof("write")
+        if kind == "create_run":
+            _no_embedded_context(request.create_run.user_context)
+            created = await self._writer.create(request.user_context, request.create_run)
+            return registry_pb2.WriteRunsResponse(create_run=created)
+        if kind == "transition_run":
+            _no_embedded_context(request.transition_run.user_context)
+            moved = await self._writer.transition(request.user_context, request.transition_run)
+            return registry_pb2.WriteRunsResponse(transition_run=moved)
+        raise InvalidArgument("a write carries create_run or transition_run")
+
+
+def _no_embedded_context(embedded: context_pb2.UserContext) -> None:
+    if embedded.ByteSize():
+        raise InvalidArgument(
+            "the embedded request's user_context must be empty: the write's user_context stands for it"
+        )
