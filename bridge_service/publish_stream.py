@@ -29,17 +29,19 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from bridge_service.bus import EventBus
 from bridge_service.metrics import BridgeMetrics
 from bridge_service.validation import PublishLimits, prepare_events
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2
+from runwire_common.answering import AnsweringStream
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import Unavailable
 from runwire_common.owners import key_of
-from runwire_common.servicer import read_failure, status_of
+from runwire_common.servicer import status_of
 from runwire_common.telemetry import Telemetry
 
 # The name of a batch's span (the stream's own span lasts as long as the stream).
@@ -107,65 +109,35 @@ class PublishStream:
         self._limits = limits
         self._metrics = metrics
         self._draining = draining
-        self._slots = asyncio.Semaphore(max(1, max_in_flight))
         # Batches waiting or being published, per user; a user's lane exists while it has work.
         self._lanes: dict[str, deque[bridge_pb2.PublishStreamRequest]] = {}
         self._workers: set[asyncio.Task[None]] = set()
-        # Acknowledgements to send; None wakes the writer when reading has stopped.
-        self._out: asyncio.Queue[bridge_pb2.PublishStreamResponse | None] = asyncio.Queue()
-        self._unacknowledged = 0
-        self._reading = True
-        self._read_error: BaseException | None = None
+        self._acks: AnsweringStream[bridge_pb2.PublishStreamRequest, bridge_pb2.PublishStreamResponse] = (
+            AnsweringStream(
+                dispatch=self._dispatch,
+                max_in_flight=max_in_flight,
+                request_name="PublishStreamRequest",
+                stop=draining,
+            )
+        )
 
     async def serve(
         self, requests: AsyncIterator[bridge_pb2.PublishStreamRequest]
     ) -> AsyncIterator[bridge_pb2.PublishStreamResponse]:
         """Acknowledge every batch read from ``requests``; end when the sender does, or on draining."""
         self._metrics.publish_streams.inc()
-        reader = asyncio.create_task(self._read(requests))
-        watcher = asyncio.create_task(self._stop_reading_on_drain(reader))
         try:
-            while self._reading or self._unacknowledged:
-                response = await self._out.get()
-                if response is None:
-                    continue
-                yield response
-                self._unacknowledged -= 1
-                self._slots.release()
-            if self._read_error is not None:
-                raise self._read_error
+            async with aclosing(self._acks.serve(requests)) as acks:
+                async for response in acks:
+                    yield response
             if self._draining.is_set():
                 raise Unavailable("bridge is draining; resend unacknowledged batches to another replica")
         finally:
             self._metrics.publish_streams.dec()
-            tasks = [reader, watcher, *self._workers]
-            for task in tasks:
+            workers = list(self._workers)
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _read(self, requests: AsyncIterator[bridge_pb2.PublishStreamRequest]) -> None:
-        try:
-            while not self._draining.is_set():
-                await self._slots.acquire()
-                try:
-                    request = await anext(requests)
-                except BaseException:
-                    self._slots.release()
-                    raise
-                self._unacknowledged += 1
-                self._dispatch(request)
-        except StopAsyncIteration:
-            pass
-        except Exception as exc:  # noqa: BLE001 - reported when the stream ends
-            self._read_error = read_failure(exc, message="PublishStreamRequest")
-        finally:
-            self._reading = False
-            self._out.put_nowait(None)
-
-    async def _stop_reading_on_drain(self, reader: asyncio.Task[None]) -> None:
-        await self._draining.wait()
-        # A batch the reader was waiting for is not acknowledged, so its sender resends it.
-        reader.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
     def _dispatch(self, request: bridge_pb2.PublishStreamRequest) -> None:
         key = key_of(request.user_context)
@@ -183,7 +155,7 @@ class PublishStream:
             while lane:
                 response = await self._publish(lane[0])
                 lane.popleft()
-                self._out.put_nowait(response)
+                self._acks.answer(response)
         finally:
             del self._lanes[key]
 

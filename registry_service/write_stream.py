@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from types import MappingProxyType
 from typing import Protocol
 
@@ -40,8 +41,9 @@ import grpc
 
 from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2
+from runwire_common.answering import AnsweringStream
 from runwire_common.errors import InvalidArgument, RunwireError
-from runwire_common.servicer import read_failure, status_of
+from runwire_common.servicer import status_of
 from runwire_common.telemetry import Telemetry
 
 DEFAULT_MAX_WRITES_IN_FLIGHT = 64
@@ -83,55 +85,31 @@ class RunWriteStream:
         self._writer = writer
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
         self._draining = draining
-        self._slots = asyncio.Semaphore(max(1, max_in_flight))
         self._workers: set[asyncio.Task[None]] = set()
-        # Answers to send; None wakes the writer when reading has stopped.
-        self._out: asyncio.Queue[registry_pb2.WriteRunsResponse | None] = asyncio.Queue()
-        self._unanswered = 0
-        self._reading = True
-        self._read_error: BaseException | None = None
+        self._answers: AnsweringStream[registry_pb2.WriteRunsRequest, registry_pb2.WriteRunsResponse] = (
+            AnsweringStream(
+                dispatch=self._dispatch, max_in_flight=max_in_flight, request_name="WriteRunsRequest"
+            )
+        )
 
     async def serve(
         self, requests: AsyncIterator[registry_pb2.WriteRunsRequest]
     ) -> AsyncIterator[registry_pb2.WriteRunsResponse]:
         """Answer every write read from ``requests``; end when the sender has half-closed."""
-        reader = asyncio.create_task(self._read(requests))
         try:
-            while self._reading or self._unanswered:
-                response = await self._out.get()
-                if response is None:
-                    continue
-                yield response
-                self._unanswered -= 1
-                self._slots.release()
-            if self._read_error is not None:
-                raise self._read_error
+            async with aclosing(self._answers.serve(requests)) as answers:
+                async for response in answers:
+                    yield response
         finally:
-            tasks = [reader, *self._workers]
-            for task in tasks:
+            workers = list(self._workers)
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _read(self, requests: AsyncIterator[registry_pb2.WriteRunsRequest]) -> None:
-        try:
-            while True:
-                await self._slots.acquire()
-                try:
-                    request = await anext(requests)
-                except BaseException:
-                    self._slots.release()
-                    raise
-                self._unanswered += 1
-                worker = asyncio.create_task(self._answer(request))
-                self._workers.add(worker)
-                worker.add_done_callback(self._workers.discard)
-        except StopAsyncIteration:
-            pass
-        except Exception as exc:  # noqa: BLE001 - reported when the stream ends
-            self._read_error = read_failure(exc, message="WriteRunsRequest")
-        finally:
-            self._reading = False
-            self._out.put_nowait(None)
+    def _dispatch(self, request: registry_pb2.WriteRunsRequest) -> None:
+        worker = asyncio.create_task(self._answer(request))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
 
     async def _answer(self, request: registry_pb2.WriteRunsRequest) -> None:
         if self._draining.is_set():
@@ -143,7 +121,7 @@ class RunWriteStream:
                 code, message = status_of(exc)
                 response = registry_pb2.WriteRunsResponse(code=code.value[0], message=message)
         response.write_id = request.write_id
-        self._out.put_nowait(response)
+        self._answers.answer(response)
 
     async def _traced(self, request: registry_pb2.WriteRunsRequest) -> registry_pb2.WriteRunsResponse:
         telemetry = self._telemetry

@@ -29,7 +29,7 @@ from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
 from tests.hostile.strategies import STREAM_IDS, messages
-from tests.hostile.test_bridge_streams import CONTEXT_PLANS, STREAM_HINTS, WITNESS_ID
+from tests.hostile.test_bridge_streams import CONTEXT_PLANS, STREAM_HINTS, STREAMS, WITNESS_ID
 from tests.hostile.test_rpc_fields import assert_clear_status
 
 pytestmark = [
@@ -38,11 +38,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning"),
 ]
 
-STREAMS = settings(
-    max_examples=120,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    deadline=None,
-)
 CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 SETTLE_S = 10.0
 GENERATED_WRITES = messages(registry_pb2.WriteRunsRequest.DESCRIPTOR, STREAM_HINTS)

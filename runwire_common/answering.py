@@ -1,0 +1,100 @@
+"""The server side of a bidirectional stream that answers every request once.
+
+The bridge's ``PublishStream`` and the registry's ``WriteRuns`` both read
+requests, start work for each, and send one answer per request as the work
+finishes. :class:`AnsweringStream` is what they share: the bound on requests
+read and not yet answered (beyond it the stream stops reading, and HTTP/2 flow
+control pushes back on the sender), the answers leaving in completion order,
+and the end once the sender has half-closed (or reading was stopped) and every
+request read has been answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+from runwire_common.servicer import read_failure
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class AnsweringStream(Generic[Req, Resp]):
+    """One call's reading, its bound, and its answers; :meth:`serve` runs it.
+
+    ``dispatch`` starts the work for a request read (it must not block); the
+    work hands its answer to :meth:`answer`, exactly once per request. With
+    ``stop``, reading stops when that event is set (a request the reader was
+    waiting for is left unread); the requests already read are still answered.
+    """
+
+    def __init__(
+        self,
+        *,
+        dispatch: Callable[[Req], None],
+        max_in_flight: int,
+        request_name: str,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self._dispatch = dispatch
+        self._request_name = request_name
+        self._stop = stop
+        self._slots = asyncio.Semaphore(max(1, max_in_flight))
+        # Answers to send; None wakes the loop of serve() when reading has stopped.
+        self._out: asyncio.Queue[Resp | None] = asyncio.Queue()
+        self._unanswered = 0
+        self._reading = True
+        self._read_error: BaseException | None = None
+
+    def answer(self, response: Resp) -> None:
+        self._out.put_nowait(response)
+
+    async def serve(self, requests: AsyncIterator[Req]) -> AsyncGenerator[Resp, None]:
+        """Answers, as they come, until reading has ended and every request read is answered.
+
+        A request that could not be read ends the stream with its error
+        (``INVALID_ARGUMENT`` for one that does not parse).
+        """
+        reader = asyncio.create_task(self._read(requests))
+        watcher = asyncio.create_task(self._stop_reading(reader)) if self._stop is not None else None
+        try:
+            while self._reading or self._unanswered:
+                response = await self._out.get()
+                if response is None:
+                    continue
+                yield response
+                self._unanswered -= 1
+                self._slots.release()
+            if self._read_error is not None:
+                raise self._read_error
+        finally:
+            tasks = [reader] if watcher is None else [reader, watcher]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, requests: AsyncIterator[Req]) -> None:
+        try:
+            while self._stop is None or not self._stop.is_set():
+                await self._slots.acquire()
+                try:
+                    request = await anext(requests)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                self._unanswered += 1
+                self._dispatch(request)
+        except StopAsyncIteration:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported when the stream ends
+            self._read_error = read_failure(exc, message=self._request_name)
+        finally:
+            self._reading = False
+            self._out.put_nowait(None)
+
+    async def _stop_reading(self, reader: asyncio.Task[None]) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+        reader.cancel()
