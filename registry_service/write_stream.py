@@ -18,10 +18,12 @@ stops reading (HTTP/2 flow control pushes back on the sender). Answers leave
 in completion order; a sender that needs one write after another waits for
 the first answer, as the execution service does.
 
-Draining: writes already begun are finished and answered; every write read
-after the drain began is answered at once, without being carried out, with
-``UNAVAILABLE`` and ``drained`` set, and the sender sends it again on a new
-stream (another replica). The stream goes on reading until the sender
+Draining: when the drain begins the stream sends a notice (``drained`` set,
+``write_id`` 0, code 0), and the sender half-closes it and sends later writes
+on a new stream (another replica). Writes already begun are finished and
+answered; every write read after the drain began is answered at once,
+without being carried out, with ``UNAVAILABLE`` and ``drained`` set, and the
+sender sends it again. The stream goes on reading until the sender
 half-closes it, so no write is left unread and unanswered: a write the
 sender has no answer for is one the registry may have carried out. (A
 server that stops reading and closes instead loses its last answers to the
@@ -96,15 +98,21 @@ class RunWriteStream:
         self, requests: AsyncIterator[registry_pb2.WriteRunsRequest]
     ) -> AsyncIterator[registry_pb2.WriteRunsResponse]:
         """Answer every write read from ``requests``; end when the sender has half-closed."""
+        notifier = asyncio.create_task(self._notify_drain())
         try:
             async with aclosing(self._answers.serve(requests)) as answers:
                 async for response in answers:
                     yield response
         finally:
-            workers = list(self._workers)
+            workers = [notifier, *self._workers]
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _notify_drain(self) -> None:
+        """Tell the sender the drain has begun, so that an idle stream is half-closed too."""
+        await self._draining.wait()
+        self._answers.notify(registry_pb2.WriteRunsResponse(drained=True))
 
     def _dispatch(self, request: registry_pb2.WriteRunsRequest) -> None:
         worker = asyncio.create_task(self._answer(request))
@@ -141,6 +149,8 @@ class RunWriteStream:
                 raise
 
     async def _carry_out(self, request: registry_pb2.WriteRunsRequest) -> registry_pb2.WriteRunsResponse:
+        if not request.write_id:
+            raise InvalidArgument("write_id must not be 0")
         kind = request.WhichOneof("write")
         if kind == "create_run":
             _no_embedded_context(request.create_run.user_context)

@@ -42,14 +42,19 @@ class AnsweringStream(Generic[Req, Resp]):
         self._request_name = request_name
         self._stop = stop
         self._slots = asyncio.Semaphore(max(1, max_in_flight))
-        # Answers to send; None wakes the loop of serve() when reading has stopped.
-        self._out: asyncio.Queue[Resp | None] = asyncio.Queue()
+        # (message, whether it answers a request) to send; None wakes serve() when reading has stopped.
+        self._out: asyncio.Queue[tuple[Resp, bool] | None] = asyncio.Queue()
         self._unanswered = 0
         self._reading = True
         self._read_error: BaseException | None = None
 
     def answer(self, response: Resp) -> None:
-        self._out.put_nowait(response)
+        """Send the answer to one request read."""
+        self._out.put_nowait((response, True))
+
+    def notify(self, message: Resp) -> None:
+        """Send a message that answers no request (it is dropped if the stream ends first)."""
+        self._out.put_nowait((message, False))
 
     async def serve(self, requests: AsyncIterator[Req]) -> AsyncGenerator[Resp, None]:
         """Answers, as they come, until reading has ended and every request read is answered.
@@ -61,12 +66,14 @@ class AnsweringStream(Generic[Req, Resp]):
         watcher = asyncio.create_task(self._stop_reading(reader)) if self._stop is not None else None
         try:
             while self._reading or self._unanswered:
-                response = await self._out.get()
-                if response is None:
+                item = await self._out.get()
+                if item is None:
                     continue
+                response, answers = item
                 yield response
-                self._unanswered -= 1
-                self._slots.release()
+                if answers:
+                    self._unanswered -= 1
+                    self._slots.release()
             if self._read_error is not None:
                 raise self._read_error
         finally:

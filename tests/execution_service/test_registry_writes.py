@@ -266,3 +266,32 @@ async def test_streams_are_replaced_as_they_age_and_the_old_ones_end_cleanly(
             while len(ended) < 2:
                 await asyncio.sleep(0.01)
     assert ended == [1, 1, 1]  # the third ended by the client's close
+
+
+async def test_an_idle_stream_told_of_the_drain_is_half_closed_and_the_next_write_opens_another(
+    make_context: ContextFactory,
+) -> None:
+    half_closed = asyncio.Event()
+    streams = 0
+
+    async def write_runs(requests: Requests, context: Any) -> Responses:
+        nonlocal streams
+        streams += 1
+        if streams > 1:
+            async for request in requests:
+                yield created(request)
+            return
+        yield created(await anext(requests))
+        yield registry_pb2.WriteRunsResponse(drained=True)  # the notice: write_id 0, code 0
+        async for request in requests:  # none is expected; a real registry answers them so
+            yield registry_pb2.WriteRunsResponse(write_id=request.write_id, code=UNAVAILABLE, drained=True)
+        half_closed.set()
+
+    async with scripted_registry(write_runs) as address, client(address) as (registry, writes):
+        first = make_context(new_id("user"), thread_id=new_id("thread"))
+        assert (await create(registry, first)).user_id == first.user_id
+        await asyncio.wait_for(half_closed.wait(), TIMEOUT_S)  # idle, and half-closed on the notice
+        second = make_context(new_id("user"), thread_id=new_id("thread"))
+        assert (await create(registry, second)).user_id == second.user_id
+        assert writes.supported
+    assert streams == 2

@@ -156,11 +156,18 @@ async def test_a_draining_registry_answers_every_write_and_carries_out_none_it_c
 ) -> None:
     users = [new_id("user") for _ in range(300)]
     got: dict[int, Answer] = {}
+    notices: list[Answer] = []
+    # A long grace period: the drain must not wait for it (the streams end as soon as they may).
+    registry_settings = registry_settings.model_copy(update={"grace_period_s": 60.0})
     service = AsyncExitStack()
     server = await service.enter_async_context(running_service(registry_settings))
     channel = grpc.aio.insecure_channel(server.address)
     try:
-        call = registry_pb2_grpc.RegistryServiceStub(channel).WriteRuns()
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        idle = stub.WriteRuns()  # nothing in flight when the drain begins
+        await idle.write(create(1, make_context(new_id("user"), thread_id=new_id("thread"))))
+        assert (await answers(idle, 1))[1].code == OK
+        call = stub.WriteRuns()
         await call.write(create(1, make_context(users[0], thread_id=new_id("thread"))))
         got.update(await answers(call, 1))  # carried out before the drain begins
 
@@ -175,18 +182,30 @@ async def test_a_draining_registry_answers_every_write_and_carries_out_none_it_c
         started = asyncio.Event()
         writer = asyncio.create_task(write_all())
         await started.wait()
+        began = asyncio.get_running_loop().time()
         draining = asyncio.create_task(service.aclose())  # the registry's shutdown: drain, then stop
         async with asyncio.timeout(CALL_TIMEOUT_S):
+            notice = await idle.read()
+            assert isinstance(notice, Answer)
+            assert (notice.drained, notice.write_id, notice.code) == (True, 0, OK)
+            await idle.done_writing()  # what the sender does on the notice
+            assert await idle.read() is grpc.aio.EOF
+            assert await idle.code() == grpc.StatusCode.OK
             while (answer := await call.read()) is not grpc.aio.EOF:
                 assert isinstance(answer, Answer)
+                if answer.write_id == 0:
+                    notices.append(answer)
+                    continue
                 assert answer.write_id not in got, f"write {answer.write_id} answered twice"
                 got[answer.write_id] = answer
             await writer
             assert await call.code() == grpc.StatusCode.OK, await call.details()
             await draining
+        assert asyncio.get_running_loop().time() - began < registry_settings.grace_period_s / 2
     finally:
         await service.aclose()
         await channel.close()
+    assert [(n.drained, n.code) for n in notices] == [(True, OK)], "one notice that the drain began"
     assert sorted(got) == list(range(1, len(users) + 1)), "a write was left unanswered"
     drained = {write_id for write_id, answer in got.items() if answer.drained}
     for write_id in drained:

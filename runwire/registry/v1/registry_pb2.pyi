@@ -684,8 +684,8 @@ class WriteRunsRequest(_message.Message):
     TRANSITION_RUN_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     write_id: _builtins.int
-    """Chosen by the sender, echoed in the answer; unique among the stream's
-    unanswered writes.
+    """Chosen by the sender, not 0, echoed in the answer; unique among the
+    stream's unanswered writes.
     """
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext:
@@ -741,8 +741,10 @@ class WriteRunsResponse(_message.Message):
     """
     message: _builtins.str
     drained: _builtins.bool
-    """The write was not carried out because the registry is draining (code is
-    UNAVAILABLE): send it, and every later write, on a new stream.
+    """The registry is draining: send every later write on a new stream and
+    half-close this one. On an answer (code UNAVAILABLE) the write was not
+    carried out; on the notice that the drain has begun, write_id is 0 and
+    code 0.
     """
     @_builtins.property
     def create_run(self) -> Global___CreateRunResponse: ...

@@ -219,10 +219,11 @@ class RegistryServiceServicer:
         code and message of its refusal. A refused write never ends the stream.
         Writes are carried out concurrently and answered in completion order: a
         sender that needs one write after another waits for the first answer.
-        A registry that drains finishes the writes it has begun and answers each
-        later one, without carrying it out, with UNAVAILABLE and `drained` set:
-        send it again on a new stream. It ends the stream once the sender has
-        half-closed it and every write is answered.
+        A registry that drains sends a notice (`drained` set, write_id 0), finishes
+        the writes it has begun, and answers each later one, without carrying it
+        out, with UNAVAILABLE and `drained` set: send it again on a new stream.
+        It ends the stream once the sender has half-closed it and every write is
+        answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -93,10 +93,11 @@ class RegistryServiceStub:
     code and message of its refusal. A refused write never ends the stream.
     Writes are carried out concurrently and answered in completion order: a
     sender that needs one write after another waits for the first answer.
-    A registry that drains finishes the writes it has begun and answers each
-    later one, without carrying it out, with UNAVAILABLE and `drained` set:
-    send it again on a new stream. It ends the stream once the sender has
-    half-closed it and every write is answered.
+    A registry that drains sends a notice (`drained` set, write_id 0), finishes
+    the writes it has begun, and answers each later one, without carrying it
+    out, with UNAVAILABLE and `drained` set: send it again on a new stream.
+    It ends the stream once the sender has half-closed it and every write is
+    answered.
     """
 
 @_typing.type_check_only
@@ -164,10 +165,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     code and message of its refusal. A refused write never ends the stream.
     Writes are carried out concurrently and answered in completion order: a
     sender that needs one write after another waits for the first answer.
-    A registry that drains finishes the writes it has begun and answers each
-    later one, without carrying it out, with UNAVAILABLE and `drained` set:
-    send it again on a new stream. It ends the stream once the sender has
-    half-closed it and every write is answered.
+    A registry that drains sends a notice (`drained` set, write_id 0), finishes
+    the writes it has begun, and answers each later one, without carrying it
+    out, with UNAVAILABLE and `drained` set: send it again on a new stream.
+    It ends the stream once the sender has half-closed it and every write is
+    answered.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -310,10 +312,11 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         code and message of its refusal. A refused write never ends the stream.
         Writes are carried out concurrently and answered in completion order: a
         sender that needs one write after another waits for the first answer.
-        A registry that drains finishes the writes it has begun and answers each
-        later one, without carrying it out, with UNAVAILABLE and `drained` set:
-        send it again on a new stream. It ends the stream once the sender has
-        half-closed it and every write is answered.
+        A registry that drains sends a notice (`drained` set, write_id 0), finishes
+        the writes it has begun, and answers each later one, without carrying it
+        out, with UNAVAILABLE and `drained` set: send it again on a new stream.
+        It ends the stream once the sender has half-closed it and every write is
+        answered.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
