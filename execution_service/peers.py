@@ -7,8 +7,8 @@ the second. Callers pass contexts that are already attested (a run's
 :class:`~execution_service.identity.RunIdentity`, minted once per run). Every
 registry call carries a deadline and turns a ``grpc.aio.AioRpcError`` into the
 matching ``runwire_common.errors`` error with the peer's message, so a registry
-``RESOURCE_EXHAUSTED`` reaches the client unchanged. ``CreateRun`` and
-``TransitionRun`` travel over the registry's ``WriteRuns`` stream when the
+``RESOURCE_EXHAUSTED`` reaches the client unchanged. ``CreateRun``,
+``TransitionRun`` and ``Heartbeat`` travel over the registry's ``WriteRuns`` stream when the
 process has one (:mod:`execution_service.registry_writes`), with the same
 errors.
 """
@@ -81,7 +81,9 @@ class WritesUnsupported(Exception):
     """The registry has no ``WriteRuns`` stream; nothing was carried out: use the unary call."""
 
 
-M = TypeVar("M", registry_pb2.CreateRunRequest, registry_pb2.TransitionRunRequest)
+M = TypeVar(
+    "M", registry_pb2.CreateRunRequest, registry_pb2.TransitionRunRequest, registry_pb2.HeartbeatRequest
+)
 
 
 def _with_context(request: M, ctx: context_pb2.UserContext) -> M:
@@ -181,7 +183,7 @@ class GrpcRegistry:
     ) -> None:
         self._timeout = call_timeout_s
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        # CreateRun and TransitionRun go over the registry's WriteRuns stream when there is one.
+        # CreateRun, TransitionRun and Heartbeat go over the registry's WriteRuns stream when there is one.
         self._writes = writes
 
     async def _call(self, invoke: Callable[[float], Awaitable[T]]) -> T:
@@ -254,8 +256,11 @@ class GrpcRegistry:
         return response.run
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run:
-        request = registry_pb2.HeartbeatRequest(user_context=ctx, executor_id=executor_id)
-        response = await self._call(lambda t: self._stub.Heartbeat(request, timeout=t))
+        request = registry_pb2.HeartbeatRequest(executor_id=executor_id)
+        response = await self._written(
+            lambda writes: writes.heartbeat(ctx, request),
+            lambda t: self._stub.Heartbeat(_with_context(request, ctx), timeout=t),
+        )
         return response.run
 
     async def get_run(self, ctx: context_pb2.UserContext) -> run_pb2.Run:

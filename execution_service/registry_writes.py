@@ -1,7 +1,8 @@
 """A run's registry writes over the registry's ``WriteRuns`` stream instead of a call each.
 
-:class:`RunWrites` carries the two writes every run makes — ``CreateRun`` and
-the ``TransitionRun`` that ends it (and any other transition) — as
+:class:`RunWrites` carries the writes every run makes — ``CreateRun``, the
+``TransitionRun`` that ends it (and any other transition) and its
+``Heartbeat`` every two seconds — as
 ``WriteRunsRequest`` messages on one long-lived stream of the process's
 registry channel. A unary call costs both ends about four times the CPU of one
 message on an open stream; the registry carries out and answers each write
@@ -170,6 +171,13 @@ class RunWrites:
         """``request`` (its own ``user_context`` left empty) as ``ctx``; raises like the unary call."""
         answer = await self._write(registry_pb2.WriteRunsRequest(user_context=ctx, transition_run=request))
         return answer.transition_run
+
+    async def heartbeat(
+        self, ctx: context_pb2.UserContext, request: registry_pb2.HeartbeatRequest
+    ) -> registry_pb2.HeartbeatResponse:
+        """``request`` (its own ``user_context`` left empty) as ``ctx``; raises like the unary call."""
+        answer = await self._write(registry_pb2.WriteRunsRequest(user_context=ctx, heartbeat=request))
+        return answer.heartbeat
 
     async def aclose(self) -> None:
         """Half-close the streams and give them :data:`CLOSE_WAIT_S` to answer what they carry."""

@@ -59,7 +59,7 @@ class ExecutionSettings(ServerSettings):
     registry_write_stream: bool = Field(
         default=True,
         description=(
-            "send runs' CreateRun and TransitionRun over one WriteRuns stream (false: a unary call each, "
+            "send runs' CreateRun, TransitionRun and Heartbeat over one WriteRuns stream (false: a unary call each, "
             "e.g. behind a proxy that cuts long-lived streams)"
         ),
     )

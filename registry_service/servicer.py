@@ -177,7 +177,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: Context
     ) -> registry_pb2.HeartbeatResponse:
-        ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id",))
+        return await self.heartbeat(request.user_context, request)
+
+    async def heartbeat(
+        self, user_context: context_pb2.UserContext, request: registry_pb2.HeartbeatRequest
+    ) -> registry_pb2.HeartbeatResponse:
+        """``Heartbeat`` for the owner ``user_context`` (the unary call's or a ``WriteRuns`` write's)."""
+        ctx = validate_context(user_context, attestor=self._attestor, require=("run_id",))
         executor_id = validation.executor_id(request.executor_id)
         owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
         record, pending = await self._database.write_statement(

@@ -1,7 +1,7 @@
 """``RegistryService.WriteRuns``: an execution process's run writes over one stream.
 
-Every ``WriteRunsRequest`` is one write — a ``CreateRun`` or a
-``TransitionRun`` — with its owner's attested context in field 1. It goes
+Every ``WriteRunsRequest`` is one write — a ``CreateRun``, a
+``TransitionRun`` or a ``Heartbeat`` — with its owner's attested context in field 1. It goes
 through exactly what the unary call does (:class:`RunWriter`, the servicer's
 own methods) and is answered by one ``WriteRunsResponse`` with its
 ``write_id``: code 0 and the unary call's response, or the status code and
@@ -10,7 +10,8 @@ as for an aborted call. A refused write never ends the stream.
 
 What this saves is the per-call cost of gRPC: a unary call costs its server
 about four times the CPU of one message on an open stream (see
-``docs/internals.md``), and a run makes two such writes.
+``docs/internals.md``), and a run makes two such writes and a heartbeat
+every two seconds.
 
 Concurrency: writes run concurrently, as concurrent unary calls would; at
 most ``max_in_flight`` are read and not yet answered, beyond which the stream
@@ -54,6 +55,7 @@ TRACED_METHODS: Mapping[str, str] = MappingProxyType(
     {
         "create_run": "/runwire.registry.v1.RegistryService/CreateRun",
         "transition_run": "/runwire.registry.v1.RegistryService/TransitionRun",
+        "heartbeat": "/runwire.registry.v1.RegistryService/Heartbeat",
     }
 )
 TRACED_STREAM = "/runwire.registry.v1.RegistryService/WriteRuns"
@@ -62,7 +64,7 @@ DRAINING = "the registry is draining: the write was not carried out; send it aga
 
 
 class RunWriter(Protocol):
-    """The two writes a stream carries, as the unary calls perform them."""
+    """The writes a stream carries, as the unary calls perform them."""
 
     async def create(
         self, user_context: context_pb2.UserContext, request: registry_pb2.CreateRunRequest
@@ -71,6 +73,10 @@ class RunWriter(Protocol):
     async def transition(
         self, user_context: context_pb2.UserContext, request: registry_pb2.TransitionRunRequest
     ) -> registry_pb2.TransitionRunResponse: ...
+
+    async def heartbeat(
+        self, user_context: context_pb2.UserContext, request: registry_pb2.HeartbeatRequest
+    ) -> registry_pb2.HeartbeatResponse: ...
 
 
 class RunWriteStream:
@@ -160,7 +166,11 @@ class RunWriteStream:
             _no_embedded_context(request.transition_run.user_context)
             moved = await self._writer.transition(request.user_context, request.transition_run)
             return registry_pb2.WriteRunsResponse(transition_run=moved)
-        raise InvalidArgument("a write carries create_run or transition_run")
+        if kind == "heartbeat":
+            _no_embedded_context(request.heartbeat.user_context)
+            beat = await self._writer.heartbeat(request.user_context, request.heartbeat)
+            return registry_pb2.WriteRunsResponse(heartbeat=beat)
+        raise InvalidArgument("a write carries create_run, transition_run or heartbeat")
 
 
 def _no_embedded_context(embedded: context_pb2.UserContext) -> None:

@@ -141,6 +141,10 @@ async def test_a_runs_writes_reach_a_real_registry_over_the_stream_and_no_unary_
             ctx, run_pb2.RUN_STATE_COMPLETED, through_completing=True, result_json="{}"
         )
         assert ended.state == run_pb2.RUN_STATE_COMPLETED
+        beaten = await registry.heartbeat(
+            make_context(user, thread_id=runs[1].thread_id, run_id=runs[1].run_id), executor_id="exec-a"
+        )
+        assert (beaten.run_id, beaten.state) == (runs[1].run_id, run_pb2.RUN_STATE_RUNNING)
         # Refusals arrive as the unary call's domain errors: another user's run is NOT_FOUND.
         stranger = make_context(new_id("user"), thread_id=run.thread_id, run_id=runs[1].run_id)
         with pytest.raises(NotFound):
@@ -148,6 +152,7 @@ async def test_a_runs_writes_reach_a_real_registry_over_the_stream_and_no_unary_
         assert (await registry.get_run(ctx)).state == run_pb2.RUN_STATE_COMPLETED
     assert "/runwire.registry.v1.RegistryService/CreateRun" not in calls.methods
     assert "/runwire.registry.v1.RegistryService/TransitionRun" not in calls.methods
+    assert "/runwire.registry.v1.RegistryService/Heartbeat" not in calls.methods
     assert calls.methods == ["/runwire.registry.v1.RegistryService/GetRun"]
 
 

@@ -71,6 +71,15 @@ async def test_a_run_created_and_ended_over_the_stream_is_the_one_the_unary_call
         3,
     )
 
+    beat = registry_pb2.HeartbeatRequest(executor_id="exec-b")
+    await call.write(
+        registry_pb2.WriteRunsRequest(user_context=registry.run_context(run), write_id=3, heartbeat=beat)
+    )
+    beaten = (await answers(call, 1))[3]
+    assert beaten.code == OK, beaten.message
+    assert beaten.heartbeat.run.run_id == run.run_id
+    assert beaten.heartbeat.run.executor_id == "exec-b"  # as the unary Heartbeat records it
+
     ended = registry_pb2.TransitionRunRequest(
         to_state=run_pb2.RUN_STATE_COMPLETED, through_completing=True, result_json='{"ok": true}'
     )

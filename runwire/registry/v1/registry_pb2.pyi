@@ -682,6 +682,7 @@ class WriteRunsRequest(_message.Message):
     WRITE_ID_FIELD_NUMBER: _builtins.int
     CREATE_RUN_FIELD_NUMBER: _builtins.int
     TRANSITION_RUN_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     write_id: _builtins.int
     """Chosen by the sender, not 0, echoed in the answer; unique among the
@@ -698,6 +699,8 @@ class WriteRunsRequest(_message.Message):
     @_builtins.property
     def transition_run(self) -> Global___TransitionRunRequest: ...
     @_builtins.property
+    def heartbeat(self) -> Global___HeartbeatRequest: ...
+    @_builtins.property
     def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """W3C trace context (traceparent, tracestate) of the work that made the
         write. The stream outlives every request, so each write carries the trace
@@ -712,13 +715,14 @@ class WriteRunsRequest(_message.Message):
         write_id: _builtins.int = ...,
         create_run: Global___CreateRunRequest | None = ...,
         transition_run: Global___TransitionRunRequest | None = ...,
+        heartbeat: Global___HeartbeatRequest | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "heartbeat", b"heartbeat", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "trace_context", b"trace_context", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write", "write_id", b"write_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "heartbeat", b"heartbeat", "trace_context", b"trace_context", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write", "write_id", b"write_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_write: _TypeAlias = _typing.Literal["create_run", "transition_run"]  # noqa: Y015
+    _WhichOneofReturnType_write: _TypeAlias = _typing.Literal["create_run", "transition_run", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_write: _TypeAlias = _typing.Literal["write", b"write"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_write) -> _WhichOneofReturnType_write | None: ...
 
@@ -731,6 +735,7 @@ class WriteRunsResponse(_message.Message):
     WRITE_ID_FIELD_NUMBER: _builtins.int
     CREATE_RUN_FIELD_NUMBER: _builtins.int
     TRANSITION_RUN_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
@@ -750,21 +755,24 @@ class WriteRunsResponse(_message.Message):
     def create_run(self) -> Global___CreateRunResponse: ...
     @_builtins.property
     def transition_run(self) -> Global___TransitionRunResponse: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___HeartbeatResponse: ...
     def __init__(
         self,
         *,
         write_id: _builtins.int = ...,
         create_run: Global___CreateRunResponse | None = ...,
         transition_run: Global___TransitionRunResponse | None = ...,
+        heartbeat: Global___HeartbeatResponse | None = ...,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         drained: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "result", b"result", "transition_run", b"transition_run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "heartbeat", b"heartbeat", "result", b"result", "transition_run", b"transition_run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_run", b"create_run", "drained", b"drained", "message", b"message", "result", b"result", "transition_run", b"transition_run", "write_id", b"write_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_run", b"create_run", "drained", b"drained", "heartbeat", b"heartbeat", "message", b"message", "result", b"result", "transition_run", b"transition_run", "write_id", b"write_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["create_run", "transition_run"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["create_run", "transition_run", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

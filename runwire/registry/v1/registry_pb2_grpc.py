@@ -211,9 +211,9 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WriteRuns(self, request_iterator, context):
-        """CreateRun and TransitionRun over one long-lived stream: the execution
-        service's writes of every run it executes, without the cost of a call
-        each. Every request is one write with its owner's attested context and a
+        """CreateRun, TransitionRun and Heartbeat over one long-lived stream: the
+        execution service's writes of every run it executes, without the cost of
+        a call each. Every request is one write with its owner's attested context and a
         write_id chosen by the sender, answered by one response with that
         write_id: the response the unary call would have given, or the status
         code and message of its refusal. A refused write never ends the stream.

@@ -85,9 +85,9 @@ class RegistryServiceStub:
     live run answers FAILED_PRECONDITION.
     """
     WriteRuns: _grpc.StreamStreamMultiCallable[_registry_pb2.WriteRunsRequest, _registry_pb2.WriteRunsResponse]
-    """CreateRun and TransitionRun over one long-lived stream: the execution
-    service's writes of every run it executes, without the cost of a call
-    each. Every request is one write with its owner's attested context and a
+    """CreateRun, TransitionRun and Heartbeat over one long-lived stream: the
+    execution service's writes of every run it executes, without the cost of
+    a call each. Every request is one write with its owner's attested context and a
     write_id chosen by the sender, answered by one response with that
     write_id: the response the unary call would have given, or the status
     code and message of its refusal. A refused write never ends the stream.
@@ -157,9 +157,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     live run answers FAILED_PRECONDITION.
     """
     WriteRuns: _aio.StreamStreamMultiCallable[_registry_pb2.WriteRunsRequest, _registry_pb2.WriteRunsResponse]  # type: ignore[assignment]
-    """CreateRun and TransitionRun over one long-lived stream: the execution
-    service's writes of every run it executes, without the cost of a call
-    each. Every request is one write with its owner's attested context and a
+    """CreateRun, TransitionRun and Heartbeat over one long-lived stream: the
+    execution service's writes of every run it executes, without the cost of
+    a call each. Every request is one write with its owner's attested context and a
     write_id chosen by the sender, answered by one response with that
     write_id: the response the unary call would have given, or the status
     code and message of its refusal. A refused write never ends the stream.
@@ -304,9 +304,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_registry_pb2.WriteRunsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.WriteRunsResponse], _abc.AsyncIterator[_registry_pb2.WriteRunsResponse]]:
-        """CreateRun and TransitionRun over one long-lived stream: the execution
-        service's writes of every run it executes, without the cost of a call
-        each. Every request is one write with its owner's attested context and a
+        """CreateRun, TransitionRun and Heartbeat over one long-lived stream: the
+        execution service's writes of every run it executes, without the cost of
+        a call each. Every request is one write with its owner's attested context and a
         write_id chosen by the sender, answered by one response with that
         write_id: the response the unary call would have given, or the status
         code and message of its refusal. A refused write never ends the stream.
