@@ -78,7 +78,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         telemetry: Telemetry | None = None,
     ) -> None:
         self._telemetry = telemetry
-        # Set by drain(): WriteRuns streams then stop reading, answer what they read and end.
+        # Set by drain(): WriteRuns streams then send their notice and carry out no further write.
         self._draining = asyncio.Event()
         self._max_writes_in_flight = max_writes_in_flight
         self._metrics = metrics if metrics is not None else RegistryMetrics()
@@ -88,7 +88,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self._clock = clock
 
     def drain(self) -> None:
-        """Stop reading ``WriteRuns`` streams: they answer what they read, then end (``drained``)."""
+        """Drain the ``WriteRuns`` streams: see :mod:`registry_service.write_stream` ("Draining")."""
         self._draining.set()
 
     @unary
