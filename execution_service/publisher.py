@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
-from execution_service.peers import error_for_code, map_rpc_error
+from execution_service.answered_stream import AnsweredStream
+from execution_service.peers import error_for_code
 from execution_service.retry import Backoff
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
@@ -59,8 +60,8 @@ OpenChannel = Callable[[str], grpc.aio.Channel]
 Ack = bridge_pb2.PublishStreamResponse
 
 
-class ReplicaStream:
-    """One ``PublishStream`` call to one bridge replica: requests in, acknowledgements by batch_id."""
+class ReplicaStream(AnsweredStream[bridge_pb2.PublishStreamRequest, Ack]):
+    """One ``PublishStream`` call to one bridge replica: batches in, acknowledgements by batch_id."""
 
     def __init__(
         self,
@@ -71,66 +72,15 @@ class ReplicaStream:
     ) -> None:
         self.replica = replica
         self._on_end = on_end
-        self._requests: asyncio.Queue[bridge_pb2.PublishStreamRequest | None] = asyncio.Queue()
-        self._acks: dict[int, asyncio.Future[Ack]] = {}
         self._acknowledged = False  # whether the bridge acknowledged anything on this stream
-        self.ended = False
-        self._call = stub.PublishStream(self._outgoing())
-        self._reader = asyncio.create_task(self._read(), name=f"publish-stream:{replica}")
+        super().__init__(stub.PublishStream, peer=PEER, described=f"the stream to bridge {replica}")
 
-    @property
-    def in_flight(self) -> int:
-        """Batches sent on this stream and not acknowledged yet."""
-        return len(self._acks)
+    def _received(self, response: Ack) -> None:
+        self._acknowledged = True
+        self._answer(response.batch_id, response)
 
-    def send(self, request: bridge_pb2.PublishStreamRequest) -> asyncio.Future[Ack]:
-        """Write ``request``; the future resolves to its acknowledgement (or fails with Unavailable)."""
-        if self.ended:
-            raise Unavailable(f"the stream to bridge {self.replica} has ended")
-        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._acks[request.batch_id] = future
-        self._requests.put_nowait(request)
-        return future
-
-    def forget(self, batch_id: int) -> None:
-        """The sender no longer waits for ``batch_id`` (answered, timed out or cancelled)."""
-        self._acks.pop(batch_id, None)
-
-    async def close(self, within_s: float) -> None:
-        """Half-close (the bridge acknowledges what it read, then ends); cancel after ``within_s``."""
-        self._requests.put_nowait(None)
-        done, _ = await asyncio.wait((self._reader,), timeout=within_s)
-        if not done:
-            self._call.cancel()
-            await asyncio.wait((self._reader,))
-
-    async def _outgoing(self) -> AsyncIterator[bridge_pb2.PublishStreamRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
-
-    async def _read(self) -> None:
-        failure = Unavailable(f"the stream to bridge {self.replica} ended")
-        try:
-            async for ack in self._call:
-                self._acknowledged = True
-                future = self._acks.pop(ack.batch_id, None)
-                if future is not None and not future.done():
-                    future.set_result(ack)
-        except grpc.aio.AioRpcError as exc:
-            error = map_rpc_error(exc, peer=PEER)
-            failure = error if isinstance(error, Unavailable) else Unavailable(error.message)
-        except asyncio.CancelledError:
-            failure = Unavailable(f"the stream to bridge {self.replica} was closed")
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this task is cancelled, not only the call
-        finally:
-            self.ended = True
-            acks, self._acks = self._acks, {}
-            for future in acks.values():
-                if not future.done():
-                    future.set_exception(failure)
-            self._on_end(self, self._acknowledged)
+    def _ended(self) -> None:
+        self._on_end(self, self._acknowledged)
 
 
 class StreamPublisher:
@@ -186,7 +136,7 @@ class StreamPublisher:
         if self._telemetry is not None:
             request.trace_context.update(self._telemetry.carrier())
         try:
-            ack = await asyncio.wait_for(stream.send(request), timeout=self._ack_timeout_s)
+            ack = await asyncio.wait_for(stream.send(batch_id, request), timeout=self._ack_timeout_s)
         except TimeoutError:
             raise Unavailable(f"bridge {stream.replica} did not acknowledge in time") from None
         finally:

@@ -37,11 +37,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 
-from execution_service.peers import WritesUnsupported, error_for_code, map_rpc_error
+from execution_service.answered_stream import AnsweredStream
+from execution_service.peers import WritesUnsupported, error_for_code
 from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.errors import Unavailable
@@ -63,79 +63,30 @@ class _NotCarriedOut(Exception):
     """The registry is draining and did not carry the write out: send it again."""
 
 
-class _WriteStream:
+class _WriteStream(AnsweredStream[registry_pb2.WriteRunsRequest, Answer]):
     """One ``WriteRuns`` call: writes in, answers by ``write_id``."""
 
     def __init__(self, stub: registry_pb2_grpc.RegistryServiceAsyncStub, *, opened_at: float) -> None:
         self.opened_at = opened_at
-        self.ended = False
         self.retired = False  # takes no more writes (the registry is draining)
-        self._requests: asyncio.Queue[registry_pb2.WriteRunsRequest | None] = asyncio.Queue()
-        self._answers: dict[int, asyncio.Future[Answer]] = {}
-        self._half_closed = False
-        self._call = stub.WriteRuns(self._outgoing())
-        self._reader = asyncio.create_task(self._read(), name="registry-write-stream")
+        super().__init__(stub.WriteRuns, peer=PEER, described="the write stream to the registry")
 
-    def send(self, request: registry_pb2.WriteRunsRequest) -> asyncio.Future[Answer]:
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._answers[request.write_id] = future
-        self._requests.put_nowait(request)
-        return future
+    def _received(self, response: Answer) -> None:
+        if response.drained:  # the notice, or a write answered without being carried out
+            self.retired = True
+            self.half_close()
+            self._refuse(response.write_id, _NotCarriedOut())
+        else:
+            self._answer(response.write_id, response)
 
-    def forget(self, write_id: int) -> None:
-        """The sender no longer waits for ``write_id`` (answered, timed out or cancelled)."""
-        self._answers.pop(write_id, None)
-
-    def half_close(self) -> None:
-        """No more writes: the registry answers what it has, then ends the stream."""
-        if not self._half_closed:
-            self._half_closed = True
-            self._requests.put_nowait(None)
-
-    async def close(self, within_s: float) -> None:
-        self.half_close()
-        done, _ = await asyncio.wait((self._reader,), timeout=within_s)
-        if not done:
-            self._call.cancel()
-            await asyncio.wait((self._reader,))
-
-    async def _outgoing(self) -> AsyncIterator[registry_pb2.WriteRunsRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
-
-    async def _read(self) -> None:
-        failure: Exception = Unavailable("the write stream to the registry ended")
-        try:
-            async for answer in self._call:
-                future = self._answers.pop(answer.write_id, None)
-                if answer.drained:
-                    self.retired = True
-                    self.half_close()
-                    if future is not None and not future.done():
-                        future.set_exception(_NotCarriedOut())
-                elif future is not None and not future.done():
-                    future.set_result(answer)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                failure = WritesUnsupported()
-            else:
-                error = map_rpc_error(exc, peer=PEER)
-                failure = error if isinstance(error, Unavailable) else Unavailable(error.message)
-        except asyncio.CancelledError:
-            failure = Unavailable("the write stream to the registry was closed")
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this task is cancelled, not only the call
-        finally:
-            self.ended = True
-            answers, self._answers = self._answers, {}
-            for future in answers.values():
-                if not future.done():
-                    future.set_exception(failure)
+    def _failure(self, exc: grpc.aio.AioRpcError) -> Exception:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return WritesUnsupported()
+        return super()._failure(exc)
 
 
 class RunWrites:
-    """``CreateRun`` and ``TransitionRun`` of every run of the process, over ``WriteRuns``."""
+    """``CreateRun``, ``TransitionRun`` and ``Heartbeat`` of every run of the process, over ``WriteRuns``."""
 
     def __init__(
         self,
@@ -196,7 +147,7 @@ class RunWrites:
             stream = self._current()
             write_id = request.write_id = next(self._write_ids)
             try:
-                answer = await asyncio.wait_for(stream.send(request), timeout=self._timeout_s)
+                answer = await asyncio.wait_for(stream.send(write_id, request), timeout=self._timeout_s)
             except TimeoutError:
                 raise Unavailable("registry is unavailable (deadline_exceeded)") from None
             except _NotCarriedOut:

@@ -1,0 +1,119 @@
+"""The sending side of a bidirectional stream whose every request is answered by its id.
+
+The publisher's ``PublishStream`` to a bridge replica and the registry's
+``WriteRuns`` both work this way: requests are written in order from a queue
+(the call's request iterator), each sender waits on a future keyed by the id
+its request carries, and when the call ends every request still unanswered
+fails with what ended it. :class:`AnsweredStream` is that shared part; a
+subclass says what an incoming message means (:meth:`_received`) and, where
+it differs from the default, what a failed call means (:meth:`_failure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+import grpc
+
+from execution_service.peers import map_rpc_error
+from runwire_common.errors import Unavailable
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+OpenCall = Callable[[AsyncIterator[Req]], grpc.aio.StreamStreamCall[Req, Resp]]
+
+
+class AnsweredStream(Generic[Req, Resp]):
+    """One call: requests in through :meth:`send`, answers out through the futures it returns."""
+
+    def __init__(self, open_call: OpenCall[Req, Resp], *, peer: str, described: str) -> None:
+        """``peer`` names the service for error mapping; ``described`` the stream in messages."""
+        self.ended = False
+        self._peer = peer
+        self._described = described
+        self._requests: asyncio.Queue[Req | None] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[Resp]] = {}
+        self._half_closed = False
+        self._call = open_call(self._outgoing())
+        self._reader = asyncio.create_task(self._read(), name=described)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on this stream and not answered yet."""
+        return len(self._pending)
+
+    def send(self, key: int, request: Req) -> asyncio.Future[Resp]:
+        """Write ``request``, whose answer will carry ``key``; the future resolves to that answer."""
+        if self.ended:
+            raise Unavailable(f"{self._described} has ended")
+        future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self._requests.put_nowait(request)
+        return future
+
+    def forget(self, key: int) -> None:
+        """The sender no longer waits for ``key`` (answered, timed out or cancelled)."""
+        self._pending.pop(key, None)
+
+    def half_close(self) -> None:
+        """No more requests: the peer answers what it has, then ends the call."""
+        if not self._half_closed:
+            self._half_closed = True
+            self._requests.put_nowait(None)
+
+    async def close(self, within_s: float) -> None:
+        """Half-close, and cancel the call if it has not ended within ``within_s``."""
+        self.half_close()
+        done, _ = await asyncio.wait((self._reader,), timeout=within_s)
+        if not done:
+            self._call.cancel()
+            await asyncio.wait((self._reader,))
+
+    def _answer(self, key: int, response: Resp) -> None:
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    def _refuse(self, key: int, error: Exception) -> None:
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def _received(self, response: Resp) -> None:
+        """One message from the peer: resolve the request it answers with :meth:`_answer` or :meth:`_refuse`."""
+        raise NotImplementedError
+
+    def _failure(self, exc: grpc.aio.AioRpcError) -> Exception:
+        """What the unanswered requests fail with when the call failed with ``exc``."""
+        error = map_rpc_error(exc, peer=self._peer)
+        return error if isinstance(error, Unavailable) else Unavailable(error.message)
+
+    def _ended(self) -> None:
+        """Called once, after the call has ended and every unanswered request has failed."""
+
+    async def _outgoing(self) -> AsyncIterator[Req]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        failure: Exception = Unavailable(f"{self._described} ended")
+        try:
+            async for response in self._call:
+                self._received(response)
+        except grpc.aio.AioRpcError as exc:
+            failure = self._failure(exc)
+        except asyncio.CancelledError:
+            failure = Unavailable(f"{self._described} was closed")
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is cancelled, not only the call
+        finally:
+            self.ended = True
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(failure)
+            self._ended()
