@@ -191,29 +191,30 @@ async def test_publish_stream_acknowledges_every_generated_batch_and_serves_on(
     await settled(bridge, "runwire_bridge_publish_streams")
 
 
+async def status_after_garbage(channel: grpc.aio.Channel, path: str, garbage: bytes) -> grpc.StatusCode:
+    """The status the stream ``path`` ends with when ``garbage`` is its one request (a clear one)."""
+    call = channel.stream_stream(path, request_serializer=bytes, response_deserializer=bytes)()
+    try:
+        await call.write(garbage)
+        await call.done_writing()
+        async with asyncio.timeout(SETTLE_S):
+            async for _ in call:
+                pass  # bytes that happen to parse: answered (an ended item, an ack, a write's answer)
+        return await call.code()
+    except grpc.aio.AioRpcError as exc:
+        assert_clear_status(path, garbage, exc.code(), exc.details())  # type: ignore[arg-type]
+        return exc.code()
+    finally:
+        call.cancel()
+
+
 @pytest.mark.parametrize("method", ["Fabric", "PublishStream"])
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(garbage=st.binary(min_size=1, max_size=64))
 async def test_bytes_that_are_no_request_end_the_stream_with_a_clear_status(
     bridge: StreamBridge, method: str, garbage: bytes
 ) -> None:
-    call = bridge.channel.stream_stream(
-        f"/runwire.bridge.v1.BridgeService/{method}",
-        request_serializer=bytes,
-        response_deserializer=bytes,
-    )()
-    try:
-        await call.write(garbage)
-        await call.done_writing()
-        async with asyncio.timeout(SETTLE_S):
-            async for _ in call:
-                pass  # bytes that happen to parse: answered (an ended item, an ack)
-        code = await call.code()
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        assert_clear_status(method, garbage, code, exc.details())  # type: ignore[arg-type]
-    finally:
-        call.cancel()
+    code = await status_after_garbage(bridge.channel, f"/runwire.bridge.v1.BridgeService/{method}", garbage)
     event(code.name)
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
     await settled(bridge, "runwire_bridge_fabric_streams")

@@ -29,7 +29,13 @@ from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
 from tests.hostile.strategies import STREAM_IDS, messages
-from tests.hostile.test_bridge_streams import CONTEXT_PLANS, STREAM_HINTS, STREAMS, WITNESS_ID
+from tests.hostile.test_bridge_streams import (
+    CONTEXT_PLANS,
+    STREAM_HINTS,
+    STREAMS,
+    WITNESS_ID,
+    status_after_garbage,
+)
 from tests.hostile.test_rpc_fields import assert_clear_status
 
 pytestmark = [
@@ -123,22 +129,6 @@ async def test_write_runs_answers_every_generated_write_and_serves_on(
 async def test_bytes_that_are_no_write_end_the_stream_with_a_clear_status(
     registry: grpc.aio.Channel, garbage: bytes
 ) -> None:
-    call = registry.stream_stream(
-        "/runwire.registry.v1.RegistryService/WriteRuns",
-        request_serializer=bytes,
-        response_deserializer=bytes,
-    )()
-    try:
-        await call.write(garbage)
-        await call.done_writing()
-        async with asyncio.timeout(SETTLE_S):
-            async for _ in call:
-                pass  # bytes that happen to parse as a write: answered
-        code = await call.code()
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        assert_clear_status("WriteRuns", garbage, code, exc.details())  # type: ignore[arg-type]
-    finally:
-        call.cancel()
+    code = await status_after_garbage(registry, "/runwire.registry.v1.RegistryService/WriteRuns", garbage)
     event(code.name)
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
