@@ -5,9 +5,12 @@ Every run gets its own :class:`RunEmitter`. Events are built at the source
 already encoded, such as the run's input, is spliced in as :class:`RawJson`)
 and queued; one publisher task per run drains the queue and publishes
 whatever is pending as one batch, then waits for its acknowledgement before
-the next: events reach the bridge in ``seq`` order, nothing waits when the
-run is idle, and what the agent emits while a batch is unacknowledged
-becomes the next batch. At most
+the next: events reach the bridge in ``seq`` order, and what the agent emits
+while a batch is unacknowledged becomes the next batch. Before it takes a
+batch the task lets the event loop run one turn (no timer), so a burst due in
+the same turn joins it: ``agent_started`` and what the agent emits right
+after it leave together instead of one acknowledgement apart. Nothing waits
+longer than that when the run is idle. At most
 ``max_pending`` events wait: an agent that emits faster than the bridge
 accepts is slowed down. Payloads over the bridge's size limit are shortened
 at the source (bulky values replaced, ``"truncated": true`` added).
@@ -277,6 +280,10 @@ class RunEmitter:
     async def _drain(self) -> None:
         while True:
             first = await self._queue.get()
+            # One turn of the event loop lets whatever the run emits in the same turn (an
+            # agent's burst right behind agent_started) join this batch: no timer, no delay
+            # beyond the callbacks already due.
+            await asyncio.sleep(0)
             batch: list[event_pb2.RunEvent] = []
             done = first is None
             if first is not None:

@@ -308,6 +308,7 @@ class FakeBridge:
     def __init__(self) -> None:
         self.events: list[event_pb2.RunEvent] = []
         self.calls = 0
+        self.batch_sizes: list[int] = []
         self.ignored: list[event_pb2.RunEvent] = []
         self.unavailable_calls = 0  # the next N calls fail with UNAVAILABLE
 
@@ -316,6 +317,7 @@ class FakeBridge:
     ) -> Sequence[str]:
         await asyncio.sleep(0)
         self.calls += 1
+        self.batch_sizes.append(len(events))
         if self.unavailable_calls > 0:
             self.unavailable_calls -= 1
             raise Unavailable("bridge is unavailable (unavailable)")

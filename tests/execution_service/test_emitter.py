@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -112,3 +113,41 @@ def test_oversized_payloads_are_shortened_at_the_source() -> None:
 
 def test_small_payloads_are_left_alone() -> None:
     assert json.loads(fit_payload({"a": 1}, max_bytes=1024)) == {"a": 1}
+
+
+async def test_what_is_emitted_in_one_turn_of_the_loop_leaves_as_one_batch() -> None:
+    batches: list[list[int]] = []
+
+    async def publish(events: Sequence[event_pb2.RunEvent]) -> None:
+        batches.append([e.seq for e in events])
+
+    emitter = emitter_for(publish)
+
+    async def burst() -> None:  # another task's events, due in the same turn (an agent's burst)
+        for text in "bcde":
+            await emitter.partial(text)
+
+    await emitter.partial("a")  # the engine's agent_started, then the agent's task runs
+    await asyncio.create_task(burst())
+    await asyncio.sleep(0.05)
+    await emitter.partial("f")
+    await emitter.aclose()
+    assert batches == [[1, 2, 3, 4, 5], [6]]
+
+
+async def test_a_lone_event_leaves_without_waiting_for_a_timer() -> None:
+    # "No added delay when idle": the publisher waits one turn of the loop for company, never
+    # a timer, so the event is published within a couple of turns.
+    published = asyncio.Event()
+
+    async def publish(events: Sequence[event_pb2.RunEvent]) -> None:
+        published.set()
+
+    emitter = emitter_for(publish)
+    await emitter.partial("alone")
+    turns = 0
+    while not published.is_set() and turns < 10:
+        await asyncio.sleep(0)
+        turns += 1
+    assert published.is_set() and turns <= 3
+    await emitter.aclose()

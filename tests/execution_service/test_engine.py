@@ -418,10 +418,10 @@ async def test_publishing_batches_pending_events_in_one_call() -> None:
     assert h.bridge.calls < 52
 
 
-async def test_agent_started_leaves_at_once_and_the_burst_behind_it_shares_one_publish() -> None:
+async def test_agent_started_and_the_burst_emitted_right_behind_it_share_one_publish() -> None:
     h = Harness()
     run_id = await h.run("scripted", {"steps": [{"partial": str(i)} for i in range(18)]})
     assert len(h.bridge.of(run_id)) == 20
-    # agent_started on its own (nothing waits for more), the 18 partials emitted while it was
-    # unacknowledged together, then the terminal event after the registry write.
-    assert h.bridge.calls == 3
+    # agent_started and the 18 partials the agent emits in the same turn of the loop together,
+    # then the terminal event after the registry write.
+    assert h.bridge.batch_sizes == [19, 1]
