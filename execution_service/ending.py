@@ -9,15 +9,19 @@ reach the bridge) (retried while the registry is unavailable) and says
 which of the three it came to (:class:`EndRecord`); :attr:`EndRecord.announce`
 is the verdict the engine acts on.
 
-A completed run's messages (its turn of the thread's conversation) are
-stored right after its end is recorded and before the end is announced, so
-whoever sees ``agent_completed`` and reads the thread, or starts the next
-run on it, finds them. Failing to store them is logged; it does not change
-the run's end.
+A completed run's messages (its turn of the thread's conversation) travel
+in the terminal transition and are stored in the same transaction, before
+the end is announced, so whoever sees ``agent_completed`` and reads the
+thread, or starts the next run on it, finds them. Messages the registry
+refuses are logged and the end is recorded without them; where a retried
+transition turns out to have gone through, or the registry predates
+completing in one call, they are stored with ``AppendMessages`` afterwards
+(idempotent per run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -30,7 +34,7 @@ from execution_service.peers import RegistryPort
 from execution_service.retry import Backoff, retry_unavailable
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire_common import names
-from runwire_common.errors import FailedPrecondition, RunwireError, Unavailable
+from runwire_common.errors import FailedPrecondition, InvalidArgument, RunwireError, Unavailable
 
 T = TypeVar("T")
 Log = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
@@ -79,7 +83,7 @@ async def record_end(
     completed = outcome.state == run_pb2.RUN_STATE_COMPLETED
     result_json = json.dumps(outcome.result) if completed else ""
     try:
-        # A completed run passes through COMPLETING in the same registry call.
+        # A completed run passes through COMPLETING, and stores its thread turn, in the same call.
         await call(
             lambda: registry.transition(
                 context(),
@@ -88,10 +92,27 @@ async def record_end(
                 result_json=result_json,
                 through_completing=completed,
                 end_event=end,
+                messages=outcome.messages,
             )
         )
-        await _remember(outcome, call, registry=registry, context=context, log=log)
         return EndRecord.RECORDED
+    except InvalidArgument as exc:
+        if not outcome.messages:
+            log.error("could not record the end of the run", extra={"error": exc.message})
+            return EndRecord.UNCONFIRMED
+        # Messages the registry will not keep (too long, say) must not keep the run from ending.
+        log.error(
+            "the registry refused the run's messages; recording its end without them",
+            extra={"error": exc.message},
+        )
+        return await record_end(
+            dataclasses.replace(outcome, messages=()),
+            registry=registry,
+            context=context,
+            retry=retry,
+            log=log,
+            end=end,
+        )
     except FailedPrecondition:
         try:
             run = await call(lambda: registry.get_run(context()))

@@ -126,7 +126,10 @@ class RegistryPort(Protocol):
         result_json: str = "",
         through_completing: bool = False,
         end_event: TerminalEvent | None = None,
-    ) -> run_pb2.Run: ...
+        messages: Sequence[run_pb2.ThreadMessage] = (),
+    ) -> run_pb2.Run:
+        """Move the run to ``to_state``; with ``messages`` (completing only), store its thread turn too."""
+        ...
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run: ...
 
@@ -238,12 +241,14 @@ class GrpcRegistry:
         result_json: str = "",
         through_completing: bool = False,
         end_event: TerminalEvent | None = None,
+        messages: Sequence[run_pb2.ThreadMessage] = (),
     ) -> run_pb2.Run:
         request = registry_pb2.TransitionRunRequest(
             to_state=to_state,
             error=error,
             result_json=result_json,
             through_completing=through_completing,
+            messages=messages,
         )
         if end_event is not None:
             # Kept as the run's end notice: the registry delivers it if our publication never arrives.
@@ -253,6 +258,9 @@ class GrpcRegistry:
             lambda writes: writes.transition_run(ctx, request),
             lambda t: self._stub.TransitionRun(_with_context(request, ctx), timeout=t),
         )
+        if messages and not response.messages_stored:
+            # A registry older than TransitionRunRequest.messages ignored them: store them the old way.
+            await self.append_messages(ctx, messages)
         return response.run
 
     async def heartbeat(self, ctx: context_pb2.UserContext, *, executor_id: str) -> run_pb2.Run:

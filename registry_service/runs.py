@@ -301,6 +301,30 @@ def transition_run(
     raise _why_not(connection, change, owner=owner, run_id=run_id)
 
 
+def move_run(
+    connection: Connection, change: Transition, *, owner: Owner, run_id: str, now: datetime
+) -> tuple[Row[Any], tuple[str, ...]]:
+    """Apply ``change`` in the caller's transaction; the run and the states it entered.
+
+    :func:`try_transition`'s one statement first, then :func:`complete_through`
+    or :func:`transition_run` to decide what it could not; raises as they do.
+    """
+    moved = try_transition(connection, change, owner=owner, run_id=run_id, now=now)
+    return (
+        moved if moved is not None else decide_move(connection, change, owner=owner, run_id=run_id, now=now)
+    )
+
+
+def decide_move(
+    connection: Connection, change: Transition, *, owner: Owner, run_id: str, now: datetime
+) -> tuple[Row[Any], tuple[str, ...]]:
+    """What :func:`try_transition` left undecided, in the caller's transaction (see :func:`move_run`)."""
+    if change.through_completing:
+        return complete_through(connection, change, owner=owner, run_id=run_id, now=now)
+    record = transition_run(connection, change, owner=owner, run_id=run_id, now=now)
+    return record, (str(record.state),)
+
+
 def _wait_for_the_thread(connection: Connection, *, owner: Owner, run_id: str, now: datetime) -> None:
     """Refuse with ``ABORTED`` to start a queued run while its thread is busy or a run before it waits.
 

@@ -36,16 +36,15 @@ from registry_service.paging import (
     encode_thread_token,
     page_size,
 )
-from registry_service.runs import (
-    complete_through,
-    get_run,
-    heartbeat,
-    list_runs,
-    transition_run,
-    try_transition,
-)
+from registry_service.runs import decide_move, get_run, heartbeat, list_runs, try_transition
 from registry_service.states import RUNNING, WAITING
-from registry_service.threads import append_messages, delete_thread, get_thread, list_threads
+from registry_service.threads import (
+    append_messages,
+    complete_with_messages,
+    delete_thread,
+    get_thread,
+    list_threads,
+)
 from registry_service.write_stream import DEFAULT_MAX_WRITES_IN_FLIGHT, RunWriteStream
 from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -152,26 +151,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         """``TransitionRun`` for the owner ``user_context`` (the unary call's or a ``WriteRuns`` write's)."""
         ctx = validate_context(user_context, attestor=self._attestor, require=("run_id",))
         change = validation.transition(request)
+        messages = validation.completed_messages(request, run_id=ctx.run_id)
         owner, run_id, now = owner_of(ctx), ctx.run_id, self._clock()
-        moved = await self._database.write_statement(
-            lambda connection: try_transition(connection, change, owner=owner, run_id=run_id, now=now)
-        )
-        if moved is not None:
-            record, entered = moved
-        elif change.through_completing:
+        if messages:
+            # The run's turn of its thread is stored with its completion: one transaction.
             record, entered = await self._database.write(
-                lambda connection: complete_through(connection, change, owner=owner, run_id=run_id, now=now)
+                lambda connection: complete_with_messages(
+                    connection, change, messages, owner=owner, run_id=run_id, now=now
+                )
             )
         else:
-            record = await self._database.write(
-                lambda connection: transition_run(connection, change, owner=owner, run_id=run_id, now=now)
+            moved = await self._database.write_statement(
+                lambda connection: try_transition(connection, change, owner=owner, run_id=run_id, now=now)
             )
-            entered = (str(record.state),)
+            if moved is None:  # a refusal, a queued start or a completing run: decided in a transaction
+                moved = await self._database.write(
+                    lambda connection: decide_move(connection, change, owner=owner, run_id=run_id, now=now)
+                )
+            record, entered = moved
         for state in entered:
             self._metrics.count_transition(state)
         if log.isEnabledFor(logging.DEBUG):
             bind(log, ctx).debug("run transitioned", extra={"state": record.state, "version": record.version})
-        return registry_pb2.TransitionRunResponse(run=run_message(record))
+        return registry_pb2.TransitionRunResponse(run=run_message(record), messages_stored=bool(messages))
 
     @unary
     async def Heartbeat(
@@ -282,7 +284,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.AppendMessagesRequest, context: Context
     ) -> registry_pb2.AppendMessagesResponse:
         ctx = validate_context(request.user_context, attestor=self._attestor, require=("run_id", "thread_id"))
-        messages = validation.messages(request, run_id=ctx.run_id)
+        messages = validation.messages(request.messages, run_id=ctx.run_id)
         owner, thread_id, run_id, now = owner_of(ctx), ctx.thread_id, ctx.run_id, self._clock()
         stored = await self._database.write(
             lambda connection: append_messages(

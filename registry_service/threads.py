@@ -34,7 +34,7 @@ from registry_service.admission import lock_owner
 from registry_service.models import INPUT_REQUESTS, RUNS, THREAD_MESSAGES, UTCDateTime
 from registry_service.ownership import owned_by
 from registry_service.paging import ThreadCursor
-from registry_service.runs import not_found
+from registry_service.runs import Transition, move_run, not_found
 from registry_service.states import LIVE_STATES, TERMINAL_STATES
 from runwire_common.errors import FailedPrecondition, NotFound
 from runwire_common.owners import Owner
@@ -100,6 +100,59 @@ def append_messages(
         raise not_found(run_id)
     if run.thread_id != thread_id:
         raise NotFound(f"run {run_id!r} not found in thread {thread_id!r}")
+    return store_messages(
+        connection,
+        messages,
+        user_id=owner.user_id,
+        tenant_id=run.tenant_id,
+        thread_id=thread_id,
+        run_id=run_id,
+        now=now,
+    )
+
+
+def complete_with_messages(
+    connection: Connection,
+    change: Transition,
+    messages: Sequence[NewMessage],
+    *,
+    owner: Owner,
+    run_id: str,
+    now: datetime,
+) -> tuple[Row[Any], tuple[str, ...]]:
+    """Move the run as ``change`` asks and store its ``messages`` in the same transaction.
+
+    The run and the states it entered; a refused move stores nothing.
+    """
+    record, entered = move_run(connection, change, owner=owner, run_id=run_id, now=now)
+    store_messages(
+        connection,
+        messages,
+        user_id=owner.user_id,
+        tenant_id=record.tenant_id,
+        thread_id=record.thread_id,
+        run_id=run_id,
+        now=now,
+    )
+    return record, entered
+
+
+def store_messages(
+    connection: Connection,
+    messages: Sequence[NewMessage],
+    *,
+    user_id: str,
+    tenant_id: str,
+    thread_id: str,
+    run_id: str,
+    now: datetime,
+) -> int:
+    """Store run ``run_id``'s messages unless it has some already; how many were stored.
+
+    The caller has checked that the run exists, is the owner's and belongs to
+    ``thread_id`` (``append_messages`` by reading it, ``TransitionRun`` by
+    updating it in the same transaction).
+    """
     if not messages:
         return 0
     stored = connection.execute(
@@ -111,8 +164,8 @@ def append_messages(
         THREAD_MESSAGES.insert(),
         [
             {
-                "user_id": owner.user_id,
-                "tenant_id": run.tenant_id,
+                "user_id": user_id,
+                "tenant_id": tenant_id,
                 "thread_id": thread_id,
                 "run_id": run_id,
                 "role": message.role,

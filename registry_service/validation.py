@@ -8,7 +8,7 @@ field, before any database work.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -229,15 +229,20 @@ def answer(request: registry_pb2.AnswerInputRequest) -> tuple[str, str]:
     return request_id(request.request_id), response
 
 
-def messages(request: registry_pb2.AppendMessagesRequest, *, run_id: str) -> list[NewMessage]:
+def completed_messages(request: registry_pb2.TransitionRunRequest, *, run_id: str) -> list[NewMessage]:
+    """The messages a completing transition stores with the run (checked as :func:`messages` checks them)."""
+    if request.messages and request.to_state != run_pb2.RUN_STATE_COMPLETED:
+        raise InvalidArgument("messages can only be given when moving to completed")
+    return messages(request.messages, run_id=run_id)
+
+
+def messages(given: Sequence[run_pb2.ThreadMessage], *, run_id: str) -> list[NewMessage]:
     """The messages to append, each checked, within the per-call bounds."""
-    if len(request.messages) > MAX_MESSAGES_PER_CALL:
-        raise InvalidArgument(
-            f"at most {MAX_MESSAGES_PER_CALL} messages per call, not {len(request.messages)}"
-        )
+    if len(given) > MAX_MESSAGES_PER_CALL:
+        raise InvalidArgument(f"at most {MAX_MESSAGES_PER_CALL} messages per call, not {len(given)}")
     checked: list[NewMessage] = []
     total = 0
-    for index, message in enumerate(request.messages):
+    for index, message in enumerate(given):
         field = f"messages[{index}]"
         role = role_from_message(message.role, field=f"{field}.role")
         if message.run_id and message.run_id != run_id:

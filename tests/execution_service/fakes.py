@@ -74,6 +74,8 @@ class FakeRegistry:
         self.inputs: dict[tuple[str, str], run_pb2.InputRequest] = {}  # (run_id, request_id) →
         self.messages: list[StoredMessage] = []
         self.appended_runs: set[str] = set()
+        self.append_calls = 0  # AppendMessages calls (a completed run stores its turn in its transition)
+        self.refuse_messages = False  # the next transitions carrying messages are INVALID_ARGUMENT
 
     async def create_run(
         self,
@@ -134,6 +136,7 @@ class FakeRegistry:
         result_json: str = "",
         through_completing: bool = False,
         end_event: TerminalEvent | None = None,
+        messages: Sequence[run_pb2.ThreadMessage] = (),
     ) -> run_pb2.Run:
         await asyncio.sleep(0)
         self.transition_calls += 1
@@ -144,6 +147,8 @@ class FakeRegistry:
         if self.unavailable_transitions > 0:
             self.unavailable_transitions -= 1
             raise Unavailable("registry is unavailable (unavailable)")
+        if messages and self.refuse_messages:
+            raise InvalidArgument("messages[1].content must be at most 200000 characters")
         run = self._get(ctx)
         if to_state == run_pb2.RUN_STATE_STARTING and run.state == run_pb2.RUN_STATE_PENDING:
             older = list(self.runs.values())
@@ -170,6 +175,9 @@ class FakeRegistry:
         if result_json:
             run.result_json = result_json
         self.transitions.append((ctx.run_id, names.state_name(to_state)))
+        if messages:
+            assert to_state == run_pb2.RUN_STATE_COMPLETED, "messages are only for COMPLETED"
+            self._store(ctx, run, messages)
         if self.lost_replies > 0:
             self.lost_replies -= 1
             raise Unavailable("registry reply lost (deadline_exceeded)")
@@ -250,6 +258,12 @@ class FakeRegistry:
         run = self._get(ctx)
         if ctx.thread_id != run.thread_id:
             raise NotFound(f"run {run.run_id!r} not found in thread {ctx.thread_id!r}")
+        self.append_calls += 1
+        return self._store(ctx, run, messages)
+
+    def _store(
+        self, ctx: context_pb2.UserContext, run: run_pb2.Run, messages: Sequence[run_pb2.ThreadMessage]
+    ) -> int:
         if run.run_id in self.appended_runs:
             return 0
         self.appended_runs.add(run.run_id)

@@ -425,3 +425,30 @@ async def test_agent_started_and_the_burst_emitted_right_behind_it_share_one_pub
     # agent_started and the 18 partials the agent emits in the same turn of the loop together,
     # then the terminal event after the registry write.
     assert h.bridge.batch_sizes == [19, 1]
+
+
+async def test_a_completed_runs_turn_is_stored_with_its_completion_in_one_registry_call() -> None:
+    h = Harness()
+    run_id = await h.run("assistant", {"message": "what is 6 * 7?"})
+    assert h.state(run_id) == "completed"
+    stored = [m.message for m in h.registry.messages if m.message.run_id == run_id]
+    assert [(m.role, m.content) for m in stored] == [
+        (run_pb2.MESSAGE_ROLE_USER, "what is 6 * 7?"),
+        (run_pb2.MESSAGE_ROLE_ASSISTANT, stored[1].content),
+    ]
+    assert "42" in stored[1].content
+    assert h.registry.append_calls == 0  # no AppendMessages: the terminal transition carried them
+    assert h.bridge.types(run_id)[-1] == "agent_completed"
+
+
+async def test_messages_the_registry_refuses_do_not_keep_the_run_from_completing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.registry.refuse_messages = True
+    with caplog.at_level(logging.ERROR):
+        run_id = await h.run("assistant", {"message": "what is 6 * 7?"})
+    assert h.state(run_id) == "completed"
+    assert h.bridge.types(run_id)[-1] == "agent_completed"
+    assert [m for m in h.registry.messages if m.message.run_id == run_id] == []
+    assert "refused the run's messages" in caplog.text

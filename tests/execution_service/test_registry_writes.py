@@ -35,6 +35,10 @@ Requests = AsyncIterator[registry_pb2.WriteRunsRequest]
 Responses = AsyncIterator[registry_pb2.WriteRunsResponse]
 StreamScript = Callable[[Requests, grpc.aio.ServicerContext[Any, Any]], Responses]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+TURN = [
+    run_pb2.ThreadMessage(role=run_pb2.MESSAGE_ROLE_USER, content="what is 2 + 2?"),
+    run_pb2.ThreadMessage(role=run_pb2.MESSAGE_ROLE_ASSISTANT, content="4"),
+]
 
 
 class UnaryCalls(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -138,9 +142,14 @@ async def test_a_runs_writes_reach_a_real_registry_over_the_stream_and_no_unary_
         run = runs[0]
         ctx = make_context(user, thread_id=run.thread_id, run_id=run.run_id)
         ended = await registry.transition(
-            ctx, run_pb2.RUN_STATE_COMPLETED, through_completing=True, result_json="{}"
+            ctx, run_pb2.RUN_STATE_COMPLETED, through_completing=True, result_json="{}", messages=TURN
         )
         assert ended.state == run_pb2.RUN_STATE_COMPLETED
+        # The run's thread turn was stored with its completion, over the stream too.
+        _, stored = await registry.get_thread(ctx)
+        assert [(m.role, m.content, m.run_id) for m in stored] == [
+            (m.role, m.content, run.run_id) for m in TURN
+        ]
         beaten = await registry.heartbeat(
             make_context(user, thread_id=runs[1].thread_id, run_id=runs[1].run_id), executor_id="exec-a"
         )
@@ -153,7 +162,44 @@ async def test_a_runs_writes_reach_a_real_registry_over_the_stream_and_no_unary_
     assert "/runwire.registry.v1.RegistryService/CreateRun" not in calls.methods
     assert "/runwire.registry.v1.RegistryService/TransitionRun" not in calls.methods
     assert "/runwire.registry.v1.RegistryService/Heartbeat" not in calls.methods
-    assert calls.methods == ["/runwire.registry.v1.RegistryService/GetRun"]
+    assert calls.methods == [
+        "/runwire.registry.v1.RegistryService/GetThread",
+        "/runwire.registry.v1.RegistryService/GetRun",
+    ]
+
+
+async def test_a_registry_that_ignores_messages_in_the_completion_gets_them_by_append_messages(
+    make_context: ContextFactory,
+) -> None:
+    # A registry older than TransitionRunRequest.messages parses the request without them and
+    # answers without messages_stored: the client stores them with AppendMessages.
+    transitions: list[registry_pb2.TransitionRunRequest] = []
+    appended: list[registry_pb2.AppendMessagesRequest] = []
+
+    async def transition_run(
+        request: registry_pb2.TransitionRunRequest, context: Any
+    ) -> registry_pb2.TransitionRunResponse:
+        transitions.append(request)
+        return registry_pb2.TransitionRunResponse(run=run_pb2.Run(state=request.to_state))
+
+    async def append_messages(
+        request: registry_pb2.AppendMessagesRequest, context: Any
+    ) -> registry_pb2.AppendMessagesResponse:
+        appended.append(request)
+        return registry_pb2.AppendMessagesResponse(stored=len(request.messages))
+
+    async with (
+        scripted_registry(
+            None, {"TransitionRun": transition_run, "AppendMessages": append_messages}
+        ) as address,
+        client(address) as (registry, _),
+    ):
+        ctx = make_context(new_id("user"), thread_id=new_id("thread"), run_id=new_id("run"))
+        await registry.transition(ctx, run_pb2.RUN_STATE_COMPLETED, through_completing=True, messages=TURN)
+        await registry.transition(ctx, run_pb2.RUN_STATE_FAILED)  # no messages: nothing appended
+    assert len(transitions) == 2
+    assert [list(request.messages) for request in appended] == [TURN]
+    assert appended[0].user_context == ctx
 
 
 async def test_a_registry_without_write_runs_gets_unary_calls_and_nothing_is_written_twice(

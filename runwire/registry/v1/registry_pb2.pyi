@@ -109,6 +109,7 @@ class TransitionRunRequest(_message.Message):
     THROUGH_COMPLETING_FIELD_NUMBER: _builtins.int
     END_EVENT_TYPE_FIELD_NUMBER: _builtins.int
     END_PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     to_state: _run_pb2.RunState.ValueType
     expected_version: _builtins.int
     """When non-zero, the transition only happens at this version."""
@@ -134,6 +135,14 @@ class TransitionRunRequest(_message.Message):
     def error(self) -> _run_pb2.RunError:
         """For FAILED, TIMEOUT, CANCELLED and DEAD."""
 
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.ThreadMessage]:
+        """Only with to_state COMPLETED: what the run adds to its thread, checked as
+        AppendMessages checks it and stored in the same transaction as the
+        transition, so whoever sees the run completed finds them in the thread.
+        Stored once per run, as with AppendMessages.
+        """
+
     def __init__(
         self,
         *,
@@ -145,10 +154,11 @@ class TransitionRunRequest(_message.Message):
         through_completing: _builtins.bool = ...,
         end_event_type: _builtins.str = ...,
         end_payload_json: _builtins.str = ...,
+        messages: _abc.Iterable[_run_pb2.ThreadMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_event_type", b"end_event_type", "end_payload_json", b"end_payload_json", "error", b"error", "expected_version", b"expected_version", "result_json", b"result_json", "through_completing", b"through_completing", "to_state", b"to_state", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_event_type", b"end_event_type", "end_payload_json", b"end_payload_json", "error", b"error", "expected_version", b"expected_version", "messages", b"messages", "result_json", b"result_json", "through_completing", b"through_completing", "to_state", b"to_state", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -159,16 +169,23 @@ class TransitionRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
+    MESSAGES_STORED_FIELD_NUMBER: _builtins.int
+    messages_stored: _builtins.bool
+    """True when the request carried messages and the run's messages are stored
+    (by this call or an earlier one). A registry that predates the messages
+    field leaves it false: the caller then stores them with AppendMessages.
+    """
     @_builtins.property
     def run(self) -> _run_pb2.Run: ...
     def __init__(
         self,
         *,
         run: _run_pb2.Run | None = ...,
+        messages_stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages_stored", b"messages_stored", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
