@@ -209,13 +209,14 @@ class _SqliteWriter:
 
     Every write transaction of the process queues here. The thread takes
     whatever has queued up (at most :data:`SQLITE_WRITE_BATCH`) and runs it in
-    one ``BEGIN IMMEDIATE`` … ``COMMIT``, each function inside a savepoint of
-    its own: a function that raises rolls back only its own changes and gets
-    its own exception, the others' results are handed back only after the
-    commit, and a commit that fails fails every function of the batch. One
-    commit and one wake-up of the event loop per batch instead of per call is
-    what this buys under load; a lone write runs as before, without a
-    savepoint.
+    one ``BEGIN IMMEDIATE`` … ``COMMIT``. Results are handed back only after
+    the commit. A function that raises rolls back only its own changes and
+    gets its own exception: the batch is first run without savepoints, and
+    only when a function raises is it rolled back and run again with each
+    function inside a savepoint of its own (see :meth:`_commit_together`); a
+    commit that fails there fails every function of the batch. One commit and
+    one wake-up of the event loop per batch instead of per call is what this
+    buys under load; a lone write runs without a savepoint.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -250,6 +251,8 @@ class _SqliteWriter:
             _deliver(batch)
 
     def _commit(self, batch: list[_WriteJob[Any]]) -> None:
+        if len(batch) > 1 and self._commit_together(batch):
+            return
         try:
             with self._engine.begin() as connection:
                 if len(batch) == 1:
@@ -267,6 +270,26 @@ class _SqliteWriter:
         except BaseException as exc:  # noqa: BLE001 - begin or commit failed: nothing was stored
             for job in batch:
                 job.error = exc
+
+    def _commit_together(self, batch: list[_WriteJob[Any]]) -> bool:
+        """Run ``batch`` in one transaction without savepoints; whether every function succeeded.
+
+        Savepoints cost two statements per function and are needed only when
+        one fails, which is rare (a refusal, a conflict). When one raises, the
+        whole transaction is rolled back, nothing is kept and ``False`` sends
+        the batch to :meth:`_commit`'s savepoints, which run every function
+        again from the same starting point, so each still gets its own outcome.
+        """
+        results: list[Any] = []
+        try:
+            with self._engine.begin() as connection:
+                for job in batch:
+                    results.append(job.work(connection))
+        except BaseException:  # noqa: BLE001 - a function's failure, or the commit's: run them again with savepoints
+            return False
+        for job, result in zip(batch, results, strict=True):
+            job.result = result
+        return True
 
 
 class _SqliteThreads:

@@ -118,3 +118,21 @@ async def test_a_lone_write_that_raises_leaves_nothing_behind(database: Database
     with pytest.raises(Unavailable):
         await database.write(insert_then_fail("lone"))
     assert await stored(database) == {}
+
+
+async def test_writes_that_all_succeed_share_a_transaction_without_savepoints(database: Database) -> None:
+    statements: list[str] = []
+
+    def record(conn: Connection, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        with counting_commits() as commits:
+            outcomes = await asyncio.gather(*(database.write(insert(f"k{i}", i)) for i in range(WRITES)))
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert outcomes == list(range(WRITES))
+    assert len(commits) < WRITES / 4
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert await stored(database) == {f"k{i}": i for i in range(WRITES)}
