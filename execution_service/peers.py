@@ -15,9 +15,8 @@ errors.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
@@ -25,7 +24,7 @@ import grpc
 from runwire.bridge.v1 import bridge_pb2
 from runwire.common.v1 import context_pb2, event_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
-from runwire_common import errors
+from runwire_common.errors import map_rpc_error
 
 if TYPE_CHECKING:
     from execution_service.outcomes import TerminalEvent
@@ -34,47 +33,7 @@ if TYPE_CHECKING:
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 BRIDGE_SERVICE = bridge_pb2.DESCRIPTOR.services_by_name["BridgeService"].full_name
 
-_ERRORS_BY_CODE: Mapping[grpc.StatusCode, type[errors.RunwireError]] = MappingProxyType(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-        grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-        grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-        grpc.StatusCode.NOT_FOUND: errors.NotFound,
-        grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-        grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-        grpc.StatusCode.ABORTED: errors.Aborted,
-        grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-        grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
-        grpc.StatusCode.CANCELLED: errors.Unavailable,
-    }
-)
-
 T = TypeVar("T")
-
-
-_STATUS_BY_NUMBER: Mapping[int, grpc.StatusCode] = MappingProxyType(
-    {status.value[0]: status for status in grpc.StatusCode}
-)
-
-
-def map_rpc_error(exc: grpc.aio.AioRpcError, *, peer: str) -> errors.RunwireError:
-    """The domain error for a failed call to ``peer``; unknown codes become INTERNAL."""
-    return _error_for(exc.code(), exc.details() or "", peer=peer)
-
-
-def error_for_code(code: int, details: str, *, peer: str) -> errors.RunwireError:
-    """The domain error for a status ``code`` (a number) answered by ``peer`` inside a stream."""
-    return _error_for(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), details, peer=peer)
-
-
-def _error_for(code: grpc.StatusCode, details: str, *, peer: str) -> errors.RunwireError:
-    error_class = _ERRORS_BY_CODE.get(code)
-    if error_class is None:
-        return errors.RunwireError(f"{peer} failed")
-    if error_class is errors.Unavailable:
-        return errors.Unavailable(f"{peer} is unavailable ({code.name.lower()})")
-    return error_class(details or f"{peer}: {code.name.lower()}")
 
 
 class WritesUnsupported(Exception):

@@ -36,12 +36,11 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from execution_service.answered_stream import AnsweredStream
-from execution_service.peers import error_for_code
 from execution_service.retry import Backoff
 from runwire.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 from runwire.common.v1 import context_pb2, event_pb2
-from runwire_common.errors import Unavailable
+from runwire_common.answered_stream import AnsweredStream
+from runwire_common.errors import Unavailable, error_for_code
 from runwire_common.owners import key_of
 from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
 from runwire_common.telemetry import Telemetry

@@ -40,11 +40,11 @@ import logging
 
 import grpc
 
-from execution_service.answered_stream import AnsweredStream
-from execution_service.peers import WritesUnsupported, error_for_code
+from execution_service.peers import WritesUnsupported
 from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
-from runwire_common.errors import Unavailable
+from runwire_common.answered_stream import AnsweredStream
+from runwire_common.errors import Unavailable, error_for_code
 from runwire_common.telemetry import Telemetry
 
 PEER = "registry"

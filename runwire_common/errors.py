@@ -7,6 +7,9 @@ one place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import grpc
 
 # The one cap on error details: status details travel in HTTP/2 headers (8 KiB by
@@ -68,3 +71,44 @@ class Aborted(RunwireError):
 
 class AlreadyExists(RunwireError):
     code = grpc.StatusCode.ALREADY_EXISTS
+
+
+# Client side: the domain error for a status a peer answered (a failed call, or a code in a stream).
+_ERRORS_BY_CODE: Mapping[grpc.StatusCode, type[RunwireError]] = MappingProxyType(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+        grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+        grpc.StatusCode.ABORTED: Aborted,
+        grpc.StatusCode.UNAVAILABLE: Unavailable,
+        grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+        grpc.StatusCode.CANCELLED: Unavailable,
+    }
+)
+
+_STATUS_BY_NUMBER: Mapping[int, grpc.StatusCode] = MappingProxyType(
+    {status.value[0]: status for status in grpc.StatusCode}
+)
+
+
+def map_rpc_error(exc: grpc.aio.AioRpcError, *, peer: str) -> RunwireError:
+    """The domain error for a failed call to ``peer``; unknown codes become INTERNAL."""
+    return _error_for(exc.code(), exc.details() or "", peer=peer)
+
+
+def error_for_code(code: int, details: str, *, peer: str) -> RunwireError:
+    """The domain error for a status ``code`` (a number) answered by ``peer`` inside a stream."""
+    return _error_for(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), details, peer=peer)
+
+
+def _error_for(code: grpc.StatusCode, details: str, *, peer: str) -> RunwireError:
+    error_class = _ERRORS_BY_CODE.get(code)
+    if error_class is None:
+        return RunwireError(f"{peer} failed")
+    if error_class is Unavailable:
+        return Unavailable(f"{peer} is unavailable ({code.name.lower()})")
+    return error_class(details or f"{peer}: {code.name.lower()}")

@@ -1,7 +1,8 @@
 """The sending side of a bidirectional stream whose every request is answered by its id.
 
-The publisher's ``PublishStream`` to a bridge replica and the registry's
-``WriteRuns`` both work this way: requests are written in order from a queue
+The execution service's ``PublishStream`` to a bridge replica and its
+``WriteRuns`` to the registry, and the gateway's ``StartRuns`` to an execution
+replica all work this way: requests are written in order from a queue
 (the call's request iterator), each sender waits on a future keyed by the id
 its request carries, and when the call ends every request still unanswered
 fails with what ended it. :class:`AnsweredStream` is that shared part; a
@@ -17,8 +18,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from execution_service.peers import map_rpc_error
-from runwire_common.errors import Unavailable
+from runwire_common.errors import Unavailable, map_rpc_error
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
