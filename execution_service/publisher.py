@@ -42,7 +42,7 @@ from runwire.common.v1 import context_pb2, event_pb2
 from runwire_common.answered_stream import AnsweredStream
 from runwire_common.errors import Unavailable, error_for_code
 from runwire_common.owners import key_of
-from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
+from runwire_common.replicas import ReplicaList, rendezvous
 from runwire_common.telemetry import Telemetry
 
 PEER = "bridge"
@@ -98,9 +98,7 @@ class StreamPublisher:
         self._target = target
         # Each batch carries the trace of the run that emitted it (the stream outlives requests).
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
-        self._fixed = static_replicas(target)
-        self._resolved: tuple[str, ...] = ()
-        self._resolved_at = float("-inf")
+        self._replica_list = ReplicaList(target, every_s=RESOLVE_EVERY_S)
         self._open_channel = open_channel
         self._ack_timeout_s = ack_timeout_s
         self._reconnect = reconnect or Backoff(
@@ -165,17 +163,10 @@ class StreamPublisher:
         return rendezvous(owner_key, reachable)
 
     async def _replicas(self) -> tuple[str, ...]:
-        if self._fixed is not None:
-            return self._fixed
-        now = asyncio.get_running_loop().time()
-        if now - self._resolved_at >= RESOLVE_EVERY_S or not self._resolved:
-            try:
-                self._resolved = await resolve_replicas(self._target)
-            except OSError as exc:
-                if not self._resolved:
-                    raise Unavailable(f"cannot resolve {self._target}: {exc}") from None
-            self._resolved_at = now
-        return self._resolved
+        try:
+            return await self._replica_list.current()
+        except OSError as exc:
+            raise Unavailable(f"cannot resolve {self._target}: {exc}") from None
 
     def _stream(self, replica: str) -> ReplicaStream:
         stream = self._streams.get(replica)

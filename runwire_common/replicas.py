@@ -65,3 +65,31 @@ def rendezvous(key: str, replicas: Sequence[str]) -> str:
 
 def _weight(key: str, replica: str) -> bytes:
     return hashlib.blake2b(f"{replica}\x00{key}".encode(), digest_size=8).digest()
+
+
+class ReplicaList:
+    """The replicas of ``target`` now: fixed ones as given, a ``dns:///`` name's looked up again every ``every_s``.
+
+    A failed lookup keeps the last answer; with none yet it raises ``OSError``.
+    """
+
+    def __init__(self, target: str, *, every_s: float = 5.0) -> None:
+        self._target = target
+        self._every_s = every_s
+        self._fixed = static_replicas(target)
+        self._resolved: tuple[str, ...] = ()
+        self._resolved_at = float("-inf")
+
+    async def current(self) -> tuple[str, ...]:
+        if self._fixed is not None:
+            return self._fixed
+        now = asyncio.get_running_loop().time()
+        if self._resolved and now - self._resolved_at < self._every_s:
+            return self._resolved
+        try:
+            self._resolved = await resolve_replicas(self._target)
+        except OSError:
+            if not self._resolved:
+                raise
+        self._resolved_at = now
+        return self._resolved

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
 
-from runwire_common.replicas import rendezvous, resolve_replicas, static_replicas
+from runwire_common.replicas import ReplicaList, rendezvous, resolve_replicas, static_replicas
 
 
 def test_a_single_target_is_one_replica() -> None:
@@ -56,3 +57,46 @@ def test_only_the_keys_of_a_departed_replica_move() -> None:
 
 def test_the_choice_does_not_depend_on_list_order() -> None:
     assert all(rendezvous(f"k{i}", ["a:1", "b:1"]) == rendezvous(f"k{i}", ["b:1", "a:1"]) for i in range(100))
+
+
+async def test_a_replica_list_gives_a_fixed_target_as_it_is() -> None:
+    assert await ReplicaList("ipv4:127.0.0.1:1,127.0.0.1:2").current() == ("127.0.0.1:1", "127.0.0.1:2")
+
+
+async def test_a_replica_list_looks_a_dns_name_up_again_only_after_its_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = [("10.0.0.1:5",), ("10.0.0.1:5", "10.0.0.2:5")]
+    lookups: list[str] = []
+
+    async def resolve(target: str) -> tuple[str, ...]:
+        lookups.append(target)
+        return answers[min(len(lookups), len(answers)) - 1]
+
+    monkeypatch.setattr("runwire_common.replicas.resolve_replicas", resolve)
+    replicas = ReplicaList("dns:///bridge:5", every_s=0.05)
+    assert await replicas.current() == ("10.0.0.1:5",)
+    assert await replicas.current() == ("10.0.0.1:5",)  # within the interval: no lookup
+    await asyncio.sleep(0.06)
+    assert await replicas.current() == ("10.0.0.1:5", "10.0.0.2:5")
+    assert lookups == ["dns:///bridge:5", "dns:///bridge:5"]
+
+
+async def test_a_failed_lookup_keeps_the_last_answer_and_fails_only_without_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = 0
+
+    async def resolve(target: str) -> tuple[str, ...]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            return ("10.0.0.1:5",)
+        raise OSError("no such host")
+
+    monkeypatch.setattr("runwire_common.replicas.resolve_replicas", resolve)
+    replicas = ReplicaList("dns:///bridge:5", every_s=0.0)
+    with pytest.raises(OSError):
+        await replicas.current()
+    assert await replicas.current() == ("10.0.0.1:5",)
+    assert await replicas.current() == ("10.0.0.1:5",)  # the third lookup failed: the last answer stands
