@@ -1,8 +1,8 @@
 """The sending side of a bidirectional stream whose every request is answered by its id.
 
 The execution service's ``PublishStream`` to a bridge replica and its
-``WriteRuns`` to the registry, and the gateway's ``StartRuns`` to an execution
-replica all work this way: requests are written in order from a queue
+``WriteRuns`` to the registry both work this way (the server side is
+:class:`runwire_common.answering.AnsweringStream`): requests are written in order from a queue
 (the call's request iterator), each sender waits on a future keyed by the id
 its request carries, and when the call ends every request still unanswered
 fails with what ended it. :class:`AnsweredStream` is that shared part; a
