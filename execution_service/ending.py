@@ -102,7 +102,7 @@ async def record_end(
             return EndRecord.UNCONFIRMED
         # Messages the registry will not keep (too long, say) must not keep the run from ending.
         log.error(
-            "the registry refused the run's messages; recording its end without them",
+            "the registry refused the run's end with its messages; recording the end without them",
             extra={"error": exc.message},
         )
         return await record_end(

@@ -451,4 +451,4 @@ async def test_messages_the_registry_refuses_do_not_keep_the_run_from_completing
     assert h.state(run_id) == "completed"
     assert h.bridge.types(run_id)[-1] == "agent_completed"
     assert [m for m in h.registry.messages if m.message.run_id == run_id] == []
-    assert "refused the run's messages" in caplog.text
+    assert "refused the run's end with its messages" in caplog.text
