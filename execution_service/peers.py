@@ -74,6 +74,7 @@ class RegistryPort(Protocol):
         executor_id: str,
         timeout_seconds: int,
         initial_state: run_pb2.RunState.ValueType = run_pb2.RUN_STATE_PENDING,
+        create_key: str = "",
     ) -> CreatedRun: ...
 
     async def transition(
@@ -176,6 +177,7 @@ class GrpcRegistry:
         executor_id: str,
         timeout_seconds: int,
         initial_state: run_pb2.RunState.ValueType = run_pb2.RUN_STATE_PENDING,
+        create_key: str = "",
     ) -> CreatedRun:
         request = registry_pb2.CreateRunRequest(
             agent=agent,
@@ -184,6 +186,7 @@ class GrpcRegistry:
             executor_id=executor_id,
             timeout_seconds=timeout_seconds,
             initial_state=initial_state,
+            create_key=create_key,
         )
         response = await self._written(
             lambda writes: writes.create_run(ctx, request),

@@ -14,8 +14,11 @@ How a write ends:
   (:func:`~execution_service.peers.error_for_code`);
 - no answer within the call timeout, or the stream breaks with the write
   unanswered: :class:`~runwire_common.errors.Unavailable`, exactly what a
-  unary call that lost its connection raises. It is not resent: the registry
-  may have carried it out (a second ``CreateRun`` would create a second run);
+  unary call that lost its connection raises. It is not resent, because the
+  registry may have carried it out, except for a ``CreateRun`` with a
+  ``create_key`` after a break: the registry answers such a repeated
+  ``CreateRun`` with the run the key created, so it is sent again on a new
+  stream;
 - the registry drains (the answer has ``drained``): the write was not
   carried out, so it is sent again on a fresh stream, which the channel's
   round-robin puts on another replica; the drained stream takes no more
@@ -153,6 +156,12 @@ class RunWrites:
             except _NotCarriedOut:
                 if send == MAX_SENDS:
                     raise Unavailable("registry is unavailable (draining)") from None
+                continue
+            except Unavailable:
+                # The stream broke with the write unanswered. A CreateRun with a create_key may be
+                # sent again: the registry answers the run it created, if it did, and creates no other.
+                if send == MAX_SENDS or not request.create_run.create_key:
+                    raise
                 continue
             except WritesUnsupported:
                 if self.supported:

@@ -39,6 +39,7 @@ from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import FailedPrecondition, InvalidArgument, Unavailable, bounded_detail
+from runwire_common.ids import new_id
 from runwire_common.logs import bind
 from runwire_common.owners import owner_of
 from runwire_common.servicer import unary
@@ -166,6 +167,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
                 timeout_seconds=max(1, round(timeout_s)),
                 # Created RUNNING unless it queues behind its thread: two round trips less.
                 initial_state=run_pb2.RUN_STATE_RUNNING,
+                # So that a CreateRun whose answer was lost with its stream can be sent again.
+                create_key=new_id("create"),
             )
             run = created.run
             identity.bind_run(run.run_id)

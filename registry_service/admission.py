@@ -97,6 +97,8 @@ class NewRun:
     # ``pending``, ``starting`` or ``running``: the state the run is created in (see INITIAL_STEPS),
     # unless it is queued behind a live run of its thread, which is always created ``pending``.
     initial_state: str = PENDING
+    # The caller's key for this run, if it gave one: a second CreateRun with it answers this run.
+    create_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.initial_state not in INITIAL_STEPS:
@@ -167,9 +169,20 @@ STATEMENTS: Mapping[str, Executable] = MappingProxyType(
                     RUNS.c.thread_id == bindparam("thread_id"),
                     RUNS.c.state.in_(LIVE_STATES),
                 ),
+                # A key already used (never true for a NULL key): create_run answers that run instead.
+                ~exists().where(
+                    RUNS.c.user_id == bindparam("user_id"),
+                    RUNS.c.tenant_id == bindparam("tenant_id"),
+                    RUNS.c.create_key == bindparam("create_key"),
+                ),
             ),
         )
         .returning(*RUNS.c),
+        "run_of_create_key": select(*RUNS.c).where(
+            RUNS.c.user_id == bindparam("user_id"),
+            RUNS.c.tenant_id == bindparam("tenant_id"),
+            RUNS.c.create_key == bindparam("create_key"),
+        ),
         "insert_run": RUNS.insert().returning(*RUNS.c),
     }
 )
@@ -196,11 +209,14 @@ class Admission:
     ``entered`` is empty for a run created ``pending`` (queued ones included),
     ``("starting",)`` or ``("starting", "running")`` for one created further
     along: the transitions ``TransitionRun`` would have made, to be counted alike.
+    ``replayed``: nothing was created, ``run`` is the one an earlier call with
+    the same ``create_key`` created (as it is now).
     """
 
     run: Row[Any]
     interrupted: list[Row[Any]] = field(default_factory=list)
     entered: tuple[str, ...] = ()
+    replayed: bool = False
 
 
 def _refuse_busy_thread(request: NewRun, busy: LiveRun) -> FailedPrecondition:
@@ -276,13 +292,15 @@ def _new_run_values(request: NewRun, *, run_id: str, queued: bool, now: datetime
         "timeout_seconds": request.timeout_seconds,
         "death_notice_pending": False,
         "queued": queued,
+        "create_key": request.create_key,
     }
 
 
 def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, now: datetime) -> Admission:
     """Admit ``request`` as a new run in its ``initial_state`` (queued: ``pending``), or raise why not.
 
-    On a busy thread: ``reject`` refuses, ``enqueue`` admits the run as a
+    A ``create_key`` the owner already used creates nothing: the answer is
+    the run that key created (``replayed``). On a busy thread: ``reject`` refuses, ``enqueue`` admits the run as a
     queued ``pending`` run (it may start once the runs before it have ended,
     see :func:`registry_service.runs.transition_run`), ``interrupt`` cancels
     the thread's live runs and admits the new one. Queued runs count against
@@ -298,6 +316,13 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
     ).one_or_none()
     if admitted is not None:
         return Admission(run=admitted, entered=_steps(request, queued=False))
+    if request.create_key is not None:
+        earlier = connection.execute(
+            STATEMENTS["run_of_create_key"],
+            {"user_id": request.user_id, "tenant_id": request.tenant_id, "create_key": request.create_key},
+        ).one_or_none()
+        if earlier is not None:
+            return Admission(run=earlier, replayed=True)
     # The thread is busy or the quota reached: decide from the live runs (still under the lock).
     live = live_runs(connection, Owner(request.tenant_id, request.user_id))
     on_thread = [run for run in live if run.thread_id == request.thread_id]

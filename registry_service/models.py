@@ -40,6 +40,7 @@ from registry_service.convert import KIND_NAMES, ROLE_NAMES
 from registry_service.states import ALL_STATES, MULTITASK_STRATEGIES
 
 ID_LENGTH = 256
+CREATE_KEY_LENGTH = 64
 AGENT_LENGTH = 128
 STATE_LENGTH = 16
 ERROR_CODE_LENGTH = 64
@@ -128,6 +129,9 @@ class RunRecord(Base):
     # and checks the thread (see registry_service.runs); NULL (a row written before migration
     # 0003, or by an older replica) is treated as queued.
     queued: Mapped[bool | None] = mapped_column(Boolean(), nullable=True)
+    # CreateRun's optional create_key: a second CreateRun of the owner with the same key answers
+    # with this run instead of creating another (a caller whose answer was lost sends it again).
+    create_key: Mapped[str | None] = mapped_column(String(CREATE_KEY_LENGTH), nullable=True)
 
     __table_args__ = (
         CheckConstraint(_in_list("state", ALL_STATES), name="state"),
@@ -139,6 +143,8 @@ class RunRecord(Base):
         # The death sweep looks for live runs across users, and for notices still owed.
         Index("ix_runs_state_updated_at", "state", "updated_at"),
         Index("ix_runs_death_notice_pending", "death_notice_pending", "death_notice_claimed_at"),
+        # One run per owner and create_key (NULL keys are all distinct).
+        Index("ux_runs_owner_create_key", "tenant_id", "user_id", "create_key", unique=True),
     )
 
 

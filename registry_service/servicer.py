@@ -130,6 +130,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             self._metrics.runs_refused.labels(code=refused.code.name.lower()).inc()
             raise
         record = admitted.run
+        if admitted.replayed:
+            if log.isEnabledFor(logging.DEBUG):
+                bind(log, ctx, run_id=record.run_id).debug("run created earlier with this create_key")
+            return registry_pb2.CreateRunResponse(run=run_message(record))
         self._metrics.count_created(str(record.multitask_strategy))
         # Created further along than pending: each step counted as the TransitionRun it saved.
         for state in admitted.entered:

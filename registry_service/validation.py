@@ -22,7 +22,13 @@ from registry_service.convert import (
     strategy_from_message,
 )
 from registry_service.inputs import NewInput
-from registry_service.models import AGENT_LENGTH, ERROR_CODE_LENGTH, ID_LENGTH, TOOL_NAME_LENGTH
+from registry_service.models import (
+    AGENT_LENGTH,
+    CREATE_KEY_LENGTH,
+    ERROR_CODE_LENGTH,
+    ID_LENGTH,
+    TOOL_NAME_LENGTH,
+)
 from registry_service.runs import EndEvent, RunError, Transition
 from registry_service.states import PENDING, RUNNING, STARTING
 from registry_service.threads import NewMessage
@@ -102,6 +108,7 @@ def new_run(request: registry_pb2.CreateRunRequest, ctx: context_pb2.UserContext
         executor_id=_bounded(request.executor_id, field="executor_id", limit=ID_LENGTH),
         timeout_seconds=request.timeout_seconds,
         initial_state=initial_state(request.initial_state),
+        create_key=_bounded(request.create_key, field="create_key", limit=CREATE_KEY_LENGTH) or None,
     )
 
 

@@ -68,6 +68,7 @@ class FakeRegistry:
         self.unavailable_transitions = 0  # the next N transitions fail with UNAVAILABLE
         self.lost_replies = 0  # the next N transitions apply, but the caller sees UNAVAILABLE
         self.transition_calls = 0
+        self.create_keys: list[str] = []  # the create_key of every CreateRun
         self.end_events: dict[str, list[TerminalEvent]] = {}
         # False: behave like a registry that predates TransitionRun.through_completing.
         self.knows_through_completing = True
@@ -87,7 +88,9 @@ class FakeRegistry:
         executor_id: str,
         timeout_seconds: int,
         initial_state: int = run_pb2.RUN_STATE_PENDING,
+        create_key: str = "",
     ) -> CreatedRun:
+        self.create_keys.append(create_key)
         live = [
             r for r in self.runs.values() if r.thread_id == ctx.thread_id and r.state in names.LIVE_STATES
         ]

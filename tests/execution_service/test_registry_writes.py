@@ -279,6 +279,36 @@ async def test_a_write_whose_stream_breaks_is_not_sent_again_and_the_next_write_
     assert [len(seen) for seen in streams] == [1, 1]
 
 
+async def test_a_create_with_a_key_whose_stream_breaks_is_sent_again_with_the_same_key(
+    make_context: ContextFactory,
+) -> None:
+    streams: list[list[registry_pb2.WriteRunsRequest]] = []
+
+    async def write_runs(requests: Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Responses:
+        seen: list[registry_pb2.WriteRunsRequest] = []
+        streams.append(seen)
+        async for request in requests:
+            seen.append(request)
+            if len(streams) == 1:  # the registry "crashes" with the create read: it may have been done
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "gone")
+            yield created(request)
+
+    async with scripted_registry(write_runs) as address, client(address) as (registry, _):
+        ctx = make_context(new_id("user"), thread_id=new_id("thread"))
+        made = await registry.create_run(
+            ctx,
+            agent="scripted",
+            input_json='{"steps": []}',
+            multitask_strategy=run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
+            executor_id="exec-a",
+            timeout_seconds=0,
+            create_key="create_key_of_this_run",
+        )
+    assert made.run.user_id == ctx.user_id
+    assert [len(seen) for seen in streams] == [1, 1]
+    assert [seen[0].create_run.create_key for seen in streams] == ["create_key_of_this_run"] * 2
+
+
 async def test_a_write_never_answered_fails_as_unavailable_within_the_call_timeout(
     make_context: ContextFactory,
 ) -> None:

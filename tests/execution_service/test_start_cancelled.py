@@ -77,3 +77,14 @@ async def test_a_call_cancelled_before_the_registry_is_asked_creates_no_run() ->
     await supervisor.drain(finish_within_s=1.0, stop_within_s=1.0)
     assert call.cancelled()
     assert registry.create_calls == 0 and registry.runs == {}
+
+
+async def test_every_start_gives_its_create_run_a_key_of_its_own() -> None:
+    # The key lets a CreateRun whose answer was lost with its stream be sent again (registry_writes).
+    registry, bridge = FakeRegistry(), FakeBridge()
+    under_test = servicer_over(registry, bridge)
+    for _ in range(3):
+        await under_test.servicer.StartRun(under_test.start_request(SCRIPT), CallContext())  # type: ignore[arg-type]
+    await under_test.supervisor.drain(finish_within_s=5.0, stop_within_s=1.0)
+    assert len(registry.create_keys) == 3
+    assert all(registry.create_keys) and len(set(registry.create_keys)) == 3

@@ -22,7 +22,7 @@ from registry_service.migrator import current_revision, downgrade_schema, upgrad
 from registry_service.models import Base
 from registry_service.settings import DatabaseSettings
 
-HEAD = "0005"
+HEAD = "0006"
 TABLES = {"runs", "run_owners", "input_requests", "thread_messages"}
 
 
@@ -213,3 +213,27 @@ async def test_downgrading_to_0003_ends_waiting_runs_as_failed(database: Databas
     }
     with pytest.raises(IntegrityError):
         await _insert_run(database, "run_waiting_again_xxxxxxx", "waiting")
+
+
+async def test_upgrading_from_0005_keeps_the_runs_without_keys_and_keys_are_unique_per_owner(
+    database: Database,
+) -> None:
+    await upgrade_schema(database.write_engine(), revision="0005")
+    await _insert_run(database, "run_old_one_xxxxxxxxxxxx", "running")
+    await _insert_run(database, "run_old_two_xxxxxxxxxxxx", "completed")  # the same owner, no key: both NULL
+
+    await upgrade_schema(database.write_engine())
+
+    assert set(await _states(database)) == {"run_old_one_xxxxxxxxxxxx", "run_old_two_xxxxxxxxxxxx"}
+    async with database.write_engine().begin() as connection:
+        await connection.execute(
+            text("UPDATE runs SET create_key = 'key-1' WHERE run_id = 'run_old_one_xxxxxxxxxxxx'")
+        )
+    with pytest.raises(IntegrityError):
+        async with database.write_engine().begin() as connection:
+            await connection.execute(
+                text("UPDATE runs SET create_key = 'key-1' WHERE run_id = 'run_old_two_xxxxxxxxxxxx'")
+            )
+
+    await downgrade_schema(database.write_engine(), revision="0005")
+    assert set(await _states(database)) == {"run_old_one_xxxxxxxxxxxx", "run_old_two_xxxxxxxxxxxx"}

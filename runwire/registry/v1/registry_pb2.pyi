@@ -31,6 +31,7 @@ class CreateRunRequest(_message.Message):
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    CREATE_KEY_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     input_json: _builtins.str
     """The run's input as a JSON object."""
@@ -48,6 +49,12 @@ class CreateRunRequest(_message.Message):
     behind another run of its thread (multitask ENQUEUE) stays PENDING. Any
     other state is INVALID_ARGUMENT.
     """
+    create_key: _builtins.str
+    """Optional, chosen by the caller for the one run it means to create (at
+    most 64 characters). A CreateRun with a key its owner already used
+    creates nothing and answers with the run that key created (without
+    interrupted_runs), so a call whose answer was lost may be sent again.
+    """
     @_builtins.property
     def user_context(self) -> _context_pb2.UserContext: ...
     def __init__(
@@ -60,10 +67,11 @@ class CreateRunRequest(_message.Message):
         executor_id: _builtins.str = ...,
         timeout_seconds: _builtins.int = ...,
         initial_state: _run_pb2.RunState.ValueType = ...,
+        create_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_id", b"executor_id", "initial_state", b"initial_state", "input_json", b"input_json", "multitask_strategy", b"multitask_strategy", "timeout_seconds", b"timeout_seconds", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_key", b"create_key", "executor_id", b"executor_id", "initial_state", b"initial_state", "input_json", b"input_json", "multitask_strategy", b"multitask_strategy", "timeout_seconds", b"timeout_seconds", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
