@@ -300,10 +300,11 @@ def create_run(connection: Connection, request: NewRun, *, max_live_runs: int, n
     """Admit ``request`` as a new run in its ``initial_state`` (queued: ``pending``), or raise why not.
 
     A ``create_key`` the owner already used creates nothing: the answer is
-    the run that key created (``replayed``). On a busy thread: ``reject`` refuses, ``enqueue`` admits the run as a
-    queued ``pending`` run (it may start once the runs before it have ended,
-    see :func:`registry_service.runs.transition_run`), ``interrupt`` cancels
-    the thread's live runs and admits the new one. Queued runs count against
+    the run that key created (``replayed``). On a busy thread: ``reject``
+    refuses, ``enqueue`` admits the run as a queued ``pending`` run (it may
+    start once the runs before it have ended, see
+    :func:`registry_service.runs.transition_run`), ``interrupt`` cancels the
+    thread's live runs and admits the new one. Queued runs count against
     the quota like any live run; interrupted ones free their place first. A
     refusal is raised before anything is written, so it never leaves a
     thread half-interrupted.

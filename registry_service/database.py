@@ -285,7 +285,7 @@ class _SqliteWriter:
             with self._engine.begin() as connection:
                 for job in batch:
                     results.append(job.work(connection))
-        except BaseException:  # noqa: BLE001 - a function's failure, or the commit's: run them again with savepoints
+        except BaseException:  # noqa: BLE001 - a function's or the commit's failure: again, with savepoints
             return False
         for job, result in zip(batch, results, strict=True):
             job.result = result
