@@ -105,7 +105,9 @@ async def client(
         await channel.close()
 
 
-async def create(registry: GrpcRegistry, ctx: context_pb2.UserContext) -> run_pb2.Run:
+async def create(
+    registry: GrpcRegistry, ctx: context_pb2.UserContext, *, create_key: str = ""
+) -> run_pb2.Run:
     made = await registry.create_run(
         ctx,
         agent="scripted",
@@ -114,6 +116,7 @@ async def create(registry: GrpcRegistry, ctx: context_pb2.UserContext) -> run_pb
         executor_id="exec-a",
         timeout_seconds=0,
         initial_state=run_pb2.RUN_STATE_RUNNING,
+        create_key=create_key,
     )
     return made.run
 
@@ -295,16 +298,8 @@ async def test_a_create_with_a_key_whose_stream_breaks_is_sent_again_with_the_sa
 
     async with scripted_registry(write_runs) as address, client(address) as (registry, _):
         ctx = make_context(new_id("user"), thread_id=new_id("thread"))
-        made = await registry.create_run(
-            ctx,
-            agent="scripted",
-            input_json='{"steps": []}',
-            multitask_strategy=run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
-            executor_id="exec-a",
-            timeout_seconds=0,
-            create_key="create_key_of_this_run",
-        )
-    assert made.run.user_id == ctx.user_id
+        made = await create(registry, ctx, create_key="create_key_of_this_run")
+    assert made.user_id == ctx.user_id
     assert [len(seen) for seen in streams] == [1, 1]
     assert [seen[0].create_run.create_key for seen in streams] == ["create_key_of_this_run"] * 2
 
