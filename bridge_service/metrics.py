@@ -39,6 +39,11 @@ class BridgeMetrics:
             ["code"],
             registry=target,
         )
+        self.publish_stream_messages = Counter(
+            "runwire_bridge_publish_stream_messages",
+            "PublishStream messages read (several batches travel in one bundled message under load)",
+            registry=target,
+        )
         # Fabric.
         self.fabric_streams = Gauge("runwire_bridge_fabric_streams", "Open Fabric streams", registry=target)
         self.fabric_subscriptions = Gauge(

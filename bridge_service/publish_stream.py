@@ -17,6 +17,11 @@ acknowledged; beyond that the stream stops reading (HTTP/2 flow control
 pushes back on the sender). Acknowledgements leave in completion order, so
 they may overtake each other across users.
 
+Bundles: a message may carry several batches (``bundle``), each handled as
+if it had been sent alone; acknowledgements ready together leave as one
+message when the sender announced that it reads bundles
+(:mod:`runwire_common.bundles`).
+
 Draining: new batches are no longer read, the batches already read finish
 and are acknowledged, then the stream ends with ``UNAVAILABLE``; the sender
 resends what was not acknowledged to another replica, which the fencing makes
@@ -101,6 +106,7 @@ class PublishStream:
         metrics: BridgeMetrics,
         draining: asyncio.Event,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        bundle_answers: bool = False,
         telemetry: Telemetry | None = None,
     ) -> None:
         self._bus = bus
@@ -118,6 +124,8 @@ class PublishStream:
                 max_in_flight=max_in_flight,
                 request_name="PublishStreamRequest",
                 stop=draining,
+                bundle_answers=bundle_answers,
+                on_read=lambda _batches: metrics.publish_stream_messages.inc(),
             )
         )
 

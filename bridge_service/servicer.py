@@ -26,6 +26,7 @@ from bridge_service.publish_stream import DEFAULT_MAX_IN_FLIGHT, PublishStream
 from bridge_service.validation import PublishLimits, prepare_events
 from bridge_service.wire import batch_response, event_response
 from runwire.bridge.v1 import bridge_pb2
+from runwire_common import bundles
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.logs import bind
@@ -148,6 +149,8 @@ class BridgeServicer:
         requests: AsyncIterator[bridge_pb2.PublishStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bridge_pb2.PublishStreamResponse]:
+        # Response headers at once, saying this bridge unpacks bundled batches.
+        await context.send_initial_metadata(bundles.ANNOUNCEMENT)
         stream = PublishStream(
             self._bus,
             attestor=self._attestor,
@@ -155,6 +158,7 @@ class BridgeServicer:
             metrics=self._metrics,
             draining=self._draining,
             max_in_flight=self._publish_stream_max_in_flight,
+            bundle_answers=bundles.announced(context.invocation_metadata()),
             telemetry=self._telemetry,
         )
         async for response in stream.serve(requests):

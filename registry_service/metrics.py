@@ -32,6 +32,14 @@ class RegistryMetrics:
             ["kind"],
             registry=target,
         )
+        self.write_stream_messages = Counter(
+            "runwire_registry_write_stream_messages",
+            "WriteRuns messages read (several writes travel in one bundled message under load)",
+            registry=target,
+        )
+        self.write_stream_writes = Counter(
+            "runwire_registry_write_stream_writes", "Writes read on WriteRuns streams", registry=target
+        )
         # Labelled children by label value: prometheus_client's labels() validates and locks on
         # every call, and the hot path counts three to five of them per run.
         self._children: dict[tuple[int, str], Counter] = {}
@@ -42,6 +50,10 @@ class RegistryMetrics:
         if child is None:
             child = self._children[key] = counter.labels(value)
         return child
+
+    def count_write_message(self, writes: int) -> None:
+        self.write_stream_messages.inc()
+        self.write_stream_writes.inc(writes)
 
     def count_created(self, strategy: str) -> None:
         self._child(self.runs_created, strategy).inc()

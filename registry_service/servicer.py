@@ -48,6 +48,7 @@ from registry_service.threads import (
 from registry_service.write_stream import DEFAULT_MAX_WRITES_IN_FLIGHT, RunWriteStream
 from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
+from runwire_common import bundles
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import RunwireError
@@ -107,10 +108,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, requests: AsyncIterator[registry_pb2.WriteRunsRequest], context: Context
     ) -> AsyncIterator[registry_pb2.WriteRunsResponse]:
         # Response headers at once: they commit the call at the sender (no transparent retry of
-        # a stream whose writes the registry may have carried out).
-        await context.send_initial_metadata(())
+        # a stream whose writes the registry may have carried out), and say that this registry
+        # unpacks bundled writes.
+        await context.send_initial_metadata(bundles.ANNOUNCEMENT)
         stream = RunWriteStream(
-            self, draining=self._draining, max_in_flight=self._max_writes_in_flight, telemetry=self._telemetry
+            self,
+            draining=self._draining,
+            max_in_flight=self._max_writes_in_flight,
+            bundle_answers=bundles.announced(context.invocation_metadata()),
+            on_read=self._metrics.count_write_message,
+            telemetry=self._telemetry,
         )
         async for response in stream.serve(requests):
             yield response

@@ -19,6 +19,11 @@ stops reading (HTTP/2 flow control pushes back on the sender). Answers leave
 in completion order; a sender that needs one write after another waits for
 the first answer, as the execution service does.
 
+Bundles: a message may carry several writes (``bundle``), each carried out
+and answered as if it had been sent alone; answers ready together leave as
+one message when the sender announced that it reads bundles
+(:mod:`runwire_common.bundles`).
+
 Draining: when the drain begins the stream sends a notice (``drained`` set,
 ``write_id`` 0, code 0), and the sender half-closes it and sends later writes
 on a new stream (another replica). Writes already begun are finished and
@@ -35,7 +40,7 @@ whose sender never half-closes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
 from typing import Protocol
@@ -88,6 +93,8 @@ class RunWriteStream:
         *,
         draining: asyncio.Event,
         max_in_flight: int,
+        bundle_answers: bool = False,
+        on_read: Callable[[int], None] | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self._writer = writer
@@ -96,7 +103,11 @@ class RunWriteStream:
         self._workers: set[asyncio.Task[None]] = set()
         self._answers: AnsweringStream[registry_pb2.WriteRunsRequest, registry_pb2.WriteRunsResponse] = (
             AnsweringStream(
-                dispatch=self._dispatch, max_in_flight=max_in_flight, request_name="WriteRunsRequest"
+                dispatch=self._dispatch,
+                max_in_flight=max_in_flight,
+                request_name="WriteRunsRequest",
+                bundle_answers=bundle_answers,
+                on_read=on_read,
             )
         )
 

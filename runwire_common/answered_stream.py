@@ -8,22 +8,30 @@ its request carries, and when the call ends every request still unanswered
 fails with what ended it. :class:`AnsweredStream` is that shared part; a
 subclass says what an incoming message means (:meth:`_received`) and, where
 it differs from the default, what a failed call means (:meth:`_failure`).
+
+Bundles (:mod:`runwire_common.bundles`): the call announces that it reads
+bundled answers, and once the peer's response headers say it unpacks bundled
+requests, what queued up while the previous message was being written leaves
+as one message. A request alone in the queue leaves at once, as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 import grpc
 
+from runwire_common.bundles import ANNOUNCEMENT, Bundling, announced, bundled, take, unbundled
 from runwire_common.errors import Unavailable, map_rpc_error
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+Req = TypeVar("Req", bound=Bundling)
+Resp = TypeVar("Resp", bound=Bundling)
 
-OpenCall = Callable[[AsyncIterator[Req]], grpc.aio.StreamStreamCall[Req, Resp]]
+# A stream-stream multi-callable of a stub: called with the request iterator and metadata.
+OpenCall = Callable[..., grpc.aio.StreamStreamCall[Req, Resp]]
 
 
 class AnsweredStream(Generic[Req, Resp]):
@@ -34,10 +42,12 @@ class AnsweredStream(Generic[Req, Resp]):
         self.ended = False
         self._peer = peer
         self._described = described
-        self._requests: asyncio.Queue[Req | None] = asyncio.Queue()
+        self._requests: deque[Req] = deque()
+        self._queued = asyncio.Event()  # set when _requests has something or the stream half-closed
         self._pending: dict[int, asyncio.Future[Resp]] = {}
         self._half_closed = False
-        self._call = open_call(self._outgoing())
+        self._bundles = False  # the peer's response headers said it unpacks bundles
+        self._call = open_call(self._outgoing(), metadata=ANNOUNCEMENT)
         self._reader = asyncio.create_task(self._read(), name=described)
 
     @property
@@ -51,7 +61,8 @@ class AnsweredStream(Generic[Req, Resp]):
             raise Unavailable(f"{self._described} has ended")
         future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
-        self._requests.put_nowait(request)
+        self._requests.append(request)
+        self._queued.set()
         return future
 
     def forget(self, key: int) -> None:
@@ -60,9 +71,8 @@ class AnsweredStream(Generic[Req, Resp]):
 
     def half_close(self) -> None:
         """No more requests: the peer answers what it has, then ends the call."""
-        if not self._half_closed:
-            self._half_closed = True
-            self._requests.put_nowait(None)
+        self._half_closed = True
+        self._queued.set()
 
     async def close(self, within_s: float) -> None:
         """Half-close, and cancel the call if it has not ended within ``within_s``."""
@@ -95,14 +105,27 @@ class AnsweredStream(Generic[Req, Resp]):
         """Called once, after the call has ended and every unanswered request has failed."""
 
     async def _outgoing(self) -> AsyncIterator[Req]:
-        while (request := await self._requests.get()) is not None:
-            yield request
+        """The call's requests: each next message is taken once gRPC has written the previous one."""
+        requests = self._requests
+        while True:
+            if not requests:
+                if self._half_closed:
+                    return
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            if self._bundles:
+                yield bundled(take(requests, _itself))
+            else:
+                yield requests.popleft()
 
     async def _read(self) -> None:
         failure: Exception = Unavailable(f"{self._described} ended")
         try:
+            self._bundles = announced(await self._call.initial_metadata())
             async for response in self._call:
-                self._received(response)
+                for answer in unbundled(response):
+                    self._received(answer)
         except grpc.aio.AioRpcError as exc:
             failure = self._failure(exc)
         except asyncio.CancelledError:
@@ -117,3 +140,7 @@ class AnsweredStream(Generic[Req, Resp]):
                 if not future.done():
                     future.set_exception(failure)
             self._ended()
+
+
+def _itself(message: Req) -> Req:
+    return message

@@ -7,18 +7,25 @@ read and not yet answered (beyond it the stream stops reading, and HTTP/2 flow
 control pushes back on the sender), the answers leaving in completion order,
 and the end once the sender has half-closed (or reading was stopped) and every
 request read has been answered.
+
+Bundles (:mod:`runwire_common.bundles`): every request a bundle carries is
+dispatched and answered on its own, and counts against the bound on its own.
+With ``bundle_answers`` (the sender announced that it reads them), the answers
+that are ready together leave as one message.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Generic, TypeVar
 
+from runwire_common.bundles import Bundling, bundled, take, unbundled
 from runwire_common.servicer import read_failure
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+Req = TypeVar("Req", bound=Bundling)
+Resp = TypeVar("Resp", bound=Bundling)
 
 
 class AnsweringStream(Generic[Req, Resp]):
@@ -37,24 +44,33 @@ class AnsweringStream(Generic[Req, Resp]):
         max_in_flight: int,
         request_name: str,
         stop: asyncio.Event | None = None,
+        bundle_answers: bool = False,
+        on_read: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_read`` is told how many requests each message read carried (for metrics)."""
         self._dispatch = dispatch
+        self._on_read = on_read
         self._request_name = request_name
         self._stop = stop
+        self._bundle_answers = bundle_answers
         self._slots = asyncio.Semaphore(max(1, max_in_flight))
-        # (message, whether it answers a request) to send; None wakes serve() when reading has stopped.
-        self._out: asyncio.Queue[tuple[Resp, bool] | None] = asyncio.Queue()
+        # (message, whether it answers a request) to send; _ready is set when there is one, and
+        # when reading has stopped (so that serve() looks again whether it is done).
+        self._out: deque[tuple[Resp, bool]] = deque()
+        self._ready = asyncio.Event()
         self._unanswered = 0
         self._reading = True
         self._read_error: BaseException | None = None
 
     def answer(self, response: Resp) -> None:
         """Send the answer to one request read."""
-        self._out.put_nowait((response, True))
+        self._out.append((response, True))
+        self._ready.set()
 
     def notify(self, message: Resp) -> None:
         """Send a message that answers no request (it is dropped if the stream ends first)."""
-        self._out.put_nowait((message, False))
+        self._out.append((message, False))
+        self._ready.set()
 
     async def serve(self, requests: AsyncIterator[Req]) -> AsyncGenerator[Resp, None]:
         """Answers, as they come, until reading has ended and every request read is answered.
@@ -65,15 +81,18 @@ class AnsweringStream(Generic[Req, Resp]):
         reader = asyncio.create_task(self._read(requests))
         watcher = asyncio.create_task(self._stop_reading(reader)) if self._stop is not None else None
         try:
+            out = self._out
             while self._reading or self._unanswered:
-                item = await self._out.get()
-                if item is None:
+                if not out:
+                    self._ready.clear()
+                    await self._ready.wait()
                     continue
-                response, answers = item
-                yield response
-                if answers:
-                    self._unanswered -= 1
-                    self._slots.release()
+                taken = take(out, _message) if self._bundle_answers else [out.popleft()]
+                yield bundled([response for response, _ in taken])
+                for _, answers in taken:
+                    if answers:
+                        self._unanswered -= 1
+                        self._slots.release()
             if self._read_error is not None:
                 raise self._read_error
         finally:
@@ -91,17 +110,27 @@ class AnsweringStream(Generic[Req, Resp]):
                 except BaseException:
                     self._slots.release()
                     raise
-                self._unanswered += 1
-                self._dispatch(request)
+                items = unbundled(request)
+                if self._on_read is not None:
+                    self._on_read(len(items))
+                for index, item in enumerate(items):
+                    if index:  # the first one has the slot taken before reading
+                        await self._slots.acquire()
+                    self._unanswered += 1
+                    self._dispatch(item)
         except StopAsyncIteration:
             pass
         except Exception as exc:  # noqa: BLE001 - reported when the stream ends
             self._read_error = read_failure(exc, message=self._request_name)
         finally:
             self._reading = False
-            self._out.put_nowait(None)
+            self._ready.set()
 
     async def _stop_reading(self, reader: asyncio.Task[None]) -> None:
         assert self._stop is not None
         await self._stop.wait()
         reader.cancel()
+
+
+def _message(entry: tuple[Resp, bool]) -> Resp:
+    return entry[0]

@@ -24,6 +24,7 @@ from runwire_common.errors import InvalidArgument
 from runwire_common.ids import new_id
 from runwire_common.replicas import rendezvous
 from tests.bridge_service.harness import delete_keys, open_bridge, settings_for
+from tests.bridge_service.harness import event as run_event
 from tests.bridge_service.stream_harness import StreamBridge, open_stream_bridge
 from tests.support.watcher import watching
 
@@ -317,3 +318,66 @@ async def test_a_batch_not_acknowledged_in_time_is_resent_and_stored_once(
         await publisher.aclose()
     assert run.batches[:2] == [[1], [1]]
     assert seqs_of(await stored(bridge.stub, make_context(user)), run.run_id) == [1, 2]
+
+
+async def test_batches_that_queue_up_together_travel_bundled_and_are_each_acknowledged(
+    bridge: StreamBridge, make_context: ContextFactory
+) -> None:
+    contexts = [make_context(new_id("user")) for _ in range(40)]
+    runs = [(ctx, new_id("run")) for ctx in contexts for _ in range(3)]
+    async with publisher_to(bridge.server.address) as publisher:
+        # One batch first: its stream's response headers say the bridge unpacks bundles.
+        await publisher.publish(contexts[0], [run_event(contexts[0], run_id=new_id("run"), seq=1)])
+        before = bridge.metric("runwire_bridge_publish_stream_messages_total")
+        # 120 batches of 40 users, all sent in one turn of the event loop.
+        results = await asyncio.gather(
+            *(publisher.publish(ctx, [run_event(ctx, run_id=run_id, seq=1)]) for ctx, run_id in runs)
+        )
+        messages = bridge.metric("runwire_bridge_publish_stream_messages_total") - before
+    assert [len(ids) for ids in results] == [1] * len(runs)
+    assert all(ids[0] for ids in results), "every batch was stored, none fenced"
+    assert 1 <= messages <= len(runs) / 10, f"{len(runs)} batches took {messages} messages"
+    assert bridge.metric("runwire_bridge_publish_stream_batches_total", code="ok") == len(runs) + 1
+    for ctx in contexts[1:]:
+        events = await stored(bridge.stub, ctx)
+        assert sorted(event.run_id for event in events) == sorted(r for c, r in runs if c is ctx)
+
+
+class _BridgeBeforeBundles(bridge_pb2_grpc.BridgeServiceServicer):
+    """A ``PublishStream`` that predates bundles: no announcement; records every message it reads."""
+
+    def __init__(self) -> None:
+        self.read: list[bridge_pb2.PublishStreamRequest] = []
+
+    async def PublishStream(  # type: ignore[override]
+        self,
+        requests: AsyncIterator[bridge_pb2.PublishStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[bridge_pb2.PublishStreamResponse]:
+        async for request in requests:
+            self.read.append(request)
+            yield bridge_pb2.PublishStreamResponse(
+                batch_id=request.batch_id, event_ids=[f"{request.batch_id}-0"], seqs=[1]
+            )
+
+
+async def test_a_bridge_that_does_not_announce_bundles_gets_every_batch_alone(
+    make_context: ContextFactory,
+) -> None:
+    old = _BridgeBeforeBundles()
+    server = grpc.aio.server()
+    bridge_pb2_grpc.add_BridgeServiceServicer_to_server(old, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        ctx = make_context(new_id("user"))
+        async with publisher_to(f"127.0.0.1:{port}") as publisher:
+            await publisher.publish(ctx, [run_event(ctx, seq=1)])
+            results = await asyncio.gather(
+                *(publisher.publish(ctx, [run_event(ctx, seq=1)]) for _ in range(50))
+            )
+    finally:
+        await server.stop(None)
+    assert len(results) == 50 and all(len(ids) == 1 for ids in results)
+    assert len(old.read) == 51
+    assert not any(message.bundle for message in old.read)

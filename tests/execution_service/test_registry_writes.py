@@ -23,6 +23,7 @@ from registry_service.app import running_service
 from registry_service.settings import RegistrySettings
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2
+from runwire_common import bundles
 from runwire_common.errors import NotFound, Unavailable
 from runwire_common.ids import new_id
 
@@ -371,3 +372,60 @@ async def test_an_idle_stream_told_of_the_drain_is_half_closed_and_the_next_writ
         assert (await create(registry, second)).user_id == second.user_id
         assert writes.supported
     assert streams == 2
+
+
+async def test_writes_that_queue_up_together_travel_bundled_to_a_registry_that_announces_it(
+    make_context: ContextFactory,
+) -> None:
+    read: list[registry_pb2.WriteRunsRequest] = []
+
+    async def announcing(requests: Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Responses:
+        await context.send_initial_metadata(bundles.ANNOUNCEMENT)
+        assert bundles.announced(context.invocation_metadata()), "the sender reads bundled answers"
+        async for message in requests:
+            read.append(message)
+            # Every write the message carries is answered, all in one bundled answer.
+            yield bundles.bundled([created(write) for write in bundles.unbundled(message)])
+
+    async with scripted_registry(announcing) as address, client(address) as (registry, _):
+        first = make_context(new_id("user"), thread_id=new_id("thread"))
+        await create(registry, first)
+        contexts = [make_context(new_id("user"), thread_id=new_id("thread")) for _ in range(30)]
+        runs = await asyncio.gather(*(create(registry, ctx) for ctx in contexts))
+    assert [run.user_id for run in runs] == [ctx.user_id for ctx in contexts]
+    assert len({run.run_id for run in runs}) == 30
+    writes = [write for message in read for write in bundles.unbundled(message)]
+    assert len(writes) == 31
+    assert len({write.write_id for write in writes}) == 31
+    assert len(read) <= 1 + 30 / 5, f"31 writes took {len(read)} messages"
+
+
+async def test_a_real_registry_carries_out_and_answers_every_write_of_a_bundle(
+    tmp_path: Any, attestation_key_spec: str, make_context: ContextFactory
+) -> None:
+    settings = RegistrySettings(
+        attestation_keys=attestation_key_spec,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        host="127.0.0.1",
+        port=0,
+        grace_period_s=2,
+    )
+    async with running_service(settings) as server, client(server.address) as (registry, _):
+        await create(registry, make_context(new_id("user"), thread_id=new_id("thread")))
+        contexts = [make_context(new_id("user"), thread_id=new_id("thread")) for _ in range(80)]
+        runs = await asyncio.gather(*(create(registry, ctx) for ctx in contexts))
+        assert [run.user_id for run in runs] == [ctx.user_id for ctx in contexts]
+        assert {run.state for run in runs} == {run_pb2.RUN_STATE_RUNNING}
+        ended = await asyncio.gather(
+            *(
+                registry.transition(
+                    make_context(run.user_id, thread_id=run.thread_id, run_id=run.run_id),
+                    run_pb2.RUN_STATE_COMPLETED,
+                    through_completing=True,
+                    result_json="{}",
+                )
+                for run in runs
+            )
+        )
+        assert [run.run_id for run in ended] == [run.run_id for run in runs]
+        assert {run.state for run in ended} == {run_pb2.RUN_STATE_COMPLETED}

@@ -320,3 +320,21 @@ def publish_stream_requests(hints: StringHints) -> st.SearchStrategy[Message]:
 
     generated = messages(bridge_pb2.PublishStreamRequest.DESCRIPTOR, hints)
     return st.builds(fix, generated, STREAM_IDS)
+
+
+def carried(message: Message) -> list[Message]:
+    """The requests one message of an answered stream carries, each answered on its own.
+
+    The ``bundle`` contract of ``PublishStreamRequest`` and ``WriteRunsRequest``,
+    written out independently of :mod:`runwire_common.bundles`: the message
+    itself unless it sets nothing but its bundle, then what each message of
+    its bundle carries, in order.
+    """
+    inner: list[Message] = getattr(message, "bundle")  # noqa: B009 - every caller's type has one
+    if not inner:
+        return [message]
+    rest = type(message)()
+    rest.CopyFrom(message)
+    rest.ClearField("bundle")
+    itself = [message] if rest.ByteSize() else []
+    return itself + [item for bundled in inner for item in carried(bundled)]

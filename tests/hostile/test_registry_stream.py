@@ -28,7 +28,7 @@ from runwire.common.v1 import context_pb2, run_pb2
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
 from runwire_common.attestation import ContextAttestor
 from runwire_common.ids import new_id
-from tests.hostile.strategies import STREAM_IDS, messages
+from tests.hostile.strategies import STREAM_IDS, carried, messages
 from tests.hostile.test_bridge_streams import (
     CONTEXT_PLANS,
     STREAM_HINTS,
@@ -96,6 +96,8 @@ async def test_write_runs_answers_every_generated_write_and_serves_on(
         write_id=WITNESS_ID,
         create_run=registry_pb2.CreateRunRequest(agent="scripted", input_json='{"steps": []}'),
     )
+    # Generated messages may carry writes in their bundle: each is answered on its own.
+    expected = [write for request in [*sent, witness] for write in carried(request)]
     call = registry_pb2_grpc.RegistryServiceStub(registry).WriteRuns()
     answers: list[registry_pb2.WriteRunsResponse] = []
     try:
@@ -104,12 +106,13 @@ async def test_write_runs_answers_every_generated_write_and_serves_on(
         await call.done_writing()
         async with asyncio.timeout(SETTLE_S):
             async for answer in call:
+                assert not answer.bundle, "answers are bundled only for a sender that announced it"
                 answers.append(answer)
             code = await call.code()
     finally:
         call.cancel()
     assert code == grpc.StatusCode.OK, await call.details()
-    assert sorted(a.write_id for a in answers) == sorted(r.write_id for r in [*sent, witness])
+    assert sorted(a.write_id for a in answers) == sorted(w.write_id for w in expected)  # type: ignore[attr-defined]
     for answer in answers:
         status = CODES_BY_NUMBER[answer.code]
         event(status.name)

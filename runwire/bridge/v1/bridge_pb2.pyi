@@ -463,6 +463,7 @@ class PublishStreamRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     """Chosen by the sender, echoed in the acknowledgement."""
     @_builtins.property
@@ -478,6 +479,17 @@ class PublishStreamRequest(_message.Message):
         it belongs to and the bridge records its handling as a span of it.
         """
 
+    @_builtins.property
+    def bundle(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishStreamRequest]:
+        """Several batches in one message, each handled exactly as if it had been
+        sent alone, in this order, and acknowledged under its own batch_id. A
+        message that sets nothing but `bundle` is only their envelope; one that
+        also sets other fields is a batch itself, handled before its bundle. The
+        execution service bundles what queued up while its previous message was
+        being written, and only on a stream whose response headers carry
+        `runwire-bundles: 1` (a bridge that unpacks bundles says so).
+        """
+
     def __init__(
         self,
         *,
@@ -485,10 +497,11 @@ class PublishStreamRequest(_message.Message):
         batch_id: _builtins.int = ...,
         events: _abc.Iterable[_event_pb2.RunEvent] | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        bundle: _abc.Iterable[Global___PublishStreamRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user_context", b"user_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events", "trace_context", b"trace_context", "user_context", b"user_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "bundle", b"bundle", "events", b"events", "trace_context", b"trace_context", "user_context", b"user_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,6 +516,7 @@ class PublishStreamResponse(_message.Message):
     SEQS_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     code: _builtins.int
     """A gRPC status code: 0 = stored (fenced); otherwise the batch was refused
@@ -516,6 +530,13 @@ class PublishStreamResponse(_message.Message):
 
     @_builtins.property
     def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def bundle(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishStreamResponse]:
+        """Several acknowledgements in one message, read like
+        PublishStreamRequest.bundle. The bridge bundles acknowledgements only on
+        a stream whose request headers carry `runwire-bundles: 1`.
+        """
+
     def __init__(
         self,
         *,
@@ -524,10 +545,11 @@ class PublishStreamResponse(_message.Message):
         seqs: _abc.Iterable[_builtins.int] | None = ...,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
+        bundle: _abc.Iterable[Global___PublishStreamResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "code", b"code", "event_ids", b"event_ids", "message", b"message", "seqs", b"seqs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "bundle", b"bundle", "code", b"code", "event_ids", b"event_ids", "message", b"message", "seqs", b"seqs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -709,6 +709,7 @@ class WriteRunsRequest(_message.Message):
     TRANSITION_RUN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
     write_id: _builtins.int
     """Chosen by the sender, not 0, echoed in the answer; unique among the
     stream's unanswered writes.
@@ -733,6 +734,17 @@ class WriteRunsRequest(_message.Message):
         like the unary call it stands for.
         """
 
+    @_builtins.property
+    def bundle(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteRunsRequest]:
+        """Several writes in one message, each carried out exactly as if it had been
+        sent alone and answered under its own write_id. A message that sets
+        nothing but `bundle` is only their envelope; one that also sets other
+        fields is a write itself, taken before its bundle. The execution service
+        bundles what queued up while its previous message was being written, and
+        only on a stream whose response headers carry `runwire-bundles: 1` (a
+        registry that unpacks bundles says so).
+        """
+
     def __init__(
         self,
         *,
@@ -742,10 +754,11 @@ class WriteRunsRequest(_message.Message):
         transition_run: Global___TransitionRunRequest | None = ...,
         heartbeat: Global___HeartbeatRequest | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        bundle: _abc.Iterable[Global___WriteRunsRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "heartbeat", b"heartbeat", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "heartbeat", b"heartbeat", "trace_context", b"trace_context", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write", "write_id", b"write_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "create_run", b"create_run", "heartbeat", b"heartbeat", "trace_context", b"trace_context", "transition_run", b"transition_run", "user_context", b"user_context", "write", b"write", "write_id", b"write_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_write: _TypeAlias = _typing.Literal["create_run", "transition_run", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_write: _TypeAlias = _typing.Literal["write", b"write"]  # noqa: Y015
@@ -764,6 +777,7 @@ class WriteRunsResponse(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
     write_id: _builtins.int
     code: _builtins.int
     """A gRPC status code: 0 = done; otherwise the write was refused (or could
@@ -782,6 +796,13 @@ class WriteRunsResponse(_message.Message):
     def transition_run(self) -> Global___TransitionRunResponse: ...
     @_builtins.property
     def heartbeat(self) -> Global___HeartbeatResponse: ...
+    @_builtins.property
+    def bundle(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteRunsResponse]:
+        """Several answers in one message, read like WriteRunsRequest.bundle. The
+        registry bundles answers only on a stream whose request headers carry
+        `runwire-bundles: 1`.
+        """
+
     def __init__(
         self,
         *,
@@ -792,10 +813,11 @@ class WriteRunsResponse(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         drained: _builtins.bool = ...,
+        bundle: _abc.Iterable[Global___WriteRunsResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_run", b"create_run", "heartbeat", b"heartbeat", "result", b"result", "transition_run", b"transition_run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "create_run", b"create_run", "drained", b"drained", "heartbeat", b"heartbeat", "message", b"message", "result", b"result", "transition_run", b"transition_run", "write_id", b"write_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "code", b"code", "create_run", b"create_run", "drained", b"drained", "heartbeat", b"heartbeat", "message", b"message", "result", b"result", "transition_run", b"transition_run", "write_id", b"write_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["create_run", "transition_run", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
