@@ -122,16 +122,21 @@ async def create(
     return made.run
 
 
-async def test_a_runs_writes_reach_a_real_registry_over_the_stream_and_no_unary_call_is_made(
-    tmp_path: Any, attestation_key_spec: str, make_context: ContextFactory
-) -> None:
-    settings = RegistrySettings(
+def sqlite_registry(folder: Any, attestation_key_spec: str) -> RegistrySettings:
+    """A real registry on loopback, on SQLite in ``folder``."""
+    return RegistrySettings(
         attestation_keys=attestation_key_spec,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        database_url=f"sqlite+aiosqlite:///{folder / 'registry.db'}",
         host="127.0.0.1",
         port=0,
         grace_period_s=2,
     )
+
+
+async def test_a_runs_writes_reach_a_real_registry_over_the_stream_and_no_unary_call_is_made(
+    tmp_path: Any, attestation_key_spec: str, make_context: ContextFactory
+) -> None:
+    settings = sqlite_registry(tmp_path, attestation_key_spec)
     calls = UnaryCalls()
     async with (
         running_service(settings) as server,
@@ -403,13 +408,7 @@ async def test_writes_that_queue_up_together_travel_bundled_to_a_registry_that_a
 async def test_a_real_registry_carries_out_and_answers_every_write_of_a_bundle(
     tmp_path: Any, attestation_key_spec: str, make_context: ContextFactory
 ) -> None:
-    settings = RegistrySettings(
-        attestation_keys=attestation_key_spec,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        host="127.0.0.1",
-        port=0,
-        grace_period_s=2,
-    )
+    settings = sqlite_registry(tmp_path, attestation_key_spec)
     async with running_service(settings) as server, client(server.address) as (registry, _):
         await create(registry, make_context(new_id("user"), thread_id=new_id("thread")))
         contexts = [make_context(new_id("user"), thread_id=new_id("thread")) for _ in range(80)]
