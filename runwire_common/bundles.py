@@ -3,7 +3,7 @@
 On ``PublishStream`` and ``WriteRuns`` every request is answered on its own,
 and on grpc.aio every message costs both ends about the same CPU whatever it
 carries (a round trip of a small message costs each side ≈0.16 ms on the
-benchmark machine, a quarter of a run's events carried in it barely more).
+benchmark machine, and one carrying ten times as much barely more).
 So under load the sender puts what queued up while its previous message was
 being written into one message, and the server does the same with its
 answers: a message's ``bundle`` field holds messages of its own type, each
