@@ -67,8 +67,34 @@ class Registry:
         timeout_seconds: int = 0,
         initial_state: int = run_pb2.RUN_STATE_UNSPECIFIED,
     ) -> run_pb2.Run:
+        response = await self.create_run(
+            user,
+            thread_id=thread_id,
+            agent=agent,
+            input_json=input_json,
+            strategy=strategy,
+            executor_id=executor_id,
+            timeout_seconds=timeout_seconds,
+            initial_state=initial_state,
+        )
+        return response.run
+
+    async def create_run(
+        self,
+        user: str,
+        *,
+        thread_id: str | None = None,
+        agent: str = "scripted",
+        input_json: str = '{"steps": []}',
+        strategy: int = run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
+        executor_id: str = "executor-a",
+        timeout_seconds: int = 0,
+        initial_state: int = run_pb2.RUN_STATE_UNSPECIFIED,
+        create_key: str = "",
+    ) -> registry_pb2.CreateRunResponse:
+        """The whole ``CreateRun`` answer (:meth:`create` keeps only its run)."""
         ctx = self.make_context(user, thread_id=thread_id or new_id("thread"))
-        response = await self.stub.CreateRun(
+        return await self.stub.CreateRun(
             registry_pb2.CreateRunRequest(
                 user_context=ctx,
                 agent=agent,
@@ -77,10 +103,10 @@ class Registry:
                 executor_id=executor_id,
                 timeout_seconds=timeout_seconds,
                 initial_state=initial_state,  # type: ignore[arg-type]
+                create_key=create_key,
             ),
             timeout=CALL_TIMEOUT_S,
         )
-        return response.run
 
     def run_context(self, run: run_pb2.Run, *, user: str | None = None) -> context_pb2.UserContext:
         return self.make_context(

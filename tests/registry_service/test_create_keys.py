@@ -9,7 +9,7 @@ import grpc
 from runwire.common.v1 import run_pb2
 from runwire.registry.v1 import registry_pb2
 from runwire_common.ids import new_id
-from tests.registry_service.support import CALL_TIMEOUT_S, Registry, rpc_error
+from tests.registry_service.support import Registry, rpc_error
 
 S = run_pb2
 
@@ -22,17 +22,8 @@ async def create(
     *,
     strategy: int = S.MULTITASK_STRATEGY_UNSPECIFIED,
 ) -> registry_pb2.CreateRunResponse:
-    return await registry.stub.CreateRun(
-        registry_pb2.CreateRunRequest(
-            user_context=registry.make_context(user, thread_id=thread_id),
-            agent="scripted",
-            input_json='{"steps": []}',
-            multitask_strategy=strategy,  # type: ignore[arg-type]
-            executor_id="executor-a",
-            initial_state=S.RUN_STATE_RUNNING,
-            create_key=key,
-        ),
-        timeout=CALL_TIMEOUT_S,
+    return await registry.create_run(
+        user, thread_id=thread_id, strategy=strategy, initial_state=S.RUN_STATE_RUNNING, create_key=key
     )
 
 

@@ -26,14 +26,8 @@ async def finish(registry: Registry, run: run_pb2.Run) -> run_pb2.Run:
 async def create_full(
     registry: Registry, user: str, thread: str, strategy: int
 ) -> registry_pb2.CreateRunResponse:
-    return await registry.stub.CreateRun(
-        registry_pb2.CreateRunRequest(
-            user_context=registry.make_context(user, thread_id=thread),
-            agent="scripted",
-            input_json="{}",
-            multitask_strategy=strategy,  # type: ignore[arg-type]
-        ),
-        timeout=CALL_TIMEOUT_S,
+    return await registry.create_run(
+        user, thread_id=thread, input_json="{}", strategy=strategy, executor_id=""
     )
 
 
