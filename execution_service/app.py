@@ -100,7 +100,6 @@ async def running_service(
         )
         stack.push_async_callback(bridge.aclose)
         supervisor = RunSupervisor(log=log)
-        observability.metrics.register(ExecutionCollector(supervisor, bridge))
         stack.push_async_callback(supervisor.abort)
         servicer = ExecutionServicer(
             settings=settings,
@@ -110,7 +109,9 @@ async def running_service(
             registry=registry,
             bridge=bridge,
             log=log,
+            telemetry=observability.telemetry,
         )
+        observability.metrics.register(ExecutionCollector(supervisor, bridge, servicer.start_stream_stats))
 
         def register(server: grpc.aio.Server) -> None:
             execution_pb2_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
@@ -124,6 +125,7 @@ async def running_service(
         await server.start()
 
         async def drain_runs() -> None:
+            servicer.drain()  # StartRuns streams send their notice and start nothing more
             stop_s = settings.drain_stop_s
             await supervisor.drain(
                 finish_within_s=settings.grace_period_s - stop_s,

@@ -8,13 +8,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from execution_service.publisher import StreamPublisher
+from execution_service.start_stream import StartStreamStats
 from execution_service.supervisor import RunSupervisor
 
 
 class ExecutionCollector(Collector):
-    def __init__(self, supervisor: RunSupervisor, bridge: StreamPublisher) -> None:
+    def __init__(
+        self, supervisor: RunSupervisor, bridge: StreamPublisher, starts: StartStreamStats | None = None
+    ) -> None:
         self._supervisor = supervisor
         self._bridge = bridge
+        self._starts = starts if starts is not None else StartStreamStats()
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -44,4 +48,14 @@ class ExecutionCollector(Collector):
             "runwire_execution_publish_stream_reconnects",
             "Publish streams to a bridge replica opened again after one ended",
             value=self._bridge.stream_reconnects,
+        )
+        yield CounterMetricFamily(
+            "runwire_execution_start_stream_messages",
+            "StartRuns messages read (each carries one start or a bundle of them)",
+            value=self._starts.messages,
+        )
+        yield CounterMetricFamily(
+            "runwire_execution_start_stream_starts",
+            "Starts read from StartRuns streams",
+            value=self._starts.starts,
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -32,17 +32,20 @@ from execution_service.peers import BridgePort, RegistryPort
 from execution_service.retry import Backoff
 from execution_service.run_input import parse_input
 from execution_service.settings import ExecutionSettings
+from execution_service.start_stream import StartStream, StartStreamStats
 from execution_service.supervisor import RunSupervisor
 from execution_service.waiting import answer_problem, parse_answer
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
+from runwire_common import bundles
 from runwire_common.attestation import ContextAttestor
 from runwire_common.context import validate_context
 from runwire_common.errors import FailedPrecondition, InvalidArgument, Unavailable, bounded_detail
 from runwire_common.ids import new_id
 from runwire_common.logs import bind
 from runwire_common.owners import owner_of
-from runwire_common.servicer import unary
+from runwire_common.servicer import server_stream, unary
+from runwire_common.telemetry import Telemetry
 
 DEFAULT_CANCEL_REASON = "cancelled by user"
 INTERRUPT_REASON = "interrupted by a newer run on this thread"
@@ -83,8 +86,13 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         registry: RegistryPort,
         bridge: BridgePort,
         log: logging.Logger | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._settings = settings
+        self._telemetry = telemetry
+        # Set by drain(): StartRuns streams then send their notice and start no further run.
+        self._draining = asyncio.Event()
+        self.start_stream_stats = StartStreamStats()
         self._attestor = attestor
         self._catalog = catalog
         self._supervisor = supervisor
@@ -117,11 +125,39 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
     def _identity(self, ctx: context_pb2.UserContext) -> RunIdentity:
         return RunIdentity(ctx, attestor=self._attestor, ttl_s=self._settings.context_ttl_s)
 
+    def drain(self) -> None:
+        """Drain the ``StartRuns`` streams: see :mod:`execution_service.start_stream` ("Draining")."""
+        self._draining.set()
+
     @unary
     async def StartRun(
         self, request: execution_pb2.StartRunRequest, context: Context
     ) -> execution_pb2.StartRunResponse:
-        ctx = validate_context(request.user_context, attestor=self._attestor)
+        return await self.start(request.user_context, request, context)
+
+    @server_stream
+    async def StartRuns(
+        self, requests: AsyncIterator[execution_pb2.StartRunsRequest], context: Context
+    ) -> AsyncIterator[execution_pb2.StartRunsResponse]:
+        # Response headers at once: they tell the sender that nothing was started before them
+        # (a stream that breaks earlier may be sent again), and that this service unpacks bundles.
+        await context.send_initial_metadata(bundles.ANNOUNCEMENT)
+        stream = StartStream(
+            self,
+            context,
+            draining=self._draining,
+            bundle_answers=bundles.announced(context.invocation_metadata()),
+            on_read=self.start_stream_stats.count,
+            telemetry=self._telemetry,
+        )
+        async for response in stream.serve(requests):
+            yield response
+
+    async def start(
+        self, user_context: context_pb2.UserContext, request: execution_pb2.StartRunRequest, context: Context
+    ) -> execution_pb2.StartRunResponse:
+        """``StartRun`` as ``user_context`` (``request.user_context`` is not read), for the call and the stream."""
+        ctx = validate_context(user_context, attestor=self._attestor)
         # Once the registry is asked for the run, the run is created *and started* whatever the
         # caller does: a call cancelled while CreateRun was in flight (the gateway restarting, a
         # client gone) would otherwise leave a run the registry has and no engine runs, which

@@ -22,6 +22,7 @@ from gateway.calls import EXECUTION_SERVICE, REGISTRY_SERVICE, Backends
 from gateway.fabric import BridgeReplicas
 from gateway.server import GatewayServer
 from gateway.settings import GatewaySettings
+from gateway.starts import RunStarts
 from gateway.stats import GatewayStats
 from gateway.user_limits import UserLimits, connect_redis
 from runwire_common.channels import open_channel
@@ -75,7 +76,26 @@ async def running_gateway(
         )
         stack.push_async_callback(replicas.close)
         await replicas.resolve()
-        backends = Backends(execution=execution, registry=registry, call_timeout_s=settings.call_timeout_s)
+        starts = None
+        if settings.start_stream:
+            starts = RunStarts(
+                settings.execution_target,
+                # No gRPC retries: RunStarts sends a start again itself when that is safe.
+                open_channel=lambda replica: open_channel(
+                    replica,
+                    service_names=(EXECUTION_SERVICE,),
+                    interceptors=interceptors,
+                    retries=False,
+                    tls=tls,
+                ),
+                timeout_s=settings.call_timeout_s,
+                stats=stats,
+                telemetry=observability.telemetry,
+            )
+            stack.push_async_callback(starts.aclose)
+        backends = Backends(
+            execution=execution, registry=registry, call_timeout_s=settings.call_timeout_s, starts=starts
+        )
         redis = None
         if settings.redis_url is not None:
             # Not contacted here: an unreachable Redis degrades the limits, it does not stop the gateway.

@@ -16,6 +16,7 @@ from types import MappingProxyType
 import grpc
 
 from gateway.auth import Identity
+from gateway.starts import RunStarts, StartsUnsupported
 from runwire.common.v1 import context_pb2, run_pb2
 from runwire.execution.v1 import execution_pb2, execution_pb2_grpc
 from runwire.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -107,9 +108,12 @@ class ThreadPage:
 
 
 class Backends:
-    """The unary peers of the gateway, over channels opened once per process.
+    """The peers of the gateway, over channels opened once per process.
 
-    (Events come over the bridge's ``Fabric`` streams, :mod:`gateway.fabric`.)
+    Runs start over the ``StartRuns`` streams of ``starts`` when there are any
+    (:mod:`gateway.starts`), otherwise by a ``StartRun`` call each; every other
+    request is a unary call. (Events come over the bridge's ``Fabric``
+    streams, :mod:`gateway.fabric`.)
     """
 
     def __init__(
@@ -118,10 +122,12 @@ class Backends:
         execution: grpc.aio.Channel,
         registry: grpc.aio.Channel,
         call_timeout_s: float,
+        starts: RunStarts | None = None,
     ) -> None:
         self._execution = execution_pb2_grpc.ExecutionServiceStub(execution)
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._timeout = call_timeout_s
+        self._starts = starts
 
     async def start_run(
         self,
@@ -132,11 +138,17 @@ class Backends:
         multitask_strategy: int,
     ) -> run_pb2.Run:
         request = execution_pb2.StartRunRequest(
-            user_context=ctx,
             agent=agent,
             input_json=input_json,
             multitask_strategy=multitask_strategy,  # type: ignore[arg-type]
         )
+        starts = self._starts
+        if starts is not None and starts.usable:
+            try:
+                return (await starts.start(ctx, request)).run
+            except StartsUnsupported:
+                pass  # an execution service older than this gateway: the call below
+        request.user_context.CopyFrom(ctx)
         response = await self._execution.StartRun(request, timeout=self._timeout)
         return response.run
 

@@ -57,6 +57,7 @@ from gateway.protocol import (
 )
 from gateway.settings import GatewaySettings
 from gateway.sink import EventSink, OutboxLimits
+from gateway.starts import StartFailed
 from gateway.stats import GatewayStats
 from gateway.transport import GatewayConnection
 from gateway.unparsed import leading_id
@@ -247,10 +248,13 @@ class Session:
                 run_id=getattr(command, "run_id", "") or "",
             ):
                 await self._run_command(command)
-        except grpc.aio.AioRpcError as exc:
-            code, message = error_for_status(exc.code(), exc.details())
+        except (grpc.aio.AioRpcError, StartFailed) as exc:
+            status, details = (
+                (exc.code, exc.details) if isinstance(exc, StartFailed) else (exc.code(), exc.details())
+            )
+            code, message = error_for_status(status, details)
             if code == "internal":
-                self._log.error("call failed", extra={"grpc_code": exc.code().name, "frame": command.rpc})
+                self._log.error("call failed", extra={"grpc_code": status.name, "frame": command.rpc})
             await self._reply_error(command.id, code, message)
         except ConnectionClosed:
             pass

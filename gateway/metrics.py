@@ -80,6 +80,16 @@ class GatewayCollector(Collector):
                 stats.start_runs_refused_overload,
             ),
             (
+                "runwire_gateway_start_streams_opened",
+                "StartRuns streams opened to execution replicas (one per replica, replaced every 20 s)",
+                stats.start_streams_opened,
+            ),
+            (
+                "runwire_gateway_starts_sent_again",
+                "Run starts sent again to another execution replica (draining, shutting down or unreachable)",
+                stats.starts_sent_again,
+            ),
+            (
                 "runwire_gateway_frames_rate_limited",
                 "Client frames refused by a rate limit before being parsed",
                 stats.frames_rate_limited,

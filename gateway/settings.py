@@ -112,6 +112,10 @@ class GatewaySettings(SecretSettings, TlsSettings):
     ping_timeout_s: float = Field(default=20.0, gt=0)
     compression: bool = False
     call_timeout_s: float = Field(default=5.0, gt=0, description="deadline of outbound unary calls")
+    start_stream: bool = Field(
+        default=True,
+        description="start runs over one StartRuns stream per execution replica (false: a StartRun call each)",
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics here (unset = off, 0 = free port)"
     )

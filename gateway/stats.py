@@ -56,6 +56,9 @@ class GatewayStats:
     resubscribes: int = 0
     connections_opened: int = 0
     start_runs_refused_overload: int = 0
+    # Run starts over StartRuns streams (gateway.starts): streams opened, starts sent again.
+    start_streams_opened: int = 0
+    starts_sent_again: int = 0
     # Abuse at the edge: frames refused by a rate limit (never parsed), connections closed for
     # flooding (1008) or for not reading (1013), run.start refused by the user's creation rate.
     frames_rate_limited: int = 0

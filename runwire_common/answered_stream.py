@@ -51,6 +51,15 @@ class AnsweredStream(Generic[Req, Resp]):
         self._reader = asyncio.create_task(self._read(), name=described)
 
     @property
+    def announced(self) -> bool:
+        """Whether the peer's response headers arrived and said that it unpacks bundles.
+
+        Servers that announce send their headers before they read any request:
+        a call that ended without them carried nothing out.
+        """
+        return self._bundles
+
+    @property
     def in_flight(self) -> int:
         """Requests sent on this stream and not answered yet."""
         return len(self._pending)

@@ -63,6 +63,12 @@ class Unavailable(RunwireError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(RunwireError):
+    """The work was not done within the time its caller gave it (a call's deadline, a start's ``timeout_ms``)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Aborted(RunwireError):
     """A concurrency conflict the caller resolves by waiting and retrying."""
 
@@ -100,9 +106,14 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, *, peer: str) -> RunwireError:
     return _error_for(exc.code(), exc.details() or "", peer=peer)
 
 
+def status_code(number: int) -> grpc.StatusCode:
+    """The status code whose number is ``number`` (as a stream's answer carries it); UNKNOWN if none."""
+    return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
 def error_for_code(code: int, details: str, *, peer: str) -> RunwireError:
     """The domain error for a status ``code`` (a number) answered by ``peer`` inside a stream."""
-    return _error_for(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), details, peer=peer)
+    return _error_for(status_code(code), details, peer=peer)
 
 
 def _error_for(code: grpc.StatusCode, details: str, *, peer: str) -> RunwireError:

@@ -22,7 +22,13 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
     registry_pb2.DESCRIPTOR,
 )
 EXPECTED_METHODS = {
-    "runwire.execution.v1.ExecutionService": {"StartRun", "CancelRun", "ListAgents", "RespondRun"},
+    "runwire.execution.v1.ExecutionService": {
+        "StartRun",
+        "CancelRun",
+        "ListAgents",
+        "RespondRun",
+        "StartRuns",
+    },
     "runwire.bridge.v1.BridgeService": {"Publish", "Subscribe", "Fabric", "PublishStream"},
     "runwire.registry.v1.RegistryService": {
         "CreateRun",

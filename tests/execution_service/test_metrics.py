@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from execution_service.metrics import ExecutionCollector
 from execution_service.publisher import StreamPublisher
+from execution_service.start_stream import StartStreamStats
 from execution_service.supervisor import RunSupervisor
 
 
@@ -19,8 +20,11 @@ async def test_the_collector_reports_live_runs_and_the_publish_streams() -> None
         bridge.events_published = 7
         bridge.stream_reconnects = 3
         supervisor.runs_started = 2
+        starts = StartStreamStats()
+        starts.count(5)
+        starts.count(1)
         registry = CollectorRegistry()
-        registry.register(ExecutionCollector(supervisor, bridge))
+        registry.register(ExecutionCollector(supervisor, bridge, starts))
         text = generate_latest(registry).decode()
     finally:
         await bridge.aclose()
@@ -29,3 +33,5 @@ async def test_the_collector_reports_live_runs_and_the_publish_streams() -> None
     assert "runwire_execution_events_published_total 7.0" in text
     assert "runwire_execution_publish_batches_in_flight 0.0" in text
     assert "runwire_execution_publish_stream_reconnects_total 3.0" in text
+    assert "runwire_execution_start_stream_messages_total 2.0" in text
+    assert "runwire_execution_start_stream_starts_total 6.0" in text

@@ -26,33 +26,41 @@ from runwire.common.v1 import context_pb2 as runwire_dot_common_dot_v1_dot_conte
 from runwire.common.v1 import run_pb2 as runwire_dot_common_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$runwire/execution/v1/execution.proto\x12\x14runwire.execution.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1brunwire/common/v1/run.proto\"\xc5\x01\n\x0fStartRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12@\n\x12multitask_strategy\x18\x04 \x01(\x0e\x32$.runwire.common.v1.MultitaskStrategy\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x05\"7\n\x10StartRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"X\n\x10\x43\x61ncelRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x0e\n\x06reason\x18\x02 \x01(\t\"8\n\x11\x43\x61ncelRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"I\n\x11ListAgentsRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\"M\n\x08ToolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_schema_json\x18\x03 \x01(\t\"]\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x05tools\x18\x03 \x03(\x0b\x32\x1e.runwire.execution.v1.ToolInfo\"E\n\x12ListAgentsResponse\x12/\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1f.runwire.execution.v1.AgentInfo\"t\n\x11RespondRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rresponse_json\x18\x03 \x01(\t\"9\n\x12RespondRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run2\x8d\x03\n\x10\x45xecutionService\x12Y\n\x08StartRun\x12%.runwire.execution.v1.StartRunRequest\x1a&.runwire.execution.v1.StartRunResponse\x12\\\n\tCancelRun\x12&.runwire.execution.v1.CancelRunRequest\x1a\'.runwire.execution.v1.CancelRunResponse\x12_\n\nListAgents\x12\'.runwire.execution.v1.ListAgentsRequest\x1a(.runwire.execution.v1.ListAgentsResponse\x12_\n\nRespondRun\x12\'.runwire.execution.v1.RespondRunRequest\x1a(.runwire.execution.v1.RespondRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$runwire/execution/v1/execution.proto\x12\x14runwire.execution.v1\x1a\x1frunwire/common/v1/context.proto\x1a\x1brunwire/common/v1/run.proto\"\xc5\x01\n\x0fStartRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12@\n\x12multitask_strategy\x18\x04 \x01(\x0e\x32$.runwire.common.v1.MultitaskStrategy\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x05\"7\n\x10StartRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"\xe2\x02\n\x10StartRunsRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x10\n\x08start_id\x18\x02 \x01(\x04\x12\x34\n\x05start\x18\x03 \x01(\x0b\x32%.runwire.execution.v1.StartRunRequest\x12O\n\rtrace_context\x18\x04 \x03(\x0b\x32\x38.runwire.execution.v1.StartRunsRequest.TraceContextEntry\x12\x36\n\x06\x62undle\x18\x05 \x03(\x0b\x32&.runwire.execution.v1.StartRunsRequest\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x11StartRunsResponse\x12\x10\n\x08start_id\x18\x01 \x01(\x04\x12\x37\n\x07started\x18\x02 \x01(\x0b\x32&.runwire.execution.v1.StartRunResponse\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x64rained\x18\x05 \x01(\x08\x12\x37\n\x06\x62undle\x18\x06 \x03(\x0b\x32\'.runwire.execution.v1.StartRunsResponse\"X\n\x10\x43\x61ncelRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x0e\n\x06reason\x18\x02 \x01(\t\"8\n\x11\x43\x61ncelRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run\"I\n\x11ListAgentsRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\"M\n\x08ToolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_schema_json\x18\x03 \x01(\t\"]\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x05tools\x18\x03 \x03(\x0b\x32\x1e.runwire.execution.v1.ToolInfo\"E\n\x12ListAgentsResponse\x12/\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1f.runwire.execution.v1.AgentInfo\"t\n\x11RespondRunRequest\x12\x34\n\x0cuser_context\x18\x01 \x01(\x0b\x32\x1e.runwire.common.v1.UserContext\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rresponse_json\x18\x03 \x01(\t\"9\n\x12RespondRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.runwire.common.v1.Run2\xef\x03\n\x10\x45xecutionService\x12Y\n\x08StartRun\x12%.runwire.execution.v1.StartRunRequest\x1a&.runwire.execution.v1.StartRunResponse\x12\\\n\tCancelRun\x12&.runwire.execution.v1.CancelRunRequest\x1a\'.runwire.execution.v1.CancelRunResponse\x12_\n\nListAgents\x12\'.runwire.execution.v1.ListAgentsRequest\x1a(.runwire.execution.v1.ListAgentsResponse\x12_\n\nRespondRun\x12\'.runwire.execution.v1.RespondRunRequest\x1a(.runwire.execution.v1.RespondRunResponse\x12`\n\tStartRuns\x12&.runwire.execution.v1.StartRunsRequest\x1a\'.runwire.execution.v1.StartRunsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runwire.execution.v1.execution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STARTRUNSREQUEST_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_STARTRUNSREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_STARTRUNREQUEST']._serialized_start=125
   _globals['_STARTRUNREQUEST']._serialized_end=322
   _globals['_STARTRUNRESPONSE']._serialized_start=324
   _globals['_STARTRUNRESPONSE']._serialized_end=379
-  _globals['_CANCELRUNREQUEST']._serialized_start=381
-  _globals['_CANCELRUNREQUEST']._serialized_end=469
-  _globals['_CANCELRUNRESPONSE']._serialized_start=471
-  _globals['_CANCELRUNRESPONSE']._serialized_end=527
-  _globals['_LISTAGENTSREQUEST']._serialized_start=529
-  _globals['_LISTAGENTSREQUEST']._serialized_end=602
-  _globals['_TOOLINFO']._serialized_start=604
-  _globals['_TOOLINFO']._serialized_end=681
-  _globals['_AGENTINFO']._serialized_start=683
-  _globals['_AGENTINFO']._serialized_end=776
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=778
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=847
-  _globals['_RESPONDRUNREQUEST']._serialized_start=849
-  _globals['_RESPONDRUNREQUEST']._serialized_end=965
-  _globals['_RESPONDRUNRESPONSE']._serialized_start=967
-  _globals['_RESPONDRUNRESPONSE']._serialized_end=1024
-  _globals['_EXECUTIONSERVICE']._serialized_start=1027
-  _globals['_EXECUTIONSERVICE']._serialized_end=1424
+  _globals['_STARTRUNSREQUEST']._serialized_start=382
+  _globals['_STARTRUNSREQUEST']._serialized_end=736
+  _globals['_STARTRUNSREQUEST_TRACECONTEXTENTRY']._serialized_start=685
+  _globals['_STARTRUNSREQUEST_TRACECONTEXTENTRY']._serialized_end=736
+  _globals['_STARTRUNSRESPONSE']._serialized_start=739
+  _globals['_STARTRUNSRESPONSE']._serialized_end=938
+  _globals['_CANCELRUNREQUEST']._serialized_start=940
+  _globals['_CANCELRUNREQUEST']._serialized_end=1028
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1030
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1086
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1088
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1161
+  _globals['_TOOLINFO']._serialized_start=1163
+  _globals['_TOOLINFO']._serialized_end=1240
+  _globals['_AGENTINFO']._serialized_start=1242
+  _globals['_AGENTINFO']._serialized_end=1335
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1337
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1406
+  _globals['_RESPONDRUNREQUEST']._serialized_start=1408
+  _globals['_RESPONDRUNREQUEST']._serialized_end=1524
+  _globals['_RESPONDRUNRESPONSE']._serialized_start=1526
+  _globals['_RESPONDRUNRESPONSE']._serialized_end=1583
+  _globals['_EXECUTIONSERVICE']._serialized_start=1586
+  _globals['_EXECUTIONSERVICE']._serialized_end=2081
 # @@protoc_insertion_point(module_scope)

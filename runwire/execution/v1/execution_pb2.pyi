@@ -79,6 +79,139 @@ class StartRunResponse(_message.Message):
 Global___StartRunResponse: _TypeAlias = StartRunResponse  # noqa: Y015
 
 @_typing.final
+class StartRunsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    USER_CONTEXT_FIELD_NUMBER: _builtins.int
+    START_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    start_id: _builtins.int
+    """Chosen by the sender, not 0, echoed in the answer; unique among the
+    stream's unanswered starts.
+    """
+    timeout_ms: _builtins.int
+    """How long the sender waits for the answer, in milliseconds (0: no limit),
+    counted from when the service reads the start. Past it the start is
+    answered DEADLINE_EXCEEDED, as a StartRun call whose deadline passed: one
+    that had not asked the registry for its run yet creates none, one that
+    had still starts its run.
+    """
+    @_builtins.property
+    def user_context(self) -> _context_pb2.UserContext:
+        """The owner of the run started, attested. It stands for the user_context
+        of `start`, which must be left empty.
+        """
+
+    @_builtins.property
+    def start(self) -> Global___StartRunRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the work that asked for
+        the start; the service records the start as a span of that trace, named
+        like the StartRun call it stands for.
+        """
+
+    @_builtins.property
+    def bundle(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartRunsRequest]:
+        """Several starts in one message, each carried out exactly as if it had
+        been sent alone and answered under its own start_id. A message that sets
+        nothing but `bundle` is only their envelope; one that also sets other
+        fields is a start itself, taken before its bundle. Sent only on a stream
+        whose response headers carry `runwire-bundles: 1`.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_context: _context_pb2.UserContext | None = ...,
+        start_id: _builtins.int = ...,
+        start: Global___StartRunRequest | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        bundle: _abc.Iterable[Global___StartRunsRequest] | None = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "user_context", b"user_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "start", b"start", "start_id", b"start_id", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context", "user_context", b"user_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRunsRequest: _TypeAlias = StartRunsRequest  # noqa: Y015
+
+@_typing.final
+class StartRunsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_ID_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    start_id: _builtins.int
+    code: _builtins.int
+    """A gRPC status code: 0 = done; otherwise the start was refused (or could
+    not be carried out now: UNAVAILABLE) and `message` says why.
+    """
+    message: _builtins.str
+    drained: _builtins.bool
+    """The service is draining: send every later start on another stream and
+    half-close this one. On an answer (code UNAVAILABLE) the start was not
+    carried out and may be sent again; on its own (start_id 0, code 0) it is
+    the notice that the drain began.
+    """
+    @_builtins.property
+    def started(self) -> Global___StartRunResponse:
+        """Set when code is 0 (OK): the answer to the start, as StartRun's."""
+
+    @_builtins.property
+    def bundle(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartRunsResponse]:
+        """Several answers in one message (to a sender whose request headers carry
+        `runwire-bundles: 1`), read like StartRunsRequest.bundle.
+        """
+
+    def __init__(
+        self,
+        *,
+        start_id: _builtins.int = ...,
+        started: Global___StartRunResponse | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        drained: _builtins.bool = ...,
+        bundle: _abc.Iterable[Global___StartRunsResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "code", b"code", "drained", b"drained", "message", b"message", "start_id", b"start_id", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRunsResponse: _TypeAlias = StartRunsResponse  # noqa: Y015
+
+@_typing.final
 class CancelRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

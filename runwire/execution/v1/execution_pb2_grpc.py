@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ExecutionServiceStub:
-    """ExecutionService runs agents, one isolated engine per StartRun call.
+    """ExecutionService runs agents, one isolated engine per started run.
     """
 
     def __init__(self, channel):
@@ -55,10 +55,15 @@ class ExecutionServiceStub:
                 request_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunRequest.SerializeToString,
                 response_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunResponse.FromString,
                 _registered_method=True)
+        self.StartRuns = channel.stream_stream(
+                '/runwire.execution.v1.ExecutionService/StartRuns',
+                request_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.StartRunsRequest.SerializeToString,
+                response_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.StartRunsResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionServiceServicer:
-    """ExecutionService runs agents, one isolated engine per StartRun call.
+    """ExecutionService runs agents, one isolated engine per started run.
     """
 
     def StartRun(self, request, context):
@@ -98,6 +103,17 @@ class ExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRuns(self, request_iterator, context):
+        """StartRun for many runs over one long-lived stream (a gateway keeps one
+        per execution replica): each StartRunsRequest is one start, carried out
+        exactly as a StartRun call would be and answered by a StartRunsResponse
+        with its start_id. A refused start never ends the stream. The response
+        headers are sent at once, before any start is read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +137,11 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     request_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunRequest.FromString,
                     response_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunResponse.SerializeToString,
             ),
+            'StartRuns': grpc.stream_stream_rpc_method_handler(
+                    servicer.StartRuns,
+                    request_deserializer=runwire_dot_execution_dot_v1_dot_execution__pb2.StartRunsRequest.FromString,
+                    response_serializer=runwire_dot_execution_dot_v1_dot_execution__pb2.StartRunsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'runwire.execution.v1.ExecutionService', rpc_method_handlers)
@@ -130,7 +151,7 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ExecutionService:
-    """ExecutionService runs agents, one isolated engine per StartRun call.
+    """ExecutionService runs agents, one isolated engine per started run.
     """
 
     @staticmethod
@@ -231,6 +252,33 @@ class ExecutionService:
             '/runwire.execution.v1.ExecutionService/RespondRun',
             runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunRequest.SerializeToString,
             runwire_dot_execution_dot_v1_dot_execution__pb2.RespondRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRuns(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/runwire.execution.v1.ExecutionService/StartRuns',
+            runwire_dot_execution_dot_v1_dot_execution__pb2.StartRunsRequest.SerializeToString,
+            runwire_dot_execution_dot_v1_dot_execution__pb2.StartRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ExecutionServiceStub:
-    """ExecutionService runs agents, one isolated engine per StartRun call."""
+    """ExecutionService runs agents, one isolated engine per started run."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -53,10 +53,17 @@ class ExecutionServiceStub:
     reaches the replica that runs the run. An unknown request_id is
     NOT_FOUND; a request already answered FAILED_PRECONDITION.
     """
+    StartRuns: _grpc.StreamStreamMultiCallable[_execution_pb2.StartRunsRequest, _execution_pb2.StartRunsResponse]
+    """StartRun for many runs over one long-lived stream (a gateway keeps one
+    per execution replica): each StartRunsRequest is one start, carried out
+    exactly as a StartRun call would be and answered by a StartRunsResponse
+    with its start_id. A refused start never ends the stream. The response
+    headers are sent at once, before any start is read.
+    """
 
 @_typing.type_check_only
 class ExecutionServiceAsyncStub(ExecutionServiceStub):
-    """ExecutionService runs agents, one isolated engine per StartRun call."""
+    """ExecutionService runs agents, one isolated engine per started run."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_execution_pb2.StartRunRequest, _execution_pb2.StartRunResponse]  # type: ignore[assignment]
@@ -79,9 +86,16 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     reaches the replica that runs the run. An unknown request_id is
     NOT_FOUND; a request already answered FAILED_PRECONDITION.
     """
+    StartRuns: _aio.StreamStreamMultiCallable[_execution_pb2.StartRunsRequest, _execution_pb2.StartRunsResponse]  # type: ignore[assignment]
+    """StartRun for many runs over one long-lived stream (a gateway keeps one
+    per execution replica): each StartRunsRequest is one start, carried out
+    exactly as a StartRun call would be and answered by a StartRunsResponse
+    with its start_id. A refused start never ends the stream. The response
+    headers are sent at once, before any start is read.
+    """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ExecutionService runs agents, one isolated engine per StartRun call."""
+    """ExecutionService runs agents, one isolated engine per started run."""
 
     @_abc_1.abstractmethod
     def StartRun(
@@ -125,6 +139,19 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         the request's schema (INVALID_ARGUMENT), recorded in the registry, and
         reaches the replica that runs the run. An unknown request_id is
         NOT_FOUND; a request already answered FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def StartRuns(
+        self,
+        request_iterator: _MaybeAsyncIterator[_execution_pb2.StartRunsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_execution_pb2.StartRunsResponse], _abc.AsyncIterator[_execution_pb2.StartRunsResponse]]:
+        """StartRun for many runs over one long-lived stream (a gateway keeps one
+        per execution replica): each StartRunsRequest is one start, carried out
+        exactly as a StartRun call would be and answered by a StartRunsResponse
+        with its start_id. A refused start never ends the stream. The response
+        headers are sent at once, before any start is read.
         """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
