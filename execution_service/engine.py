@@ -38,7 +38,7 @@ from typing import TypeVar
 
 from execution_service.catalog import AgentSpec, ToolSpec
 from execution_service.dispatcher import ToolDispatcher
-from execution_service.emitter import RawJson, RunEmitter
+from execution_service.emitter import Publish, RawJson, RunEmitter
 from execution_service.ending import record_end
 from execution_service.identity import RunIdentity
 from execution_service.memory import ThreadHistory, messages_of_run
@@ -77,6 +77,19 @@ class EngineConfig:
     input_poll_s: float = 0.5
 
 
+def publisher(bridge: BridgePort, identity: RunIdentity) -> Publish:
+    """The emitter's way to the bridge: the run's batches, as the run's owner.
+
+    A function of its own rather than a method of the engine, so the emitter
+    holds no reference back to the engine that holds it.
+    """
+
+    async def publish(events: Sequence[event_pb2.RunEvent]) -> None:
+        await bridge.publish(identity.context(), events)
+
+    return publish
+
+
 class RunEngine:
     """Runs one agent run to its end, announcing it only if it owns that end."""
 
@@ -113,7 +126,7 @@ class RunEngine:
             run_id=self.run_id,
             thread_id=self._thread_id,
             agent=spec.name,
-            publish=self._publish,
+            publish=publisher(bridge, identity),
             log=log,
             max_pending=config.event_queue_size,
             max_batch=config.publish_batch_size,
@@ -218,6 +231,10 @@ class RunEngine:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            # The waiter's callbacks into this engine are the run's last reference cycle: without
+            # them, reference counting frees the run's objects at once instead of the cyclic
+            # garbage collector, whose pauses would hold up every other run's events.
+            self.inputs.close()
             self._finished.set()
 
     async def _lifecycle(self) -> Outcome:
@@ -398,9 +415,6 @@ class RunEngine:
             # The input as the servicer parsed and redacted it, spliced in without encoding it again.
             {"message": f"agent {self._spec.name} started", "input": RawJson(self._input.redacted_json)},
         )
-
-    async def _publish(self, events: Sequence[event_pb2.RunEvent]) -> None:
-        await self._bridge.publish(self._user, events)
 
     # --- liveness ---
 

@@ -102,6 +102,14 @@ class WaitConfig:
     poll_s: float = 0.5
 
 
+def _ignore_run(run: run_pb2.Run) -> None:
+    """What a closed waiter does when it learns that the run ended elsewhere: nothing."""
+
+
+def _ignore_reason(reason: str) -> None:
+    """What a closed waiter does when an answer is overdue: nothing."""
+
+
 class InputWaiter:
     """Asks one run's owner, and waits in ``waiting`` until the answer comes."""
 
@@ -128,6 +136,11 @@ class InputWaiter:
         self._answers: dict[str, asyncio.Future[str]] = {}
         self._waited_s = 0.0
         self._waiting_since: float | None = None
+
+    def close(self) -> None:
+        """The run is over: forget the engine's callbacks, so nothing here keeps the engine alive."""
+        self._on_ended = _ignore_run
+        self._on_expired = _ignore_reason
 
     @property
     def waiting(self) -> bool:

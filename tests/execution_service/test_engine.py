@@ -336,6 +336,33 @@ async def test_per_run_objects_are_distinct_and_released_after_the_run() -> None
     assert all(h.bridge.types(run_id)[-1] == "agent_completed" for run_id in run_ids)
 
 
+async def test_a_finished_run_is_freed_by_reference_counting_without_the_cyclic_collector() -> None:
+    # A reference cycle per run leaves its objects for the cyclic collector, whose pauses under
+    # load held up every other run's events by tens of milliseconds (the paced p99).
+    h = Harness()
+    supervisor = RunSupervisor(log=logging.getLogger("test"))
+    gc.collect()
+    gc.disable()
+    try:
+        engine = await h.engine("scripted", {"steps": [{"tool": "echo", "args": {}}, {"partial": "done"}]})
+        refs = [
+            weakref.ref(obj)
+            for obj in (engine, engine.emitter, engine.dispatcher, engine.inputs, engine.cancellation)
+        ]
+        run_id = engine.run_id
+        supervisor.start(engine)
+        del engine
+        for _ in range(100):
+            if not len(supervisor):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0)
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+    assert h.bridge.types(run_id)[-1] == "agent_completed"
+
+
 async def test_draining_lets_runs_finish_then_ends_the_rest_dead() -> None:
     h = Harness(catalog=catalog_with(Stubborn))
     supervisor = RunSupervisor(log=logging.getLogger("test"))
