@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +105,48 @@ async def test_killing_a_bridge_replica_while_events_flow_loses_and_repeats_noth
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_starts_sent_while_an_execution_replica_drains_all_run_on_the_other(
+    launch: Launch, fresh_database: str, redis_url: str, attestor: ContextAttestor, user: Callable[[], str]
+) -> None:
+    # The gateways start runs over a StartRuns stream per execution replica. A replica that
+    # drains (a rolling update) tells its streams so; starts it has not begun are sent to the
+    # other replica, and no user sees a start refused while one replica can take it.
+    system = _replicated(launch, fresh_database, redis_url)
+    urls = system.cluster.gateway_urls()
+    users = [user() for _ in range(20)]
+    clients = [await WsClient.open(urls[i % 2], system.token(me)) for i, me in enumerate(users)]
+    try:
+        first = await asyncio.gather(*(client.start_run("scripted", _script("before")) for client in clients))
+        assert all(reply["type"] == "run.accepted" for reply in first), first
+        draining, staying = system.cluster.processes["execution"]
+        draining.signal(signal.SIGTERM)
+
+        async def keep_starting(client: WsClient, me: str) -> list[tuple[str, str]]:
+            started = []
+            for n in range(4):  # during the drain, then once the replica has gone
+                reply = await client.start_run("scripted", _script(f"during-{n}"))
+                assert reply["type"] == "run.accepted", reply
+                run_id = reply["run"]["run_id"]
+                assert (await client.wait_terminal(run_id, timeout=60))["type"] == "agent_completed"
+                started.append((me, run_id))
+                await asyncio.sleep(0.3)
+            return started
+
+        runs = [
+            run
+            for per_user in await asyncio.gather(
+                *(keep_starting(client, me) for client, me in zip(clients, users, strict=True))
+            )
+            for run in per_user
+        ]
+        assert await asyncio.to_thread(draining.wait, 30) == 0, draining.log_tail()
+        executors = {await _executor_of(system, attestor, me, run_id) for me, run_id in runs}
+        assert executors == {f"executor-1-{os.getpid()}"}, executors
+        assert staying.pid != draining.pid
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
 
 
 async def test_a_user_at_the_quota_on_one_registry_replica_is_refused_on_the_other(
