@@ -32,7 +32,9 @@ A stream is replaced every :data:`ROTATE_AFTER_S` seconds (the old one is
 half-closed and ends once it has answered), for the same reason as the
 execution service's registry write stream: the server closes a connection
 ``max_connection_age`` after it opened. A ``dns:///`` target is resolved again
-as streams rotate and whenever a replica's stream broke.
+as streams rotate and whenever a replica's stream broke; the stream and
+channel of a replica it no longer resolves to are closed once they have
+answered what they carry.
 """
 
 from __future__ import annotations
@@ -276,8 +278,19 @@ class RunStarts:
         except (OSError, ValueError) as exc:
             log.warning("execution replicas not resolved", extra={"target": self._target, "error": str(exc)})
             return
-        if addresses:
-            self._addresses = addresses
+        if not addresses or self._closed:
+            return
+        self._addresses = addresses
+        for gone in set(self._channels) - set(addresses):
+            self._down.pop(gone, None)
+            self._in_background(self._forget(gone, self._streams.pop(gone, None), self._channels.pop(gone)))
+
+    async def _forget(self, address: str, stream: _StartStream | None, channel: grpc.aio.Channel) -> None:
+        """Close the stream and channel of a replica the name no longer resolves to, once it has answered."""
+        if stream is not None:
+            await stream.close(self._timeout_s + CLOSE_WAIT_S)
+        await channel.close()
+        log.info("execution replica gone", extra={"replica": address})
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -302,3 +302,42 @@ async def test_a_start_is_sent_at_most_max_sends_times() -> None:
     assert sum(len(replica.starts) for replica in refusing) == MAX_SENDS
     assert stats.starts_sent_again == MAX_SENDS - 1
     assert status_code(UNAVAILABLE) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_dns_target_is_resolved_again_and_a_replica_it_no_longer_names_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = ScriptedExecution("a"), ScriptedExecution("b")
+    async with replicas(a, b) as (address_a, address_b):
+        names = [(address_a, address_b)]
+
+        async def resolve(target: str) -> tuple[str, ...]:
+            assert target == "dns:///execution.test:50051"
+            return names[-1]
+
+        monkeypatch.setattr("gateway.starts.resolve_replicas", resolve)
+        stats = GatewayStats()
+        starts = RunStarts(
+            "dns:///execution.test:50051",
+            open_channel=grpc.aio.insecure_channel,
+            timeout_s=5,
+            stats=stats,
+            rotate_after_s=0.05,
+        )
+        try:
+            await asyncio.gather(*(starts.start(ctx(f"u{n}"), request()) for n in range(20)))
+            assert a.starts and b.starts
+            names.append((address_b,))  # the name no longer resolves to a
+            await asyncio.sleep(0.1)  # past the rotation: the next start resolves again
+            await starts.start(ctx("rotate"), request())
+            for _ in range(100):
+                if a.half_closed == a.streams:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.half_closed == a.streams  # every stream to a was half-closed
+            seen_by_a = len(a.starts)
+            await asyncio.gather(*(starts.start(ctx(f"v{n}"), request()) for n in range(20)))
+        finally:
+            await starts.aclose()
+    assert len(a.starts) == seen_by_a
+    assert [item.user_context.user_id for item in b.starts[-20:]] == [f"v{n}" for n in range(20)]
