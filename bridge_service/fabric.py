@@ -426,6 +426,9 @@ class FabricStream:
             self._end(subscription, BusDraining(cursor), cursor=cursor)
         if self._subscriptions.get(subscription.id) is subscription:
             del self._subscriptions[subscription.id]
+        # A cancelled pump keeps its CancelledError, whose traceback holds the pump's frames and
+        # so the subscription: forgetting the task here leaves no cycle for the garbage collector.
+        subscription.task = None
         self._metrics.fabric_subscriptions.dec()
         self._wakeup()
 

@@ -233,8 +233,10 @@ class GatewayServer:
             await connection.close(1008, "token expired")
             return
         # The handshake is over and everything needed from it was taken: do not keep
-        # every header (a browser's cookies, the token …) for the connection's lifetime.
+        # every header (a browser's cookies, the token …) for the connection's lifetime,
+        # nor the handshake's subprotocol callback.
         _forget_headers(connection)
+        _forget_subprotocol_selector(connection)
         session = Session(
             connection,
             identity,
@@ -288,6 +290,13 @@ def _forget_headers(connection: ServerConnection) -> None:
         connection.request.headers.clear()
     if connection.response is not None:
         connection.response.headers.clear()
+
+
+def _forget_subprotocol_selector(connection: ServerConnection) -> None:
+    # websockets gives each connection's protocol a closure over the connection to call
+    # select_subprotocol with: a reference cycle that only the cyclic garbage collector would
+    # free, a pause later, once the connection closes. The handshake has used it.
+    vars(connection.protocol).pop("select_subprotocol", None)
 
 
 def _query_value(query: str, name: str) -> str:

@@ -64,6 +64,10 @@ class OutboxLimits:
     max_bytes: int = 4 * 1024 * 1024
 
 
+def _stopped_after_leaving(code: int, reason: str) -> None:
+    """What a sink that has left does when told its event stream stopped: nothing (it is closed)."""
+
+
 class EventSink:
     """Queues a user's events for one socket and writes them; one per connection."""
 
@@ -145,6 +149,9 @@ class EventSink:
         self._feeds.leave(self)
         self.feed = None
         self._outbox = None
+        # The session's callback is the sink's only way back to the session that holds it: with
+        # it gone, reference counting frees a closed connection without the cyclic collector.
+        self._on_stop = _stopped_after_leaving
         if self._writer is not None:
             self._writer.cancel()
 

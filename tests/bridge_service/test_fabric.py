@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import grpc
@@ -236,6 +237,34 @@ async def test_remove_unregisters_the_bus_subscription_and_the_metrics_show_it(
     assert fbridge.metric("runwire_bridge_fabric_subscriptions_removed_total") == 1
     assert fbridge.metric("runwire_bridge_fabric_subscriptions_added_total") == 1
     assert fabric.ended(1) is None  # removed by the gateway: no ended item
+
+
+async def test_a_removed_subscription_is_freed_by_reference_counting_without_the_cyclic_collector(
+    fbridge: StreamBridge, fabric: FabricClient, make_context: ContextFactory
+) -> None:
+    # A cancelled pump's CancelledError held the subscription in a reference cycle: users
+    # leaving in numbers left garbage whose collection paused the bridge for tens of ms.
+    gc.collect()
+    gc.disable()
+    try:
+        contexts = [make_context() for _ in range(5)]
+        for sid, ctx in enumerate(contexts, start=1):
+            await fabric.add(ctx, sid)
+            await fabric.wait_for_replay(sid)
+        assert len(subscriptions_alive()) == 5
+        for sid, ctx in enumerate(contexts, start=1):
+            await fabric.remove(ctx, sid)
+        async with asyncio.timeout(5):
+            while fbridge.metric(GAUGE):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert subscriptions_alive() == []
+    finally:
+        gc.enable()
+
+
+def subscriptions_alive() -> list[object]:
+    return [obj for obj in gc.get_objects() if type(obj).__name__ == "_Subscription"]
 
 
 async def test_a_remove_by_another_user_is_ignored_and_counted(
