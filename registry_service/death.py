@@ -48,12 +48,25 @@ timeout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, true, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Integer,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -93,7 +106,7 @@ class DeathNotice:
         )
 
 
-def _silent(run: Any, cutoff: datetime) -> ColumnElement[bool]:
+def _silent(run: Any, cutoff: BindParameter[datetime]) -> ColumnElement[bool]:
     """Live, with neither a heartbeat nor a transition since ``cutoff``."""
     return and_(
         run.state.in_(LIVE_STATES),
@@ -102,7 +115,9 @@ def _silent(run: Any, cutoff: datetime) -> ColumnElement[bool]:
     )
 
 
-def _claimable(run: Any, expired: datetime, ended_before: datetime) -> ColumnElement[bool]:
+def _claimable(
+    run: Any, expired: BindParameter[datetime], ended_before: BindParameter[datetime]
+) -> ColumnElement[bool]:
     """Owed, not claimed (or its claim expired), and due: a death notice at once, an end notice later."""
     return and_(
         run.death_notice_pending == true(),
@@ -123,20 +138,22 @@ def _once(candidates: Select[Any], name: str) -> Select[Any]:
     return select(cte.c.run_id)
 
 
-async def mark_dead(
-    session: AsyncSession, *, now: datetime, heartbeat_timeout_s: float, limit: int
-) -> list[RunRecord]:
-    """Move at most ``limit`` silent live runs to ``dead``; return them (oldest silence first)."""
-    cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+def _moment(name: str) -> BindParameter[datetime]:
+    return bindparam(name, type_=RunRecord.__table__.c.updated_at.type)
+
+
+def _mark_dead_statement() -> Update:
+    """Silent live runs (at most ``limit``, silent since before ``cutoff``) → ``dead`` at ``now``."""
+    cutoff, now = _moment("cutoff"), _moment("now")
     candidate = aliased(RunRecord)
     candidates = (
         select(candidate.run_id)
         .where(_silent(candidate, cutoff))
         .order_by(candidate.updated_at)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )
-    statement = (
+    return (
         update(RunRecord)
         .where(RunRecord.run_id.in_(_once(candidates, "silent_runs")), _silent(RunRecord, cutoff))
         .values(
@@ -154,27 +171,20 @@ async def mark_dead(
         .returning(RunRecord)
         .execution_options(synchronize_session=False)
     )
-    return list((await session.scalars(statement)).all())
 
 
-async def claim_notices(
-    session: AsyncSession, *, now: datetime, lease_s: float, limit: int, end_delay_s: float = 0.0
-) -> list[DeathNotice]:
-    """Reserve at most ``limit`` due notices (unclaimed, or claimed longer than ``lease_s`` ago).
-
-    An end notice is due once its run ended more than ``end_delay_s`` ago.
-    """
-    expired = now - timedelta(seconds=lease_s)
-    ended_before = now - timedelta(seconds=end_delay_s)
+def _claim_notices_statement() -> Update:
+    """Due notices (at most ``limit``; claims older than ``expired``, ends before ``ended_before``) → claimed at ``now``."""
+    expired, ended_before, now = _moment("expired"), _moment("ended_before"), _moment("now")
     candidate = aliased(RunRecord)
     candidates = (
         select(candidate.run_id)
         .where(_claimable(candidate, expired, ended_before))
         .order_by(candidate.finished_at)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )
-    statement = (
+    return (
         update(RunRecord)
         .where(
             RunRecord.run_id.in_(_once(candidates, "owed_notices")),
@@ -184,7 +194,42 @@ async def claim_notices(
         .returning(RunRecord)
         .execution_options(synchronize_session=False)
     )
-    return [DeathNotice.of(record) for record in (await session.scalars(statement)).all()]
+
+
+# Built once: a sweep runs every second, and a statement built per sweep (an alias, a CTE and
+# their columns) left about a thousand objects a second for the cyclic garbage collector, whose
+# pauses held up the registry's writes. Immutable; each sweep binds its own values.
+STATEMENTS: Mapping[str, Update] = MappingProxyType(
+    {"mark_dead": _mark_dead_statement(), "claim_notices": _claim_notices_statement()}
+)
+
+
+async def mark_dead(
+    session: AsyncSession, *, now: datetime, heartbeat_timeout_s: float, limit: int
+) -> list[RunRecord]:
+    """Move at most ``limit`` silent live runs to ``dead``; return them (oldest silence first)."""
+    cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+    parameters = {"cutoff": cutoff, "now": now, "limit": limit}
+    return list((await session.scalars(STATEMENTS["mark_dead"], parameters)).all())
+
+
+async def claim_notices(
+    session: AsyncSession, *, now: datetime, lease_s: float, limit: int, end_delay_s: float = 0.0
+) -> list[DeathNotice]:
+    """Reserve at most ``limit`` due notices (unclaimed, or claimed longer than ``lease_s`` ago).
+
+    An end notice is due once its run ended more than ``end_delay_s`` ago.
+    """
+    parameters = {
+        "expired": now - timedelta(seconds=lease_s),
+        "ended_before": now - timedelta(seconds=end_delay_s),
+        "now": now,
+        "limit": limit,
+    }
+    return [
+        DeathNotice.of(record)
+        for record in (await session.scalars(STATEMENTS["claim_notices"], parameters)).all()
+    ]
 
 
 async def mark_notified(session: AsyncSession, run_ids: Sequence[str], *, now: datetime) -> int:
