@@ -37,22 +37,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from typing import Any, Protocol
 
 import grpc
 
 from runwire.common.v1 import context_pb2
 from runwire.execution.v1 import execution_pb2
-from runwire_common.answering import AnsweringStream
+from runwire_common.answering import CarryingStream
 from runwire_common.errors import DeadlineExceeded, InvalidArgument, RunwireError
-from runwire_common.servicer import status_of
 from runwire_common.telemetry import Telemetry
 
 DEFAULT_MAX_STARTS_IN_FLIGHT = 64
 # A traced start's span is named like the call it stands for.
 TRACED_METHOD = "/runwire.execution.v1.ExecutionService/StartRun"
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 DRAINING = "the executor is draining: the run was not started; send the start to another replica"
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -97,11 +94,13 @@ class StartStream:
         self._starter = starter
         self._context = context
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
-        self._draining = draining
-        self._workers: set[asyncio.Task[None]] = set()
-        self._answers: AnsweringStream[execution_pb2.StartRunsRequest, execution_pb2.StartRunsResponse] = (
-            AnsweringStream(
-                dispatch=self._dispatch,
+        self._stream: CarryingStream[execution_pb2.StartRunsRequest, execution_pb2.StartRunsResponse] = (
+            CarryingStream(
+                carry_out=self._start,
+                answer_type=execution_pb2.StartRunsResponse,
+                id_field="start_id",
+                draining=draining,
+                drained_message=DRAINING,
                 max_in_flight=max_in_flight,
                 request_name="StartRunsRequest",
                 bundle_answers=bundle_answers,
@@ -109,44 +108,17 @@ class StartStream:
             )
         )
 
-    async def serve(
+    def serve(
         self, requests: AsyncIterator[execution_pb2.StartRunsRequest]
     ) -> AsyncIterator[execution_pb2.StartRunsResponse]:
         """Answer every start read from ``requests``; end when the sender has half-closed."""
-        notifier = asyncio.create_task(self._notify_drain())
-        try:
-            async with aclosing(self._answers.serve(requests)) as answers:
-                async for response in answers:
-                    yield response
-        finally:
-            workers = [notifier, *self._workers]
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        return self._stream.serve(requests)
 
-    async def _notify_drain(self) -> None:
-        """Tell the sender the drain has begun, so that an idle stream is half-closed too."""
-        await self._draining.wait()
-        self._answers.notify(execution_pb2.StartRunsResponse(drained=True))
-
-    def _dispatch(self, request: execution_pb2.StartRunsRequest) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.timeout_ms / 1000 if request.timeout_ms else None
-        worker = loop.create_task(self._answer(request, deadline))
-        self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
-
-    async def _answer(self, request: execution_pb2.StartRunsRequest, deadline: float | None) -> None:
-        if self._draining.is_set():
-            response = execution_pb2.StartRunsResponse(code=UNAVAILABLE, message=DRAINING, drained=True)
-        else:
-            try:
-                response = execution_pb2.StartRunsResponse(started=await self._traced(request, deadline))
-            except Exception as exc:  # noqa: BLE001 - a refused start is answered, the stream goes on
-                code, message = status_of(exc)
-                response = execution_pb2.StartRunsResponse(code=code.value[0], message=message)
-        response.start_id = request.start_id
-        self._answers.answer(response)
+    async def _start(
+        self, request: execution_pb2.StartRunsRequest, read_at: float
+    ) -> execution_pb2.StartRunsResponse:
+        deadline = read_at + request.timeout_ms / 1000 if request.timeout_ms else None
+        return execution_pb2.StartRunsResponse(started=await self._traced(request, deadline))
 
     async def _traced(
         self, request: execution_pb2.StartRunsRequest, deadline: float | None

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing
 from types import MappingProxyType
 from typing import Protocol
 
@@ -49,9 +48,8 @@ import grpc
 
 from runwire.common.v1 import context_pb2
 from runwire.registry.v1 import registry_pb2
-from runwire_common.answering import AnsweringStream
+from runwire_common.answering import CarryingStream
 from runwire_common.errors import InvalidArgument, RunwireError
-from runwire_common.servicer import status_of
 from runwire_common.telemetry import Telemetry
 
 DEFAULT_MAX_WRITES_IN_FLIGHT = 64
@@ -64,7 +62,6 @@ TRACED_METHODS: Mapping[str, str] = MappingProxyType(
     }
 )
 TRACED_STREAM = "/runwire.registry.v1.RegistryService/WriteRuns"
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 DRAINING = "the registry is draining: the write was not carried out; send it again on a new stream"
 
 
@@ -99,11 +96,13 @@ class RunWriteStream:
     ) -> None:
         self._writer = writer
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
-        self._draining = draining
-        self._workers: set[asyncio.Task[None]] = set()
-        self._answers: AnsweringStream[registry_pb2.WriteRunsRequest, registry_pb2.WriteRunsResponse] = (
-            AnsweringStream(
-                dispatch=self._dispatch,
+        self._stream: CarryingStream[registry_pb2.WriteRunsRequest, registry_pb2.WriteRunsResponse] = (
+            CarryingStream(
+                carry_out=self._traced,
+                answer_type=registry_pb2.WriteRunsResponse,
+                id_field="write_id",
+                draining=draining,
+                drained_message=DRAINING,
                 max_in_flight=max_in_flight,
                 request_name="WriteRunsRequest",
                 bundle_answers=bundle_answers,
@@ -111,44 +110,15 @@ class RunWriteStream:
             )
         )
 
-    async def serve(
+    def serve(
         self, requests: AsyncIterator[registry_pb2.WriteRunsRequest]
     ) -> AsyncIterator[registry_pb2.WriteRunsResponse]:
         """Answer every write read from ``requests``; end when the sender has half-closed."""
-        notifier = asyncio.create_task(self._notify_drain())
-        try:
-            async with aclosing(self._answers.serve(requests)) as answers:
-                async for response in answers:
-                    yield response
-        finally:
-            workers = [notifier, *self._workers]
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        return self._stream.serve(requests)
 
-    async def _notify_drain(self) -> None:
-        """Tell the sender the drain has begun, so that an idle stream is half-closed too."""
-        await self._draining.wait()
-        self._answers.notify(registry_pb2.WriteRunsResponse(drained=True))
-
-    def _dispatch(self, request: registry_pb2.WriteRunsRequest) -> None:
-        worker = asyncio.create_task(self._answer(request))
-        self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
-
-    async def _answer(self, request: registry_pb2.WriteRunsRequest) -> None:
-        if self._draining.is_set():
-            response = registry_pb2.WriteRunsResponse(code=UNAVAILABLE, message=DRAINING, drained=True)
-        else:
-            try:
-                response = await self._traced(request)
-            except Exception as exc:  # noqa: BLE001 - a refused write is answered, the stream goes on
-                code, message = status_of(exc)
-                response = registry_pb2.WriteRunsResponse(code=code.value[0], message=message)
-        response.write_id = request.write_id
-        self._answers.answer(response)
-
-    async def _traced(self, request: registry_pb2.WriteRunsRequest) -> registry_pb2.WriteRunsResponse:
+    async def _traced(
+        self, request: registry_pb2.WriteRunsRequest, read_at: float
+    ) -> registry_pb2.WriteRunsResponse:
         telemetry = self._telemetry
         if telemetry is None or not request.trace_context:
             return await self._carry_out(request)
