@@ -55,29 +55,9 @@ class Registry:
     settings: RegistrySettings
     make_context: Callable[..., context_pb2.UserContext]
 
-    async def create(
-        self,
-        user: str,
-        *,
-        thread_id: str | None = None,
-        agent: str = "scripted",
-        input_json: str = '{"steps": []}',
-        strategy: int = run_pb2.MULTITASK_STRATEGY_UNSPECIFIED,
-        executor_id: str = "executor-a",
-        timeout_seconds: int = 0,
-        initial_state: int = run_pb2.RUN_STATE_UNSPECIFIED,
-    ) -> run_pb2.Run:
-        response = await self.create_run(
-            user,
-            thread_id=thread_id,
-            agent=agent,
-            input_json=input_json,
-            strategy=strategy,
-            executor_id=executor_id,
-            timeout_seconds=timeout_seconds,
-            initial_state=initial_state,
-        )
-        return response.run
+    async def create(self, user: str, **fields: Any) -> run_pb2.Run:
+        """The run :meth:`create_run` creates with ``fields``."""
+        return (await self.create_run(user, **fields)).run
 
     async def create_run(
         self,
